@@ -1,0 +1,110 @@
+//! Resolves presented keys to principals. Lookups are cached briefly so a hot
+//! worker key does not cost a database read per call; revocation evicts the
+//! key at once on this replica.
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+use subtle::ConstantTimeEq;
+
+use super::{ApiKey, KeyHash, Principal, hash_key, parse_scopes};
+use crate::error::{Error, Result};
+use crate::store::Store;
+
+const CACHE_TTL: Duration = Duration::from_secs(2);
+const CACHE_CAPACITY: usize = 100_000;
+
+/// Requests per second allowed to one API key; `None` disables the limit.
+#[derive(Clone, Copy, Debug)]
+pub struct RateLimit(pub Option<NonZeroU32>);
+
+pub struct Authenticator {
+    store: Arc<dyn Store>,
+    admin_key_hash: KeyHash,
+    cache: Mutex<HashMap<KeyHash, (Arc<ApiKey>, Instant)>>,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl Authenticator {
+    pub fn new(store: Arc<dyn Store>, admin_key_hash: KeyHash, rate_limit: RateLimit) -> Self {
+        Self {
+            store,
+            admin_key_hash,
+            cache: Mutex::new(HashMap::new()),
+            limiter: rate_limit
+                .0
+                .map(|per_second| RateLimiter::keyed(Quota::per_second(per_second))),
+        }
+    }
+
+    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal> {
+        let key = presented.ok_or(Error::Unauthenticated("missing API key"))?;
+        let hash = hash_key(key);
+        if bool::from(hash.ct_eq(&self.admin_key_hash)) {
+            return Ok(Principal::Admin);
+        }
+        let api_key = match self.cached(&hash) {
+            Some(api_key) => api_key,
+            None => self.load(hash).await?,
+        };
+        self.check_rate(&api_key.token_id)?;
+        Ok(Principal::ApiKey(api_key))
+    }
+
+    /// Drops a revoked token from the cache so it is refused from now on.
+    pub fn forget_token(&self, token_id: &str) {
+        self.lock_cache()
+            .retain(|_, (api_key, _)| api_key.token_id != token_id);
+    }
+
+    fn cached(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {
+        let cache = self.lock_cache();
+        let (api_key, fetched) = cache.get(hash)?;
+        (fetched.elapsed() < CACHE_TTL).then(|| api_key.clone())
+    }
+
+    async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKey>> {
+        let token = self
+            .store
+            .find_token(&hash)
+            .await?
+            .filter(|token| bool::from(token.key_hash.ct_eq(&hash)))
+            .ok_or(Error::Unauthenticated("invalid API key"))?;
+        let api_key = Arc::new(ApiKey {
+            scopes: parse_scopes(&token.scopes)?,
+            token_id: token.id,
+            space_id: token.space_id,
+        });
+        let mut cache = self.lock_cache();
+        if cache.len() >= CACHE_CAPACITY {
+            cache.clear();
+        }
+        cache.insert(hash, (api_key.clone(), Instant::now()));
+        Ok(api_key)
+    }
+
+    fn check_rate(&self, token_id: &str) -> Result<()> {
+        let Some(limiter) = &self.limiter else {
+            return Ok(());
+        };
+        limiter
+            .check_key(&token_id.to_owned())
+            .map_err(|not_until| {
+                let wait = not_until.wait_time_from(governor::clock::Clock::now(
+                    &governor::clock::DefaultClock::default(),
+                ));
+                Error::RateLimited {
+                    retry_after: wait.max(Duration::from_secs(1)),
+                }
+            })
+    }
+
+    fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (Arc<ApiKey>, Instant)>> {
+        self.cache
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}

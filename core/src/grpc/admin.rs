@@ -1,0 +1,106 @@
+use std::sync::Arc;
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::admin_service_server::AdminService;
+use tonic::{Request, Response, Status};
+
+use super::principal;
+use crate::auth::Authenticator;
+use crate::service::AdminApi;
+
+type Reply<T> = Result<Response<T>, Status>;
+
+pub struct AdminGrpc {
+    auth: Arc<Authenticator>,
+    admin: Arc<AdminApi>,
+}
+
+impl AdminGrpc {
+    pub fn new(auth: Arc<Authenticator>, admin: Arc<AdminApi>) -> Self {
+        Self { auth, admin }
+    }
+}
+
+#[tonic::async_trait]
+impl AdminService for AdminGrpc {
+    async fn create_space(
+        &self,
+        request: Request<pb::CreateSpaceRequest>,
+    ) -> Reply<pb::CreateSpaceResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let space = self
+            .admin
+            .create_space(&who, &request.get_ref().name)
+            .await?;
+        Ok(Response::new(pb::CreateSpaceResponse {
+            space: Some(space.into()),
+        }))
+    }
+
+    async fn list_spaces(
+        &self,
+        request: Request<pb::ListSpacesRequest>,
+    ) -> Reply<pb::ListSpacesResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let spaces = self.admin.list_spaces(&who).await?;
+        Ok(Response::new(pb::ListSpacesResponse {
+            spaces: spaces.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn get_space(
+        &self,
+        request: Request<pb::GetSpaceRequest>,
+    ) -> Reply<pb::GetSpaceResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let space = self
+            .admin
+            .get_space(&who, &request.get_ref().space_id)
+            .await?;
+        Ok(Response::new(pb::GetSpaceResponse {
+            space: Some(space.into()),
+        }))
+    }
+
+    async fn create_token(
+        &self,
+        request: Request<pb::CreateTokenRequest>,
+    ) -> Reply<pb::CreateTokenResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let (token, key) = self
+            .admin
+            .create_token(&who, &request.space_id, &request.name, request.scopes)
+            .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token: Some(token.into()),
+            key,
+        }))
+    }
+
+    async fn list_tokens(
+        &self,
+        request: Request<pb::ListTokensRequest>,
+    ) -> Reply<pb::ListTokensResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let tokens = self
+            .admin
+            .list_tokens(&who, &request.get_ref().space_id)
+            .await?;
+        Ok(Response::new(pb::ListTokensResponse {
+            tokens: tokens.into_iter().map(Into::into).collect(),
+        }))
+    }
+
+    async fn revoke_token(
+        &self,
+        request: Request<pb::RevokeTokenRequest>,
+    ) -> Reply<pb::RevokeTokenResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.get_ref();
+        self.admin
+            .revoke_token(&who, &request.space_id, &request.token_id)
+            .await?;
+        Ok(Response::new(pb::RevokeTokenResponse {}))
+    }
+}

@@ -1,0 +1,190 @@
+//! Proto <-> domain conversions, in one place.
+
+use emit_proto::v1 as pb;
+
+use crate::clock::{from_timestamp, to_timestamp};
+use crate::job::machine::Fence;
+use crate::job::spec::{BackoffInput, JobInput};
+use crate::job::{BackoffKind, EventKind, Job, JobEvent, JobStatus, StoredLogLine};
+use crate::store::{SpaceRecord, TokenRecord};
+
+pub fn status_to_proto(status: JobStatus) -> pb::JobStatus {
+    match status {
+        JobStatus::Scheduled => pb::JobStatus::Scheduled,
+        JobStatus::Pending => pb::JobStatus::Pending,
+        JobStatus::Delivered => pb::JobStatus::Delivered,
+        JobStatus::Running => pb::JobStatus::Running,
+        JobStatus::Completed => pb::JobStatus::Completed,
+        JobStatus::Dead => pb::JobStatus::Dead,
+        JobStatus::Killed => pb::JobStatus::Killed,
+    }
+}
+
+/// Unspecified (or unknown) means "no filter".
+pub fn status_from_proto(value: i32) -> Option<JobStatus> {
+    match pb::JobStatus::try_from(value).ok()? {
+        pb::JobStatus::Unspecified => None,
+        pb::JobStatus::Scheduled => Some(JobStatus::Scheduled),
+        pb::JobStatus::Pending => Some(JobStatus::Pending),
+        pb::JobStatus::Delivered => Some(JobStatus::Delivered),
+        pb::JobStatus::Running => Some(JobStatus::Running),
+        pb::JobStatus::Completed => Some(JobStatus::Completed),
+        pb::JobStatus::Dead => Some(JobStatus::Dead),
+        pb::JobStatus::Killed => Some(JobStatus::Killed),
+    }
+}
+
+fn event_kind_to_proto(kind: EventKind) -> pb::JobEventType {
+    match kind {
+        EventKind::Created => pb::JobEventType::Created,
+        EventKind::Ready => pb::JobEventType::Ready,
+        EventKind::Delivered => pb::JobEventType::Delivered,
+        EventKind::Acked => pb::JobEventType::Acked,
+        EventKind::Progress => pb::JobEventType::Progress,
+        EventKind::Checkpoint => pb::JobEventType::Checkpoint,
+        EventKind::Event => pb::JobEventType::Event,
+        EventKind::Log => pb::JobEventType::Log,
+        EventKind::Completed => pb::JobEventType::Completed,
+        EventKind::Retried => pb::JobEventType::Retried,
+        EventKind::Dead => pb::JobEventType::Dead,
+        EventKind::DeliveryTimeout => pb::JobEventType::DeliveryTimeout,
+        EventKind::Killed => pb::JobEventType::Killed,
+        EventKind::CallbackSent => pb::JobEventType::CallbackSent,
+        EventKind::CallbackFailed => pb::JobEventType::CallbackFailed,
+    }
+}
+
+impl From<Job> for pb::Job {
+    fn from(job: Job) -> Self {
+        Self {
+            status: status_to_proto(job.status()) as i32,
+            lease_id: job.state.lease().map(str::to_owned),
+            id: job.id,
+            space_id: job.space_id,
+            name: job.name,
+            payload_json: job.payload,
+            max_retries: job.max_retries,
+            attempt_number: job.attempt_number,
+            timeout_seconds: job.timeout_seconds,
+            delivered_at: job.delivered_at.map(to_timestamp),
+            started_at: job.started_at.map(to_timestamp),
+            completed_at: job.completed_at.map(to_timestamp),
+            result_json: job.result,
+            created_at: Some(to_timestamp(job.created_at)),
+            updated_at: Some(to_timestamp(job.updated_at)),
+            scheduled_for: job.scheduled_for.map(to_timestamp),
+            progress_json: job.progress,
+            checkpoint_json: job.checkpoint,
+            last_error: job.last_error,
+            callback_url: job.callback.map(|callback| callback.url),
+            retry_backoff: job.retry_backoff.map(|backoff| pb::RetryBackoff {
+                kind: match backoff.kind {
+                    BackoffKind::Fixed => pb::BackoffKind::Fixed,
+                    BackoffKind::Exponential => pb::BackoffKind::Exponential,
+                } as i32,
+                delay_seconds: backoff.delay_seconds,
+                max_delay_seconds: backoff.max_delay_seconds,
+            }),
+            kill_reason: job.kill_reason,
+        }
+    }
+}
+
+pub fn delivery(job: Job) -> pb::Delivery {
+    pb::Delivery {
+        lease_id: job.state.lease().unwrap_or_default().to_owned(),
+        id: job.id,
+        name: job.name,
+        payload_json: job.payload,
+        timeout_seconds: job.timeout_seconds,
+        max_retries: job.max_retries,
+        attempt_number: job.attempt_number,
+        created_at: Some(to_timestamp(job.created_at)),
+        checkpoint_json: job.checkpoint,
+    }
+}
+
+impl From<JobEvent> for pb::JobEvent {
+    fn from(event: JobEvent) -> Self {
+        Self {
+            job_id: event.job_id,
+            job_name: event.job_name,
+            space_id: event.space_id,
+            r#type: event_kind_to_proto(event.kind) as i32,
+            status: status_to_proto(event.status) as i32,
+            previous_status: event
+                .previous_status
+                .map_or(pb::JobStatus::Unspecified, status_to_proto)
+                as i32,
+            data_json: event.data,
+            timestamp: Some(to_timestamp(event.at)),
+            seq: event.seq as u64,
+        }
+    }
+}
+
+impl From<StoredLogLine> for pb::StoredLogLine {
+    fn from(line: StoredLogLine) -> Self {
+        Self {
+            seq: line.seq as u64,
+            level: line.level.as_str().to_owned(),
+            message: line.message,
+            timestamp: Some(to_timestamp(line.at)),
+        }
+    }
+}
+
+impl From<pb::JobSpec> for JobInput {
+    fn from(spec: pb::JobSpec) -> Self {
+        let mut callback_headers: Vec<(String, String)> =
+            spec.callback_headers.into_iter().collect();
+        callback_headers.sort();
+        Self {
+            name: spec.name,
+            payload: spec.payload_json,
+            max_retries: spec.max_retries,
+            timeout_seconds: spec.timeout_seconds,
+            scheduled_for: spec.scheduled_for.as_ref().map(from_timestamp),
+            callback_url: spec.callback_url,
+            callback_headers,
+            retry_backoff: spec.retry_backoff.map(|backoff| BackoffInput {
+                kind: match pb::BackoffKind::try_from(backoff.kind) {
+                    Ok(pb::BackoffKind::Fixed) => Some(BackoffKind::Fixed),
+                    Ok(pb::BackoffKind::Exponential) => Some(BackoffKind::Exponential),
+                    _ => None,
+                },
+                delay_seconds: backoff.delay_seconds,
+                max_delay_seconds: backoff.max_delay_seconds,
+            }),
+        }
+    }
+}
+
+pub fn fence(fence: Option<pb::Fence>) -> Fence {
+    fence.map_or_else(Fence::default, |fence| Fence {
+        attempt_number: fence.attempt_number,
+        lease: fence.lease_id,
+    })
+}
+
+impl From<SpaceRecord> for pb::Space {
+    fn from(space: SpaceRecord) -> Self {
+        Self {
+            id: space.id,
+            name: space.name,
+            public_token: space.public_token,
+            created_at: Some(to_timestamp(space.created_at)),
+        }
+    }
+}
+
+impl From<TokenRecord> for pb::Token {
+    fn from(token: TokenRecord) -> Self {
+        Self {
+            id: token.id,
+            name: token.name,
+            scopes: token.scopes,
+            created_at: Some(to_timestamp(token.created_at)),
+        }
+    }
+}

@@ -1,0 +1,371 @@
+//! Jobs: what a job is, how it moves between states (`machine`) and what a
+//! valid new job looks like (`spec`).
+
+pub mod machine;
+pub mod spec;
+
+use crate::clock::UnixMillis;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum JobStatus {
+    Scheduled,
+    Pending,
+    Delivered,
+    Running,
+    Completed,
+    Dead,
+    Killed,
+}
+
+impl JobStatus {
+    pub const ALL: [JobStatus; 7] = [
+        Self::Scheduled,
+        Self::Pending,
+        Self::Delivered,
+        Self::Running,
+        Self::Completed,
+        Self::Dead,
+        Self::Killed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Scheduled => "scheduled",
+            Self::Pending => "pending",
+            Self::Delivered => "delivered",
+            Self::Running => "running",
+            Self::Completed => "completed",
+            Self::Dead => "dead",
+            Self::Killed => "killed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|status| status.as_str() == text)
+    }
+
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Completed | Self::Dead | Self::Killed)
+    }
+}
+
+impl std::fmt::Display for JobStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The state of a job together with the data that only exists in that state.
+/// Timed states carry the instant their timer fires.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum JobState {
+    Scheduled {
+        run_at: UnixMillis,
+    },
+    /// Ready for dispatch from `available_at` on (later than creation only
+    /// while a retry waits out its backoff).
+    Pending {
+        available_at: UnixMillis,
+    },
+    Delivered {
+        lease: String,
+        ack_deadline: UnixMillis,
+    },
+    Running {
+        lease: String,
+        deadline: UnixMillis,
+    },
+    Completed,
+    Dead,
+    Killed,
+}
+
+impl JobState {
+    pub fn status(&self) -> JobStatus {
+        match self {
+            Self::Scheduled { .. } => JobStatus::Scheduled,
+            Self::Pending { .. } => JobStatus::Pending,
+            Self::Delivered { .. } => JobStatus::Delivered,
+            Self::Running { .. } => JobStatus::Running,
+            Self::Completed => JobStatus::Completed,
+            Self::Dead => JobStatus::Dead,
+            Self::Killed => JobStatus::Killed,
+        }
+    }
+
+    /// The instant this state's clock points at: when a scheduled job is
+    /// released, a pending job becomes available, or a lease expires.
+    pub fn due_at(&self) -> Option<UnixMillis> {
+        match *self {
+            Self::Scheduled { run_at } => Some(run_at),
+            Self::Pending { available_at } => Some(available_at),
+            Self::Delivered { ack_deadline, .. } => Some(ack_deadline),
+            Self::Running { deadline, .. } => Some(deadline),
+            Self::Completed | Self::Dead | Self::Killed => None,
+        }
+    }
+
+    /// The deadline a timer must act on (pending jobs need none: poll simply
+    /// skips them until they are available).
+    pub fn timer_at(&self) -> Option<UnixMillis> {
+        match self {
+            Self::Pending { .. } => None,
+            other => other.due_at(),
+        }
+    }
+
+    pub fn lease(&self) -> Option<&str> {
+        match self {
+            Self::Delivered { lease, .. } | Self::Running { lease, .. } => Some(lease),
+            _ => None,
+        }
+    }
+
+    /// Rebuilds the state from its stored columns.
+    pub fn from_parts(
+        status: JobStatus,
+        due_at: Option<UnixMillis>,
+        lease: Option<String>,
+    ) -> Option<Self> {
+        Some(match status {
+            JobStatus::Scheduled => Self::Scheduled { run_at: due_at? },
+            JobStatus::Pending => Self::Pending {
+                available_at: due_at?,
+            },
+            JobStatus::Delivered => Self::Delivered {
+                lease: lease?,
+                ack_deadline: due_at?,
+            },
+            JobStatus::Running => Self::Running {
+                lease: lease?,
+                deadline: due_at?,
+            },
+            JobStatus::Completed => Self::Completed,
+            JobStatus::Dead => Self::Dead,
+            JobStatus::Killed => Self::Killed,
+        })
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackoffKind {
+    Fixed,
+    Exponential,
+}
+
+impl BackoffKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Fixed => "fixed",
+            Self::Exponential => "exponential",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "fixed" => Some(Self::Fixed),
+            "exponential" => Some(Self::Exponential),
+            _ => None,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RetryBackoff {
+    pub kind: BackoffKind,
+    pub delay_seconds: u32,
+    /// 0: no cap of the job's own.
+    pub max_delay_seconds: u32,
+}
+
+/// The server's cap on any retry delay.
+pub const MAX_RETRY_DELAY_SECONDS: u64 = 7 * 24 * 3600;
+
+impl RetryBackoff {
+    /// The delay before `attempt` (1 for the first retry) may run.
+    pub fn delay_before(&self, attempt: u32) -> std::time::Duration {
+        let base = u64::from(self.delay_seconds);
+        let seconds = match self.kind {
+            BackoffKind::Fixed => base,
+            BackoffKind::Exponential => {
+                base.saturating_mul(1u64 << attempt.saturating_sub(1).min(40))
+            }
+        };
+        let cap = match self.max_delay_seconds {
+            0 => MAX_RETRY_DELAY_SECONDS,
+            max => u64::from(max).min(MAX_RETRY_DELAY_SECONDS),
+        };
+        std::time::Duration::from_secs(seconds.min(cap))
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Callback {
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+}
+
+/// A job as stored. JSON fields hold JSON text, passed through untouched.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    pub id: String,
+    pub space_id: String,
+    pub name: String,
+    pub payload: Option<String>,
+    pub state: JobState,
+    pub max_retries: u32,
+    pub attempt_number: u32,
+    pub timeout_seconds: u32,
+    pub scheduled_for: Option<UnixMillis>,
+    pub delivered_at: Option<UnixMillis>,
+    pub started_at: Option<UnixMillis>,
+    pub completed_at: Option<UnixMillis>,
+    pub result: Option<String>,
+    pub progress: Option<String>,
+    pub checkpoint: Option<String>,
+    pub last_error: Option<String>,
+    pub kill_reason: Option<String>,
+    pub callback: Option<Callback>,
+    pub retry_backoff: Option<RetryBackoff>,
+    pub created_at: UnixMillis,
+    pub updated_at: UnixMillis,
+}
+
+impl Job {
+    pub fn status(&self) -> JobStatus {
+        self.state.status()
+    }
+
+    pub fn timeout_millis(&self) -> i64 {
+        i64::from(self.timeout_seconds) * 1000
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EventKind {
+    Created,
+    Ready,
+    Delivered,
+    Acked,
+    Progress,
+    Checkpoint,
+    Event,
+    Log,
+    Completed,
+    Retried,
+    Dead,
+    DeliveryTimeout,
+    Killed,
+    CallbackSent,
+    CallbackFailed,
+}
+
+impl EventKind {
+    pub const ALL: [EventKind; 15] = [
+        Self::Created,
+        Self::Ready,
+        Self::Delivered,
+        Self::Acked,
+        Self::Progress,
+        Self::Checkpoint,
+        Self::Event,
+        Self::Log,
+        Self::Completed,
+        Self::Retried,
+        Self::Dead,
+        Self::DeliveryTimeout,
+        Self::Killed,
+        Self::CallbackSent,
+        Self::CallbackFailed,
+    ];
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Ready => "ready",
+            Self::Delivered => "delivered",
+            Self::Acked => "acked",
+            Self::Progress => "progress",
+            Self::Checkpoint => "checkpoint",
+            Self::Event => "event",
+            Self::Log => "log",
+            Self::Completed => "completed",
+            Self::Retried => "retried",
+            Self::Dead => "dead",
+            Self::DeliveryTimeout => "delivery_timeout",
+            Self::Killed => "killed",
+            Self::CallbackSent => "callback_sent",
+            Self::CallbackFailed => "callback_failed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|kind| kind.as_str() == text)
+    }
+}
+
+/// An event about to be recorded; the store gives it its sequence number.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EventDraft {
+    pub kind: EventKind,
+    pub status: JobStatus,
+    pub previous_status: Option<JobStatus>,
+    pub data: Option<String>,
+}
+
+/// An event as recorded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobEvent {
+    pub seq: i64,
+    pub space_id: String,
+    pub job_id: String,
+    pub job_name: String,
+    pub kind: EventKind,
+    pub status: JobStatus,
+    pub previous_status: Option<JobStatus>,
+    pub data: Option<String>,
+    pub at: UnixMillis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LogLine {
+    pub level: LogLevel,
+    pub message: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StoredLogLine {
+    pub seq: i64,
+    pub level: LogLevel,
+    pub message: String,
+    pub at: UnixMillis,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogLevel {
+    Debug,
+    Info,
+    Warn,
+    Error,
+}
+
+impl LogLevel {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debug => "debug",
+            Self::Info => "info",
+            Self::Warn => "warn",
+            Self::Error => "error",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text.to_ascii_lowercase().as_str() {
+            "debug" | "trace" => Some(Self::Debug),
+            "info" => Some(Self::Info),
+            "warn" | "warning" => Some(Self::Warn),
+            "error" | "fatal" => Some(Self::Error),
+            _ => None,
+        }
+    }
+}

@@ -1,0 +1,15 @@
+//! emit's gRPC core: the job state machine, storage, dispatch, timers,
+//! events and auth, served over tonic.
+
+pub mod auth;
+pub mod clock;
+pub mod error;
+pub mod grpc;
+pub mod ids;
+pub mod job;
+pub mod server;
+pub mod service;
+pub mod store;
+pub mod timers;
+
+pub use server::{CoreConfig, RunningCore, Secret, start};

@@ -1,0 +1,129 @@
+use std::sync::Arc;
+
+use crate::auth::{Authenticator, Principal, Scope, generate_key, hash_key, parse_scopes};
+use crate::clock::now_millis;
+use crate::error::{Error, Result};
+use crate::ids::{is_well_formed, new_id};
+use crate::store::{SpaceRecord, Store, TokenRecord};
+
+const MAX_NAME_CHARS: usize = 200;
+pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
+
+pub struct AdminApi {
+    store: Arc<dyn Store>,
+    auth: Arc<Authenticator>,
+}
+
+impl AdminApi {
+    pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>) -> Self {
+        Self { store, auth }
+    }
+
+    /// Every space is born with its public `jobs:read:progress` token.
+    pub async fn create_space(&self, who: &Principal, name: &str) -> Result<SpaceRecord> {
+        who.require_admin()?;
+        let name = checked_name(name)?;
+        let now = now_millis();
+        let public_key = generate_key()?;
+        let space = SpaceRecord {
+            id: new_id(),
+            name,
+            public_token: public_key.clone(),
+            created_at: now,
+        };
+        let token = TokenRecord {
+            id: new_id(),
+            space_id: space.id.clone(),
+            name: PUBLIC_TOKEN_NAME.to_owned(),
+            scopes: vec![Scope::JobsReadProgress.as_str().to_owned()],
+            key_hash: hash_key(&public_key),
+            created_at: now,
+        };
+        self.store.create_space(space.clone(), token).await?;
+        tracing::info!(space_id = %space.id, "space created");
+        Ok(space)
+    }
+
+    pub async fn list_spaces(&self, who: &Principal) -> Result<Vec<SpaceRecord>> {
+        who.require_admin()?;
+        self.store.list_spaces().await
+    }
+
+    pub async fn get_space(&self, who: &Principal, space_id: &str) -> Result<SpaceRecord> {
+        who.require_admin()?;
+        self.find_space(space_id).await
+    }
+
+    /// Returns the token and its key, which is never shown again.
+    pub async fn create_token(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        name: &str,
+        scopes: Vec<String>,
+    ) -> Result<(TokenRecord, String)> {
+        who.require_admin()?;
+        let name = checked_name(name)?;
+        parse_scopes(&scopes)?;
+        if !is_well_formed(space_id) {
+            return Err(Error::NotFound("space"));
+        }
+        let key = generate_key()?;
+        let token = TokenRecord {
+            id: new_id(),
+            space_id: space_id.to_owned(),
+            name,
+            scopes,
+            key_hash: hash_key(&key),
+            created_at: now_millis(),
+        };
+        self.store.create_token(token.clone()).await?;
+        tracing::info!(space_id, token_id = %token.id, "token created");
+        Ok((token, key))
+    }
+
+    pub async fn list_tokens(&self, who: &Principal, space_id: &str) -> Result<Vec<TokenRecord>> {
+        who.require_admin()?;
+        self.find_space(space_id).await?;
+        self.store.list_tokens(space_id).await
+    }
+
+    pub async fn revoke_token(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        token_id: &str,
+    ) -> Result<()> {
+        who.require_admin()?;
+        if !self
+            .store
+            .revoke_token(space_id, token_id, now_millis())
+            .await?
+        {
+            return Err(Error::NotFound("token"));
+        }
+        self.auth.forget_token(token_id);
+        tracing::info!(space_id, token_id, "token revoked");
+        Ok(())
+    }
+
+    async fn find_space(&self, space_id: &str) -> Result<SpaceRecord> {
+        self.store
+            .get_space(space_id)
+            .await?
+            .ok_or(Error::NotFound("space"))
+    }
+}
+
+fn checked_name(name: &str) -> Result<String> {
+    let name = name.trim();
+    if name.is_empty() {
+        return Err(Error::invalid("name is required"));
+    }
+    if name.chars().count() > MAX_NAME_CHARS {
+        return Err(Error::invalid(format!(
+            "name must be at most {MAX_NAME_CHARS} characters"
+        )));
+    }
+    Ok(name.to_owned())
+}

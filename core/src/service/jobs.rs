@@ -1,0 +1,241 @@
+use std::sync::Arc;
+
+use crate::auth::{Principal, Scope};
+use crate::clock::now_millis;
+use crate::error::{Error, Result};
+use crate::ids::{is_well_formed, new_id};
+use crate::job::machine::{Command, Fence};
+use crate::job::spec::{self, JobInput};
+use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
+use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Store};
+use crate::timers::TimerWake;
+
+pub const DEFAULT_LIST_LIMIT: u32 = 50;
+pub const MAX_LIST_LIMIT: u32 = 100;
+pub const MAX_POLL_COUNT: u32 = 50;
+pub const DEFAULT_LOG_LIMIT: u32 = 100;
+pub const MAX_LOG_LIMIT: u32 = 1000;
+
+pub struct ListLimits {
+    pub status: Option<JobStatus>,
+    pub limit: Option<u32>,
+    pub offset: u32,
+}
+
+pub struct JobsApi {
+    store: Arc<dyn Store>,
+    timers: Arc<TimerWake>,
+}
+
+impl JobsApi {
+    pub fn new(store: Arc<dyn Store>, timers: Arc<TimerWake>) -> Self {
+        Self { store, timers }
+    }
+
+    pub async fn create(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        inputs: Vec<JobInput>,
+    ) -> Result<Vec<Job>> {
+        who.authorize_space(space_id, Scope::JobsCreate)?;
+        let now = now_millis();
+        let jobs = spec::build_jobs(space_id, inputs, now, new_id)?;
+        self.store.create_jobs(jobs.clone()).await?;
+        self.note_deadlines(&jobs);
+        Ok(jobs)
+    }
+
+    pub async fn list(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        limits: ListLimits,
+    ) -> Result<Vec<Job>> {
+        who.authorize_space(space_id, Scope::JobsRead)?;
+        let limit = limits.limit.unwrap_or(DEFAULT_LIST_LIMIT);
+        if !(1..=MAX_LIST_LIMIT).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_LIST_LIMIT}"
+            )));
+        }
+        let query = JobQuery {
+            space_id: space_id.to_owned(),
+            status: limits.status,
+            limit,
+            offset: limits.offset,
+        };
+        self.store.list_jobs(&query).await
+    }
+
+    pub async fn get(&self, who: &Principal, job_id: &str) -> Result<(Job, Vec<JobEvent>)> {
+        let target = target(job_id, who.authorize_job(Scope::JobsRead)?)?;
+        let job = self.find(&target).await?;
+        let events = self.store.job_events(&job.id).await?;
+        Ok((job, events))
+    }
+
+    pub async fn progress(&self, who: &Principal, job_id: &str) -> Result<Job> {
+        let space = who.authorize_job_any(&[Scope::JobsRead, Scope::JobsReadProgress])?;
+        self.find(&target(job_id, space)?).await
+    }
+
+    pub async fn poll(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        count: Option<u32>,
+        names: Vec<String>,
+    ) -> Result<Vec<Job>> {
+        who.authorize_space(space_id, Scope::JobsPoll)?;
+        let count = count.unwrap_or(1);
+        if !(1..=MAX_POLL_COUNT).contains(&count) {
+            return Err(Error::invalid(format!(
+                "count must be between 1 and {MAX_POLL_COUNT}"
+            )));
+        }
+        let request = DeliverRequest {
+            space_id: space_id.to_owned(),
+            names,
+            count,
+            now: now_millis(),
+        };
+        let jobs = self.store.deliver(request).await?;
+        self.note_deadlines(&jobs);
+        Ok(jobs)
+    }
+
+    pub async fn claim(&self, who: &Principal, job_id: &str) -> Result<Job> {
+        let target = target(job_id, who.authorize_job(Scope::JobsPoll)?)?;
+        let command = Command::Deliver { lease: new_id() };
+        self.transition(&target, command, &Fence::default()).await
+    }
+
+    /// Ack, progress, checkpoint, custom event, complete, fail, keepalive.
+    pub async fn report(
+        &self,
+        who: &Principal,
+        job_id: &str,
+        command: Command,
+        fence: Fence,
+    ) -> Result<Job> {
+        let scope = match &command {
+            Command::Ack => Scope::JobsAck,
+            Command::Progress { data } => {
+                spec::check_progress(data)?;
+                Scope::JobsProgress
+            }
+            Command::Checkpoint { data } => {
+                spec::check_json("checkpoint", data)?;
+                Scope::JobsEvent
+            }
+            Command::PublishEvent { data } => {
+                spec::check_json("event", data)?;
+                Scope::JobsEvent
+            }
+            Command::Complete { result } => {
+                if let Some(result) = result {
+                    spec::check_json("result", result)?;
+                }
+                Scope::JobsComplete
+            }
+            Command::Fail { error } => {
+                spec::check_error_text(error)?;
+                Scope::JobsFail
+            }
+            Command::Keepalive => Scope::JobsKeepalive,
+            Command::Kill { .. } => Scope::JobsKill,
+            Command::Deliver { .. } | Command::Expire => {
+                return Err(Error::invalid("not a worker report"));
+            }
+        };
+        let target = target(job_id, who.authorize_job(scope)?)?;
+        self.transition(&target, command, &fence).await
+    }
+
+    pub async fn kill(&self, who: &Principal, job_id: &str, reason: Option<String>) -> Result<Job> {
+        if let Some(reason) = &reason {
+            spec::check_error_text(reason)?;
+        }
+        let target = target(job_id, who.authorize_job(Scope::JobsKill)?)?;
+        self.transition(&target, Command::Kill { reason }, &Fence::default())
+            .await
+    }
+
+    pub async fn append_logs(
+        &self,
+        who: &Principal,
+        job_id: &str,
+        lines: Vec<(String, String)>,
+    ) -> Result<i64> {
+        let target = target(job_id, who.authorize_job(Scope::JobsEvent)?)?;
+        let lines = spec::build_log_lines(lines)?;
+        self.store.append_logs(&target, lines, now_millis()).await
+    }
+
+    pub async fn logs(
+        &self,
+        who: &Principal,
+        job_id: &str,
+        after_seq: i64,
+        level: Option<&str>,
+        text: Option<String>,
+        limit: Option<u32>,
+    ) -> Result<Vec<StoredLogLine>> {
+        let target = target(job_id, who.authorize_job(Scope::JobsRead)?)?;
+        let level = level
+            .filter(|level| !level.is_empty())
+            .map(|level| {
+                LogLevel::parse(level)
+                    .ok_or_else(|| Error::invalid("level must be one of debug, info, warn, error"))
+            })
+            .transpose()?;
+        let limit = limit.unwrap_or(DEFAULT_LOG_LIMIT);
+        if !(1..=MAX_LOG_LIMIT).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_LOG_LIMIT}"
+            )));
+        }
+        let job = self.find(&target).await?;
+        let query = LogQuery {
+            after_seq,
+            level,
+            text: text.filter(|text| !text.is_empty()),
+            limit,
+        };
+        self.store.list_logs(&job.id, &query).await
+    }
+
+    async fn find(&self, target: &JobTarget) -> Result<Job> {
+        self.store
+            .get_job(target)
+            .await?
+            .ok_or(Error::NotFound("job"))
+    }
+
+    async fn transition(&self, target: &JobTarget, command: Command, fence: &Fence) -> Result<Job> {
+        let job = self
+            .store
+            .apply(target, command, fence, now_millis())
+            .await?;
+        self.note_deadlines(std::slice::from_ref(&job));
+        Ok(job)
+    }
+
+    fn note_deadlines(&self, jobs: &[Job]) {
+        if let Some(due) = jobs.iter().filter_map(|job| job.state.timer_at()).min() {
+            self.timers.schedule(due);
+        }
+    }
+}
+
+/// Ids that cannot exist are not found, without a database read.
+fn target(job_id: &str, space: Option<&str>) -> Result<JobTarget> {
+    if !is_well_formed(job_id) {
+        return Err(Error::NotFound("job"));
+    }
+    Ok(JobTarget {
+        job_id: job_id.to_owned(),
+        space_id: space.map(str::to_owned),
+    })
+}

@@ -1,0 +1,10 @@
+//! The core's operations, independent of any transport: each takes the
+//! authenticated principal and domain input, checks authorization, and goes
+//! to the store. The gRPC adapters in `grpc` are one line of translation per
+//! call around these.
+
+mod admin;
+mod jobs;
+
+pub use admin::AdminApi;
+pub use jobs::{JobsApi, ListLimits};

@@ -1,0 +1,154 @@
+//! The storage seam. Callers see only `Store`; each backend implements it
+//! with its own migrations. Job transitions are decided by
+//! `job::machine::apply` inside the store's transaction, and written with a
+//! statement conditional on the state that was read, so every backend
+//! enforces the same state machine.
+
+pub mod sqlite;
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use tokio::sync::broadcast;
+
+use crate::auth::KeyHash;
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::job::machine::{Command, Fence};
+use crate::job::{Job, JobEvent, JobStatus, LogLevel, LogLine, StoredLogLine};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceRecord {
+    pub id: String,
+    pub name: String,
+    pub public_token: String,
+    pub created_at: UnixMillis,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TokenRecord {
+    pub id: String,
+    pub space_id: String,
+    pub name: String,
+    /// As granted; shorthands are expanded when checked.
+    pub scopes: Vec<String>,
+    pub key_hash: KeyHash,
+    pub created_at: UnixMillis,
+}
+
+/// Which job a call addresses, and the space it must belong to (None: any).
+#[derive(Clone, Debug)]
+pub struct JobTarget {
+    pub job_id: String,
+    pub space_id: Option<String>,
+}
+
+#[derive(Clone, Debug)]
+pub struct JobQuery {
+    pub space_id: String,
+    pub status: Option<JobStatus>,
+    pub limit: u32,
+    pub offset: u32,
+}
+
+#[derive(Clone, Debug)]
+pub struct DeliverRequest {
+    pub space_id: String,
+    /// Only these job names; empty means any.
+    pub names: Vec<String>,
+    pub count: u32,
+    pub now: UnixMillis,
+}
+
+#[derive(Clone, Debug)]
+pub struct LogQuery {
+    pub after_seq: i64,
+    pub level: Option<LogLevel>,
+    pub text: Option<String>,
+    pub limit: u32,
+}
+
+/// What a timer sweep did.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Sweep {
+    pub fired: usize,
+    /// The earliest deadline still ahead.
+    pub next_due: Option<UnixMillis>,
+}
+
+#[async_trait]
+pub trait Store: Send + Sync + 'static {
+    async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()>;
+    async fn list_spaces(&self) -> Result<Vec<SpaceRecord>>;
+    async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>>;
+
+    /// Fails with NotFound when the space does not exist.
+    async fn create_token(&self, token: TokenRecord) -> Result<()>;
+    async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>>;
+    /// Returns whether a live token was revoked.
+    async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool>;
+    /// A live (not revoked) token by the hash of its key.
+    async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
+    /// Stores `value` unless the setting exists; returns the stored value.
+    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String>;
+
+    /// Persists new jobs (and their `created` events) atomically; fails with
+    /// NotFound when the space does not exist.
+    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()>;
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
+    async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>>;
+    async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>>;
+
+    /// Atomically delivers up to `count` available pending jobs, oldest first.
+    async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>>;
+    /// Applies a command to one job through the state machine.
+    async fn apply(
+        &self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job>;
+    /// Fires up to `limit` timers due at `now`.
+    async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep>;
+
+    /// Appends log lines; returns the sequence number of the last one.
+    async fn append_logs(
+        &self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64>;
+    async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>>;
+
+    /// Events as they are committed, in sequence order per space.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>>;
+}
+
+/// Opens the store a database URL names, running its migrations.
+pub async fn open(database_url: &str) -> Result<Arc<dyn Store>> {
+    if database_url.starts_with("sqlite:") {
+        Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
+    } else {
+        Err(Error::invalid(format!(
+            "unsupported database URL (expected sqlite://...): {}",
+            redact_url(database_url)
+        )))
+    }
+}
+
+/// A URL fit for logs: any password is replaced.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme_end), Some(at)) if at > scheme_end => {
+            let credentials = &url[scheme_end + 3..at];
+            match credentials.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..scheme_end + 3], &url[at..]),
+                None => url.to_owned(),
+            }
+        }
+        _ => url.to_owned(),
+    }
+}

@@ -1,0 +1,277 @@
+//! SQLite, the embedded default. WAL mode with `synchronous = FULL`: every
+//! commit is fsynced, so an acknowledged write survives a power cut, not just
+//! a crash of the process. Group commit in the writer (one transaction per
+//! batch of waiting requests) keeps that affordable. Reads run on a separate
+//! pool of read-only connections that WAL lets proceed alongside the writer.
+
+mod rows;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use self::writer::{WriteOp, Writer};
+use crate::auth::KeyHash;
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::job::machine::{Command, Fence};
+use crate::job::{Job, JobEvent, LogLine, StoredLogLine};
+use crate::store::{
+    DeliverRequest, JobQuery, JobTarget, LogQuery, SpaceRecord, Store, Sweep, TokenRecord,
+};
+
+const READ_CONNECTIONS: u32 = 4;
+const WRITE_QUEUE: usize = 4096;
+const EVENT_BUFFER: usize = 16_384;
+
+pub struct SqliteStore {
+    reads: SqlitePool,
+    writes: mpsc::Sender<WriteOp>,
+    events: broadcast::Sender<Arc<JobEvent>>,
+}
+
+impl SqliteStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url)
+            .map_err(|error| Error::invalid(format!("invalid sqlite URL: {error}")))?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10))
+            .foreign_keys(true)
+            .disable_statement_logging();
+        if let Some(directory) = options.get_filename().parent()
+            && !directory.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(directory).map_err(|error| {
+                Error::invalid(format!("cannot create {}: {error}", directory.display()))
+            })?;
+        }
+        let mut write_connection = options.connect().await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut write_connection)
+            .await?;
+        let reads = SqlitePoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.read_only(true))
+            .await?;
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        tokio::spawn(Writer::new(write_connection, events.clone()).run(queue));
+        Ok(Self {
+            reads,
+            writes,
+            events,
+        })
+    }
+
+    async fn write<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
+        let (reply, outcome) = oneshot::channel();
+        self.writes
+            .send(op(reply))
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        outcome.await.map_err(|_| Error::Unavailable)?
+    }
+}
+
+#[async_trait]
+impl Store for SqliteStore {
+    async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+        self.write(|reply| WriteOp::CreateSpace {
+            space,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    async fn list_spaces(&self) -> Result<Vec<SpaceRecord>> {
+        let rows = sqlx::query("SELECT * FROM spaces ORDER BY id")
+            .fetch_all(&self.reads)
+            .await?;
+        rows.iter().map(rows::space).collect()
+    }
+
+    async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>> {
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
+            .bind(space_id)
+            .fetch_optional(&self.reads)
+            .await?;
+        row.as_ref().map(rows::space).transpose()
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.write(|reply| WriteOp::CreateToken { token, reply })
+            .await
+    }
+
+    async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tokens WHERE space_id = ? AND revoked_at IS NULL ORDER BY id",
+        )
+        .bind(space_id)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::token).collect()
+    }
+
+    async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool> {
+        let (space_id, token_id) = (space_id.to_owned(), token_id.to_owned());
+        self.write(|reply| WriteOp::RevokeToken {
+            space_id,
+            token_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE key_hash = ? AND revoked_at IS NULL")
+            .bind(&key_hash[..])
+            .fetch_optional(&self.reads)
+            .await?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&self.reads)
+                .await?,
+        )
+    }
+
+    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.write(|reply| WriteOp::PutSettingOnce { name, value, reply })
+            .await
+    }
+
+    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        self.write(|reply| WriteOp::CreateJobs { jobs, reply })
+            .await
+    }
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM jobs WHERE space_id = ");
+        select.push_bind(&query.space_id);
+        if let Some(status) = query.status {
+            select.push(" AND status = ").push_bind(status.as_str());
+        }
+        select
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(query.limit))
+            .push(" OFFSET ")
+            .push_bind(i64::from(query.offset));
+        let rows = select.build().fetch_all(&self.reads).await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+            .bind(&target.job_id)
+            .fetch_optional(&self.reads)
+            .await?;
+        let job = row.as_ref().map(rows::job).transpose()?;
+        Ok(job.filter(|job| {
+            target
+                .space_id
+                .as_ref()
+                .is_none_or(|space| *space == job.space_id)
+        }))
+    }
+
+    async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.job_id = ? ORDER BY e.seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
+        self.write(|reply| WriteOp::Deliver { request, reply })
+            .await
+    }
+
+    async fn apply(
+        &self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        let (target, fence) = (target.clone(), fence.clone());
+        self.write(|reply| WriteOp::Apply {
+            target,
+            command,
+            fence,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        self.write(|reply| WriteOp::FireDueTimers { now, limit, reply })
+            .await
+    }
+
+    async fn append_logs(
+        &self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        let target = target.clone();
+        self.write(|reply| WriteOp::AppendLogs {
+            target,
+            lines,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
+        let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM job_logs WHERE job_id = ");
+        select.push_bind(job_id);
+        select.push(" AND seq > ").push_bind(query.after_seq);
+        if let Some(level) = query.level {
+            select.push(" AND level = ").push_bind(level.as_str());
+        }
+        if let Some(text) = &query.text {
+            let escaped = text
+                .replace('\\', "\\\\")
+                .replace('%', "\\%")
+                .replace('_', "\\_");
+            select
+                .push(" AND message LIKE ")
+                .push_bind(format!("%{escaped}%"))
+                .push(" ESCAPE '\\'");
+        }
+        select
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = select.build().fetch_all(&self.reads).await?;
+        rows.iter().map(rows::log_line).collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
+        self.events.subscribe()
+    }
+}

@@ -1,0 +1,80 @@
+//! The single mapping from the core's gRPC status codes to HTTP statuses and
+//! `{"error": "..."}` bodies. Messages of client errors pass through; server
+//! errors get a generic message (the core logged the cause).
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use tonic::Code;
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    message: String,
+    retry_after: Option<HeaderValue>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+}
+
+impl From<tonic::Status> for ApiError {
+    fn from(status: tonic::Status) -> Self {
+        let http = match status.code() {
+            Code::InvalidArgument | Code::OutOfRange => StatusCode::BAD_REQUEST,
+            Code::Unauthenticated => StatusCode::UNAUTHORIZED,
+            Code::PermissionDenied => StatusCode::FORBIDDEN,
+            Code::NotFound => StatusCode::NOT_FOUND,
+            Code::FailedPrecondition | Code::Aborted | Code::AlreadyExists => StatusCode::CONFLICT,
+            Code::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+            Code::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Code::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            _ => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let message = if http.is_server_error() {
+            tracing::warn!(code = ?status.code(), message = status.message(), "core call failed");
+            match http {
+                StatusCode::SERVICE_UNAVAILABLE => "service unavailable, retry later".to_owned(),
+                StatusCode::GATEWAY_TIMEOUT => "the core did not answer in time".to_owned(),
+                _ => "internal error".to_owned(),
+            }
+        } else {
+            status.message().to_owned()
+        };
+        let retry_after = status
+            .metadata()
+            .get("retry-after")
+            .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok());
+        Self {
+            status: http,
+            message,
+            retry_after,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (
+            self.status,
+            Json(serde_json::json!({ "error": self.message })),
+        )
+            .into_response();
+        if let Some(retry_after) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, retry_after);
+        }
+        response
+    }
+}

@@ -1,0 +1,374 @@
+//! Translation between the REST API's JSON and the core's protobuf messages.
+//! Field names and shapes follow the emit.run documentation; JSON carried
+//! inside messages is text and is re-embedded without loss.
+
+use chrono::{DateTime, SecondsFormat};
+use emit_proto::v1 as pb;
+use serde_json::{Map, Value, json};
+
+use crate::ApiError;
+
+// ---- protobuf -> JSON ----------------------------------------------------
+
+pub fn iso(timestamp: Option<prost_types::Timestamp>) -> Value {
+    timestamp
+        .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32))
+        .map_or(Value::Null, |at| {
+            Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, true))
+        })
+}
+
+/// Embeds JSON text; text the core stored was validated, so a parse failure
+/// means corruption and is shown as a string rather than dropped.
+fn embedded(text: Option<String>) -> Value {
+    match text {
+        Some(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
+        None => Value::Null,
+    }
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match pb::JobStatus::try_from(status).unwrap_or_default() {
+        pb::JobStatus::Scheduled => "scheduled",
+        pb::JobStatus::Pending => "pending",
+        pb::JobStatus::Delivered => "delivered",
+        pb::JobStatus::Running => "running",
+        pb::JobStatus::Completed => "completed",
+        pb::JobStatus::Dead => "dead",
+        pb::JobStatus::Killed => "killed",
+        pb::JobStatus::Unspecified => "unknown",
+    }
+}
+
+pub fn parse_status(text: &str) -> Option<pb::JobStatus> {
+    let status =
+        pb::JobStatus::from_str_name(&format!("JOB_STATUS_{}", text.to_ascii_uppercase()))?;
+    (status != pb::JobStatus::Unspecified).then_some(status)
+}
+
+fn event_type_name(event_type: i32) -> String {
+    let name = pb::JobEventType::try_from(event_type)
+        .unwrap_or_default()
+        .as_str_name();
+    name.trim_start_matches("JOB_EVENT_TYPE_")
+        .to_ascii_lowercase()
+}
+
+/// A job as the list endpoint shows it.
+pub fn job_summary(job: pb::Job) -> Value {
+    json!({
+        "id": job.id,
+        "spaceId": job.space_id,
+        "name": job.name,
+        "payload": embedded(job.payload_json),
+        "status": status_name(job.status),
+        "maxRetries": job.max_retries,
+        "attemptNumber": job.attempt_number,
+        "timeoutSeconds": job.timeout_seconds,
+        "deliveredAt": iso(job.delivered_at),
+        "startedAt": iso(job.started_at),
+        "completedAt": iso(job.completed_at),
+        "result": embedded(job.result_json),
+        "createdAt": iso(job.created_at),
+        "updatedAt": iso(job.updated_at),
+    })
+}
+
+/// A job with everything the core knows of it (get job, worker calls).
+pub fn job_detail(job: pb::Job) -> Value {
+    let extra = json!({
+        "scheduledFor": iso(job.scheduled_for),
+        "progress": embedded(job.progress_json.clone()),
+        "checkpoint": embedded(job.checkpoint_json.clone()),
+        "error": job.last_error.clone(),
+        "killReason": job.kill_reason.clone(),
+        "leaseId": job.lease_id.clone(),
+        "callbackUrl": job.callback_url.clone(),
+        "retryBackoff": job.retry_backoff.map(|backoff| json!({
+            "type": pb::BackoffKind::try_from(backoff.kind).unwrap_or_default().as_str_name()
+                .trim_start_matches("BACKOFF_KIND_").to_ascii_lowercase(),
+            "delaySeconds": backoff.delay_seconds,
+            "maxDelaySeconds": backoff.max_delay_seconds,
+        })),
+    });
+    let mut value = job_summary(job);
+    if let (Value::Object(fields), Value::Object(extra)) = (&mut value, extra) {
+        fields.extend(extra);
+    }
+    value
+}
+
+/// The realtime event shape: `{jobId, jobName, type, status, data?, timestamp}`
+/// plus `seq` and `previousStatus` where they apply.
+pub fn event(event: pb::JobEvent) -> Value {
+    let mut fields = Map::new();
+    fields.insert("jobId".into(), event.job_id.into());
+    fields.insert("jobName".into(), event.job_name.into());
+    fields.insert("type".into(), event_type_name(event.r#type).into());
+    fields.insert("status".into(), status_name(event.status).into());
+    if event.previous_status != pb::JobStatus::Unspecified as i32 {
+        fields.insert(
+            "previousStatus".into(),
+            status_name(event.previous_status).into(),
+        );
+    }
+    if event.data_json.is_some() {
+        fields.insert("data".into(), embedded(event.data_json));
+    }
+    fields.insert("timestamp".into(), iso(event.timestamp));
+    fields.insert("seq".into(), event.seq.into());
+    Value::Object(fields)
+}
+
+pub fn delivery(job: pb::Delivery) -> Value {
+    json!({
+        "id": job.id,
+        "name": job.name,
+        "payload": embedded(job.payload_json),
+        "timeoutSeconds": job.timeout_seconds,
+        "maxRetries": job.max_retries,
+        "attemptNumber": job.attempt_number,
+        "createdAt": iso(job.created_at),
+        "checkpoint": embedded(job.checkpoint_json),
+        "leaseId": job.lease_id,
+    })
+}
+
+pub fn space(space: pb::Space) -> Value {
+    json!({
+        "id": space.id,
+        "name": space.name,
+        "publicToken": space.public_token,
+        "createdAt": iso(space.created_at),
+    })
+}
+
+pub fn token(token: pb::Token) -> Value {
+    json!({
+        "id": token.id,
+        "name": token.name,
+        "scopes": token.scopes,
+        "createdAt": iso(token.created_at),
+    })
+}
+
+pub fn log_line(line: pb::StoredLogLine) -> Value {
+    json!({
+        "seq": line.seq,
+        "level": line.level,
+        "message": line.message,
+        "timestamp": iso(line.timestamp),
+    })
+}
+
+// ---- JSON -> protobuf ----------------------------------------------------
+
+/// Reads fields of one JSON object, naming them in errors as `prefix.field`.
+pub struct Fields<'a> {
+    prefix: String,
+    object: Option<&'a Map<String, Value>>,
+}
+
+impl<'a> Fields<'a> {
+    /// `null` (an empty body) reads as an object without fields.
+    pub fn of(value: &'a Value, prefix: &str) -> Result<Self, ApiError> {
+        let object = match value {
+            Value::Object(object) => Some(object),
+            Value::Null => None,
+            _ => {
+                let what = if prefix.is_empty() {
+                    "request body".to_owned()
+                } else {
+                    prefix.to_owned()
+                };
+                return Err(ApiError::bad_request(format!(
+                    "{what} must be a JSON object"
+                )));
+            }
+        };
+        let prefix = if prefix.is_empty() {
+            String::new()
+        } else {
+            format!("{prefix}.")
+        };
+        Ok(Self { prefix, object })
+    }
+
+    fn name(&self, field: &str) -> String {
+        format!("{}{field}", self.prefix)
+    }
+
+    /// The field, with JSON `null` read as absent.
+    pub fn get(&self, field: &str) -> Option<&'a Value> {
+        self.object?.get(field).filter(|value| !value.is_null())
+    }
+
+    pub fn string(&self, field: &str) -> Result<Option<String>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(text.clone())),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be a string",
+                self.name(field)
+            ))),
+        }
+    }
+
+    /// Whole numbers; out-of-range values saturate so the core's range check
+    /// reports them with the documented bounds.
+    pub fn u32(&self, field: &str) -> Result<Option<u32>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(number)) => {
+                if let Some(value) = number.as_u64() {
+                    Ok(Some(u32::try_from(value).unwrap_or(u32::MAX)))
+                } else if number.as_i64().is_some() {
+                    Ok(Some(u32::MAX))
+                } else {
+                    Err(ApiError::bad_request(format!(
+                        "{} must be an integer",
+                        self.name(field)
+                    )))
+                }
+            }
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be an integer",
+                self.name(field)
+            ))),
+        }
+    }
+
+    pub fn timestamp(&self, field: &str) -> Result<Option<prost_types::Timestamp>, ApiError> {
+        let Some(text) = self.string(field)? else {
+            return Ok(None);
+        };
+        let at = DateTime::parse_from_rfc3339(&text).map_err(|_| {
+            ApiError::bad_request(format!(
+                "{} must be an ISO 8601 timestamp",
+                self.name(field)
+            ))
+        })?;
+        Ok(Some(prost_types::Timestamp {
+            seconds: at.timestamp(),
+            nanos: at.timestamp_subsec_nanos() as i32,
+        }))
+    }
+
+    /// Any JSON value, as text.
+    pub fn json_text(&self, field: &str) -> Option<String> {
+        self.get(field).map(Value::to_string)
+    }
+
+    pub fn string_map(
+        &self,
+        field: &str,
+    ) -> Result<std::collections::HashMap<String, String>, ApiError> {
+        let Some(value) = self.get(field) else {
+            return Ok(Default::default());
+        };
+        let object = value.as_object().ok_or_else(|| {
+            ApiError::bad_request(format!("{} must be an object", self.name(field)))
+        })?;
+        object
+            .iter()
+            .map(|(key, value)| match value {
+                Value::String(text) => Ok((key.clone(), text.clone())),
+                _ => Err(ApiError::bad_request(format!(
+                    "{}.{key} must be a string",
+                    self.name(field)
+                ))),
+            })
+            .collect()
+    }
+
+    pub fn strings(&self, field: &str) -> Result<Option<Vec<String>>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::String(text)) => Ok(Some(vec![text.clone()])),
+            Some(Value::Array(items)) => items
+                .iter()
+                .map(|item| {
+                    item.as_str().map(str::to_owned).ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "{} must contain only strings",
+                            self.name(field)
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()
+                .map(Some),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be a string or an array of strings",
+                self.name(field)
+            ))),
+        }
+    }
+}
+
+/// A create body: one job object, or an array of them.
+pub fn job_specs(body: &Value) -> Result<(Vec<pb::JobSpec>, bool), ApiError> {
+    match body {
+        Value::Array(items) => {
+            let specs = items
+                .iter()
+                .enumerate()
+                .map(|(index, item)| job_spec(item, index))
+                .collect::<Result<_, _>>()?;
+            Ok((specs, false))
+        }
+        Value::Object(_) => Ok((vec![job_spec(body, 0)?], true)),
+        _ => Err(ApiError::bad_request(
+            "request body must be a job object or an array of job objects",
+        )),
+    }
+}
+
+fn job_spec(value: &Value, index: usize) -> Result<pb::JobSpec, ApiError> {
+    let prefix = format!("jobs[{index}]");
+    let fields = match value {
+        Value::Object(_) => Fields::of(value, &prefix)?,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "{prefix} must be a JSON object"
+            )));
+        }
+    };
+    let retry_backoff = match fields.get("retryBackoff") {
+        None => None,
+        Some(backoff) => {
+            let backoff = Fields::of(backoff, &format!("{prefix}.retryBackoff"))?;
+            let kind = match backoff.string("type")?.as_deref() {
+                Some("fixed") => pb::BackoffKind::Fixed,
+                Some("exponential") => pb::BackoffKind::Exponential,
+                _ => pb::BackoffKind::Unspecified,
+            };
+            Some(pb::RetryBackoff {
+                kind: kind as i32,
+                delay_seconds: backoff.u32("delaySeconds")?.unwrap_or(0),
+                max_delay_seconds: backoff.u32("maxDelaySeconds")?.unwrap_or(0),
+            })
+        }
+    };
+    Ok(pb::JobSpec {
+        name: fields.string("name")?.unwrap_or_default(),
+        payload_json: fields.json_text("payload"),
+        max_retries: fields.u32("maxRetries")?,
+        timeout_seconds: fields.u32("timeoutSeconds")?,
+        scheduled_for: fields.timestamp("scheduledFor")?,
+        callback_url: fields.string("callbackUrl")?,
+        callback_headers: fields.string_map("callbackHeaders")?,
+        retry_backoff,
+    })
+}
+
+/// The optional fencing fields of a worker call body.
+pub fn fence(fields: &Fields<'_>) -> Result<Option<pb::Fence>, ApiError> {
+    let attempt_number = fields.u32("attemptNumber")?;
+    let lease_id = fields.string("leaseId")?;
+    Ok(
+        (attempt_number.is_some() || lease_id.is_some()).then_some(pb::Fence {
+            attempt_number,
+            lease_id,
+        }),
+    )
+}

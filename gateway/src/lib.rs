@@ -1,0 +1,77 @@
+//! emit's REST/WebSocket gateway: translates the emit.run HTTP API onto the
+//! core's gRPC calls. It holds no job state; authentication and every
+//! decision happen in the core, which receives the caller's key as metadata.
+
+mod core_client;
+mod error;
+mod extract;
+mod json;
+mod routes;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use core_client::CoreClient;
+pub use error::ApiError;
+
+/// Largest request body accepted (a bulk create of many large payloads).
+pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
+
+#[derive(Clone, Debug)]
+pub struct GatewayConfig {
+    pub http_addr: SocketAddr,
+    /// The core's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
+    pub core_url: String,
+}
+
+pub fn app(core: CoreClient) -> Router {
+    routes::router(core)
+}
+
+pub struct RunningGateway {
+    pub http_addr: SocketAddr,
+    shutdown: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+impl RunningGateway {
+    /// Stops accepting connections and lets requests in flight finish.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(true);
+        if tokio::time::timeout(Duration::from_secs(30), self.server)
+            .await
+            .is_err()
+        {
+            tracing::warn!("gateway did not drain within 30s");
+        }
+    }
+}
+
+pub async fn start(
+    config: GatewayConfig,
+) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
+    let core = CoreClient::connect_lazy(&config.core_url)?;
+    let listener = TcpListener::bind(config.http_addr)
+        .await
+        .map_err(|error| format!("cannot listen on {}: {error}", config.http_addr))?;
+    let http_addr = listener.local_addr()?;
+    let (shutdown, mut stop) = watch::channel(false);
+    let server = tokio::spawn(
+        axum::serve(listener, app(core))
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopping| *stopping).await;
+            })
+            .into_future(),
+    );
+    tracing::info!(%http_addr, core = %config.core_url, "gateway listening");
+    Ok(RunningGateway {
+        http_addr,
+        shutdown,
+        server,
+    })
+}

@@ -1,0 +1,103 @@
+//! Spaces and tokens (admin key).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::routing::{delete, get};
+use axum::{Json, Router};
+use emit_proto::v1 as pb;
+use serde_json::Value;
+
+use crate::core_client::with_credentials;
+use crate::extract::JsonBody;
+use crate::json::{self, Fields};
+use crate::{ApiError, CoreClient};
+
+pub fn router() -> Router<CoreClient> {
+    Router::new()
+        .route("/api/v1/spaces", get(list_spaces).post(create_space))
+        .route("/api/v1/spaces/{space_id}", get(get_space))
+        .route(
+            "/api/v1/spaces/{space_id}/tokens",
+            get(list_tokens).post(create_token),
+        )
+        .route(
+            "/api/v1/spaces/{space_id}/tokens/{token_id}",
+            delete(revoke_token),
+        )
+}
+
+async fn create_space(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let fields = Fields::of(&body, "")?;
+    let name = fields.string("name")?.unwrap_or_default();
+    let request = with_credentials(&headers, pb::CreateSpaceRequest { name });
+    let space = core.admin().create_space(request).await?.into_inner().space;
+    Ok((
+        StatusCode::CREATED,
+        Json(json::space(space.unwrap_or_default())),
+    ))
+}
+
+async fn list_spaces(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::ListSpacesRequest {});
+    let spaces = core.admin().list_spaces(request).await?.into_inner().spaces;
+    Ok(Json(spaces.into_iter().map(json::space).collect()))
+}
+
+async fn get_space(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::GetSpaceRequest { space_id });
+    let space = core.admin().get_space(request).await?.into_inner().space;
+    Ok(Json(json::space(space.unwrap_or_default())))
+}
+
+async fn create_token(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let fields = Fields::of(&body, "")?;
+    let request = pb::CreateTokenRequest {
+        space_id,
+        name: fields.string("name")?.unwrap_or_default(),
+        scopes: fields.strings("scopes")?.unwrap_or_default(),
+    };
+    let response = core
+        .admin()
+        .create_token(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    let mut token = json::token(response.token.unwrap_or_default());
+    token["key"] = Value::String(response.key);
+    Ok((StatusCode::CREATED, Json(token)))
+}
+
+async fn list_tokens(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::ListTokensRequest { space_id });
+    let tokens = core.admin().list_tokens(request).await?.into_inner().tokens;
+    Ok(Json(tokens.into_iter().map(json::token).collect()))
+}
+
+async fn revoke_token(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path((space_id, token_id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    let request = with_credentials(&headers, pb::RevokeTokenRequest { space_id, token_id });
+    core.admin().revoke_token(request).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

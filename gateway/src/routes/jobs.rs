@@ -1,0 +1,197 @@
+//! Producers and monitors: create, list, get, progress, logs, kill.
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use emit_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::{integer_param, query_params};
+use crate::core_client::with_credentials;
+use crate::extract::JsonBody;
+use crate::json::{self, Fields};
+use crate::{ApiError, CoreClient};
+
+pub fn router() -> Router<CoreClient> {
+    Router::new()
+        .route(
+            "/api/v1/spaces/{space_id}/jobs",
+            post(create_jobs).get(list_jobs),
+        )
+        .route("/api/v1/jobs/{job_id}", get(get_job))
+        .route(
+            "/api/v1/jobs/{job_id}/progress",
+            get(get_progress).post(super::workers::progress),
+        )
+        .route(
+            "/api/v1/jobs/{job_id}/logs",
+            get(list_logs).post(append_logs),
+        )
+        .route("/api/v1/jobs/{job_id}/kill", post(kill_job))
+}
+
+async fn create_jobs(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let (jobs, single) = json::job_specs(&body)?;
+    let request = with_credentials(&headers, pb::CreateJobsRequest { space_id, jobs });
+    let created = core.jobs().create_jobs(request).await?.into_inner().jobs;
+    let mut refs = created
+        .into_iter()
+        .map(|job| json!({ "id": job.id, "spaceId": job.space_id }));
+    let body = if single {
+        refs.next().unwrap_or(Value::Null)
+    } else {
+        Value::Array(refs.collect())
+    };
+    Ok((StatusCode::CREATED, Json(body)))
+}
+
+async fn list_jobs(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(&uri)?;
+    let status = match params.get("status").filter(|status| !status.is_empty()) {
+        None => pb::JobStatus::Unspecified,
+        Some(text) => json::parse_status(text).ok_or_else(|| {
+            ApiError::bad_request(
+                "status must be one of scheduled, pending, delivered, running, completed, dead, killed",
+            )
+        })?,
+    };
+    let request = pb::ListJobsRequest {
+        space_id,
+        status: status as i32,
+        limit: integer_param(&params, "limit")?
+            .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX)),
+        offset: integer_param(&params, "offset")?
+            .map_or(0, |offset| u32::try_from(offset).unwrap_or(u32::MAX)),
+    };
+    let jobs = core
+        .jobs()
+        .list_jobs(with_credentials(&headers, request))
+        .await?
+        .into_inner()
+        .jobs;
+    Ok(Json(jobs.into_iter().map(json::job_summary).collect()))
+}
+
+async fn get_job(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::GetJobRequest { job_id });
+    let response = core.jobs().get_job(request).await?.into_inner();
+    let mut job = json::job_detail(response.job.unwrap_or_default());
+    job["events"] = response.events.into_iter().map(json::event).collect();
+    Ok(Json(job))
+}
+
+async fn get_progress(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::GetJobProgressRequest { job_id });
+    let progress = core.jobs().get_job_progress(request).await?.into_inner();
+    let data = progress
+        .progress_json
+        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
+        .unwrap_or(Value::Null);
+    Ok(Json(json!({
+        "jobId": progress.job_id,
+        "status": json::status_name(progress.status),
+        "progress": data,
+        "updatedAt": json::iso(progress.updated_at),
+    })))
+}
+
+async fn append_logs(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let fields = Fields::of(&body, "")?;
+    let items = match fields.get("lines") {
+        Some(Value::Array(items)) => items,
+        _ => {
+            return Err(ApiError::bad_request(
+                "lines must be an array of {level, message} objects",
+            ));
+        }
+    };
+    let lines = items
+        .iter()
+        .enumerate()
+        .map(|(index, item)| {
+            let line = Fields::of(item, &format!("lines[{index}]"))?;
+            Ok(pb::LogLine {
+                level: line.string("level")?.unwrap_or_default(),
+                message: line.string("message")?.ok_or_else(|| {
+                    ApiError::bad_request(format!("lines[{index}].message is required"))
+                })?,
+            })
+        })
+        .collect::<Result<Vec<_>, ApiError>>()?;
+    let count = lines.len();
+    let request = with_credentials(&headers, pb::AppendLogsRequest { job_id, lines });
+    let last_seq = core
+        .jobs()
+        .append_logs(request)
+        .await?
+        .into_inner()
+        .last_seq;
+    Ok((
+        StatusCode::CREATED,
+        Json(json!({ "count": count, "lastSeq": last_seq })),
+    ))
+}
+
+async fn list_logs(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(&uri)?;
+    let request = pb::ListLogsRequest {
+        job_id,
+        after_seq: integer_param(&params, "after")?.unwrap_or(0),
+        level: params.get("level").cloned(),
+        query: params.get("q").cloned(),
+        limit: integer_param(&params, "limit")?
+            .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX)),
+    };
+    let lines = core
+        .jobs()
+        .list_logs(with_credentials(&headers, request))
+        .await?
+        .into_inner()
+        .lines;
+    let next_after = lines.last().map(|line| line.seq);
+    Ok(Json(json!({
+        "lines": lines.into_iter().map(json::log_line).collect::<Vec<_>>(),
+        "nextAfter": next_after,
+    })))
+}
+
+async fn kill_job(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let reason = Fields::of(&body, "")?.string("reason")?;
+    let request = with_credentials(&headers, pb::KillJobRequest { job_id, reason });
+    let job = core.jobs().kill_job(request).await?.into_inner().job;
+    Ok(Json(json::job_detail(job.unwrap_or_default())))
+}

@@ -1,0 +1,224 @@
+//! Worker calls: poll, claim, ack, progress, checkpoint, event, complete,
+//! fail, keepalive. Each body may carry `attemptNumber` / `leaseId` to fence
+//! a stale worker.
+
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::{Json, Router};
+use emit_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use crate::core_client::with_credentials;
+use crate::extract::JsonBody;
+use crate::json::{self, Fields, fence};
+use crate::{ApiError, CoreClient};
+
+pub fn router() -> Router<CoreClient> {
+    Router::new()
+        .route("/api/v1/spaces/{space_id}/jobs/poll", post(poll))
+        .route("/api/v1/jobs/{job_id}/claim", post(claim))
+        .route("/api/v1/jobs/{job_id}/ack", post(ack))
+        .route("/api/v1/jobs/{job_id}/checkpoint", post(checkpoint))
+        .route("/api/v1/jobs/{job_id}/event", post(event))
+        .route("/api/v1/jobs/{job_id}/complete", post(complete))
+        .route("/api/v1/jobs/{job_id}/fail", post(fail))
+        .route("/api/v1/jobs/{job_id}/keepalive", post(keepalive))
+}
+
+type JobReply = Result<Json<Value>, ApiError>;
+
+fn reply(job: Option<pb::Job>) -> JobReply {
+    Ok(Json(json::job_detail(job.unwrap_or_default())))
+}
+
+async fn poll(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let fields = Fields::of(&body, "")?;
+    // Precedence as documented: types, type, names, name.
+    let mut names = None;
+    for alias in ["types", "type", "names", "name"] {
+        if let Some(found) = fields.strings(alias)? {
+            names = Some(found);
+            break;
+        }
+    }
+    let request = pb::PollJobsRequest {
+        space_id,
+        count: fields.u32("count")?,
+        names: names.unwrap_or_default(),
+    };
+    let jobs = core
+        .jobs()
+        .poll_jobs(with_credentials(&headers, request))
+        .await?
+        .into_inner()
+        .jobs;
+    Ok(Json(
+        json!({ "jobs": jobs.into_iter().map(json::delivery).collect::<Vec<_>>() }),
+    ))
+}
+
+async fn claim(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> JobReply {
+    let request = with_credentials(&headers, pb::ClaimJobRequest { job_id });
+    let job = core.jobs().claim_job(request).await?.into_inner().job;
+    Ok(Json(json::delivery(job.unwrap_or_default())))
+}
+
+async fn ack(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fence = fence(&Fields::of(&body, "")?)?;
+    let request = with_credentials(&headers, pb::AckJobRequest { job_id, fence });
+    reply(core.jobs().ack_job(request).await?.into_inner().job)
+}
+
+pub(super) async fn progress(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fields = Fields::of(&body, "")?;
+    let fence = fence(&fields)?;
+    // Fencing fields steer the call; they are not part of the progress data.
+    let mut data = body.clone();
+    if let Value::Object(object) = &mut data {
+        object.remove("attemptNumber");
+        object.remove("leaseId");
+    }
+    let request = pb::ReportProgressRequest {
+        job_id,
+        fence,
+        progress_json: data.to_string(),
+    };
+    reply(
+        core.jobs()
+            .report_progress(with_credentials(&headers, request))
+            .await?
+            .into_inner()
+            .job,
+    )
+}
+
+/// Checkpoint and custom-event bodies are free JSON; a `data` field, when
+/// present alongside fencing fields, is taken as the data.
+fn free_data(fields: &Fields<'_>, body: &Value) -> String {
+    match (fields.get("data"), body) {
+        (Some(data), _) => data.to_string(),
+        (None, Value::Null) => "{}".to_owned(),
+        (None, body) => body.to_string(),
+    }
+}
+
+async fn checkpoint(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fields = Fields::of(&body, "")?;
+    let request = pb::SaveCheckpointRequest {
+        job_id,
+        fence: fence(&fields)?,
+        data_json: free_data(&fields, &body),
+    };
+    reply(
+        core.jobs()
+            .save_checkpoint(with_credentials(&headers, request))
+            .await?
+            .into_inner()
+            .job,
+    )
+}
+
+async fn event(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fields = Fields::of(&body, "")?;
+    let request = pb::PublishEventRequest {
+        job_id,
+        fence: fence(&fields)?,
+        data_json: free_data(&fields, &body),
+    };
+    reply(
+        core.jobs()
+            .publish_event(with_credentials(&headers, request))
+            .await?
+            .into_inner()
+            .job,
+    )
+}
+
+async fn complete(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fields = Fields::of(&body, "")?;
+    let request = pb::CompleteJobRequest {
+        job_id,
+        fence: fence(&fields)?,
+        result_json: fields.json_text("result"),
+    };
+    reply(
+        core.jobs()
+            .complete_job(with_credentials(&headers, request))
+            .await?
+            .into_inner()
+            .job,
+    )
+}
+
+async fn fail(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fields = Fields::of(&body, "")?;
+    let error = match fields.get("error") {
+        None => "unknown error".to_owned(),
+        Some(Value::String(text)) => text.clone(),
+        // Workers sometimes send structured errors; keep them readable.
+        Some(other) => other.to_string(),
+    };
+    let request = pb::FailJobRequest {
+        job_id,
+        fence: fence(&fields)?,
+        error,
+    };
+    reply(
+        core.jobs()
+            .fail_job(with_credentials(&headers, request))
+            .await?
+            .into_inner()
+            .job,
+    )
+}
+
+async fn keepalive(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> JobReply {
+    let fence = fence(&Fields::of(&body, "")?)?;
+    let request = with_credentials(&headers, pb::KeepaliveJobRequest { job_id, fence });
+    reply(core.jobs().keepalive_job(request).await?.into_inner().job)
+}
