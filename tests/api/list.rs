@@ -1,0 +1,76 @@
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::TestApp;
+
+#[tokio::test]
+async fn jobs_are_listed_newest_first_with_filters_and_paging() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let path = format!("/api/v1/spaces/{}/jobs", space.id);
+    let (status, empty) = app.get(&path, &space.producer).await;
+    assert_eq!((status, empty), (StatusCode::OK, json!([])));
+
+    let jobs: Vec<Value> = (0..5).map(|i| json!({ "name": format!("j{i}") })).collect();
+    app.post(&path, &space.producer, Value::Array(jobs)).await;
+    let delivered = app.poll_one(&space).await;
+    assert_eq!(delivered["name"], "j0");
+
+    let (_, all) = app.get(&path, &space.producer).await;
+    let names: Vec<&str> = all
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["j4", "j3", "j2", "j1", "j0"]);
+    let item = &all[4];
+    for field in [
+        "id",
+        "spaceId",
+        "name",
+        "payload",
+        "status",
+        "maxRetries",
+        "attemptNumber",
+        "timeoutSeconds",
+        "deliveredAt",
+        "startedAt",
+        "completedAt",
+        "result",
+        "createdAt",
+        "updatedAt",
+    ] {
+        assert!(item.get(field).is_some(), "list items carry {field}");
+    }
+
+    let (_, delivered) = app
+        .get(&format!("{path}?status=delivered"), &space.producer)
+        .await;
+    assert_eq!(delivered.as_array().unwrap().len(), 1);
+    let (_, page) = app
+        .get(&format!("{path}?limit=2&offset=1"), &space.producer)
+        .await;
+    let names: Vec<&str> = page
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["j3", "j2"]);
+
+    let (status, error) = app.get(&format!("{path}?limit=101"), &space.producer).await;
+    assert_eq!(
+        (status, error),
+        (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "limit must be between 1 and 100" })
+        )
+    );
+    let (status, _) = app
+        .get(&format!("{path}?status=sleeping"), &space.producer)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    let (status, _) = app.get(&format!("{path}?offset=-1"), &space.producer).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+}
