@@ -41,6 +41,21 @@ pub fn presented_key<'a>(
         .filter(|token| !token.is_empty())
 }
 
+pub fn hash_to_hex(hash: &KeyHash) -> String {
+    hash.iter().map(|byte| format!("{byte:02x}")).collect()
+}
+
+pub fn hash_from_hex(text: &str) -> Option<KeyHash> {
+    if text.len() != 64 || !text.is_ascii() {
+        return None;
+    }
+    let mut hash = [0u8; 32];
+    for (index, byte) in hash.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
+    }
+    Some(hash)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -61,19 +76,4 @@ mod tests {
         assert_eq!(presented_key(None, Some("Basic abc")), None);
         assert_eq!(presented_key(Some(""), None), None);
     }
-}
-
-pub fn hash_to_hex(hash: &KeyHash) -> String {
-    hash.iter().map(|byte| format!("{byte:02x}")).collect()
-}
-
-pub fn hash_from_hex(text: &str) -> Option<KeyHash> {
-    if text.len() != 64 || !text.is_ascii() {
-        return None;
-    }
-    let mut hash = [0u8; 32];
-    for (index, byte) in hash.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(&text[index * 2..index * 2 + 2], 16).ok()?;
-    }
-    Some(hash)
 }
