@@ -4,7 +4,7 @@ use reqwest::StatusCode;
 use serde_json::json;
 
 use crate::helpers::{TestApp, event_types};
-use crate::lifecycle::{chrono_in, iso_millis};
+use crate::lifecycle::iso_millis;
 
 #[tokio::test]
 async fn an_unacked_delivery_returns_to_pending_without_using_an_attempt() {
@@ -138,5 +138,4 @@ async fn scheduled_jobs_wait_for_their_time() {
         )
         .await;
     assert_eq!(app.job(&space, &past).await["status"], "pending");
-    let _ = chrono_in(0);
 }
