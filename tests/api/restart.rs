@@ -51,14 +51,14 @@ async fn jobs_in_every_state_survive_a_restart_and_their_timers_keep_running() {
     .await;
     app.poll(&space, json!({ "name": "delivered" })).await;
 
-    let before: Vec<_> = futures_join(
+    let before: Vec<_> = read_jobs(
         &app,
         &space,
         &[&scheduled, &pending, &running, &completed, &dead, &killed],
     )
     .await;
     app.restart().await;
-    let after: Vec<_> = futures_join(
+    let after: Vec<_> = read_jobs(
         &app,
         &space,
         &[&scheduled, &pending, &running, &completed, &dead, &killed],
@@ -94,7 +94,7 @@ async fn jobs_in_every_state_survive_a_restart_and_their_timers_keep_running() {
     assert_eq!(status, reqwest::StatusCode::OK);
 }
 
-async fn futures_join(
+async fn read_jobs(
     app: &TestApp,
     space: &crate::helpers::Space,
     ids: &[&String],
