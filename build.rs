@@ -8,6 +8,7 @@ const PROTOS: &[&str] = &[
     "proto/emit/v1/job.proto",
     "proto/emit/v1/jobs_service.proto",
     "proto/emit/v1/admin_service.proto",
+    "proto/emit/v1/event_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

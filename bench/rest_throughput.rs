@@ -31,11 +31,13 @@ async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         database_url: format!("sqlite://{}/emit.db", dir.display()),
         admin_key: Some(Secret(ADMIN_KEY.into())),
         rate_limit: RateLimit(NonZeroU32::new(0)),
+        streams: Default::default(),
     })
     .await?;
     let gateway = emit_gateway::start(GatewayConfig {
         http_addr: "127.0.0.1:0".parse()?,
         core_url: format!("http://{}", core.grpc_addr),
+        stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
     })
     .await?;
     let base = format!("http://{}/api/v1", gateway.http_addr);

@@ -35,6 +35,10 @@ pub enum Error {
     /// 429 / RESOURCE_EXHAUSTED, with a `retry-after` hint.
     #[error("rate limit exceeded")]
     RateLimited { retry_after: Duration },
+    /// A watcher fell too far behind its stream and was disconnected:
+    /// RESOURCE_EXHAUSTED (a WebSocket close with code 1013).
+    #[error("{0}")]
+    Overrun(String),
     /// Shutting down or overloaded: 503 / UNAVAILABLE.
     #[error("service unavailable")]
     Unavailable,
@@ -60,7 +64,7 @@ impl Error {
             Self::NotFound(_) => tonic::Code::NotFound,
             Self::Conflict(_) => tonic::Code::FailedPrecondition,
             Self::Stale(_) => tonic::Code::Aborted,
-            Self::RateLimited { .. } => tonic::Code::ResourceExhausted,
+            Self::RateLimited { .. } | Self::Overrun(_) => tonic::Code::ResourceExhausted,
             Self::Unavailable => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,
         }

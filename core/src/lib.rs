@@ -7,6 +7,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod job;
+pub mod realtime;
 pub mod server;
 pub mod service;
 pub mod store;

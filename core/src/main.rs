@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use clap::{Args, Parser, Subcommand};
 use emit_core::auth::RateLimit;
+use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, Secret};
 use emit_gateway::GatewayConfig;
 use emit_proto::v1 as pb;
@@ -24,8 +25,8 @@ enum Command {
     Serve {
         #[command(flatten)]
         core: CoreArgs,
-        #[arg(long, env = "EMIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
+        #[command(flatten)]
+        gateway: GatewayArgs,
     },
     /// Run the gRPC core alone.
     Core {
@@ -34,8 +35,8 @@ enum Command {
     },
     /// Run the REST/WebSocket gateway alone, in front of a core.
     Gateway {
-        #[arg(long, env = "EMIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
-        http_addr: SocketAddr,
+        #[command(flatten)]
+        gateway: GatewayArgs,
         #[arg(long, env = "EMIT_CORE_URL")]
         core_url: String,
     },
@@ -71,6 +72,31 @@ struct CoreArgs {
     /// Requests per second allowed to each API key (0 disables the limit).
     #[arg(long, env = "EMIT_RATE_LIMIT", default_value_t = 1000)]
     rate_limit: u32,
+    /// Commits a stream watcher may fall behind before it is disconnected.
+    #[arg(long, env = "EMIT_STREAM_QUEUE", default_value_t = StreamLimits::default().watcher_queue)]
+    stream_queue: usize,
+    /// Most events replayed to a space stream reconnecting with `since`.
+    #[arg(long, env = "EMIT_REPLAY_LIMIT", default_value_t = StreamLimits::default().replay_limit)]
+    replay_limit: u32,
+}
+
+#[derive(Args)]
+struct GatewayArgs {
+    #[arg(long, env = "EMIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    http_addr: SocketAddr,
+    /// Messages a WebSocket client may leave unread before it is disconnected.
+    #[arg(long, env = "EMIT_WS_QUEUE", default_value_t = GatewayConfig::DEFAULT_STREAM_QUEUE)]
+    ws_queue: usize,
+}
+
+impl GatewayArgs {
+    fn config(self, core_url: String) -> GatewayConfig {
+        GatewayConfig {
+            http_addr: self.http_addr,
+            core_url,
+            stream_queue: self.ws_queue,
+        }
+    }
 }
 
 #[derive(Args)]
@@ -119,6 +145,10 @@ impl CoreArgs {
             database_url: self.database_url,
             admin_key: self.admin_key.map(Secret),
             rate_limit: RateLimit(NonZeroU32::new(self.rate_limit)),
+            streams: StreamLimits {
+                watcher_queue: self.stream_queue,
+                replay_limit: self.replay_limit,
+            },
         }
     }
 }
@@ -142,14 +172,11 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
 async fn run(command: Command) -> Result<(), AnyError> {
     match command {
-        Command::Serve { core, http_addr } => {
+        Command::Serve { core, gateway } => {
             let mut core = emit_core::start(core.config()).await?;
             announce_admin_key(&core);
-            let gateway = emit_gateway::start(GatewayConfig {
-                http_addr,
-                core_url: format!("http://{}", core.grpc_addr),
-            })
-            .await?;
+            let gateway =
+                emit_gateway::start(gateway.config(format!("http://{}", core.grpc_addr))).await?;
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = core.wait() => tracing::error!("core stopped unexpectedly"),
@@ -166,15 +193,8 @@ async fn run(command: Command) -> Result<(), AnyError> {
             }
             core.stop().await;
         }
-        Command::Gateway {
-            http_addr,
-            core_url,
-        } => {
-            let gateway = emit_gateway::start(GatewayConfig {
-                http_addr,
-                core_url,
-            })
-            .await?;
+        Command::Gateway { gateway, core_url } => {
+            let gateway = emit_gateway::start(gateway.config(core_url)).await?;
             shutdown_signal().await;
             gateway.stop().await;
         }

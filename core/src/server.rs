@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use emit_proto::v1::admin_service_server::AdminServiceServer;
+use emit_proto::v1::event_service_server::EventServiceServer;
 use emit_proto::v1::job_service_server::JobServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -16,13 +17,15 @@ use crate::auth::{
     Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
 };
 use crate::error::{Error, Result};
-use crate::grpc::{AdminGrpc, JobsGrpc};
+use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc};
+use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
 use crate::service::{AdminApi, JobsApi};
 use crate::store::{self, Store};
 use crate::timers::{self, TimerWake};
 
 /// Messages carry job payloads (1 MiB each) in bulk; leave room for that.
 pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
+const MAX_CONCURRENT_STREAMS: u32 = 1 << 20;
 const ADMIN_KEY_SETTING: &str = "admin_key_sha256";
 
 /// A secret that never shows in `Debug` output or logs.
@@ -42,6 +45,7 @@ pub struct CoreConfig {
     /// When unset, a key is generated on first start and stored hashed.
     pub admin_key: Option<Secret>,
     pub rate_limit: RateLimit,
+    pub streams: StreamLimits,
 }
 
 pub struct RunningCore {
@@ -51,12 +55,15 @@ pub struct RunningCore {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
+    hub: EventHub,
 }
 
 impl RunningCore {
     /// Stops accepting calls, lets calls in flight finish, stops the timers.
     pub async fn stop(self) {
         let _ = self.shutdown.send(true);
+        // Open streams would hold the graceful drain forever; end them.
+        self.hub.close();
         match tokio::time::timeout(Duration::from_secs(30), self.server).await {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server stopped with an error"),
             Ok(_) => {}
@@ -83,6 +90,8 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let wake = Arc::new(TimerWake::default());
     let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone()));
     let admin = Arc::new(AdminApi::new(store.clone(), auth.clone()));
+    let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
+    let realtime = Arc::new(RealtimeApi::new(store.clone(), hub.clone(), config.streams));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
@@ -90,6 +99,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;
     health.set_serving::<AdminServiceServer<AdminGrpc>>().await;
+    health.set_serving::<EventServiceServer<EventsGrpc>>().await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(emit_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -99,7 +109,9 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let jobs_service = JobServiceServer::new(JobsGrpc::new(auth.clone(), jobs))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let admin_service = AdminServiceServer::new(AdminGrpc::new(auth, admin));
+    let admin_service = AdminServiceServer::new(AdminGrpc::new(auth.clone(), admin));
+    let events_service = EventServiceServer::new(EventsGrpc::new(auth, realtime))
+        .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
     let listener = TcpListener::bind(config.grpc_addr).await.map_err(|error| {
         Error::invalid(format!("cannot listen on {}: {error}", config.grpc_addr))
@@ -109,10 +121,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .tcp_nodelay(true)
+            // Each WebSocket watcher is a stream on a gateway connection;
+            // the usual cap of a few hundred would queue them.
+            .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(health_service)
             .add_service(reflection)
             .add_service(jobs_service)
             .add_service(admin_service)
+            .add_service(events_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_rx.wait_for(|stopping| *stopping).await;
             }),
@@ -124,6 +140,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         shutdown,
         server,
         timers,
+        hub,
     })
 }
 

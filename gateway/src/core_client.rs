@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 
 use axum::http::HeaderMap;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
+use emit_proto::v1::event_service_client::EventServiceClient;
 use emit_proto::v1::job_service_client::JobServiceClient;
 use tonic::transport::{Channel, Endpoint};
 
@@ -20,10 +21,13 @@ const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
 pub struct CoreClient {
     channels: Arc<[Channel]>,
     next: Arc<AtomicUsize>,
+    stream_queue: usize,
 }
 
 impl CoreClient {
-    pub fn connect_lazy(url: &str) -> Result<Self, tonic::transport::Error> {
+    /// `stream_queue`: messages a WebSocket client may leave unread before
+    /// it is disconnected as a slow consumer.
+    pub fn connect_lazy(url: &str, stream_queue: usize) -> Result<Self, tonic::transport::Error> {
         let endpoint = Endpoint::from_shared(url.to_owned())?
             .tcp_nodelay(true)
             .connect_timeout(std::time::Duration::from_secs(5));
@@ -31,6 +35,7 @@ impl CoreClient {
         Ok(Self {
             channels,
             next: Arc::new(AtomicUsize::new(0)),
+            stream_queue,
         })
     }
 
@@ -43,6 +48,14 @@ impl CoreClient {
         JobServiceClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn events(&self) -> EventServiceClient<Channel> {
+        EventServiceClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE_BYTES)
+    }
+
+    pub fn stream_queue(&self) -> usize {
+        self.stream_queue
     }
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {

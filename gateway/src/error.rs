@@ -3,6 +3,7 @@
 //! errors get a generic message (the core logged the cause).
 
 use axum::Json;
+use axum::extract::ws::{CloseFrame, close_code};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
@@ -61,6 +62,36 @@ impl From<tonic::Status> for ApiError {
             retry_after,
         }
     }
+}
+
+/// How a WebSocket is closed when the core ends the stream it relays: the
+/// WebSocket twin of the status table above.
+pub fn close_frame_for(status: &tonic::Status) -> CloseFrame {
+    let (code, reason) = match status.code() {
+        // The watcher fell behind: reconnecting (with `since`) is the cure.
+        Code::ResourceExhausted => (close_code::AGAIN, status.message()),
+        Code::Unavailable => (close_code::RESTART, "server restarting; reconnect"),
+        Code::Unauthenticated | Code::PermissionDenied => (close_code::POLICY, status.message()),
+        _ => {
+            tracing::warn!(code = ?status.code(), message = status.message(), "core stream failed");
+            (close_code::ERROR, "internal error")
+        }
+    };
+    CloseFrame {
+        code,
+        reason: truncate(reason, MAX_CLOSE_REASON_BYTES).into(),
+    }
+}
+
+/// RFC 6455 leaves 123 bytes for a close reason.
+const MAX_CLOSE_REASON_BYTES: usize = 123;
+
+fn truncate(text: &str, max_bytes: usize) -> &str {
+    let mut end = text.len().min(max_bytes);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
 }
 
 impl IntoResponse for ApiError {

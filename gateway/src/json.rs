@@ -120,6 +120,89 @@ pub fn event(event: pb::JobEvent) -> Value {
     Value::Object(fields)
 }
 
+pub fn counts(counts: pb::StatusCounts) -> Value {
+    json!({
+        "scheduled": counts.scheduled,
+        "pending": counts.pending,
+        "delivered": counts.delivered,
+        "running": counts.running,
+        "completed": counts.completed,
+        "failed": counts.failed,
+        "dead": counts.dead,
+        "killed": counts.killed,
+    })
+}
+
+/// A job-stream message: `{jobId, jobName, type, status, data?, timestamp}`
+/// (`init` carries the latest `progress` instead of `data`).
+pub fn job_stream_message(message: pb::watch_job_response::Message) -> Value {
+    use pb::watch_job_response::Message;
+    let mut fields = Map::new();
+    match message {
+        Message::Init(init) => {
+            fields.insert("jobId".into(), init.job_id.into());
+            fields.insert("jobName".into(), init.job_name.into());
+            fields.insert("type".into(), "init".into());
+            fields.insert("status".into(), status_name(init.status).into());
+            if init.progress_json.is_some() {
+                fields.insert("progress".into(), embedded(init.progress_json));
+            }
+            fields.insert("timestamp".into(), iso(init.timestamp));
+        }
+        Message::Event(event) => {
+            fields.insert("jobId".into(), event.job_id.into());
+            fields.insert("jobName".into(), event.job_name.into());
+            fields.insert("type".into(), event_type_name(event.r#type).into());
+            fields.insert("status".into(), status_name(event.status).into());
+            if event.data_json.is_some() {
+                fields.insert("data".into(), embedded(event.data_json));
+            }
+            fields.insert("timestamp".into(), iso(event.timestamp));
+        }
+        Message::Log(entry) => {
+            fields.insert("jobId".into(), entry.job_id.into());
+            fields.insert("jobName".into(), entry.job_name.into());
+            fields.insert("type".into(), "log".into());
+            fields.insert("status".into(), status_name(entry.status).into());
+            let timestamp = entry.line.as_ref().and_then(|line| line.timestamp);
+            if let Some(line) = entry.line {
+                fields.insert("data".into(), log_line(line));
+            }
+            fields.insert("timestamp".into(), iso(timestamp.or_else(now)));
+        }
+    }
+    Value::Object(fields)
+}
+
+/// A space-stream message: `connected`, or an event with `seq`,
+/// `previousStatus` on transitions and `counts` when they changed.
+pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value {
+    use pb::watch_space_response::Message;
+    match message {
+        Message::Connected(connected) => json!({
+            "type": "connected",
+            "spaceId": connected.space_id,
+            "seq": connected.seq,
+            "streamInstanceId": connected.stream_instance_id,
+            "missed": connected.missed,
+            "counts": counts(connected.counts.unwrap_or_default()),
+            "timestamp": iso(connected.timestamp),
+        }),
+        Message::Event(mut event) => {
+            let event_counts = event.counts.take();
+            let mut value = self::event(event);
+            if let (Some(event_counts), Value::Object(fields)) = (event_counts, &mut value) {
+                fields.insert("counts".into(), counts(event_counts));
+            }
+            value
+        }
+    }
+}
+
+fn now() -> Option<prost_types::Timestamp> {
+    Some(std::time::SystemTime::now().into())
+}
+
 pub fn delivery(job: pb::Delivery) -> Value {
     json!({
         "id": job.id,
@@ -139,6 +222,7 @@ pub fn space(space: pb::Space) -> Value {
         "id": space.id,
         "name": space.name,
         "publicToken": space.public_token,
+        "anonymousProgressStreams": space.anonymous_progress_streams,
         "createdAt": iso(space.created_at),
     })
 }
@@ -201,6 +285,17 @@ impl<'a> Fields<'a> {
     /// The field, with JSON `null` read as absent.
     pub fn get(&self, field: &str) -> Option<&'a Value> {
         self.object?.get(field).filter(|value| !value.is_null())
+    }
+
+    pub fn bool(&self, field: &str) -> Result<Option<bool>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Bool(value)) => Ok(Some(*value)),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be a boolean",
+                self.name(field)
+            ))),
+        }
     }
 
     pub fn string(&self, field: &str) -> Result<Option<String>, ApiError> {

@@ -27,6 +27,13 @@ pub struct GatewayConfig {
     pub http_addr: SocketAddr,
     /// The core's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
     pub core_url: String,
+    /// Messages a WebSocket client may leave unread before it is
+    /// disconnected as a slow consumer.
+    pub stream_queue: usize,
+}
+
+impl GatewayConfig {
+    pub const DEFAULT_STREAM_QUEUE: usize = 4096;
 }
 
 pub fn app(core: CoreClient) -> Router {
@@ -55,7 +62,7 @@ impl RunningGateway {
 pub async fn start(
     config: GatewayConfig,
 ) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
-    let core = CoreClient::connect_lazy(&config.core_url)?;
+    let core = CoreClient::connect_lazy(&config.core_url, config.stream_queue)?;
     let listener = TcpListener::bind(config.http_addr)
         .await
         .map_err(|error| format!("cannot listen on {}: {error}", config.http_addr))?;

@@ -4,11 +4,15 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use emit_core::auth::RateLimit;
+use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, RunningCore, Secret};
 use emit_gateway::{GatewayConfig, RunningGateway};
 use emit_proto::v1::job_service_client::JobServiceClient;
+use futures_util::StreamExt;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tonic::transport::Channel;
 
 pub const ADMIN_KEY: &str = "emit_test_admin_key";
@@ -19,9 +23,31 @@ pub struct TestApp {
     pub http: reqwest::Client,
     dir: PathBuf,
     rate_limit: RateLimit,
+    streams: StreamLimits,
+    ws_queue: usize,
     core: Option<RunningCore>,
     gateway: Option<RunningGateway>,
 }
+
+/// Server settings a test may change.
+pub struct Options {
+    pub rate_limit: Option<u32>,
+    pub streams: StreamLimits,
+    pub ws_queue: usize,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            rate_limit: None,
+            streams: StreamLimits::default(),
+            ws_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
+        }
+    }
+}
+
+pub type WebSocket =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A space with a producer key (create + read), a worker key and its public token.
 pub struct Space {
@@ -37,14 +63,24 @@ impl TestApp {
     }
 
     pub async fn spawn_with_rate_limit(per_second: Option<u32>) -> Self {
+        Self::spawn_with(Options {
+            rate_limit: per_second,
+            ..Options::default()
+        })
+        .await
+    }
+
+    pub async fn spawn_with(options: Options) -> Self {
         let dir = std::env::temp_dir().join(format!("emit-test-{}", ulid::Ulid::new()));
-        let rate_limit = RateLimit(per_second.and_then(NonZeroU32::new));
+        let rate_limit = RateLimit(options.rate_limit.and_then(NonZeroU32::new));
         let mut app = Self {
             base: String::new(),
             grpc_url: String::new(),
             http: reqwest::Client::new(),
             dir,
             rate_limit,
+            streams: options.streams,
+            ws_queue: options.ws_queue,
             core: None,
             gateway: None,
         };
@@ -62,12 +98,14 @@ impl TestApp {
             database_url: self.database_url(),
             admin_key: Some(Secret(ADMIN_KEY.into())),
             rate_limit: self.rate_limit,
+            streams: self.streams,
         })
         .await
         .expect("core starts");
         let gateway = emit_gateway::start(GatewayConfig {
             http_addr: loopback(),
             core_url: format!("http://{}", core.grpc_addr),
+            stream_queue: self.ws_queue,
         })
         .await
         .expect("gateway starts");
@@ -112,6 +150,7 @@ impl TestApp {
             "GET" => self.http.get(url),
             "POST" => self.http.post(url),
             "DELETE" => self.http.delete(url),
+            "PATCH" => self.http.patch(url),
             other => panic!("unsupported method {other}"),
         };
         if let Some(key) = key {
@@ -237,6 +276,87 @@ impl TestApp {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+impl TestApp {
+    /// Opens a WebSocket on the gateway; a refused handshake is returned as
+    /// its HTTP status and JSON body.
+    pub async fn ws(
+        &self,
+        path: &str,
+        key_header: Option<&str>,
+    ) -> Result<WebSocket, (StatusCode, Value)> {
+        use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+        let url = format!("{}{path}", self.base.replacen("http", "ws", 1));
+        let mut request = url.into_client_request().expect("valid ws url");
+        if let Some(key) = key_header {
+            request
+                .headers_mut()
+                .insert("x-api-key", key.parse().unwrap());
+        }
+        match tokio_tungstenite::connect_async(request).await {
+            Ok((socket, _)) => Ok(socket),
+            Err(tokio_tungstenite::tungstenite::Error::Http(response)) => {
+                let status = StatusCode::from_u16(response.status().as_u16()).unwrap();
+                let body = response.body().clone().unwrap_or_default();
+                let value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+                Err((status, value))
+            }
+            Err(error) => panic!("websocket connect failed: {error}"),
+        }
+    }
+
+    /// A job stream opened with `?token=`.
+    pub async fn watch_job(&self, job_id: &str, token: &str) -> WebSocket {
+        self.ws(&format!("/api/v1/realtime/{job_id}?token={token}"), None)
+            .await
+            .expect("job stream opens")
+    }
+
+    /// A space stream opened with `?token=` and any extra query.
+    pub async fn watch_space(&self, space_id: &str, token: &str, query: &str) -> WebSocket {
+        self.ws(
+            &format!("/api/v1/realtime/spaces/{space_id}?token={token}{query}"),
+            None,
+        )
+        .await
+        .expect("space stream opens")
+    }
+}
+
+/// The next JSON message (bounded wait); pings and pongs are skipped.
+pub async fn next_json(socket: &mut WebSocket) -> Value {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(10), socket.next())
+            .await
+            .expect("a message within 10s")
+            .expect("stream open")
+            .expect("valid frame");
+        match message {
+            Message::Text(text) => return serde_json::from_str(&text).expect("JSON message"),
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("expected a text message, got {other:?}"),
+        }
+    }
+}
+
+/// Reads until the server closes the stream; returns its close frame.
+pub async fn next_close(socket: &mut WebSocket) -> Option<CloseFrame> {
+    loop {
+        let message = tokio::time::timeout(Duration::from_secs(20), socket.next())
+            .await
+            .expect("closed within 20s");
+        match message {
+            Some(Ok(Message::Close(frame))) => return frame,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// Whether nothing arrives within `wait` (the stream stays open and quiet).
+pub async fn stays_quiet(socket: &mut WebSocket, wait: Duration) -> bool {
+    tokio::time::timeout(wait, socket.next()).await.is_err()
 }
 
 impl Drop for TestApp {

@@ -10,5 +10,6 @@ mod helpers;
 mod lifecycle;
 mod list;
 mod logs;
+mod realtime;
 mod restart;
 mod timers;

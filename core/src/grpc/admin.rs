@@ -7,6 +7,7 @@ use tonic::{Request, Response, Status};
 use super::principal;
 use crate::auth::Authenticator;
 use crate::service::AdminApi;
+use crate::store::SpaceSettings;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -58,6 +59,24 @@ impl AdminService for AdminGrpc {
             .get_space(&who, &request.get_ref().space_id)
             .await?;
         Ok(Response::new(pb::GetSpaceResponse {
+            space: Some(space.into()),
+        }))
+    }
+
+    async fn update_space(
+        &self,
+        request: Request<pb::UpdateSpaceRequest>,
+    ) -> Reply<pb::UpdateSpaceResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let settings = SpaceSettings {
+            anonymous_progress_streams: request.anonymous_progress_streams,
+        };
+        let space = self
+            .admin
+            .update_space(&who, &request.space_id, settings)
+            .await?;
+        Ok(Response::new(pb::UpdateSpaceResponse {
             space: Some(space.into()),
         }))
     }

@@ -5,7 +5,8 @@ use emit_proto::v1 as pb;
 use crate::clock::{from_timestamp, to_timestamp};
 use crate::job::machine::Fence;
 use crate::job::spec::{BackoffInput, JobInput};
-use crate::job::{BackoffKind, EventKind, Job, JobEvent, JobStatus, StoredLogLine};
+use crate::job::{BackoffKind, EventKind, Job, JobEvent, JobStatus, StatusCounts, StoredLogLine};
+use crate::realtime::{JobStreamItem, SpaceStreamItem};
 use crate::store::{SpaceRecord, TokenRecord};
 
 pub fn status_to_proto(status: JobStatus) -> pb::JobStatus {
@@ -106,19 +107,88 @@ pub fn delivery(job: Job) -> pb::Delivery {
 
 impl From<JobEvent> for pb::JobEvent {
     fn from(event: JobEvent) -> Self {
+        (&event).into()
+    }
+}
+
+impl From<&JobEvent> for pb::JobEvent {
+    fn from(event: &JobEvent) -> Self {
         Self {
-            job_id: event.job_id,
-            job_name: event.job_name,
-            space_id: event.space_id,
+            job_id: event.job_id.clone(),
+            job_name: event.job_name.clone(),
+            space_id: event.space_id.clone(),
             r#type: event_kind_to_proto(event.kind) as i32,
             status: status_to_proto(event.status) as i32,
             previous_status: event
                 .previous_status
                 .map_or(pb::JobStatus::Unspecified, status_to_proto)
                 as i32,
-            data_json: event.data,
+            data_json: event.data.clone(),
             timestamp: Some(to_timestamp(event.at)),
             seq: event.seq as u64,
+            counts: event.counts.map(Into::into),
+        }
+    }
+}
+
+impl From<StatusCounts> for pb::StatusCounts {
+    fn from(counts: StatusCounts) -> Self {
+        Self {
+            scheduled: counts.get(JobStatus::Scheduled),
+            pending: counts.get(JobStatus::Pending),
+            delivered: counts.get(JobStatus::Delivered),
+            running: counts.get(JobStatus::Running),
+            completed: counts.get(JobStatus::Completed),
+            failed: 0,
+            dead: counts.get(JobStatus::Dead),
+            killed: counts.get(JobStatus::Killed),
+        }
+    }
+}
+
+impl From<JobStreamItem> for pb::WatchJobResponse {
+    fn from(item: JobStreamItem) -> Self {
+        use pb::watch_job_response::Message;
+        let message = match item {
+            JobStreamItem::Init(init) => Message::Init(pb::JobSnapshot {
+                job_id: init.job_id,
+                job_name: init.job_name,
+                space_id: init.space_id,
+                status: status_to_proto(init.status) as i32,
+                progress_json: init.progress,
+                timestamp: Some(to_timestamp(init.at)),
+            }),
+            JobStreamItem::Event(event) => Message::Event((&*event).into()),
+            JobStreamItem::Log { entry, show_line } => Message::Log(pb::JobLogEntry {
+                job_id: entry.job_id.clone(),
+                job_name: entry.job_name.clone(),
+                space_id: entry.space_id.clone(),
+                status: status_to_proto(entry.status) as i32,
+                line: show_line.then(|| entry.line.clone().into()),
+            }),
+        };
+        Self {
+            message: Some(message),
+        }
+    }
+}
+
+impl From<SpaceStreamItem> for pb::WatchSpaceResponse {
+    fn from(item: SpaceStreamItem) -> Self {
+        use pb::watch_space_response::Message;
+        let message = match item {
+            SpaceStreamItem::Connected(connected) => Message::Connected(pb::SpaceStreamConnected {
+                space_id: connected.space_id,
+                seq: connected.seq as u64,
+                stream_instance_id: connected.stream_id,
+                missed: connected.missed,
+                counts: Some(connected.counts.into()),
+                timestamp: Some(to_timestamp(connected.at)),
+            }),
+            SpaceStreamItem::Event(event) => Message::Event((&*event).into()),
+        };
+        Self {
+            message: Some(message),
         }
     }
 }
@@ -174,6 +244,7 @@ impl From<SpaceRecord> for pb::Space {
             name: space.name,
             public_token: space.public_token,
             created_at: Some(to_timestamp(space.created_at)),
+            anonymous_progress_streams: space.anonymous_progress_streams,
         }
     }
 }

@@ -3,9 +3,11 @@
 
 mod admin;
 mod convert;
+mod events;
 mod jobs;
 
 pub use admin::AdminGrpc;
+pub use events::EventsGrpc;
 pub use jobs::JobsGrpc;
 
 use tonic::metadata::MetadataMap;
@@ -13,8 +15,22 @@ use tonic::metadata::MetadataMap;
 use crate::auth::{Authenticator, Principal, presented_key};
 use crate::error::Result;
 
-async fn principal(auth: &Authenticator, metadata: &MetadataMap) -> Result<Principal> {
+fn presented(metadata: &MetadataMap) -> Option<&str> {
     let header = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
-    auth.authenticate(presented_key(header("x-api-key"), header("authorization")))
-        .await
+    presented_key(header("x-api-key"), header("authorization"))
+}
+
+async fn principal(auth: &Authenticator, metadata: &MetadataMap) -> Result<Principal> {
+    auth.authenticate(presented(metadata)).await
+}
+
+/// None when no key was presented at all; a key that was presented must be valid.
+async fn optional_principal(
+    auth: &Authenticator,
+    metadata: &MetadataMap,
+) -> Result<Option<Principal>> {
+    match presented(metadata) {
+        Some(key) => auth.authenticate(Some(key)).await.map(Some),
+        None => Ok(None),
+    }
 }

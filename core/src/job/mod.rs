@@ -325,6 +325,92 @@ pub struct JobEvent {
     pub previous_status: Option<JobStatus>,
     pub data: Option<String>,
     pub at: UnixMillis,
+    /// The space's job counts right after this event; set by the store on
+    /// live events that change them (see `changes_counts`).
+    pub counts: Option<StatusCounts>,
+}
+
+impl JobEvent {
+    /// Creation and status transitions move a job between counts.
+    pub fn changes_counts(&self) -> bool {
+        self.kind == EventKind::Created || self.previous_status.is_some_and(|p| p != self.status)
+    }
+}
+
+/// How many jobs of a space are in each status.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct StatusCounts([u64; 7]);
+
+impl StatusCounts {
+    pub fn get(&self, status: JobStatus) -> u64 {
+        self.0[status as usize]
+    }
+
+    pub fn set(&mut self, status: JobStatus, count: u64) {
+        self.0[status as usize] = count;
+    }
+
+    pub fn total(&self) -> u64 {
+        self.0.iter().sum()
+    }
+
+    /// Counts after `event`.
+    pub fn apply(&mut self, event: &JobEvent) {
+        if !event.changes_counts() {
+            return;
+        }
+        if let Some(previous) = event.previous_status {
+            let slot = &mut self.0[previous as usize];
+            *slot = slot.saturating_sub(1);
+        }
+        self.0[event.status as usize] += 1;
+    }
+
+    /// Counts before `event`, given the counts after it.
+    pub fn undo(&mut self, event: &JobEvent) {
+        if !event.changes_counts() {
+            return;
+        }
+        let slot = &mut self.0[event.status as usize];
+        *slot = slot.saturating_sub(1);
+        if let Some(previous) = event.previous_status {
+            self.0[previous as usize] += 1;
+        }
+    }
+}
+
+/// A log line as streamed live to the job's watchers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobLogEntry {
+    pub space_id: String,
+    pub job_id: String,
+    pub job_name: String,
+    /// The job's status when the line was appended.
+    pub status: JobStatus,
+    pub line: StoredLogLine,
+}
+
+/// Something a commit published to watchers, in commit order.
+#[derive(Clone, Debug)]
+pub enum LiveEvent {
+    Job(std::sync::Arc<JobEvent>),
+    Log(std::sync::Arc<JobLogEntry>),
+}
+
+impl LiveEvent {
+    pub fn space_id(&self) -> &str {
+        match self {
+            Self::Job(event) => &event.space_id,
+            Self::Log(entry) => &entry.space_id,
+        }
+    }
+
+    pub fn job_id(&self) -> &str {
+        match self {
+            Self::Job(event) => &event.job_id,
+            Self::Log(entry) => &entry.job_id,
+        }
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -4,7 +4,7 @@ use crate::auth::{Authenticator, Principal, Scope, generate_key, hash_key, parse
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
-use crate::store::{SpaceRecord, Store, TokenRecord};
+use crate::store::{SpaceRecord, SpaceSettings, Store, TokenRecord};
 
 const MAX_NAME_CHARS: usize = 200;
 pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
@@ -29,6 +29,8 @@ impl AdminApi {
             id: new_id(),
             name,
             public_token: public_key.clone(),
+            stream_id: new_id(),
+            anonymous_progress_streams: false,
             created_at: now,
         };
         let token = TokenRecord {
@@ -52,6 +54,22 @@ impl AdminApi {
     pub async fn get_space(&self, who: &Principal, space_id: &str) -> Result<SpaceRecord> {
         who.require_admin()?;
         self.find_space(space_id).await
+    }
+
+    pub async fn update_space(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        who.require_admin()?;
+        let space = self.store.update_space(space_id, settings).await?;
+        tracing::info!(
+            space_id,
+            anonymous_progress_streams = space.anonymous_progress_streams,
+            "space settings updated"
+        );
+        Ok(space)
     }
 
     /// Returns the token and its key, which is never shown again.

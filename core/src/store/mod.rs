@@ -15,14 +15,46 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
-use crate::job::{Job, JobEvent, JobStatus, LogLevel, LogLine, StoredLogLine};
+use crate::job::{
+    Job, JobEvent, JobStatus, LiveEvent, LogLevel, LogLine, StatusCounts, StoredLogLine,
+};
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpaceRecord {
     pub id: String,
     pub name: String,
     pub public_token: String,
+    /// Identifies the space's event sequence (the space stream's
+    /// `streamInstanceId`).
+    pub stream_id: String,
+    /// Whether job streams of this space may be opened without a token.
+    pub anonymous_progress_streams: bool,
     pub created_at: UnixMillis,
+}
+
+/// Changes to a space's settings; `None` leaves a setting as it is.
+#[derive(Clone, Debug, Default)]
+pub struct SpaceSettings {
+    pub anonymous_progress_streams: Option<bool>,
+}
+
+/// A space's event sequence as of one instant: its last event and the job
+/// counts right after it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceHead {
+    pub stream_id: String,
+    pub seq: i64,
+    pub counts: StatusCounts,
+}
+
+/// What a reconnecting space stream missed.
+#[derive(Clone, Debug)]
+pub struct SpaceLog {
+    pub head: SpaceHead,
+    /// The events after the requested cursor up to `head.seq`, in order;
+    /// `None` when they cannot all be replayed (cursor ahead of the head,
+    /// too far behind, or events no longer retained).
+    pub missed_events: Option<Vec<JobEvent>>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -81,6 +113,16 @@ pub trait Store: Send + Sync + 'static {
     async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()>;
     async fn list_spaces(&self) -> Result<Vec<SpaceRecord>>;
     async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>>;
+    /// Fails with NotFound when the space does not exist.
+    async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord>;
+    /// The space's head and, when `after` is given, the events after it
+    /// (at most `max_missed` of them), read at one instant.
+    async fn space_log(
+        &self,
+        space_id: &str,
+        after: Option<i64>,
+        max_missed: u32,
+    ) -> Result<Option<SpaceLog>>;
 
     /// Fails with NotFound when the space does not exist.
     async fn create_token(&self, token: TokenRecord) -> Result<()>;
@@ -100,6 +142,9 @@ pub trait Store: Send + Sync + 'static {
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
     async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>>;
     async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>>;
+    /// The job and the last event sequence number of its space, read at one
+    /// instant: every event after that number happened after the snapshot.
+    async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>>;
 
     /// Atomically delivers up to `count` available pending jobs, oldest first.
     async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>>;
@@ -123,8 +168,9 @@ pub trait Store: Send + Sync + 'static {
     ) -> Result<i64>;
     async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>>;
 
-    /// Events as they are committed, in sequence order per space.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>>;
+    /// What each commit published (events, log lines), commit by commit in
+    /// commit order, so events of a space arrive in sequence order.
+    fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>>;
 }
 
 /// Opens the store a database URL names, running its migrations.

@@ -15,7 +15,10 @@ use crate::{ApiError, CoreClient};
 pub fn router() -> Router<CoreClient> {
     Router::new()
         .route("/api/v1/spaces", get(list_spaces).post(create_space))
-        .route("/api/v1/spaces/{space_id}", get(get_space))
+        .route(
+            "/api/v1/spaces/{space_id}",
+            get(get_space).patch(update_space),
+        )
         .route(
             "/api/v1/spaces/{space_id}/tokens",
             get(list_tokens).post(create_token),
@@ -39,6 +42,23 @@ async fn create_space(
         StatusCode::CREATED,
         Json(json::space(space.unwrap_or_default())),
     ))
+}
+
+/// Settings beyond the reference service: `anonymousProgressStreams`.
+async fn update_space(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let fields = Fields::of(&body, "")?;
+    let message = pb::UpdateSpaceRequest {
+        space_id,
+        anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
+    };
+    let request = with_credentials(&headers, message);
+    let space = core.admin().update_space(request).await?.into_inner().space;
+    Ok(Json(json::space(space.unwrap_or_default())))
 }
 
 async fn list_spaces(

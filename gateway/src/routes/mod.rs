@@ -3,13 +3,14 @@
 mod admin;
 mod health;
 mod jobs;
+mod realtime;
 mod workers;
 
 use std::collections::HashMap;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, Query};
-use axum::http::Uri;
+use axum::http::{Request, Uri};
 use tower_http::trace::TraceLayer;
 
 use crate::{ApiError, CoreClient, MAX_BODY_BYTES};
@@ -20,8 +21,12 @@ pub fn router(core: CoreClient) -> Router {
         .merge(admin::router())
         .merge(jobs::router())
         .merge(workers::router())
+        .merge(realtime::router())
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(TraceLayer::new_for_http())
+        // Spans name the path only: query strings may carry `?token=`.
+        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+            tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
+        }))
         .with_state(core)
 }
 

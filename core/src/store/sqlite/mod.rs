@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, QueryBuilder, Sqlite};
+use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use self::writer::{WriteOp, Writer};
@@ -23,19 +23,21 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
-use crate::job::{Job, JobEvent, LogLine, StoredLogLine};
+use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
-    DeliverRequest, JobQuery, JobTarget, LogQuery, SpaceRecord, Store, Sweep, TokenRecord,
+    DeliverRequest, JobQuery, JobTarget, LogQuery, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings,
+    Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
 const WRITE_QUEUE: usize = 4096;
-const EVENT_BUFFER: usize = 16_384;
+/// Commits (not events) a slow subscriber of the broadcast may fall behind.
+const PUBLISH_BUFFER: usize = 4096;
 
 pub struct SqliteStore {
     reads: SqlitePool,
     writes: mpsc::Sender<WriteOp>,
-    events: broadcast::Sender<Arc<JobEvent>>,
+    published: broadcast::Sender<Arc<[LiveEvent]>>,
 }
 
 impl SqliteStore {
@@ -63,13 +65,13 @@ impl SqliteStore {
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
-        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        let (published, _) = broadcast::channel(PUBLISH_BUFFER);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(Writer::new(write_connection, events.clone()).run(queue));
+        tokio::spawn(Writer::new(write_connection, published.clone()).run(queue));
         Ok(Self {
             reads,
             writes,
-            events,
+            published,
         })
     }
 
@@ -107,6 +109,60 @@ impl Store for SqliteStore {
             .fetch_optional(&self.reads)
             .await?;
         row.as_ref().map(rows::space).transpose()
+    }
+
+    async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord> {
+        let space_id = space_id.to_owned();
+        self.write(|reply| WriteOp::UpdateSpace {
+            space_id,
+            settings,
+            reply,
+        })
+        .await
+    }
+
+    async fn space_log(
+        &self,
+        space_id: &str,
+        after: Option<i64>,
+        max_missed: u32,
+    ) -> Result<Option<SpaceLog>> {
+        // One read transaction: the head and the events are one snapshot.
+        let mut snapshot = self.reads.begin().await?;
+        let Some(row) = sqlx::query("SELECT * FROM spaces WHERE id = ?")
+            .bind(space_id)
+            .fetch_optional(&mut *snapshot)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let head = SpaceHead {
+            stream_id: row.try_get("stream_id")?,
+            seq: row.try_get("event_seq")?,
+            counts: rows::space_counts(&row)?,
+        };
+        let missed_events = match after {
+            Some(after) if after <= head.seq && head.seq - after <= i64::from(max_missed) => {
+                let rows = sqlx::query(
+                    "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+                     WHERE e.space_id = ? AND e.seq > ? AND e.seq <= ? ORDER BY e.seq",
+                )
+                .bind(space_id)
+                .bind(after)
+                .bind(head.seq)
+                .fetch_all(&mut *snapshot)
+                .await?;
+                let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+                // Complete only if nothing in the range was pruned.
+                (events.len() as i64 == head.seq - after).then_some(events)
+            }
+            _ => None,
+        };
+        snapshot.commit().await?;
+        Ok(Some(SpaceLog {
+            head,
+            missed_events,
+        }))
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<()> {
@@ -203,6 +259,18 @@ impl Store for SqliteStore {
         rows.iter().map(rows::event).collect()
     }
 
+    async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>> {
+        let row = sqlx::query(
+            "SELECT j.*, s.event_seq AS space_event_seq FROM jobs j JOIN spaces s ON s.id = j.space_id \
+             WHERE j.id = ?",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(|row| Ok((rows::job(&row)?, row.try_get("space_event_seq")?)))
+            .transpose()
+    }
+
     async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
         self.write(|reply| WriteOp::Deliver { request, reply })
             .await
@@ -271,7 +339,7 @@ impl Store for SqliteStore {
         rows.iter().map(rows::log_line).collect()
     }
 
-    fn subscribe(&self) -> broadcast::Receiver<Arc<JobEvent>> {
-        self.events.subscribe()
+    fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.published.subscribe()
     }
 }

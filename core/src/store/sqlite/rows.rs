@@ -6,7 +6,7 @@ use sqlx::sqlite::SqliteRow;
 use crate::error::{Error, Result};
 use crate::job::{
     BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
-    StoredLogLine,
+    StatusCounts, StoredLogLine,
 };
 use crate::store::{SpaceRecord, TokenRecord};
 
@@ -86,6 +86,7 @@ pub fn event(row: &SqliteRow) -> Result<JobEvent> {
         previous_status: previous.as_deref().map(status).transpose()?,
         data: row.try_get("data")?,
         at: row.try_get("created_at")?,
+        counts: None,
     })
 }
 
@@ -94,8 +95,21 @@ pub fn space(row: &SqliteRow) -> Result<SpaceRecord> {
         id: row.try_get("id")?,
         name: row.try_get("name")?,
         public_token: row.try_get("public_token")?,
+        stream_id: row.try_get("stream_id")?,
+        anonymous_progress_streams: row.try_get("anonymous_progress_streams")?,
         created_at: row.try_get("created_at")?,
     })
+}
+
+/// The `count_*` columns of a space row.
+pub fn space_counts(row: &SqliteRow) -> Result<StatusCounts> {
+    let mut counts = StatusCounts::default();
+    for status in JobStatus::ALL {
+        let column = format!("count_{}", status.as_str());
+        let count: i64 = row.try_get(column.as_str())?;
+        counts.set(status, u64::try_from(count).map_err(|_| corrupt(&column))?);
+    }
+    Ok(counts)
 }
 
 pub fn token(row: &SqliteRow) -> Result<TokenRecord> {

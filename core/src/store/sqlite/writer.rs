@@ -13,7 +13,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use sqlx::{Connection, QueryBuilder, Sqlite, SqliteConnection};
+use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::rows;
@@ -21,8 +21,11 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
-use crate::job::{EventDraft, Job, JobEvent, LogLine};
-use crate::store::{DeliverRequest, JobTarget, SpaceRecord, Sweep, TokenRecord};
+use crate::job::{
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
+    StoredLogLine,
+};
+use crate::store::{DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord};
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 512;
@@ -37,6 +40,11 @@ pub enum WriteOp {
         space: SpaceRecord,
         token: TokenRecord,
         reply: Reply<()>,
+    },
+    UpdateSpace {
+        space_id: String,
+        settings: SpaceSettings,
+        reply: Reply<SpaceRecord>,
     },
     CreateToken {
         token: TokenRecord,
@@ -97,24 +105,32 @@ fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finis
     (failed_in_database, finish)
 }
 
+/// A space's last event sequence number and its job counts, as of the open
+/// transaction. The writer is the only writer, so its copy is authoritative.
+#[derive(Clone, Copy)]
+struct Head {
+    seq: i64,
+    counts: StatusCounts,
+}
+
 pub struct Writer {
     conn: SqliteConnection,
-    /// Last event sequence number per space, as of the open transaction.
-    seqs: HashMap<String, i64>,
+    heads: HashMap<String, Head>,
     dirty_spaces: HashSet<String>,
-    /// Events recorded by the open transaction, inserted before COMMIT.
-    recorded: Vec<JobEvent>,
-    events: broadcast::Sender<Arc<JobEvent>>,
+    /// What the open transaction published: events (inserted before COMMIT)
+    /// and log lines, broadcast after COMMIT.
+    recorded: Vec<LiveEvent>,
+    published: broadcast::Sender<Arc<[LiveEvent]>>,
 }
 
 impl Writer {
-    pub fn new(conn: SqliteConnection, events: broadcast::Sender<Arc<JobEvent>>) -> Self {
+    pub fn new(conn: SqliteConnection, published: broadcast::Sender<Arc<[LiveEvent]>>) -> Self {
         Self {
             conn,
-            seqs: HashMap::new(),
+            heads: HashMap::new(),
             dirty_spaces: HashSet::new(),
             recorded: Vec::new(),
-            events,
+            published,
         }
     }
 
@@ -161,16 +177,17 @@ impl Writer {
             if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
                 tracing::warn!(%error, "rollback failed (the transaction may not have started)");
             }
-            self.seqs.clear();
+            self.heads.clear();
             self.recorded.clear();
         }
         self.dirty_spaces.clear();
         for finish in finishes {
             finish(batch_error.as_ref());
         }
-        for event in self.recorded.drain(..) {
+        if !self.recorded.is_empty() {
+            let published: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
             // No subscribers is fine: nobody is watching.
-            let _ = self.events.send(Arc::new(event));
+            let _ = self.published.send(published);
         }
     }
 
@@ -180,6 +197,7 @@ impl Writer {
             WriteOp::CreateSpace { reply, .. } | WriteOp::CreateToken { reply, .. } => {
                 reply.send(Err(Error::Unavailable)).map_err(drop)
             }
+            WriteOp::UpdateSpace { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
             WriteOp::RevokeToken { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
             WriteOp::PutSettingOnce { reply, .. } => {
                 reply.send(Err(Error::Unavailable)).map_err(drop)
@@ -201,6 +219,11 @@ impl Writer {
                 token,
                 reply,
             } => finish(self.create_space(space, token).await, reply),
+            WriteOp::UpdateSpace {
+                space_id,
+                settings,
+                reply,
+            } => finish(self.update_space(&space_id, settings).await, reply),
             WriteOp::CreateToken { token, reply } => finish(self.create_token(token).await, reply),
             WriteOp::RevokeToken {
                 space_id,
@@ -233,14 +256,39 @@ impl Writer {
     }
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        sqlx::query("INSERT INTO spaces (id, name, public_token, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&space.id)
-            .bind(&space.name)
-            .bind(&space.public_token)
-            .bind(space.created_at)
-            .execute(&mut self.conn)
-            .await?;
+        sqlx::query(
+            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&space.id)
+        .bind(&space.name)
+        .bind(&space.public_token)
+        .bind(&space.stream_id)
+        .bind(space.anonymous_progress_streams)
+        .bind(space.created_at)
+        .execute(&mut self.conn)
+        .await?;
         self.insert_token(&token).await
+    }
+
+    async fn update_space(
+        &mut self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        self.require_space(space_id).await?;
+        if let Some(allowed) = settings.anonymous_progress_streams {
+            sqlx::query("UPDATE spaces SET anonymous_progress_streams = ? WHERE id = ?")
+                .bind(allowed)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
+            .bind(space_id)
+            .fetch_one(&mut self.conn)
+            .await?;
+        rows::space(&row)
     }
 
     async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
@@ -438,6 +486,21 @@ impl Writer {
             });
             insert.build().execute(&mut self.conn).await?;
         }
+        let first = last + 1;
+        for (offset, line) in lines.into_iter().enumerate() {
+            self.recorded.push(LiveEvent::Log(Arc::new(JobLogEntry {
+                space_id: job.space_id.clone(),
+                job_id: job.id.clone(),
+                job_name: job.name.clone(),
+                status: job.status(),
+                line: StoredLogLine {
+                    seq: first + offset as i64,
+                    level: line.level,
+                    message: line.message,
+                    at: now,
+                },
+            })));
+        }
         Ok(seq)
     }
 
@@ -504,9 +567,9 @@ impl Writer {
     }
 
     async fn record(&mut self, job: &Job, draft: EventDraft, now: UnixMillis) -> Result<()> {
-        let seq = self.next_seq(&job.space_id).await?;
-        self.recorded.push(JobEvent {
-            seq,
+        let mut head = self.head(&job.space_id).await?;
+        let mut event = JobEvent {
+            seq: head.seq + 1,
             space_id: job.space_id.clone(),
             job_id: job.id.clone(),
             job_name: job.name.clone(),
@@ -515,27 +578,46 @@ impl Writer {
             previous_status: draft.previous_status,
             data: draft.data,
             at: now,
-        });
+            counts: None,
+        };
+        head.seq = event.seq;
+        if event.changes_counts() {
+            head.counts.apply(&event);
+            event.counts = Some(head.counts);
+        }
+        self.heads.insert(job.space_id.clone(), head);
+        self.dirty_spaces.insert(job.space_id.clone());
+        self.recorded.push(LiveEvent::Job(Arc::new(event)));
         Ok(())
     }
 
-    async fn next_seq(&mut self, space_id: &str) -> Result<i64> {
-        let last = match self.seqs.get(space_id) {
-            Some(last) => *last,
-            None => sqlx::query_scalar("SELECT event_seq FROM spaces WHERE id = ?")
-                .bind(space_id)
-                .fetch_optional(&mut self.conn)
-                .await?
-                .ok_or(Error::NotFound("space"))?,
+    async fn head(&mut self, space_id: &str) -> Result<Head> {
+        if let Some(head) = self.heads.get(space_id) {
+            return Ok(*head);
+        }
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
+            .bind(space_id)
+            .fetch_optional(&mut self.conn)
+            .await?
+            .ok_or(Error::NotFound("space"))?;
+        let head = Head {
+            seq: row.try_get("event_seq")?,
+            counts: rows::space_counts(&row)?,
         };
-        self.seqs.insert(space_id.to_owned(), last + 1);
-        self.dirty_spaces.insert(space_id.to_owned());
-        Ok(last + 1)
+        Ok(head)
     }
 
-    /// Writes the batch's events and sequence counters.
+    /// Writes the batch's events, sequence counters and counts.
     async fn flush(&mut self) -> Result<()> {
-        for chunk in self.recorded.chunks(EVENT_ROWS_PER_INSERT) {
+        let events: Vec<&JobEvent> = self
+            .recorded
+            .iter()
+            .filter_map(|published| match published {
+                LiveEvent::Job(event) => Some(&**event),
+                LiveEvent::Log(_) => None,
+            })
+            .collect();
+        for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, created_at) ",
             );
@@ -552,11 +634,24 @@ impl Writer {
             insert.build().execute(&mut self.conn).await?;
         }
         for space_id in &self.dirty_spaces {
-            sqlx::query("UPDATE spaces SET event_seq = ? WHERE id = ?")
-                .bind(self.seqs[space_id])
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
+            let head = self.heads[space_id];
+            let count = |status: JobStatus| head.counts.get(status) as i64;
+            sqlx::query(
+                "UPDATE spaces SET event_seq = ?, count_scheduled = ?, count_pending = ?, \
+                 count_delivered = ?, count_running = ?, count_completed = ?, count_dead = ?, \
+                 count_killed = ? WHERE id = ?",
+            )
+            .bind(head.seq)
+            .bind(count(JobStatus::Scheduled))
+            .bind(count(JobStatus::Pending))
+            .bind(count(JobStatus::Delivered))
+            .bind(count(JobStatus::Running))
+            .bind(count(JobStatus::Completed))
+            .bind(count(JobStatus::Dead))
+            .bind(count(JobStatus::Killed))
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
         }
         Ok(())
     }

@@ -1,0 +1,286 @@
+//! Routes what each commit published to the watchers of the jobs and spaces
+//! it touched. One task reads the store's broadcast; every watcher has its own
+//! bounded queue. Routing never waits on a watcher: a queue that is full means
+//! its watcher is too far behind, and it is cut loose (marked overrun) rather
+//! than allowed to slow the others or the core.
+//!
+//! Queues hold chunks (the events of one commit for one job or space), so a
+//! burst such as a bulk create of 1000 jobs is one queue entry, and a bound
+//! counts commits, not events.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use tokio::sync::{broadcast, mpsc};
+
+use crate::job::LiveEvent;
+
+/// The events one commit published for one job or one space, in order.
+pub type Chunk = Arc<[LiveEvent]>;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Topic {
+    /// Events and log lines of one job.
+    Job(String),
+    /// Events (not log lines) of every job in a space.
+    Space(String),
+}
+
+struct Slot {
+    id: u64,
+    queue: mpsc::Sender<Chunk>,
+    overrun: Arc<AtomicBool>,
+}
+
+#[derive(Default)]
+struct Topics {
+    jobs: HashMap<String, Vec<Slot>>,
+    spaces: HashMap<String, Vec<Slot>>,
+    next_id: u64,
+    closed: bool,
+}
+
+impl Topics {
+    fn slots<'a>(&'a mut self, topic: &'a Topic) -> (&'a mut HashMap<String, Vec<Slot>>, &'a str) {
+        match topic {
+            Topic::Job(id) => (&mut self.jobs, id),
+            Topic::Space(id) => (&mut self.spaces, id),
+        }
+    }
+}
+
+struct Shared {
+    topics: Mutex<Topics>,
+    queue_capacity: usize,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Topics> {
+        self.topics
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn route(&self, commit: &[LiveEvent]) {
+        let mut topics = self.lock();
+        if topics.jobs.is_empty() && topics.spaces.is_empty() {
+            return;
+        }
+        let mut by_space: HashMap<&str, Vec<LiveEvent>> = HashMap::new();
+        let mut by_job: HashMap<&str, Vec<LiveEvent>> = HashMap::new();
+        for event in commit {
+            if matches!(event, LiveEvent::Job(_)) && topics.spaces.contains_key(event.space_id()) {
+                by_space
+                    .entry(event.space_id())
+                    .or_default()
+                    .push(event.clone());
+            }
+            if topics.jobs.contains_key(event.job_id()) {
+                by_job
+                    .entry(event.job_id())
+                    .or_default()
+                    .push(event.clone());
+            }
+        }
+        for (space_id, events) in by_space {
+            deliver(&mut topics.spaces, space_id, events.into());
+        }
+        for (job_id, events) in by_job {
+            deliver(&mut topics.jobs, job_id, events.into());
+        }
+    }
+
+    /// Cuts every watcher loose: used when routing itself fell behind, so
+    /// any watcher may have missed something.
+    fn overrun_all(&self) {
+        let mut topics = self.lock();
+        for slot in topics.jobs.values().chain(topics.spaces.values()).flatten() {
+            slot.overrun.store(true, Ordering::Release);
+        }
+        topics.jobs.clear();
+        topics.spaces.clear();
+    }
+}
+
+fn deliver(slots: &mut HashMap<String, Vec<Slot>>, key: &str, chunk: Chunk) {
+    let Some(watchers) = slots.get_mut(key) else {
+        return;
+    };
+    watchers.retain(|slot| match slot.queue.try_send(chunk.clone()) {
+        Ok(()) => true,
+        Err(mpsc::error::TrySendError::Full(_)) => {
+            slot.overrun.store(true, Ordering::Release);
+            false
+        }
+        Err(mpsc::error::TrySendError::Closed(_)) => false,
+    });
+    if watchers.is_empty() {
+        slots.remove(key);
+    }
+}
+
+#[derive(Clone)]
+pub struct EventHub {
+    shared: Arc<Shared>,
+}
+
+impl EventHub {
+    /// Starts routing `published`; each watcher may fall `queue_capacity`
+    /// commits behind before it is cut loose.
+    pub fn start(published: broadcast::Receiver<Arc<[LiveEvent]>>, queue_capacity: usize) -> Self {
+        let shared = Arc::new(Shared {
+            topics: Mutex::new(Topics::default()),
+            queue_capacity: queue_capacity.max(1),
+        });
+        tokio::spawn(route(shared.clone(), published));
+        Self { shared }
+    }
+
+    pub fn queue_capacity(&self) -> usize {
+        self.shared.queue_capacity
+    }
+
+    /// Starts queueing what is published for `topic` from now on.
+    pub fn subscribe(&self, topic: Topic) -> Subscription {
+        let (queue, receiver) = mpsc::channel(self.shared.queue_capacity);
+        let overrun = Arc::new(AtomicBool::new(false));
+        let mut topics = self.shared.lock();
+        let id = topics.next_id;
+        topics.next_id += 1;
+        if !topics.closed {
+            let (slots, key) = topics.slots(&topic);
+            slots.entry(key.to_owned()).or_default().push(Slot {
+                id,
+                queue,
+                overrun: overrun.clone(),
+            });
+        }
+        Subscription {
+            receiver,
+            overrun,
+            topic,
+            id,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Ends every subscription (the server is stopping) and refuses new ones.
+    pub fn close(&self) {
+        let mut topics = self.shared.lock();
+        topics.closed = true;
+        topics.jobs.clear();
+        topics.spaces.clear();
+    }
+
+    #[cfg(test)]
+    fn route(&self, commit: &[LiveEvent]) {
+        self.shared.route(commit);
+    }
+}
+
+async fn route(shared: Arc<Shared>, mut published: broadcast::Receiver<Arc<[LiveEvent]>>) {
+    loop {
+        match published.recv().await {
+            Ok(commit) => shared.route(&commit),
+            Err(broadcast::error::RecvError::Lagged(missed)) => {
+                tracing::warn!(missed, "event routing fell behind; disconnecting watchers");
+                shared.overrun_all();
+            }
+            Err(broadcast::error::RecvError::Closed) => break,
+        }
+        if shared.lock().closed {
+            break;
+        }
+    }
+}
+
+/// Why a subscription stopped delivering.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Ended {
+    /// The watcher fell too far behind.
+    Overrun,
+    /// The hub closed: the server is stopping.
+    Closed,
+}
+
+pub struct Subscription {
+    receiver: mpsc::Receiver<Chunk>,
+    overrun: Arc<AtomicBool>,
+    topic: Topic,
+    id: u64,
+    shared: Arc<Shared>,
+}
+
+impl Subscription {
+    /// The next chunk. After an overrun the chunks already queued are still
+    /// delivered first, then `Ended::Overrun`.
+    pub async fn recv(&mut self) -> Result<Chunk, Ended> {
+        match self.receiver.recv().await {
+            Some(chunk) => Ok(chunk),
+            None if self.overrun.load(Ordering::Acquire) => Err(Ended::Overrun),
+            None => Err(Ended::Closed),
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        let mut topics = self.shared.lock();
+        let (slots, key) = topics.slots(&self.topic);
+        if let Some(watchers) = slots.get_mut(key) {
+            watchers.retain(|slot| slot.id != self.id);
+            if watchers.is_empty() {
+                slots.remove(key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::{EventKind, JobEvent, JobStatus};
+
+    fn event(space: &str, job: &str, seq: i64) -> LiveEvent {
+        LiveEvent::Job(Arc::new(JobEvent {
+            seq,
+            space_id: space.into(),
+            job_id: job.into(),
+            job_name: "n".into(),
+            kind: EventKind::Progress,
+            status: JobStatus::Running,
+            previous_status: None,
+            data: None,
+            at: 0,
+            counts: None,
+        }))
+    }
+
+    #[tokio::test]
+    async fn routes_by_job_and_space_and_cuts_loose_a_full_queue() {
+        let (sender, receiver) = broadcast::channel(4);
+        let hub = EventHub::start(receiver, 2);
+        drop(sender);
+        let mut job = hub.subscribe(Topic::Job("j1".into()));
+        let mut space = hub.subscribe(Topic::Space("s1".into()));
+        let mut other = hub.subscribe(Topic::Space("s2".into()));
+
+        hub.route(&[event("s1", "j1", 1), event("s1", "j2", 2)]);
+        assert_eq!(job.recv().await.unwrap().len(), 1);
+        assert_eq!(space.recv().await.unwrap().len(), 2);
+
+        // `other` never reads: two commits fill it, the third cuts it loose.
+        for seq in 1..=3 {
+            hub.route(&[event("s2", "j9", seq)]);
+        }
+        assert!(other.recv().await.is_ok());
+        assert!(other.recv().await.is_ok());
+        assert_eq!(other.recv().await.unwrap_err(), Ended::Overrun);
+
+        drop(job);
+        assert!(hub.shared.lock().jobs.is_empty(), "dropping unsubscribes");
+        hub.close();
+        assert_eq!(space.recv().await.unwrap_err(), Ended::Closed);
+    }
+}
