@@ -663,3 +663,158 @@ async fn streams_end_with_a_restart_close_when_the_server_stops() {
     let close = next_close(&mut socket).await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Restart);
 }
+
+mod grpc {
+    use emit_proto::v1 as pb;
+    use emit_proto::v1::event_service_client::EventServiceClient;
+    use pb::watch_job_response::Message as JobMessage;
+    use pb::watch_space_response::Message as SpaceMessage;
+    use tonic::transport::Channel;
+
+    use super::*;
+
+    async fn client(app: &TestApp) -> EventServiceClient<Channel> {
+        EventServiceClient::connect(app.grpc_url.clone())
+            .await
+            .expect("grpc connects")
+    }
+
+    fn keyed<T>(message: T, key: &str) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("x-api-key", key.parse().unwrap());
+        request
+    }
+
+    async fn next<T>(stream: &mut tonic::Streaming<T>) -> T {
+        tokio::time::timeout(Duration::from_secs(10), stream.message())
+            .await
+            .expect("a message within 10s")
+            .expect("stream healthy")
+            .expect("stream open")
+    }
+
+    #[tokio::test]
+    async fn watch_job_and_watch_space_stream_over_grpc() {
+        let app = TestApp::spawn().await;
+        let space = app.create_space().await;
+        let mut events = client(&app).await;
+        let job = app.create_job(&space, json!({ "name": "a" })).await;
+
+        let request = pb::WatchJobRequest {
+            job_id: job.clone(),
+        };
+        let mut limited = events
+            .watch_job(keyed(request.clone(), &space.public_token))
+            .await
+            .unwrap()
+            .into_inner();
+        let request = pb::WatchSpaceRequest {
+            space_id: space.id.clone(),
+            ..Default::default()
+        };
+        let mut space_stream = events
+            .watch_space(keyed(request, &space.producer))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(JobMessage::Init(init)) = next(&mut limited).await.message else {
+            panic!("init first");
+        };
+        assert_eq!(init.status, pb::JobStatus::Pending as i32);
+        let Some(SpaceMessage::Connected(connected)) = next(&mut space_stream).await.message else {
+            panic!("connected first");
+        };
+        assert_eq!((connected.seq, connected.missed), (1, false));
+        assert_eq!(connected.counts.unwrap().pending, 1);
+
+        app.poll_one(&space).await;
+        app.worker_call(&space, &job, "ack", json!({})).await;
+        app.worker_call(
+            &space,
+            &job,
+            "complete",
+            json!({ "result": { "ok": true } }),
+        )
+        .await;
+        for expected in [
+            pb::JobEventType::Delivered,
+            pb::JobEventType::Acked,
+            pb::JobEventType::Completed,
+        ] {
+            let Some(JobMessage::Event(event)) = next(&mut limited).await.message else {
+                panic!("an event");
+            };
+            assert_eq!(event.r#type, expected as i32);
+            assert_eq!(event.data_json, None, "stripped for jobs:read:progress");
+            let Some(SpaceMessage::Event(event)) = next(&mut space_stream).await.message else {
+                panic!("an event");
+            };
+            assert_eq!(event.r#type, expected as i32);
+            assert!(event.counts.is_some());
+        }
+
+        // Handshake refusals are gRPC status codes.
+        let refused = events
+            .watch_job(pb::WatchJobRequest {
+                job_id: job.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::Unauthenticated);
+        let request = pb::WatchSpaceRequest {
+            space_id: space.id.clone(),
+            ..Default::default()
+        };
+        let refused = events
+            .watch_space(keyed(request, &space.public_token))
+            .await
+            .unwrap_err();
+        assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+        assert_eq!(refused.message(), "Missing required scope: jobs:read");
+    }
+
+    #[tokio::test]
+    async fn a_grpc_watcher_that_stops_reading_is_ended_with_resource_exhausted() {
+        let app = TestApp::spawn_with(Options {
+            streams: StreamLimits {
+                watcher_queue: 4,
+                ..StreamLimits::default()
+            },
+            ..Options::default()
+        })
+        .await;
+        let space = app.create_space().await;
+        let job = app.create_job(&space, json!({ "name": "a" })).await;
+        app.poll_one(&space).await;
+        app.worker_call(&space, &job, "ack", json!({})).await;
+        let request = pb::WatchSpaceRequest {
+            space_id: space.id.clone(),
+            ..Default::default()
+        };
+        let mut stalled = client(&app)
+            .await
+            .watch_space(keyed(request, &space.producer))
+            .await
+            .unwrap()
+            .into_inner();
+        let padding = "x".repeat(100 * 1024);
+        for _ in 0..200 {
+            let progress = json!({ "percent": 1, "pad": padding });
+            let (status, _) = app.worker_call(&space, &job, "progress", progress).await;
+            assert_eq!(status, StatusCode::OK);
+        }
+        let mut received = 0;
+        let ended = loop {
+            match tokio::time::timeout(Duration::from_secs(10), stalled.message()).await {
+                Ok(Ok(Some(_))) => received += 1,
+                Ok(Err(status)) => break status,
+                other => panic!("expected RESOURCE_EXHAUSTED, got {other:?}"),
+            }
+        };
+        assert_eq!(ended.code(), tonic::Code::ResourceExhausted);
+        assert!(ended.message().contains("slow consumer"), "{ended:?}");
+        assert!(received < 200, "ended before the backlog: {received}");
+    }
+}
