@@ -7,62 +7,28 @@
 //! Server (core + gateway, SQLite, synchronous=FULL) and load generator run in
 //! one process on this machine, as in `emit serve`.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use emit_core::auth::RateLimit;
-use emit_core::{CoreConfig, Secret};
-use emit_gateway::GatewayConfig;
 use serde_json::{Value, json};
 
-const ADMIN_KEY: &str = "emit_bench_admin";
+mod support;
 const BATCH: usize = 100;
 
 #[tokio::main]
-async fn main() -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+async fn main() -> Result<(), support::AnyError> {
     let mut args = std::env::args().skip(1);
     let jobs: usize = args.next().map_or(Ok(20_000), |arg| arg.parse())?;
     let workers: usize = args.next().map_or(Ok(32), |arg| arg.parse())?;
     let dir = std::env::temp_dir().join(format!("emit-bench-{}", std::process::id()));
-    let core = emit_core::start(CoreConfig {
-        grpc_addr: "127.0.0.1:0".parse()?,
-        database_url: format!("sqlite://{}/emit.db", dir.display()),
-        admin_key: Some(Secret(ADMIN_KEY.into())),
-        rate_limit: RateLimit(NonZeroU32::new(0)),
-        streams: Default::default(),
-    })
-    .await?;
-    let gateway = emit_gateway::start(GatewayConfig {
-        http_addr: "127.0.0.1:0".parse()?,
-        core_url: format!("http://{}", core.grpc_addr),
-        stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
-    })
-    .await?;
+    let (core, gateway) = support::start_server(&dir.display().to_string()).await?;
     let base = format!("http://{}/api/v1", gateway.http_addr);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-
-    let space: Value = http
-        .post(format!("{base}/spaces"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({ "name": "bench" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let space_id = space["id"].as_str().ok_or("no space id")?.to_owned();
-    let token: Value = http
-        .post(format!("{base}/spaces/{space_id}/tokens"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({ "name": "bench", "scopes": ["jobs:worker", "jobs:create"] }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = token["key"].as_str().ok_or("no key")?.to_owned();
+    let space = support::create_space(&http, &base).await?;
+    let (space_id, key) = (space.id, space.key);
 
     // Create-only: bulk batches of 100 from 4 producers, nobody consuming.
     let created = timed_creates(&http, &base, &space_id, &key, jobs).await?;
@@ -100,7 +66,7 @@ async fn timed_creates(
     space_id: &str,
     key: &str,
     jobs: usize,
-) -> Result<Duration, Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<Duration, support::AnyError> {
     let started = Instant::now();
     let batches = Arc::new(AtomicUsize::new(jobs / BATCH));
     let mut producers = Vec::new();
@@ -146,7 +112,7 @@ async fn drain(
     key: &str,
     workers: usize,
     jobs: usize,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), support::AnyError> {
     let done = Arc::new(AtomicUsize::new(0));
     let mut tasks = Vec::new();
     for _ in 0..workers {

@@ -11,23 +11,19 @@
 //! re-executed with `--serve`), since 10k clients and their 10k server-side
 //! sockets exceed one process's descriptor limit. Both share the 2 cores.
 
-use std::num::NonZeroU32;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emit_core::auth::RateLimit;
-use emit_core::{CoreConfig, Secret};
-use emit_gateway::GatewayConfig;
 use futures_util::StreamExt;
 use serde_json::{Value, json};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::{Barrier, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 
-const ADMIN_KEY: &str = "emit_bench_admin";
-const CONNECTS_AT_ONCE: usize = 200;
+mod support;
 
-type AnyError = Box<dyn std::error::Error + Send + Sync>;
+use support::AnyError;
+const CONNECTS_AT_ONCE: usize = 200;
 
 fn micros_now() -> u64 {
     SystemTime::now()
@@ -57,25 +53,8 @@ async fn main() -> Result<(), AnyError> {
     let base = format!("http://{http_addr}/api/v1");
     let http = reqwest::Client::new();
 
-    let space: Value = http
-        .post(format!("{base}/spaces"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({ "name": "fanout" }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let space_id = space["id"].as_str().ok_or("no space id")?.to_owned();
-    let public_token = space["publicToken"].as_str().ok_or("no token")?.to_owned();
-    let token: Value = http
-        .post(format!("{base}/spaces/{space_id}/tokens"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({ "name": "bench", "scopes": ["jobs:worker", "jobs:create"] }))
-        .send()
-        .await?
-        .json()
-        .await?;
-    let key = token["key"].as_str().ok_or("no key")?.to_owned();
+    let space = support::create_space(&http, &base).await?;
+    let (space_id, public_token, key) = (space.id, space.public_token, space.key);
     let created: Value = http
         .post(format!("{base}/spaces/{space_id}/jobs"))
         .header("x-api-key", &key)
@@ -191,20 +170,7 @@ fn stamp(text: &str) -> Option<(usize, u64)> {
 
 /// The child: core and gateway on loopback; prints the HTTP address.
 async fn serve(dir: String) -> Result<(), AnyError> {
-    let core = emit_core::start(CoreConfig {
-        grpc_addr: "127.0.0.1:0".parse()?,
-        database_url: format!("sqlite://{dir}/emit.db"),
-        admin_key: Some(Secret(ADMIN_KEY.into())),
-        rate_limit: RateLimit(NonZeroU32::new(0)),
-        streams: Default::default(),
-    })
-    .await?;
-    let gateway = emit_gateway::start(GatewayConfig {
-        http_addr: "127.0.0.1:0".parse()?,
-        core_url: format!("http://{}", core.grpc_addr),
-        stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
-    })
-    .await?;
+    let (_core, gateway) = support::start_server(&dir).await?;
     println!("{}", gateway.http_addr);
     // Runs until the parent kills it.
     std::future::pending::<()>().await;
