@@ -88,9 +88,9 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         config.rate_limit,
     ));
     let wake = Arc::new(TimerWake::default());
-    let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone()));
-    let admin = Arc::new(AdminApi::new(store.clone(), auth.clone()));
     let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
+    let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone(), hub.clone()));
+    let admin = Arc::new(AdminApi::new(store.clone(), auth.clone()));
     let realtime = Arc::new(RealtimeApi::new(store.clone(), hub.clone(), config.streams));
 
     let (shutdown, shutdown_rx) = watch::channel(false);

@@ -48,6 +48,7 @@ async fn a_grpc_worker_runs_the_whole_lifecycle() {
                 space_id: space.id.clone(),
                 count: Some(10),
                 names: vec![],
+                wait_seconds: None,
             },
         ))
         .await

@@ -5,6 +5,7 @@
 mod admin;
 mod auth;
 mod create;
+mod dispatch;
 mod grpc;
 mod helpers;
 mod lifecycle;

@@ -110,7 +110,13 @@ impl JobService for JobsGrpc {
         let request = request.into_inner();
         let jobs = self
             .jobs
-            .poll(&who, &request.space_id, request.count, request.names)
+            .poll(
+                &who,
+                &request.space_id,
+                request.count,
+                request.names,
+                request.wait_seconds,
+            )
             .await?;
         Ok(Response::new(pb::PollJobsResponse {
             jobs: jobs.into_iter().map(delivery).collect(),

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::job::LiveEvent;
+use crate::job::{JobStatus, LiveEvent};
 
 /// The events one commit published for one job or one space, in order.
 pub type Chunk = Arc<[LiveEvent]>;
@@ -174,7 +174,7 @@ impl EventHub {
     }
 
     #[cfg(test)]
-    fn route(&self, commit: &[LiveEvent]) {
+    pub(crate) fn route(&self, commit: &[LiveEvent]) {
         self.shared.route(commit);
     }
 }
@@ -220,6 +220,36 @@ impl Subscription {
             Some(chunk) => Ok(chunk),
             None if self.overrun.load(Ordering::Acquire) => Err(Ended::Overrun),
             None => Err(Ended::Closed),
+        }
+    }
+}
+
+impl Subscription {
+    /// Waits until a commit makes a job of the subscribed space ready (one
+    /// named in `names`, or any when empty), or until `deadline`. Returns
+    /// false when the hub closed.
+    pub async fn until_ready(&mut self, names: &[String], deadline: tokio::time::Instant) -> bool {
+        loop {
+            let chunk = tokio::select! {
+                chunk = self.recv() => chunk,
+                () = tokio::time::sleep_until(deadline) => return true,
+            };
+            let chunk = match chunk {
+                Ok(chunk) => chunk,
+                // Behind on wake-ups only: look again.
+                Err(Ended::Overrun) => return true,
+                Err(Ended::Closed) => return false,
+            };
+            let made_ready = chunk.iter().any(|event| match event {
+                LiveEvent::Job(event) => {
+                    event.status == JobStatus::Pending
+                        && (names.is_empty() || names.contains(&event.job_name))
+                }
+                LiveEvent::Log(_) => false,
+            });
+            if made_ready {
+                return true;
+            }
         }
     }
 }

@@ -1,4 +1,7 @@
 use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::auth::{Principal, Scope};
 use crate::clock::now_millis;
@@ -7,12 +10,18 @@ use crate::ids::{is_well_formed, new_id};
 use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
 use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
+use crate::realtime::{EventHub, Topic};
 use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Store};
 use crate::timers::TimerWake;
 
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
 pub const MAX_LIST_LIMIT: u32 = 100;
 pub const MAX_POLL_COUNT: u32 = 50;
+/// Longest a poll may wait for a job (`waitSeconds`).
+pub const MAX_POLL_WAIT_SECONDS: u32 = 30;
+/// A waiting poll also looks again this often: a retry waiting out its
+/// backoff becomes available without an event to wake anyone.
+const POLL_RECHECK: Duration = Duration::from_secs(1);
 pub const DEFAULT_LOG_LIMIT: u32 = 100;
 pub const MAX_LOG_LIMIT: u32 = 1000;
 
@@ -25,11 +34,12 @@ pub struct ListLimits {
 pub struct JobsApi {
     store: Arc<dyn Store>,
     timers: Arc<TimerWake>,
+    hub: EventHub,
 }
 
 impl JobsApi {
-    pub fn new(store: Arc<dyn Store>, timers: Arc<TimerWake>) -> Self {
-        Self { store, timers }
+    pub fn new(store: Arc<dyn Store>, timers: Arc<TimerWake>, hub: EventHub) -> Self {
+        Self { store, timers, hub }
     }
 
     pub async fn create(
@@ -80,12 +90,15 @@ impl JobsApi {
         self.find(&target(job_id, space)?).await
     }
 
+    /// Delivers up to `count` ready jobs. With `wait_seconds`, an empty poll
+    /// waits (long-polls) and returns as soon as a job becomes ready.
     pub async fn poll(
         &self,
         who: &Principal,
         space_id: &str,
         count: Option<u32>,
         names: Vec<String>,
+        wait_seconds: Option<u32>,
     ) -> Result<Vec<Job>> {
         who.authorize_space(space_id, Scope::JobsPoll)?;
         let count = count.unwrap_or(1);
@@ -94,15 +107,37 @@ impl JobsApi {
                 "count must be between 1 and {MAX_POLL_COUNT}"
             )));
         }
-        let request = DeliverRequest {
-            space_id: space_id.to_owned(),
-            names,
-            count,
-            now: now_millis(),
-        };
-        let jobs = self.store.deliver(request).await?;
-        self.note_deadlines(&jobs);
-        Ok(jobs)
+        let wait_seconds = wait_seconds.unwrap_or(0);
+        if wait_seconds > MAX_POLL_WAIT_SECONDS {
+            return Err(Error::invalid(format!(
+                "waitSeconds must be between 0 and {MAX_POLL_WAIT_SECONDS}"
+            )));
+        }
+        let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
+        loop {
+            // Subscribed before looking, so a job made ready in between wakes us.
+            let mut ready =
+                (wait_seconds > 0).then(|| self.hub.subscribe(Topic::Space(space_id.to_owned())));
+            let request = DeliverRequest {
+                space_id: space_id.to_owned(),
+                names: names.clone(),
+                count,
+                now: now_millis(),
+            };
+            let jobs = self.store.deliver(request).await?;
+            self.note_deadlines(&jobs);
+            let Some(ready) = ready.as_mut() else {
+                return Ok(jobs);
+            };
+            if !jobs.is_empty() || Instant::now() >= deadline {
+                return Ok(jobs);
+            }
+            let recheck = deadline.min(Instant::now() + POLL_RECHECK);
+            if !ready.until_ready(&names, recheck).await {
+                // The server is stopping.
+                return Ok(Vec::new());
+            }
+        }
     }
 
     pub async fn claim(&self, who: &Principal, job_id: &str) -> Result<Job> {

@@ -51,6 +51,7 @@ async fn poll(
         space_id,
         count: fields.u32("count")?,
         names: names.unwrap_or_default(),
+        wait_seconds: fields.u32("waitSeconds")?,
     };
     let jobs = core
         .jobs()
