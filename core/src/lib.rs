@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod clock;
+pub mod dispatch;
 pub mod error;
 pub mod grpc;
 pub mod ids;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use emit_proto::v1::admin_service_server::AdminServiceServer;
 use emit_proto::v1::event_service_server::EventServiceServer;
 use emit_proto::v1::job_service_server::JobServiceServer;
+use emit_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -17,7 +18,7 @@ use crate::auth::{
     Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
 };
 use crate::error::{Error, Result};
-use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc};
+use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
 use crate::service::{AdminApi, JobsApi};
 use crate::store::{self, Store};
@@ -100,12 +101,19 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;
     health.set_serving::<AdminServiceServer<AdminGrpc>>().await;
     health.set_serving::<EventServiceServer<EventsGrpc>>().await;
+    health
+        .set_serving::<WorkerServiceServer<WorkersGrpc>>()
+        .await;
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(emit_proto::v1::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(Error::internal)?;
 
+    let workers_service =
+        WorkerServiceServer::new(WorkersGrpc::new(auth.clone(), jobs.clone(), hub.clone()))
+            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let jobs_service = JobServiceServer::new(JobsGrpc::new(auth.clone(), jobs))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -129,6 +137,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .add_service(jobs_service)
             .add_service(admin_service)
             .add_service(events_service)
+            .add_service(workers_service)
             .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
                 let _ = stop_rx.wait_for(|stopping| *stopping).await;
             }),

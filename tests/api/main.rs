@@ -14,3 +14,4 @@ mod logs;
 mod realtime;
 mod restart;
 mod timers;
+mod worker_sessions;

@@ -52,6 +52,7 @@ fn event_kind_to_proto(kind: EventKind) -> pb::JobEventType {
         EventKind::Killed => pb::JobEventType::Killed,
         EventKind::CallbackSent => pb::JobEventType::CallbackSent,
         EventKind::CallbackFailed => pb::JobEventType::CallbackFailed,
+        EventKind::Released => pb::JobEventType::Released,
     }
 }
 

@@ -5,10 +5,12 @@ mod admin;
 mod convert;
 mod events;
 mod jobs;
+mod workers;
 
 pub use admin::AdminGrpc;
 pub use events::EventsGrpc;
 pub use jobs::JobsGrpc;
+pub use workers::WorkersGrpc;
 
 use tonic::metadata::MetadataMap;
 

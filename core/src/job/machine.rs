@@ -47,6 +47,9 @@ pub enum Command {
     },
     /// The state's timer came due.
     Expire,
+    /// The worker holding a delivered job went away before acking: the job
+    /// is ready again at once, no attempt used.
+    Release,
 }
 
 impl Command {
@@ -62,6 +65,7 @@ impl Command {
             Self::Fail { .. } => "fail",
             Self::Kill { .. } => "kill",
             Self::Expire => "expire",
+            Self::Release => "release",
         }
     }
 
@@ -165,6 +169,10 @@ pub fn apply(
         (JobState::Delivered { .. }, Command::Expire) => {
             next.state = JobState::Pending { available_at: now };
             record(&next, EventKind::DeliveryTimeout, None);
+        }
+        (JobState::Delivered { .. }, Command::Release) => {
+            next.state = JobState::Pending { available_at: now };
+            record(&next, EventKind::Released, None);
         }
         (JobState::Scheduled { .. }, Command::Expire) => {
             next.state = JobState::Pending { available_at: now };

@@ -258,10 +258,11 @@ pub enum EventKind {
     Killed,
     CallbackSent,
     CallbackFailed,
+    Released,
 }
 
 impl EventKind {
-    pub const ALL: [EventKind; 15] = [
+    pub const ALL: [EventKind; 16] = [
         Self::Created,
         Self::Ready,
         Self::Delivered,
@@ -277,6 +278,7 @@ impl EventKind {
         Self::Killed,
         Self::CallbackSent,
         Self::CallbackFailed,
+        Self::Released,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -296,6 +298,7 @@ impl EventKind {
             Self::Killed => "killed",
             Self::CallbackSent => "callback_sent",
             Self::CallbackFailed => "callback_failed",
+            Self::Released => "released",
         }
     }
 

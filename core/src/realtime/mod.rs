@@ -10,12 +10,12 @@
 
 mod hub;
 
-pub use hub::{EventHub, Topic};
+pub use hub::{Ended, EventHub, Subscription, Topic};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
 
-use self::hub::{Chunk, Ended, Subscription};
+use self::hub::Chunk;
 use crate::auth::{Principal, Scope};
 use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};

@@ -146,7 +146,8 @@ impl JobsApi {
         self.transition(&target, command, &Fence::default()).await
     }
 
-    /// Ack, progress, checkpoint, custom event, complete, fail, keepalive.
+    /// Ack, progress, checkpoint, custom event, complete, fail, keepalive,
+    /// release.
     pub async fn report(
         &self,
         who: &Principal,
@@ -180,6 +181,8 @@ impl JobsApi {
             }
             Command::Keepalive => Scope::JobsKeepalive,
             Command::Kill { .. } => Scope::JobsKill,
+            // Handing back a delivery one holds is part of polling.
+            Command::Release => Scope::JobsPoll,
             Command::Deliver { .. } | Command::Expire => {
                 return Err(Error::invalid("not a worker report"));
             }

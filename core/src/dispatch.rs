@@ -1,0 +1,350 @@
+//! Push dispatch to connected workers. A session holds at most `capacity`
+//! jobs; while it has room, jobs are delivered to it through the same
+//! `JobsApi` calls the polling path uses (same state machine, events,
+//! timeouts and fencing). A session wakes when a commit makes a matching job
+//! ready, so a new job reaches an idle worker without polling delay.
+//!
+//! Every idle matching session tries when woken and the store hands each job
+//! to exactly one of them; the others find nothing (a cheap read-only turn of
+//! the writer). A session that is told of an event that took one of its jobs
+//! away (killed, or the attempt timed out) cancels it on the worker.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio::task::JoinSet;
+use tokio::time::Instant;
+
+use crate::auth::Principal;
+use crate::error::{Error, Result};
+use crate::job::machine::{Command, Fence};
+use crate::job::{Job, JobStatus, LiveEvent};
+use crate::realtime::{Ended, EventHub, Topic};
+use crate::service::{JobsApi, MAX_POLL_COUNT};
+
+pub const MAX_CAPACITY: u32 = 1000;
+/// A session also looks for work this often: a retry waiting out its
+/// backoff becomes ready without an event.
+const RECHECK: Duration = Duration::from_secs(1);
+
+pub struct Hello {
+    pub space_id: String,
+    pub names: Vec<String>,
+    pub capacity: u32,
+}
+
+impl Hello {
+    pub fn validate(&self) -> Result<()> {
+        check_capacity(self.capacity)
+    }
+}
+
+fn check_capacity(capacity: u32) -> Result<()> {
+    if !(1..=MAX_CAPACITY).contains(&capacity) {
+        return Err(Error::invalid(format!(
+            "capacity must be between 1 and {MAX_CAPACITY}"
+        )));
+    }
+    Ok(())
+}
+
+pub enum Report {
+    Job(Command),
+    Logs(Vec<(String, String)>),
+}
+
+pub enum WorkerInput {
+    Capacity(u32),
+    Report {
+        request_id: u64,
+        job_id: String,
+        report: Report,
+    },
+    Drain,
+}
+
+pub enum WorkerOutput {
+    Welcome {
+        session_id: String,
+    },
+    Assignment(Job),
+    Result {
+        request_id: u64,
+        job_id: String,
+        outcome: Result<Option<Job>>,
+    },
+    Cancellation {
+        job_id: String,
+        lease: String,
+        reason: &'static str,
+    },
+    Drained,
+}
+
+struct Held {
+    lease: String,
+    /// A report that may end the job is in flight: events it causes are
+    /// the worker's own doing, not a reason to cancel.
+    reporting: usize,
+}
+
+struct Session {
+    jobs: Arc<JobsApi>,
+    who: Principal,
+    hello: Hello,
+    held: HashMap<String, Held>,
+    draining: bool,
+    output: mpsc::Sender<WorkerOutput>,
+}
+
+/// What an in-flight report came back with.
+struct Reported {
+    request_id: u64,
+    job_id: String,
+    outcome: Result<Option<Job>>,
+}
+
+/// Runs a worker's session until its input ends (the stream dropped) or it
+/// drained. On the way out, jobs delivered but not yet acked go back to
+/// pending at once; running jobs are left to finish or time out.
+pub async fn run_session(
+    jobs: Arc<JobsApi>,
+    hub: EventHub,
+    who: Principal,
+    hello: Hello,
+    mut input: mpsc::Receiver<WorkerInput>,
+    output: mpsc::Sender<WorkerOutput>,
+) {
+    let session_id = crate::ids::new_id();
+    let mut events = hub.subscribe(Topic::Space(hello.space_id.clone()));
+    let mut session = Session {
+        jobs,
+        who,
+        hello,
+        held: HashMap::new(),
+        draining: false,
+        output,
+    };
+    if session
+        .send(WorkerOutput::Welcome {
+            session_id: session_id.clone(),
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
+    let mut reports: JoinSet<Reported> = JoinSet::new();
+    let mut look_for_work = true;
+    let mut recheck = Instant::now() + RECHECK;
+    'session: loop {
+        if look_for_work && session.has_room() {
+            look_for_work = false;
+            recheck = Instant::now() + RECHECK;
+            match session.fill().await {
+                Ok(true) => look_for_work = true,
+                Ok(false) => {}
+                Err(()) => break,
+            }
+        }
+        if session.draining && session.held.is_empty() && reports.is_empty() {
+            let _ = session.send(WorkerOutput::Drained).await;
+            break;
+        }
+        tokio::select! {
+            message = input.recv() => match message {
+                None => break,
+                Some(WorkerInput::Capacity(capacity)) => {
+                    if let Err(error) = check_capacity(capacity) {
+                        let _ = session.send(WorkerOutput::Result {
+                            request_id: 0,
+                            job_id: String::new(),
+                            outcome: Err(error),
+                        }).await;
+                    } else {
+                        session.hello.capacity = capacity;
+                        look_for_work = true;
+                    }
+                }
+                Some(WorkerInput::Drain) => session.draining = true,
+                Some(WorkerInput::Report { request_id, job_id, report }) => {
+                    let fence = session.fence(&job_id);
+                    if let Some(held) = session.held.get_mut(&job_id) {
+                        held.reporting += 1;
+                    }
+                    let (jobs, who) = (session.jobs.clone(), session.who.clone());
+                    reports.spawn(async move {
+                        let outcome = match report {
+                            Report::Job(command) => {
+                                jobs.report(&who, &job_id, command, fence).await.map(Some)
+                            }
+                            Report::Logs(lines) => {
+                                jobs.append_logs(&who, &job_id, lines).await.map(|_| None)
+                            }
+                        };
+                        Reported { request_id, job_id, outcome }
+                    });
+                }
+            },
+            Some(done) = reports.join_next(), if !reports.is_empty() => {
+                let Ok(reported) = done else { continue };
+                if session.settle(&reported) {
+                    look_for_work = true;
+                }
+                let result = WorkerOutput::Result {
+                    request_id: reported.request_id,
+                    job_id: reported.job_id,
+                    outcome: reported.outcome,
+                };
+                if session.send(result).await.is_err() {
+                    break;
+                }
+            }
+            chunk = events.recv() => match chunk {
+                Ok(chunk) => {
+                    for event in chunk.iter() {
+                        let LiveEvent::Job(event) = event else { continue };
+                        if event.status == JobStatus::Pending && session.wants(&event.job_name) {
+                            look_for_work = true;
+                        }
+                        if session.lost(&event.job_id, event.status).await.is_err() {
+                            break 'session;
+                        }
+                    }
+                    if session.has_room() {
+                        look_for_work = true;
+                    }
+                }
+                // Missed wake-ups only: look for work; cancellations of jobs
+                // lost meanwhile surface as refused reports.
+                Err(Ended::Overrun) => {
+                    events = hub.subscribe(Topic::Space(session.hello.space_id.clone()));
+                    look_for_work = true;
+                }
+                Err(Ended::Closed) => break,
+            },
+            () = tokio::time::sleep_until(recheck) => {
+                look_for_work = true;
+                recheck = Instant::now() + RECHECK;
+            }
+        }
+    }
+    session.release_all().await;
+    tracing::debug!(%session_id, "worker session closed");
+}
+
+impl Session {
+    async fn send(&self, message: WorkerOutput) -> std::result::Result<(), ()> {
+        self.output.send(message).await.map_err(drop)
+    }
+
+    fn has_room(&self) -> bool {
+        !self.draining && (self.held.len() as u32) < self.hello.capacity
+    }
+
+    fn wants(&self, name: &str) -> bool {
+        self.hello.names.is_empty() || self.hello.names.iter().any(|n| n == name)
+    }
+
+    fn fence(&self, job_id: &str) -> Fence {
+        Fence {
+            attempt_number: None,
+            lease: self.held.get(job_id).map(|held| held.lease.clone()),
+        }
+    }
+
+    /// Delivers up to the room left; returns whether there may be more.
+    async fn fill(&mut self) -> std::result::Result<bool, ()> {
+        let room = self.hello.capacity.saturating_sub(self.held.len() as u32);
+        let count = room.min(MAX_POLL_COUNT);
+        let delivered = match self
+            .jobs
+            .poll(
+                &self.who,
+                &self.hello.space_id,
+                Some(count),
+                self.hello.names.clone(),
+                None,
+            )
+            .await
+        {
+            Ok(delivered) => delivered,
+            Err(error) => {
+                tracing::warn!(%error, "push dispatch failed; retrying on the next wake");
+                return Ok(false);
+            }
+        };
+        let full = delivered.len() as u32 == count;
+        for job in delivered {
+            let lease = job.state.lease().unwrap_or_default().to_owned();
+            self.held.insert(
+                job.id.clone(),
+                Held {
+                    lease,
+                    reporting: 0,
+                },
+            );
+            self.send(WorkerOutput::Assignment(job)).await?;
+        }
+        Ok(full)
+    }
+
+    /// Updates what the session holds after a report; returns whether room
+    /// was freed.
+    fn settle(&mut self, reported: &Reported) -> bool {
+        let Some(held) = self.held.get_mut(&reported.job_id) else {
+            return false;
+        };
+        held.reporting = held.reporting.saturating_sub(1);
+        let still_ours = match &reported.outcome {
+            Ok(Some(job)) => job.state.lease() == Some(held.lease.as_str()),
+            Ok(None) => true,
+            // Refused: the job may have moved on (fenced, killed, ended).
+            Err(Error::Stale(_) | Error::Conflict(_) | Error::NotFound(_)) => false,
+            Err(_) => true,
+        };
+        if !still_ours {
+            self.held.remove(&reported.job_id);
+        }
+        !still_ours
+    }
+
+    /// Cancels a held job that an event shows is no longer the worker's.
+    async fn lost(&mut self, job_id: &str, status: JobStatus) -> std::result::Result<(), ()> {
+        let Some(held) = self.held.get(job_id) else {
+            return Ok(());
+        };
+        if held.reporting > 0 || matches!(status, JobStatus::Delivered | JobStatus::Running) {
+            return Ok(());
+        }
+        let reason = match status {
+            JobStatus::Killed => "killed",
+            _ => "the attempt timed out",
+        };
+        let held = self.held.remove(job_id).expect("checked above");
+        self.send(WorkerOutput::Cancellation {
+            job_id: job_id.to_owned(),
+            lease: held.lease,
+            reason,
+        })
+        .await
+    }
+
+    /// Hands back every job delivered but not yet acked.
+    async fn release_all(&mut self) {
+        for (job_id, held) in self.held.drain() {
+            let fence = Fence {
+                attempt_number: None,
+                lease: Some(held.lease),
+            };
+            // A job already acked (or gone) refuses: it runs to its timeout.
+            let _ = self
+                .jobs
+                .report(&self.who, &job_id, Command::Release, fence)
+                .await;
+        }
+    }
+}

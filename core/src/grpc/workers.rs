@@ -1,0 +1,173 @@
+use std::sync::Arc;
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::worker_service_server::WorkerService;
+use pb::open_session_request::Message as Inbound;
+use pb::open_session_response::Message as Outbound;
+use pb::worker_report::Action;
+use tokio::sync::mpsc;
+use tokio_stream::StreamExt;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+
+use super::convert::delivery;
+use super::principal;
+use crate::auth::{Authenticator, Scope};
+use crate::dispatch::{self, Hello, Report, WorkerInput, WorkerOutput};
+use crate::error::Error;
+use crate::job::machine::Command;
+use crate::realtime::EventHub;
+use crate::service::JobsApi;
+
+/// Messages a session may run ahead of what the worker has read.
+const SEND_AHEAD: usize = 64;
+
+pub struct WorkersGrpc {
+    auth: Arc<Authenticator>,
+    jobs: Arc<JobsApi>,
+    hub: EventHub,
+}
+
+impl WorkersGrpc {
+    pub fn new(auth: Arc<Authenticator>, jobs: Arc<JobsApi>, hub: EventHub) -> Self {
+        Self { auth, jobs, hub }
+    }
+}
+
+fn report(action: Action) -> Report {
+    match action {
+        Action::Ack(_) => Report::Job(Command::Ack),
+        Action::Progress(progress) => Report::Job(Command::Progress {
+            data: progress.progress_json,
+        }),
+        Action::Checkpoint(checkpoint) => Report::Job(Command::Checkpoint {
+            data: checkpoint.data_json,
+        }),
+        Action::Event(event) => Report::Job(Command::PublishEvent {
+            data: event.data_json,
+        }),
+        Action::Logs(logs) => Report::Logs(
+            logs.lines
+                .into_iter()
+                .map(|line| (line.level, line.message))
+                .collect(),
+        ),
+        Action::Complete(complete) => Report::Job(Command::Complete {
+            result: complete.result_json,
+        }),
+        Action::Fail(fail) => Report::Job(Command::Fail { error: fail.error }),
+        Action::Keepalive(_) => Report::Job(Command::Keepalive),
+    }
+}
+
+fn outbound(output: WorkerOutput) -> pb::OpenSessionResponse {
+    let message = match output {
+        WorkerOutput::Welcome { session_id } => Outbound::Welcome(pb::WorkerWelcome { session_id }),
+        WorkerOutput::Assignment(job) => Outbound::Assignment(delivery(job)),
+        WorkerOutput::Result {
+            request_id,
+            job_id,
+            outcome,
+        } => {
+            let (code, message, job) = match outcome {
+                Ok(job) => (tonic::Code::Ok, String::new(), job.map(Into::into)),
+                Err(error) => {
+                    let status = Status::from(error);
+                    (status.code(), status.message().to_owned(), None)
+                }
+            };
+            Outbound::Result(pb::ReportResult {
+                request_id,
+                job_id,
+                code: code as i32,
+                message,
+                job,
+            })
+        }
+        WorkerOutput::Cancellation {
+            job_id,
+            lease,
+            reason,
+        } => Outbound::Cancellation(pb::Cancellation {
+            job_id,
+            lease_id: lease,
+            reason: reason.to_owned(),
+        }),
+        WorkerOutput::Drained => Outbound::Drained(pb::WorkerDrained {}),
+    };
+    pb::OpenSessionResponse {
+        message: Some(message),
+    }
+}
+
+/// Feeds the worker's messages to its session; ends when the stream does.
+async fn forward(mut inbound: Streaming<pb::OpenSessionRequest>, input: mpsc::Sender<WorkerInput>) {
+    while let Some(Ok(request)) = inbound.next().await {
+        let message = match request.message {
+            Some(Inbound::Capacity(capacity)) => WorkerInput::Capacity(capacity.capacity),
+            Some(Inbound::Drain(_)) => WorkerInput::Drain,
+            Some(Inbound::Report(report_message)) => {
+                let Some(action) = report_message.action else {
+                    continue;
+                };
+                WorkerInput::Report {
+                    request_id: report_message.request_id,
+                    job_id: report_message.job_id,
+                    report: report(action),
+                }
+            }
+            // A second hello or an empty message changes nothing.
+            Some(Inbound::Hello(_)) | None => continue,
+        };
+        if input.send(message).await.is_err() {
+            return;
+        }
+    }
+}
+
+#[tonic::async_trait]
+impl WorkerService for WorkersGrpc {
+    type OpenSessionStream = ReceiverStream<Result<pb::OpenSessionResponse, Status>>;
+
+    async fn open_session(
+        &self,
+        request: Request<Streaming<pb::OpenSessionRequest>>,
+    ) -> Result<Response<Self::OpenSessionStream>, Status> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let mut inbound = request.into_inner();
+        let hello = match inbound.next().await {
+            Some(Ok(pb::OpenSessionRequest {
+                message: Some(Inbound::Hello(hello)),
+            })) => Hello {
+                space_id: hello.space_id,
+                names: hello.names,
+                capacity: hello.capacity,
+            },
+            Some(Err(status)) => return Err(status),
+            _ => return Err(Error::invalid("the first message must be hello").into()),
+        };
+        hello.validate()?;
+        who.authorize_space(&hello.space_id, Scope::JobsPoll)?;
+
+        let (input, session_input) = mpsc::channel(SEND_AHEAD);
+        let (session_output, mut outputs) = mpsc::channel(SEND_AHEAD);
+        let (responses, stream) = mpsc::channel(SEND_AHEAD);
+        tokio::spawn(forward(inbound, input));
+        tokio::spawn(dispatch::run_session(
+            self.jobs.clone(),
+            self.hub.clone(),
+            who,
+            hello,
+            session_input,
+            session_output,
+        ));
+        tokio::spawn(async move {
+            while let Some(output) = outputs.recv().await {
+                if responses.send(Ok(outbound(output))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(stream)))
+    }
+}

@@ -1,0 +1,305 @@
+//! Push dispatch over WorkerService.OpenSession: real bidirectional gRPC
+//! streams against the real server.
+
+use std::time::Duration;
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::worker_service_client::WorkerServiceClient;
+use pb::open_session_request::Message as Outgoing;
+use pb::open_session_response::Message as Incoming;
+use pb::worker_report::Action;
+use serde_json::json;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+use crate::helpers::{Space, TestApp, event_types};
+
+struct Worker {
+    send: mpsc::Sender<pb::OpenSessionRequest>,
+    receive: tonic::Streaming<pb::OpenSessionResponse>,
+    next_request: u64,
+}
+
+impl Worker {
+    async fn open(app: &TestApp, key: &str, hello: pb::WorkerHello) -> Result<Self, tonic::Status> {
+        let (send, outgoing) = mpsc::channel(64);
+        send.send(message(Outgoing::Hello(hello))).await.unwrap();
+        let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+        request
+            .metadata_mut()
+            .insert("x-api-key", key.parse().unwrap());
+        let mut client = WorkerServiceClient::connect(app.grpc_url.clone())
+            .await
+            .unwrap();
+        let mut receive = client.open_session(request).await?.into_inner();
+        // A refusal after the hello arrives as the stream's first item.
+        let first = receive.message().await?;
+        assert!(matches!(
+            first.and_then(|m| m.message),
+            Some(Incoming::Welcome(_))
+        ));
+        Ok(Self {
+            send,
+            receive,
+            next_request: 1,
+        })
+    }
+
+    async fn next(&mut self) -> Incoming {
+        tokio::time::timeout(Duration::from_secs(10), self.receive.message())
+            .await
+            .expect("a message within 10s")
+            .expect("stream healthy")
+            .expect("stream open")
+            .message
+            .expect("a message")
+    }
+
+    async fn assignment(&mut self) -> pb::Delivery {
+        match self.next().await {
+            Incoming::Assignment(delivery) => delivery,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    }
+
+    /// Sends a report and waits for its result.
+    async fn report(&mut self, job_id: &str, action: Action) -> pb::ReportResult {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        let report = pb::WorkerReport {
+            request_id,
+            job_id: job_id.to_owned(),
+            action: Some(action),
+        };
+        self.send
+            .send(message(Outgoing::Report(report)))
+            .await
+            .unwrap();
+        loop {
+            match self.next().await {
+                Incoming::Result(result) if result.request_id == request_id => return result,
+                Incoming::Result(other) => panic!("unexpected result {other:?}"),
+                _ => continue,
+            }
+        }
+    }
+
+    async fn quiet_for(&mut self, wait: Duration) -> bool {
+        tokio::time::timeout(wait, self.receive.message())
+            .await
+            .is_err()
+    }
+}
+
+fn message(message: Outgoing) -> pb::OpenSessionRequest {
+    pb::OpenSessionRequest {
+        message: Some(message),
+    }
+}
+
+fn hello(space: &Space, capacity: u32, names: &[&str]) -> pb::WorkerHello {
+    pb::WorkerHello {
+        space_id: space.id.clone(),
+        names: names.iter().map(|n| n.to_string()).collect(),
+        capacity,
+    }
+}
+
+fn complete(result: serde_json::Value) -> Action {
+    Action::Complete(pb::ReportComplete {
+        result_json: Some(result.to_string()),
+    })
+}
+
+#[tokio::test]
+async fn jobs_are_pushed_while_capacity_remains_and_reports_are_answered() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 2, &[]))
+        .await
+        .unwrap();
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        ids.push(app.create_job(&space, json!({ "name": "a" })).await);
+    }
+    let first = worker.assignment().await;
+    let second = worker.assignment().await;
+    assert!(!first.lease_id.is_empty());
+    assert!(
+        worker.quiet_for(Duration::from_millis(300)).await,
+        "capacity 2"
+    );
+
+    let acked = worker
+        .report(&first.id, Action::Ack(pb::ReportAck {}))
+        .await;
+    assert_eq!(acked.code, 0, "{acked:?}");
+    assert_eq!(acked.job.unwrap().status, pb::JobStatus::Running as i32);
+    let progress = Action::Progress(pb::ReportProgress {
+        progress_json: json!({ "percent": 50 }).to_string(),
+    });
+    assert_eq!(worker.report(&first.id, progress).await.code, 0);
+    let logs = Action::Logs(pb::ReportLogs {
+        lines: vec![pb::LogLine {
+            level: "info".into(),
+            message: "hi".into(),
+        }],
+    });
+    assert_eq!(worker.report(&first.id, logs).await.code, 0);
+    let done = worker.report(&first.id, complete(json!({ "ok": 1 }))).await;
+    assert_eq!(done.code, 0);
+    // Room freed: the third job arrives.
+    let third = worker.assignment().await;
+    let mut pushed = [first.id.clone(), second.id, third.id.clone()];
+    pushed.sort();
+    assert_eq!(pushed.to_vec(), ids);
+
+    // Bad input and wrong state are answered, not fatal.
+    let invalid = Action::Progress(pb::ReportProgress {
+        progress_json: "{}".into(),
+    });
+    let refused = worker.report(&third.id, invalid).await;
+    assert_eq!(refused.code, tonic::Code::InvalidArgument as i32);
+    assert_eq!(refused.message, "percent is required");
+    let again = worker.report(&first.id, complete(json!(null))).await;
+    assert_eq!(again.code, tonic::Code::FailedPrecondition as i32);
+
+    let job = app.job(&space, &first.id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["result"], json!({ "ok": 1 }));
+}
+
+#[tokio::test]
+async fn a_dropped_stream_releases_delivered_jobs_and_leaves_running_ones() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 2, &[]))
+        .await
+        .unwrap();
+    let running = app.create_job(&space, json!({ "name": "a" })).await;
+    let first = worker.assignment().await;
+    assert_eq!(first.id, running);
+    worker.report(&running, Action::Ack(pb::ReportAck {})).await;
+    let delivered = app.create_job(&space, json!({ "name": "a" })).await;
+    assert_eq!(worker.assignment().await.id, delivered);
+    drop(worker);
+
+    let job = app.wait_for_status(&space, &delivered, "pending").await;
+    assert_eq!(event_types(&job), ["created", "delivered", "released"]);
+    assert_eq!(job["attemptNumber"], 0, "no attempt used");
+    assert_eq!(app.job(&space, &running).await["status"], "running");
+    // Another worker picks the released job up at once.
+    let mut next = Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    assert_eq!(next.assignment().await.id, delivered);
+}
+
+#[tokio::test]
+async fn a_killed_job_is_cancelled_on_its_worker_and_drain_finishes_held_work() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 5, &["wanted"]))
+        .await
+        .unwrap();
+    let doomed = app.create_job(&space, json!({ "name": "wanted" })).await;
+    worker.assignment().await;
+    worker.report(&doomed, Action::Ack(pb::ReportAck {})).await;
+    app.post(
+        &format!("/api/v1/jobs/{doomed}/kill"),
+        &space.producer,
+        json!({}),
+    )
+    .await;
+    match worker.next().await {
+        Incoming::Cancellation(cancel) => {
+            assert_eq!(cancel.job_id, doomed);
+            assert_eq!(cancel.reason, "killed");
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+
+    // Names filter: other names are not pushed.
+    app.create_job(&space, json!({ "name": "other" })).await;
+    let kept = app.create_job(&space, json!({ "name": "wanted" })).await;
+    assert_eq!(worker.assignment().await.id, kept);
+    worker
+        .send
+        .send(message(Outgoing::Drain(pb::WorkerDrain {})))
+        .await
+        .unwrap();
+    app.create_job(&space, json!({ "name": "wanted" })).await;
+    assert!(
+        worker.quiet_for(Duration::from_millis(300)).await,
+        "draining: nothing new"
+    );
+    assert_eq!(worker.report(&kept, complete(json!(1))).await.code, 0);
+    assert!(matches!(worker.next().await, Incoming::Drained(_)));
+    let ended = tokio::time::timeout(Duration::from_secs(5), worker.receive.message())
+        .await
+        .unwrap();
+    assert!(matches!(ended, Ok(None)), "the stream ends after drained");
+}
+
+#[tokio::test]
+async fn an_execution_timeout_cancels_and_the_next_worker_gets_the_retry() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    let job = app
+        .create_job(&space, json!({ "name": "a", "timeoutSeconds": 1 }))
+        .await;
+    let first = worker.assignment().await;
+    worker.report(&job, Action::Ack(pb::ReportAck {})).await;
+    match worker.next().await {
+        Incoming::Cancellation(cancel) => {
+            assert_eq!(cancel.lease_id, first.lease_id);
+            assert_eq!(cancel.reason, "the attempt timed out");
+        }
+        other => panic!("expected a cancellation, got {other:?}"),
+    }
+    // The retry comes back to this (now free) worker under a new lease; the
+    // old lease is fenced by the server.
+    let retry = worker.assignment().await;
+    assert_eq!((retry.id.as_str(), retry.attempt_number), (job.as_str(), 1));
+    assert_ne!(retry.lease_id, first.lease_id);
+}
+
+#[tokio::test]
+async fn sessions_are_refused_without_scope_or_hello_and_share_the_work() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let refused = Worker::open(&app, &space.public_token, hello(&space, 1, &[]))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::PermissionDenied);
+    assert_eq!(refused.message(), "Missing required scope: jobs:poll");
+    let refused = Worker::open(&app, &space.worker, hello(&space, 0, &[]))
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+
+    let mut a = Worker::open(&app, &space.worker, hello(&space, 5, &[]))
+        .await
+        .unwrap();
+    let mut b = Worker::open(&app, &space.worker, hello(&space, 5, &[]))
+        .await
+        .unwrap();
+    let jobs: Vec<_> = (0..10).map(|_| json!({ "name": "a" })).collect();
+    app.post(
+        &format!("/api/v1/spaces/{}/jobs", space.id),
+        &space.producer,
+        json!(jobs),
+    )
+    .await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..5 {
+        assert!(seen.insert(a.assignment().await.id));
+        assert!(seen.insert(b.assignment().await.id));
+    }
+    assert_eq!(seen.len(), 10, "each job pushed to exactly one worker");
+}
