@@ -12,7 +12,7 @@ use emit_proto::v1::worker_service_server::WorkerServiceServer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
-use tokio_stream::wrappers::TcpListenerStream;
+use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{
     Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
@@ -125,6 +125,10 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         Error::invalid(format!("cannot listen on {}: {error}", config.grpc_addr))
     })?;
     let grpc_addr = listener.local_addr().map_err(Error::internal)?;
+    // With our own listener the builder's tcp_nodelay does not apply; without
+    // it, Nagle holds back small stream messages (pushes, results) for tens
+    // of milliseconds.
+    let incoming = TcpIncoming::from(listener).with_nodelay(Some(true));
     let mut stop_rx = shutdown_rx;
     let server = tokio::spawn(
         tonic::transport::Server::builder()
@@ -138,7 +142,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .add_service(admin_service)
             .add_service(events_service)
             .add_service(workers_service)
-            .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async move {
+            .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.wait_for(|stopping| *stopping).await;
             }),
     );

@@ -11,6 +11,7 @@ mod helpers;
 mod lifecycle;
 mod list;
 mod logs;
+mod polyglot;
 mod realtime;
 mod restart;
 mod timers;
