@@ -83,13 +83,12 @@ async fn run_worker(
                 let complete = Action::Complete(pb::ReportComplete { result_json: None });
                 outgoing.send(send(&job.id, complete)).await?;
             }
-            Some(Incoming::Result(result)) => {
+            Some(Incoming::Result(result))
                 if result
                     .job
-                    .is_some_and(|job| job.status == pb::JobStatus::Completed as i32)
-                {
-                    completed.fetch_add(1, Ordering::Relaxed);
-                }
+                    .is_some_and(|job| job.status == pb::JobStatus::Completed as i32) =>
+            {
+                completed.fetch_add(1, Ordering::Relaxed);
             }
             _ => {}
         }
