@@ -86,6 +86,7 @@ async fn run_worker(
             Some(Incoming::Result(result))
                 if result
                     .job
+                    .as_ref()
                     .is_some_and(|job| job.status == pb::JobStatus::Completed as i32) =>
             {
                 completed.fetch_add(1, Ordering::Relaxed);
