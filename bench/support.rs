@@ -22,6 +22,7 @@ pub async fn start_server(dir: &str) -> Result<(RunningCore, RunningGateway), An
         admin_key: Some(Secret(ADMIN_KEY.into())),
         rate_limit: RateLimit(NonZeroU32::new(0)),
         streams: Default::default(),
+        callbacks: Default::default(),
     })
     .await?;
     let gateway = emit_gateway::start(GatewayConfig {

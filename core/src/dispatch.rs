@@ -313,12 +313,20 @@ impl Session {
     }
 
     /// Cancels a held job that an event shows is no longer the worker's.
+    /// Events can predate the delivery (a chunk queued before it), so the
+    /// job's current lease decides.
     async fn lost(&mut self, job_id: &str, status: JobStatus) -> std::result::Result<(), ()> {
         let Some(held) = self.held.get(job_id) else {
             return Ok(());
         };
         if held.reporting > 0 || matches!(status, JobStatus::Delivered | JobStatus::Running) {
             return Ok(());
+        }
+        match self.jobs.current_lease(job_id).await {
+            Ok(Some(lease)) if lease == held.lease => return Ok(()),
+            Ok(_) | Err(Error::NotFound(_)) => {}
+            // Cannot tell now; a refused report will tell the worker.
+            Err(_) => return Ok(()),
         }
         let reason = match status {
             JobStatus::Killed => "killed",

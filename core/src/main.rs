@@ -6,6 +6,7 @@ use std::num::NonZeroU32;
 
 use clap::{Args, Parser, Subcommand};
 use emit_core::auth::RateLimit;
+use emit_core::callbacks::CallbackConfig;
 use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, Secret};
 use emit_gateway::GatewayConfig;
@@ -78,6 +79,10 @@ struct CoreArgs {
     /// Most events replayed to a space stream reconnecting with `since`.
     #[arg(long, env = "EMIT_REPLAY_LIMIT", default_value_t = StreamLimits::default().replay_limit)]
     replay_limit: u32,
+    /// Development and tests only: let callbacks reach loopback, private and
+    /// link-local addresses.
+    #[arg(long, env = "EMIT_CALLBACK_ALLOW_PRIVATE")]
+    callback_allow_private: bool,
 }
 
 #[derive(Args)]
@@ -148,6 +153,10 @@ impl CoreArgs {
             streams: StreamLimits {
                 watcher_queue: self.stream_queue,
                 replay_limit: self.replay_limit,
+            },
+            callbacks: CallbackConfig {
+                allow_private: self.callback_allow_private,
+                ..CallbackConfig::default()
             },
         }
     }

@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::auth::{
     Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
 };
+use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
@@ -47,6 +48,7 @@ pub struct CoreConfig {
     pub admin_key: Option<Secret>,
     pub rate_limit: RateLimit,
     pub streams: StreamLimits,
+    pub callbacks: CallbackConfig,
 }
 
 pub struct RunningCore {
@@ -56,6 +58,7 @@ pub struct RunningCore {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
+    callbacks: JoinHandle<()>,
     hub: EventHub,
 }
 
@@ -71,6 +74,7 @@ impl RunningCore {
             Err(_) => tracing::warn!("grpc server did not drain within 30s"),
         }
         let _ = self.timers.await;
+        let _ = self.callbacks.await;
     }
 
     /// Resolves when the server stops on its own (a fatal error).
@@ -96,6 +100,8 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
+    let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
+    let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;
@@ -153,6 +159,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         shutdown,
         server,
         timers,
+        callbacks,
         hub,
     })
 }

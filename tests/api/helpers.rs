@@ -4,6 +4,7 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use emit_core::auth::RateLimit;
+use emit_core::callbacks::{CallbackConfig, RetryPolicy};
 use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, RunningCore, Secret};
 use emit_gateway::{GatewayConfig, RunningGateway};
@@ -25,6 +26,7 @@ pub struct TestApp {
     rate_limit: RateLimit,
     streams: StreamLimits,
     ws_queue: usize,
+    callbacks: CallbackConfig,
     core: Option<RunningCore>,
     gateway: Option<RunningGateway>,
 }
@@ -34,6 +36,7 @@ pub struct Options {
     pub rate_limit: Option<u32>,
     pub streams: StreamLimits,
     pub ws_queue: usize,
+    pub callbacks: CallbackConfig,
 }
 
 impl Default for Options {
@@ -42,6 +45,14 @@ impl Default for Options {
             rate_limit: None,
             streams: StreamLimits::default(),
             ws_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
+            // Test receivers listen on loopback.
+            callbacks: CallbackConfig {
+                allow_private: true,
+                retry: RetryPolicy {
+                    delays: vec![Duration::from_millis(100), Duration::from_millis(200)],
+                    timeout: Duration::from_secs(1),
+                },
+            },
         }
     }
 }
@@ -81,6 +92,7 @@ impl TestApp {
             rate_limit,
             streams: options.streams,
             ws_queue: options.ws_queue,
+            callbacks: options.callbacks,
             core: None,
             gateway: None,
         };
@@ -99,6 +111,7 @@ impl TestApp {
             admin_key: Some(Secret(ADMIN_KEY.into())),
             rate_limit: self.rate_limit,
             streams: self.streams,
+            callbacks: self.callbacks.clone(),
         })
         .await
         .expect("core starts");

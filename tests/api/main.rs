@@ -4,6 +4,7 @@
 
 mod admin;
 mod auth;
+mod callbacks;
 mod create;
 mod dispatch;
 mod grpc;

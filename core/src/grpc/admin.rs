@@ -81,6 +81,29 @@ impl AdminService for AdminGrpc {
         }))
     }
 
+    async fn rotate_webhook_secret(
+        &self,
+        request: Request<pb::RotateWebhookSecretRequest>,
+    ) -> Reply<pb::RotateWebhookSecretResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let secret = self
+            .admin
+            .rotate_webhook_secret(&who, &request.get_ref().space_id)
+            .await?;
+        Ok(Response::new(pb::RotateWebhookSecretResponse { secret }))
+    }
+
+    async fn delete_webhook_secret(
+        &self,
+        request: Request<pb::DeleteWebhookSecretRequest>,
+    ) -> Reply<pb::DeleteWebhookSecretResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        self.admin
+            .delete_webhook_secret(&who, &request.get_ref().space_id)
+            .await?;
+        Ok(Response::new(pb::DeleteWebhookSecretResponse {}))
+    }
+
     async fn create_token(
         &self,
         request: Request<pb::CreateTokenRequest>,

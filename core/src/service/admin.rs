@@ -72,6 +72,24 @@ impl AdminApi {
         Ok(space)
     }
 
+    /// A new signing secret for the space's callbacks, shown only now.
+    pub async fn rotate_webhook_secret(&self, who: &Principal, space_id: &str) -> Result<String> {
+        who.require_admin()?;
+        let secret = crate::callbacks::signing::generate_secret()?;
+        self.store
+            .set_webhook_secret(space_id, Some(secret.clone()))
+            .await?;
+        tracing::info!(space_id, "webhook secret rotated");
+        Ok(secret)
+    }
+
+    pub async fn delete_webhook_secret(&self, who: &Principal, space_id: &str) -> Result<()> {
+        who.require_admin()?;
+        self.store.set_webhook_secret(space_id, None).await?;
+        tracing::info!(space_id, "webhook secret removed");
+        Ok(())
+    }
+
     /// Returns the token and its key, which is never shown again.
     pub async fn create_token(
         &self,

@@ -244,6 +244,13 @@ impl JobsApi {
         self.store.list_logs(&job.id, &query).await
     }
 
+    /// The lease a job is under now (for a worker session checking whether
+    /// a job it holds is still its own; the session was authorized already).
+    pub async fn current_lease(&self, job_id: &str) -> Result<Option<String>> {
+        let job = self.find(&target(job_id, None)?).await?;
+        Ok(job.state.lease().map(str::to_owned))
+    }
+
     async fn find(&self, target: &JobTarget) -> Result<Job> {
         self.store
             .get_job(target)

@@ -100,6 +100,42 @@ pub struct LogQuery {
     pub limit: u32,
 }
 
+/// A callback waiting in the outbox.
+#[derive(Clone, Debug)]
+pub struct OutboxEntry {
+    pub id: i64,
+    pub job_id: String,
+    pub space_id: String,
+    pub url: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    /// Tries made so far (the next try's `retryAttempt`).
+    pub attempt: u32,
+    /// The space's signing secret, if it has one.
+    pub secret: Option<String>,
+}
+
+/// How one callback try went.
+#[derive(Clone, Debug)]
+pub struct CallbackTry {
+    pub entry: OutboxEntry,
+    pub outcome: CallbackOutcome,
+    /// When to try again; None: delivered, or given up.
+    pub retry_at: Option<UnixMillis>,
+}
+
+#[derive(Clone, Debug)]
+pub enum CallbackOutcome {
+    Delivered {
+        status: u16,
+    },
+    Failed {
+        error: String,
+        status: Option<u16>,
+        response_body: Option<String>,
+    },
+}
+
 /// What a timer sweep did.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct Sweep {
@@ -167,6 +203,14 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
     ) -> Result<i64>;
     async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>>;
+
+    /// Callbacks due at `now`, oldest first.
+    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>>;
+    /// Records a try as a `callback_sent`/`callback_failed` event on the job
+    /// and reschedules or removes the outbox entry, atomically.
+    async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()>;
+    /// Sets (Some) or clears (None) a space's signing secret.
+    async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()>;
 
     /// What each commit published (events, log lines), commit by commit in
     /// commit order, so events of a space arrive in sequence order.

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode};
-use axum::routing::{delete, get};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
 use serde_json::Value;
@@ -18,6 +18,10 @@ pub fn router() -> Router<CoreClient> {
         .route(
             "/api/v1/spaces/{space_id}",
             get(get_space).patch(update_space),
+        )
+        .route(
+            "/api/v1/spaces/{space_id}/webhook-secret",
+            post(rotate_webhook_secret).delete(delete_webhook_secret),
         )
         .route(
             "/api/v1/spaces/{space_id}/tokens",
@@ -59,6 +63,35 @@ async fn update_space(
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;
     Ok(Json(json::space(space.unwrap_or_default())))
+}
+
+/// Standard Webhooks signing for the space's callbacks: `{"secret": "whsec_..."}`.
+async fn rotate_webhook_secret(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request = with_credentials(&headers, pb::RotateWebhookSecretRequest { space_id });
+    let secret = core
+        .admin()
+        .rotate_webhook_secret(request)
+        .await?
+        .into_inner()
+        .secret;
+    Ok((
+        StatusCode::CREATED,
+        Json(serde_json::json!({ "secret": secret })),
+    ))
+}
+
+async fn delete_webhook_secret(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    let request = with_credentials(&headers, pb::DeleteWebhookSecretRequest { space_id });
+    core.admin().delete_webhook_secret(request).await?;
+    Ok(StatusCode::NO_CONTENT)
 }
 
 async fn list_spaces(

@@ -25,8 +25,8 @@ use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
-    DeliverRequest, JobQuery, JobTarget, LogQuery, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings,
-    Store, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
+    SpaceRecord, SpaceSettings, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -163,6 +163,37 @@ impl Store for SqliteStore {
             head,
             missed_events,
         }))
+    }
+
+    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>> {
+        let rows = sqlx::query(
+            "SELECT o.*, s.webhook_secret FROM callback_outbox o JOIN spaces s ON s.id = o.space_id \
+             WHERE o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::outbox_entry).collect()
+    }
+
+    async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        self.write(|reply| WriteOp::RecordCallbackTry {
+            attempt,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
+        let space_id = space_id.to_owned();
+        self.write(|reply| WriteOp::SetWebhookSecret {
+            space_id,
+            secret,
+            reply,
+        })
+        .await
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<()> {

@@ -8,7 +8,7 @@ use crate::job::{
     BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
     StatusCounts, StoredLogLine,
 };
-use crate::store::{SpaceRecord, TokenRecord};
+use crate::store::{OutboxEntry, SpaceRecord, TokenRecord};
 
 fn corrupt(what: &str) -> Error {
     Error::internal(format!("corrupt row: {what}"))
@@ -131,6 +131,23 @@ pub fn log_line(row: &SqliteRow) -> Result<StoredLogLine> {
         level: LogLevel::parse(row.try_get("level")?).ok_or_else(|| corrupt("log level"))?,
         message: row.try_get("message")?,
         at: row.try_get("created_at")?,
+    })
+}
+
+pub fn outbox_entry(row: &SqliteRow) -> Result<OutboxEntry> {
+    let headers: Option<String> = row.try_get("headers")?;
+    Ok(OutboxEntry {
+        id: row.try_get("id")?,
+        job_id: row.try_get("job_id")?,
+        space_id: row.try_get("space_id")?,
+        url: row.try_get("url")?,
+        headers: match headers {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("outbox headers"))?,
+            None => Vec::new(),
+        },
+        body: row.try_get("body")?,
+        attempt: u32_column(row, "attempt")?,
+        secret: row.try_get("webhook_secret")?,
     })
 }
 

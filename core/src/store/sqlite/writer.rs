@@ -17,15 +17,19 @@ use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use super::rows;
+use crate::callbacks;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
 use crate::job::{
-    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
+    EventDraft, EventKind, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
     StoredLogLine,
 };
-use crate::store::{DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord};
+use crate::store::{
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep,
+    TokenRecord,
+};
 
 /// Most operations committed together.
 const MAX_BATCH: usize = 512;
@@ -45,6 +49,16 @@ pub enum WriteOp {
         space_id: String,
         settings: SpaceSettings,
         reply: Reply<SpaceRecord>,
+    },
+    SetWebhookSecret {
+        space_id: String,
+        secret: Option<String>,
+        reply: Reply<()>,
+    },
+    RecordCallbackTry {
+        attempt: CallbackTry,
+        now: UnixMillis,
+        reply: Reply<()>,
     },
     CreateToken {
         token: TokenRecord,
@@ -198,6 +212,9 @@ impl Writer {
                 reply.send(Err(Error::Unavailable)).map_err(drop)
             }
             WriteOp::UpdateSpace { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
+            WriteOp::SetWebhookSecret { reply, .. } | WriteOp::RecordCallbackTry { reply, .. } => {
+                reply.send(Err(Error::Unavailable)).map_err(drop)
+            }
             WriteOp::RevokeToken { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
             WriteOp::PutSettingOnce { reply, .. } => {
                 reply.send(Err(Error::Unavailable)).map_err(drop)
@@ -224,6 +241,16 @@ impl Writer {
                 settings,
                 reply,
             } => finish(self.update_space(&space_id, settings).await, reply),
+            WriteOp::SetWebhookSecret {
+                space_id,
+                secret,
+                reply,
+            } => finish(self.set_webhook_secret(&space_id, secret).await, reply),
+            WriteOp::RecordCallbackTry {
+                attempt,
+                now,
+                reply,
+            } => finish(self.record_callback_try(attempt, now).await, reply),
             WriteOp::CreateToken { token, reply } => finish(self.create_token(token).await, reply),
             WriteOp::RevokeToken {
                 space_id,
@@ -289,6 +316,78 @@ impl Writer {
             .fetch_one(&mut self.conn)
             .await?;
         rows::space(&row)
+    }
+
+    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
+        self.require_space(space_id).await?;
+        sqlx::query("UPDATE spaces SET webhook_secret = ? WHERE id = ?")
+            .bind(secret)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        let entry = &attempt.entry;
+        let target = JobTarget {
+            job_id: entry.job_id.clone(),
+            space_id: None,
+        };
+        let job = self.load(&target).await?;
+        let will_retry = attempt.retry_at.is_some();
+        let (kind, data) = match &attempt.outcome {
+            CallbackOutcome::Delivered { status } => (
+                EventKind::CallbackSent,
+                serde_json::json!({
+                    "url": entry.url,
+                    "statusCode": status,
+                    "retryAttempt": entry.attempt,
+                }),
+            ),
+            CallbackOutcome::Failed {
+                error,
+                status,
+                response_body,
+            } => {
+                let mut data = serde_json::json!({
+                    "url": entry.url,
+                    "error": error,
+                    "statusCode": status,
+                    "retryAttempt": entry.attempt,
+                    "willRetry": will_retry,
+                });
+                if let Some(body) = response_body {
+                    data["responseBody"] = body.as_str().into();
+                }
+                (EventKind::CallbackFailed, data)
+            }
+        };
+        let draft = EventDraft {
+            kind,
+            status: job.status(),
+            previous_status: None,
+            data: Some(data.to_string()),
+        };
+        self.record(&job, draft, now).await?;
+        match attempt.retry_at {
+            Some(next_at) => {
+                sqlx::query(
+                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = ? WHERE id = ?",
+                )
+                .bind(next_at)
+                .bind(entry.id)
+                .execute(&mut self.conn)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM callback_outbox WHERE id = ?")
+                    .bind(entry.id)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(())
     }
 
     async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
@@ -562,6 +661,24 @@ impl Writer {
         }
         for draft in transition.events {
             self.record(&next, draft, now).await?;
+        }
+        if next.status().is_terminal()
+            && !job.status().is_terminal()
+            && let Some(callback) = &next.callback
+        {
+            sqlx::query(
+                "INSERT INTO callback_outbox (job_id, space_id, url, headers, body, next_at, created_at) \
+                 VALUES (?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&next.id)
+            .bind(&next.space_id)
+            .bind(&callback.url)
+            .bind(rows::callback_headers_json(&next))
+            .bind(callbacks::payload(&next, now))
+            .bind(now)
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
         }
         Ok(next)
     }
