@@ -17,6 +17,7 @@ use tonic::transport::server::TcpIncoming;
 use crate::auth::{
     Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
 };
+use crate::callbacks::push::PushNotifier;
 use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
@@ -102,6 +103,8 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
     let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
     let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
+    let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
+    tokio::spawn(notifier.run(store.subscribe(), shutdown_rx.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;

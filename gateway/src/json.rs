@@ -223,6 +223,11 @@ pub fn space(space: pb::Space) -> Value {
         "name": space.name,
         "publicToken": space.public_token,
         "anonymousProgressStreams": space.anonymous_progress_streams,
+        "push": space.push.map(|push| json!({
+            "url": push.url,
+            "names": push.names,
+            "headers": push.headers,
+        })),
         "createdAt": iso(space.created_at),
     })
 }

@@ -382,3 +382,82 @@ async fn the_ssrf_guard_refuses_every_non_public_address_class() {
         "nothing reached the receiver"
     );
 }
+
+#[tokio::test]
+async fn push_wake_ups_announce_ready_jobs_of_the_chosen_names() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (receiver, url) = Receiver::start(vec![]).await;
+    let path = format!("/api/v1/spaces/{}", space.id);
+    let push =
+        json!({ "push": { "url": url, "names": ["wanted"], "headers": { "X-Push-Key": "k1" } } });
+    let (status, updated) = app
+        .request("PATCH", &path, Some(ADMIN_KEY), Some(push))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{updated}");
+    assert_eq!(updated["push"]["url"], url.as_str());
+    assert_eq!(
+        updated["push"]["headers"]["X-Push-Key"], "***",
+        "values are not shown"
+    );
+
+    app.create_job(&space, json!({ "name": "other" })).await;
+    let wanted = app
+        .create_job(&space, json!({ "name": "wanted", "maxRetries": 1 }))
+        .await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while receiver.received().is_empty() {
+        assert!(std::time::Instant::now() < deadline, "no wake-up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // A retry makes it ready again: a second wake-up.
+    app.worker_call(&space, &wanted, "claim", json!({})).await;
+    app.worker_call(&space, &wanted, "ack", json!({})).await;
+    let (status, _) = app
+        .worker_call(&space, &wanted, "fail", json!({ "error": "again" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    while receiver.received().len() < 2 {
+        assert!(std::time::Instant::now() < deadline, "no second wake-up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for (headers, body) in receiver.received() {
+        let body: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(body["type"], "job.pending");
+        assert_eq!(body["jobId"], wanted.as_str());
+        assert_eq!(body["jobName"], "wanted");
+        assert_eq!(body["spaceId"], space.id.as_str());
+        assert_eq!(headers["x-push-key"], "k1");
+    }
+    // The woken worker claims exactly that job.
+    let (status, claimed) = app.worker_call(&space, &wanted, "claim", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{claimed}");
+
+    let bad = json!({ "push": { "url": "ftp://x" } });
+    let (status, body) = app
+        .request("PATCH", &path, Some(ADMIN_KEY), Some(bad))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("push.url must be"),
+        "{body}"
+    );
+    let (status, cleared) = app
+        .request(
+            "PATCH",
+            &path,
+            Some(ADMIN_KEY),
+            Some(json!({ "push": null })),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(cleared["push"], Value::Null);
+    // Push settings are cached for up to 2 s.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.create_job(&space, json!({ "name": "wanted" })).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(receiver.received().len(), 2, "no wake-ups once removed");
+}

@@ -70,6 +70,19 @@ impl Policy {
     }
 }
 
+impl Policy {
+    /// Literal IP hosts never reach the resolver: they are checked here.
+    pub fn check_literal(&self, url: &reqwest::Url) -> Result<(), String> {
+        let literal = url.host_str().and_then(|host| {
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .parse::<IpAddr>()
+                .ok()
+        });
+        literal.map_or(Ok(()), |ip| self.check(ip))
+    }
+}
+
 /// A resolver that returns only addresses the policy allows, so the client
 /// connects only to checked addresses.
 pub struct GuardedResolver {

@@ -10,6 +10,7 @@
 //! schedule in `RetryPolicy`, honouring `Retry-After` on 429 and 503.
 
 pub mod guard;
+pub mod push;
 pub mod signing;
 
 use std::collections::HashSet;
@@ -236,16 +237,7 @@ impl Deliverer {
             Ok(url) => url,
             Err(error) => return failed(format!("invalid URL: {error}")),
         };
-        // Literal addresses never reach the resolver: check them here.
-        let literal = url.host_str().and_then(|host| {
-            host.trim_start_matches('[')
-                .trim_end_matches(']')
-                .parse::<std::net::IpAddr>()
-                .ok()
-        });
-        if let Some(ip) = literal
-            && let Err(refusal) = self.policy.check(ip)
-        {
+        if let Err(refusal) = self.policy.check_literal(&url) {
             return failed(refusal);
         }
         let mut request = self

@@ -7,7 +7,7 @@ use tonic::{Request, Response, Status};
 use super::principal;
 use crate::auth::Authenticator;
 use crate::service::AdminApi;
-use crate::store::SpaceSettings;
+use crate::store::{PushTarget, SpaceSettings};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -71,6 +71,15 @@ impl AdminService for AdminGrpc {
         let request = request.into_inner();
         let settings = SpaceSettings {
             anonymous_progress_streams: request.anonymous_progress_streams,
+            push: match (request.remove_push, request.push) {
+                (true, _) => Some(None),
+                (false, Some(push)) => Some(Some(PushTarget {
+                    url: push.url,
+                    names: push.names,
+                    headers: push.headers.into_iter().collect(),
+                })),
+                (false, None) => None,
+            },
         };
         let space = self
             .admin

@@ -246,6 +246,15 @@ impl From<SpaceRecord> for pb::Space {
             public_token: space.public_token,
             created_at: Some(to_timestamp(space.created_at)),
             anonymous_progress_streams: space.anonymous_progress_streams,
+            push: space.push.map(|push| pb::PushTarget {
+                url: push.url,
+                names: push.names,
+                headers: push
+                    .headers
+                    .into_iter()
+                    .map(|(name, _)| (name, "***".to_owned()))
+                    .collect(),
+            }),
         }
     }
 }

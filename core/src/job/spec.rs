@@ -158,6 +158,23 @@ fn build_callback(
     url: String,
     headers: Vec<(String, String)>,
 ) -> Result<Callback> {
+    check_webhook_target(
+        &field("callbackUrl"),
+        &field("callbackHeaders"),
+        url,
+        headers,
+    )
+}
+
+/// An outgoing webhook (a callback or a push wake-up): an absolute http(s)
+/// URL and headers that leave the connection and framing alone. The field
+/// names are the ones errors name.
+pub fn check_webhook_target(
+    url_field: &str,
+    headers_field: &str,
+    url: String,
+    headers: Vec<(String, String)>,
+) -> Result<Callback> {
     let lower = url.to_ascii_lowercase();
     let rest = lower
         .strip_prefix("https://")
@@ -171,7 +188,7 @@ fn build_callback(
     if !has_host || url.len() > MAX_CALLBACK_URL_BYTES || url.chars().any(char::is_whitespace) {
         return Err(Error::invalid(format!(
             "{} must be an absolute http or https URL of at most {MAX_CALLBACK_URL_BYTES} bytes",
-            field("callbackUrl")
+            url_field
         )));
     }
     for (name, value) in &headers {
@@ -182,20 +199,20 @@ fn build_callback(
         if !valid_name {
             return Err(Error::invalid(format!(
                 "{} has an invalid header name",
-                field("callbackHeaders")
+                headers_field
             )));
         }
         let lower = name.to_ascii_lowercase();
         if RESERVED_CALLBACK_HEADERS.contains(&lower.as_str()) {
             return Err(Error::invalid(format!(
                 "{}.{name} cannot be overridden",
-                field("callbackHeaders")
+                headers_field
             )));
         }
         if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
             return Err(Error::invalid(format!(
                 "{}.{name} must not contain line breaks",
-                field("callbackHeaders")
+                headers_field
             )));
         }
     }

@@ -4,7 +4,8 @@ use crate::auth::{Authenticator, Principal, Scope, generate_key, hash_key, parse
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
-use crate::store::{SpaceRecord, SpaceSettings, Store, TokenRecord};
+use crate::job::spec;
+use crate::store::{PushTarget, SpaceRecord, SpaceSettings, Store, TokenRecord};
 
 const MAX_NAME_CHARS: usize = 200;
 pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
@@ -31,6 +32,7 @@ impl AdminApi {
             public_token: public_key.clone(),
             stream_id: new_id(),
             anonymous_progress_streams: false,
+            push: None,
             created_at: now,
         };
         let token = TokenRecord {
@@ -63,6 +65,23 @@ impl AdminApi {
         settings: SpaceSettings,
     ) -> Result<SpaceRecord> {
         who.require_admin()?;
+        let mut settings = settings;
+        settings.push = match settings.push.take() {
+            Some(Some(target)) => {
+                let checked = spec::check_webhook_target(
+                    "push.url",
+                    "push.headers",
+                    target.url,
+                    target.headers,
+                )?;
+                Some(Some(PushTarget {
+                    url: checked.url,
+                    names: target.names,
+                    headers: checked.headers,
+                }))
+            }
+            other => other,
+        };
         let space = self.store.update_space(space_id, settings).await?;
         tracing::info!(
             space_id,

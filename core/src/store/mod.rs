@@ -29,13 +29,25 @@ pub struct SpaceRecord {
     pub stream_id: String,
     /// Whether job streams of this space may be opened without a token.
     pub anonymous_progress_streams: bool,
+    pub push: Option<PushTarget>,
     pub created_at: UnixMillis,
+}
+
+/// Where a space's push wake-ups go.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PushTarget {
+    pub url: String,
+    /// Only jobs with these names; empty means every job.
+    pub names: Vec<String>,
+    pub headers: Vec<(String, String)>,
 }
 
 /// Changes to a space's settings; `None` leaves a setting as it is.
 #[derive(Clone, Debug, Default)]
 pub struct SpaceSettings {
     pub anonymous_progress_streams: Option<bool>,
+    /// `Some(None)` removes the push target.
+    pub push: Option<Option<PushTarget>>,
 }
 
 /// A space's event sequence as of one instant: its last event and the job

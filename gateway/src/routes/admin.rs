@@ -56,9 +56,24 @@ async fn update_space(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let fields = Fields::of(&body, "")?;
+    // `"push": null` removes the push target; an object sets it.
+    let remove_push = body.get("push").is_some_and(Value::is_null);
+    let push = match fields.get("push") {
+        Some(value) => {
+            let push = Fields::of(value, "push")?;
+            Some(pb::PushTarget {
+                url: push.string("url")?.unwrap_or_default(),
+                names: push.strings("names")?.unwrap_or_default(),
+                headers: push.string_map("headers")?,
+            })
+        }
+        None => None,
+    };
     let message = pb::UpdateSpaceRequest {
         space_id,
         anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
+        push,
+        remove_push,
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;

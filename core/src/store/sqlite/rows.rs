@@ -8,7 +8,7 @@ use crate::job::{
     BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
     StatusCounts, StoredLogLine,
 };
-use crate::store::{OutboxEntry, SpaceRecord, TokenRecord};
+use crate::store::{OutboxEntry, PushTarget, SpaceRecord, TokenRecord};
 
 fn corrupt(what: &str) -> Error {
     Error::internal(format!("corrupt row: {what}"))
@@ -97,6 +97,27 @@ pub fn space(row: &SqliteRow) -> Result<SpaceRecord> {
         public_token: row.try_get("public_token")?,
         stream_id: row.try_get("stream_id")?,
         anonymous_progress_streams: row.try_get("anonymous_progress_streams")?,
+        push: match row.try_get::<Option<String>, _>("push_url")? {
+            Some(url) => {
+                let list = |column: &str| -> Result<Option<String>> { Ok(row.try_get(column)?) };
+                let names = match list("push_names")? {
+                    Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("push_names"))?,
+                    None => Vec::new(),
+                };
+                let headers = match list("push_headers")? {
+                    Some(text) => {
+                        serde_json::from_str(&text).map_err(|_| corrupt("push_headers"))?
+                    }
+                    None => Vec::new(),
+                };
+                Some(PushTarget {
+                    url,
+                    names,
+                    headers,
+                })
+            }
+            None => None,
+        },
         created_at: row.try_get("created_at")?,
     })
 }

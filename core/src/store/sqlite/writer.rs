@@ -311,6 +311,25 @@ impl Writer {
                 .execute(&mut self.conn)
                 .await?;
         }
+        if let Some(push) = settings.push {
+            let (url, names, headers) = match &push {
+                Some(target) => (
+                    Some(target.url.clone()),
+                    Some(serde_json::to_string(&target.names).map_err(Error::internal)?),
+                    Some(serde_json::to_string(&target.headers).map_err(Error::internal)?),
+                ),
+                None => (None, None, None),
+            };
+            sqlx::query(
+                "UPDATE spaces SET push_url = ?, push_names = ?, push_headers = ? WHERE id = ?",
+            )
+            .bind(url)
+            .bind(names)
+            .bind(headers)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        }
         let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
             .bind(space_id)
             .fetch_one(&mut self.conn)
