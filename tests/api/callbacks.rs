@@ -26,6 +26,7 @@ enum Reply {
     Status(u16, &'static str),
     RetryAfter(u16, u64),
     Sleep(Duration),
+    Redirect(String),
 }
 
 impl Receiver {
@@ -51,6 +52,11 @@ impl Receiver {
                             let mut headers = HeaderMap::new();
                             headers.insert("retry-after", seconds.to_string().parse().unwrap());
                             (AxumStatus::from_u16(code).unwrap(), headers, "busy").into_response()
+                        }
+                        Some(Reply::Redirect(location)) => {
+                            let mut headers = HeaderMap::new();
+                            headers.insert("location", location.parse().unwrap());
+                            (AxumStatus::FOUND, headers, "moved").into_response()
                         }
                         Some(Reply::Sleep(wait)) => {
                             tokio::time::sleep(wait).await;
@@ -213,6 +219,19 @@ async fn failed_tries_are_retried_and_recorded_until_a_2xx_or_given_up() {
     );
     assert_eq!(events[1]["data"]["statusCode"], Value::Null);
     assert_eq!(events[2]["data"]["retryAttempt"], 2);
+
+    // A redirect is a failure, and is not followed.
+    let (elsewhere, elsewhere_url) = Receiver::start(vec![]).await;
+    let (_, url) = Receiver::start(vec![Reply::Redirect(elsewhere_url)]).await;
+    let job = app
+        .create_job(&space, json!({ "name": "r", "callbackUrl": url }))
+        .await;
+    finish(&app, &space, &job, "complete", json!({})).await;
+    let events = callback_events(&app, &space, &job, 2).await;
+    assert_eq!(events[0]["type"], "callback_failed");
+    assert_eq!(events[0]["data"]["statusCode"], 302);
+    assert_eq!(events[1]["type"], "callback_sent");
+    assert!(elsewhere.received().is_empty(), "redirect not followed");
 
     // Nothing listening: tries run out (test schedule: 2 retries).
     let job = app
