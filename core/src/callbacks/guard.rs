@@ -83,6 +83,22 @@ impl Policy {
     }
 }
 
+/// The HTTP client for outgoing webhooks: no redirects followed, proxy
+/// variables ignored, every resolved address checked by `policy`.
+pub fn client(
+    policy: Policy,
+    timeout: std::time::Duration,
+) -> crate::error::Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .user_agent(super::USER_AGENT)
+        .redirect(reqwest::redirect::Policy::none())
+        .no_proxy()
+        .timeout(timeout)
+        .dns_resolver(std::sync::Arc::new(GuardedResolver { policy }))
+        .build()
+        .map_err(crate::error::Error::internal)
+}
+
 /// A resolver that returns only addresses the policy allows, so the client
 /// connects only to checked addresses.
 pub struct GuardedResolver {

@@ -128,14 +128,7 @@ impl Deliverer {
         let policy = guard::Policy {
             allow_private: config.allow_private,
         };
-        let client = reqwest::Client::builder()
-            .user_agent(USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(config.retry.timeout)
-            .dns_resolver(Arc::new(guard::GuardedResolver { policy }))
-            .build()
-            .map_err(crate::error::Error::internal)?;
+        let client = guard::client(policy, config.retry.timeout)?;
         Ok(Self {
             store,
             client,

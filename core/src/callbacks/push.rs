@@ -34,14 +34,7 @@ pub struct PushNotifier {
 impl PushNotifier {
     pub fn new(store: Arc<dyn Store>, allow_private: bool) -> crate::error::Result<Self> {
         let policy = guard::Policy { allow_private };
-        let client = reqwest::Client::builder()
-            .user_agent(super::USER_AGENT)
-            .redirect(reqwest::redirect::Policy::none())
-            .no_proxy()
-            .timeout(TIMEOUT)
-            .dns_resolver(Arc::new(guard::GuardedResolver { policy }))
-            .build()
-            .map_err(crate::error::Error::internal)?;
+        let client = guard::client(policy, TIMEOUT)?;
         Ok(Self {
             store,
             client,
