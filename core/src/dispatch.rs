@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::auth::Principal;
+use crate::auth::{Principal, Revocation};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus, LiveEvent};
@@ -81,6 +81,8 @@ pub enum WorkerOutput {
         reason: &'static str,
     },
     Drained,
+    /// The session's key was revoked: the session ends.
+    Revoked,
 }
 
 struct Held {
@@ -112,6 +114,7 @@ struct Reported {
 pub async fn run_session(
     jobs: Arc<JobsApi>,
     hub: EventHub,
+    mut revocation: Revocation,
     who: Principal,
     hello: Hello,
     mut input: mpsc::Receiver<WorkerInput>,
@@ -155,6 +158,10 @@ pub async fn run_session(
             break;
         }
         tokio::select! {
+            () = revocation.revoked() => {
+                let _ = session.send(WorkerOutput::Revoked).await;
+                break;
+            }
             message = input.recv() => match message {
                 None => break,
                 Some(WorkerInput::Capacity(capacity)) => {

@@ -818,3 +818,45 @@ mod grpc {
         assert!(received < 200, "ended before the backlog: {received}");
     }
 }
+
+#[tokio::test]
+async fn revoking_a_key_closes_the_streams_it_holds_open() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    let (status, token) = app
+        .post(
+            &format!("/api/v1/spaces/{}/tokens", space.id),
+            ADMIN_KEY,
+            json!({ "name": "dashboard", "scopes": ["jobs:read"] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    let key = token["key"].as_str().unwrap();
+    let mut job_stream = app.watch_job(&job, key).await;
+    let mut space_stream = app.watch_space(&space.id, key, "").await;
+    let mut unaffected = app.watch_job(&job, &space.producer).await;
+    next_json(&mut job_stream).await;
+    next_json(&mut space_stream).await;
+    next_json(&mut unaffected).await;
+
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!(
+                "/api/v1/spaces/{}/tokens/{}",
+                space.id,
+                token["id"].as_str().unwrap()
+            ),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    for socket in [&mut job_stream, &mut space_stream] {
+        let close = next_close(socket).await.expect("a close frame");
+        assert_eq!(close.code, CloseCode::Policy);
+        assert_eq!(close.reason.as_str(), "API key revoked");
+    }
+    assert!(stays_quiet(&mut unaffected, Duration::from_millis(200)).await);
+}

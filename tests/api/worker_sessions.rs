@@ -303,3 +303,41 @@ async fn sessions_are_refused_without_scope_or_hello_and_share_the_work() {
     }
     assert_eq!(seen.len(), 10, "each job pushed to exactly one worker");
 }
+
+#[tokio::test]
+async fn revoking_the_key_ends_the_session_and_releases_its_jobs() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (_, token) = app
+        .post(
+            &format!("/api/v1/spaces/{}/tokens", space.id),
+            crate::helpers::ADMIN_KEY,
+            json!({ "name": "w", "scopes": ["jobs:worker"] }),
+        )
+        .await;
+    let key = token["key"].as_str().unwrap();
+    let mut worker = Worker::open(&app, key, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    worker.assignment().await;
+    app.request(
+        "DELETE",
+        &format!(
+            "/api/v1/spaces/{}/tokens/{}",
+            space.id,
+            token["id"].as_str().unwrap()
+        ),
+        Some(crate::helpers::ADMIN_KEY),
+        None,
+    )
+    .await;
+    let ended = tokio::time::timeout(Duration::from_secs(10), worker.receive.message())
+        .await
+        .expect("ended within 10s")
+        .expect_err("ended with a status");
+    assert_eq!(ended.code(), tonic::Code::Unauthenticated);
+    assert_eq!(ended.message(), "API key revoked");
+    let released = app.wait_for_status(&space, &job, "pending").await;
+    assert_eq!(event_types(&released).last().unwrap(), "released");
+}

@@ -9,10 +9,31 @@ use std::time::{Duration, Instant};
 
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use subtle::ConstantTimeEq;
+use tokio::sync::broadcast;
 
 use super::{ApiKey, KeyHash, Principal, hash_key, parse_scopes};
 use crate::error::{Error, Result};
 use crate::store::Store;
+
+/// Waits for one key's revocation.
+pub struct Revocation {
+    watch: Option<(broadcast::Receiver<String>, String)>,
+}
+
+impl Revocation {
+    pub async fn revoked(&mut self) {
+        let Some((revoked, token_id)) = &mut self.watch else {
+            return std::future::pending().await;
+        };
+        loop {
+            match revoked.recv().await {
+                Ok(id) if id == *token_id => return,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return std::future::pending().await,
+            }
+        }
+    }
+}
 
 const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_CAPACITY: usize = 100_000;
@@ -23,6 +44,8 @@ pub struct RateLimit(pub Option<NonZeroU32>);
 
 pub struct Authenticator {
     store: Arc<dyn Store>,
+    /// Ids of tokens as they are revoked, for open streams to end.
+    revoked: broadcast::Sender<String>,
     admin_key_hash: KeyHash,
     cache: Mutex<HashMap<KeyHash, (Arc<ApiKey>, Instant)>>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
@@ -32,6 +55,7 @@ impl Authenticator {
     pub fn new(store: Arc<dyn Store>, admin_key_hash: KeyHash, rate_limit: RateLimit) -> Self {
         Self {
             store,
+            revoked: broadcast::channel(256).0,
             admin_key_hash,
             cache: Mutex::new(HashMap::new()),
             limiter: rate_limit
@@ -54,10 +78,25 @@ impl Authenticator {
         Ok(Principal::ApiKey(api_key))
     }
 
-    /// Drops a revoked token from the cache so it is refused from now on.
+    /// Drops a revoked token from the cache so it is refused from now on,
+    /// and ends the streams it holds open on this replica.
     pub fn forget_token(&self, token_id: &str) {
         self.lock_cache()
             .retain(|_, (api_key, _)| api_key.token_id != token_id);
+        let _ = self.revoked.send(token_id.to_owned());
+    }
+
+    /// Resolves when the key behind `principal` is revoked (never for the
+    /// admin key or an anonymous caller).
+    pub fn revocation(&self, principal: Option<&Principal>) -> Revocation {
+        Revocation {
+            watch: match principal {
+                Some(Principal::ApiKey(key)) => {
+                    Some((self.revoked.subscribe(), key.token_id.clone()))
+                }
+                _ => None,
+            },
+        }
     }
 
     fn cached(&self, hash: &KeyHash) -> Option<Arc<ApiKey>> {

@@ -6,7 +6,7 @@ mod authenticator;
 mod keys;
 mod scope;
 
-pub use authenticator::{Authenticator, RateLimit};
+pub use authenticator::{Authenticator, RateLimit, Revocation};
 pub use keys::{KeyHash, generate_key, hash_from_hex, hash_key, hash_to_hex, presented_key};
 pub use scope::{Scope, ScopeSet, parse_scopes};
 

@@ -7,8 +7,8 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status};
 
 use super::{optional_principal, principal};
-use crate::auth::Authenticator;
-use crate::error::Result;
+use crate::auth::{Authenticator, Revocation};
+use crate::error::{Error, Result};
 use crate::realtime::{RealtimeApi, SpaceCursor};
 
 /// Messages converted ahead of what the client has read; the real buffer is
@@ -53,7 +53,7 @@ impl Watch for crate::realtime::SpaceWatch {
 
 /// Pumps a watch into a response stream until the client goes away, the
 /// watcher falls behind (RESOURCE_EXHAUSTED) or the server stops (UNAVAILABLE).
-fn pump<W, T>(mut watch: W) -> Outbox<T>
+fn pump<W, T>(mut watch: W, mut revocation: Revocation) -> Outbox<T>
 where
     W: Watch,
     T: From<W::Item> + Send + 'static,
@@ -63,6 +63,7 @@ where
         loop {
             let next = tokio::select! {
                 () = outbox.closed() => return,
+                () = revocation.revoked() => Err(Error::Unauthenticated("API key revoked")),
                 next = watch.next() => next,
             };
             let (message, last) = match next {
@@ -92,7 +93,8 @@ impl EventService for EventsGrpc {
             .realtime
             .watch_job(who.as_ref(), &request.get_ref().job_id)
             .await?;
-        Ok(Response::new(pump(watch)))
+        let revocation = self.auth.revocation(who.as_ref());
+        Ok(Response::new(pump(watch, revocation)))
     }
 
     async fn watch_space(
@@ -109,6 +111,7 @@ impl EventService for EventsGrpc {
             .realtime
             .watch_space(&who, &request.space_id, cursor)
             .await?;
-        Ok(Response::new(pump(watch)))
+        let revocation = self.auth.revocation(Some(&who));
+        Ok(Response::new(pump(watch, revocation)))
     }
 }

@@ -60,7 +60,8 @@ fn report(action: Action) -> Report {
     }
 }
 
-fn outbound(output: WorkerOutput) -> pb::OpenSessionResponse {
+/// A session's output as a stream item; a revoked key ends the stream.
+fn outbound(output: WorkerOutput) -> Result<pb::OpenSessionResponse, Status> {
     let message = match output {
         WorkerOutput::Welcome { session_id } => Outbound::Welcome(pb::WorkerWelcome { session_id }),
         WorkerOutput::Assignment(job) => Outbound::Assignment(delivery(job)),
@@ -94,10 +95,11 @@ fn outbound(output: WorkerOutput) -> pb::OpenSessionResponse {
             reason: reason.to_owned(),
         }),
         WorkerOutput::Drained => Outbound::Drained(pb::WorkerDrained {}),
+        WorkerOutput::Revoked => return Err(Error::Unauthenticated("API key revoked").into()),
     };
-    pb::OpenSessionResponse {
+    Ok(pb::OpenSessionResponse {
         message: Some(message),
-    }
+    })
 }
 
 /// Feeds the worker's messages to its session; ends when the stream does.
@@ -153,9 +155,11 @@ impl WorkerService for WorkersGrpc {
         let (session_output, mut outputs) = mpsc::channel(SEND_AHEAD);
         let (responses, stream) = mpsc::channel(SEND_AHEAD);
         tokio::spawn(forward(inbound, input));
+        let revocation = self.auth.revocation(Some(&who));
         tokio::spawn(dispatch::run_session(
             self.jobs.clone(),
             self.hub.clone(),
+            revocation,
             who,
             hello,
             session_input,
@@ -163,7 +167,9 @@ impl WorkerService for WorkersGrpc {
         ));
         tokio::spawn(async move {
             while let Some(output) = outputs.recv().await {
-                if responses.send(Ok(outbound(output))).await.is_err() {
+                let item = outbound(output);
+                let last = item.is_err();
+                if responses.send(item).await.is_err() || last {
                     return;
                 }
             }
