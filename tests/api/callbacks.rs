@@ -400,6 +400,15 @@ async fn the_ssrf_guard_refuses_every_non_public_address_class() {
         receiver.received().is_empty(),
         "nothing reached the receiver"
     );
+
+    // Push wake-ups go through the same guard.
+    let (status, _) = app
+        .patch_space(&space.id, ADMIN_KEY, json!({ "push": { "url": url } }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    app.create_job(&space, json!({ "name": "a" })).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(receiver.received().is_empty(), "no wake-up to loopback");
 }
 
 #[tokio::test]
@@ -407,12 +416,9 @@ async fn push_wake_ups_announce_ready_jobs_of_the_chosen_names() {
     let app = TestApp::spawn().await;
     let space = app.create_space().await;
     let (receiver, url) = Receiver::start(vec![]).await;
-    let path = format!("/api/v1/spaces/{}", space.id);
     let push =
         json!({ "push": { "url": url, "names": ["wanted"], "headers": { "X-Push-Key": "k1" } } });
-    let (status, updated) = app
-        .request("PATCH", &path, Some(ADMIN_KEY), Some(push))
-        .await;
+    let (status, updated) = app.patch_space(&space.id, ADMIN_KEY, push).await;
     assert_eq!(status, StatusCode::OK, "{updated}");
     assert_eq!(updated["push"]["url"], url.as_str());
     assert_eq!(
@@ -453,9 +459,7 @@ async fn push_wake_ups_announce_ready_jobs_of_the_chosen_names() {
     assert_eq!(status, StatusCode::OK, "{claimed}");
 
     let bad = json!({ "push": { "url": "ftp://x" } });
-    let (status, body) = app
-        .request("PATCH", &path, Some(ADMIN_KEY), Some(bad))
-        .await;
+    let (status, body) = app.patch_space(&space.id, ADMIN_KEY, bad).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
     assert!(
         body["error"]
@@ -465,12 +469,7 @@ async fn push_wake_ups_announce_ready_jobs_of_the_chosen_names() {
         "{body}"
     );
     let (status, cleared) = app
-        .request(
-            "PATCH",
-            &path,
-            Some(ADMIN_KEY),
-            Some(json!({ "push": null })),
-        )
+        .patch_space(&space.id, ADMIN_KEY, json!({ "push": null }))
         .await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cleared["push"], Value::Null);

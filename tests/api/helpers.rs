@@ -191,6 +191,12 @@ impl TestApp {
         self.request("POST", path, Some(key), Some(body)).await
     }
 
+    /// `PATCH /api/v1/spaces/:id` (space settings) with `key`.
+    pub async fn patch_space(&self, space_id: &str, key: &str, body: Value) -> (StatusCode, Value) {
+        let path = format!("/api/v1/spaces/{space_id}");
+        self.request("PATCH", &path, Some(key), Some(body)).await
+    }
+
     pub async fn create_space(&self) -> Space {
         let (status, space) = self
             .post("/api/v1/spaces", ADMIN_KEY, json!({ "name": "test" }))

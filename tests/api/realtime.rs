@@ -254,11 +254,10 @@ async fn stream_handshakes_enforce_tokens_spaces_and_scopes() {
 
     // Per-space opt-in to token-less job streams, which see what the public token sees.
     let (status, updated) = app
-        .request(
-            "PATCH",
-            &format!("/api/v1/spaces/{}", space.id),
-            Some(ADMIN_KEY),
-            Some(json!({ "anonymousProgressStreams": true })),
+        .patch_space(
+            &space.id,
+            ADMIN_KEY,
+            json!({ "anonymousProgressStreams": true }),
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{updated}");
@@ -283,20 +282,18 @@ async fn stream_handshakes_enforce_tokens_spaces_and_scopes() {
     let (status, _) = refused(format!("/api/v1/realtime/{elsewhere}")).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
     let (status, body) = app
-        .request(
-            "PATCH",
-            &format!("/api/v1/spaces/{}", space.id),
-            Some(&space.producer),
-            Some(json!({ "anonymousProgressStreams": false })),
+        .patch_space(
+            &space.id,
+            &space.producer,
+            json!({ "anonymousProgressStreams": false }),
         )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
     let (status, body) = app
-        .request(
-            "PATCH",
-            &format!("/api/v1/spaces/{}", space.id),
-            Some(ADMIN_KEY),
-            Some(json!({ "anonymousProgressStreams": "yes" })),
+        .patch_space(
+            &space.id,
+            ADMIN_KEY,
+            json!({ "anonymousProgressStreams": "yes" }),
         )
         .await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
