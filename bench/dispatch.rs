@@ -6,10 +6,12 @@
 //! 2. Dispatch latency: 1000 single creates at 100/s into idle sessions;
 //!    time from sending the create to the worker receiving the job, p50/p99.
 //!
-//!     cargo run --release --example dispatch -- [JOBS] [WORKERS]
+//!     cargo run --release --example dispatch -- [JOBS] [WORKERS] [REPLICAS]
 //!
-//! Server (core + gateway, SQLite, synchronous=FULL) and load run in one
-//! process on this 2-core machine.
+//! Server and load run in one process on this 2-core machine: SQLite
+//! (synchronous=FULL) by default; with `EMIT_BENCH_DATABASE=postgres`, a
+//! fresh PostgreSQL database and REPLICAS core replicas (each with a
+//! gateway) sharing it, workers and producers spread over them.
 
 mod support;
 
@@ -102,10 +104,15 @@ async fn main() -> Result<(), AnyError> {
     let mut args = std::env::args().skip(1);
     let jobs: usize = args.next().map_or(Ok(20_000), |arg| arg.parse())?;
     let workers: usize = args.next().map_or(Ok(4), |arg| arg.parse())?;
-    let dir = std::env::temp_dir().join(format!("emit-dispatch-{}", std::process::id()));
-    let (core, gateway) = support::start_server(&dir.display().to_string()).await?;
-    let base = format!("http://{}/api/v1", gateway.http_addr);
-    let grpc_url = format!("http://{}", core.grpc_addr);
+    let replicas: usize = args.next().map_or(Ok(1), |arg| arg.parse())?;
+    let cluster = support::Cluster::start(replicas).await?;
+    let bases = cluster.api_bases();
+    let grpc_urls = cluster.grpc_urls();
+    let base = bases[0].clone();
+    println!(
+        "storage       : {}, {replicas} core replica(s)",
+        cluster.engine
+    );
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(64)
         .build()?;
@@ -113,8 +120,9 @@ async fn main() -> Result<(), AnyError> {
 
     let (arrivals, mut arrived) = mpsc::unbounded_channel();
     let completed = Arc::new(AtomicUsize::new(0));
-    for _ in 0..workers {
-        let (url, space_id, key) = (grpc_url.clone(), space.id.clone(), space.key.clone());
+    for worker in 0..workers {
+        let url = grpc_urls[worker % replicas].clone();
+        let (space_id, key) = (space.id.clone(), space.key.clone());
         let (arrivals, completed) = (arrivals.clone(), completed.clone());
         tokio::spawn(async move {
             if let Err(error) = run_worker(url, space_id, key, arrivals, completed).await {
@@ -132,7 +140,7 @@ async fn main() -> Result<(), AnyError> {
     for producer in 0..producers {
         let (http, base, space_id, key) = (
             http.clone(),
-            base.clone(),
+            bases[producer % replicas].clone(),
             space.id.clone(),
             space.key.clone(),
         );
@@ -222,8 +230,6 @@ async fn main() -> Result<(), AnyError> {
         percentile(&mut create_calls, 0.50),
         percentile(&mut create_calls, 0.99)
     );
-    gateway.stop().await;
-    core.stop().await;
-    let _ = std::fs::remove_dir_all(dir);
+    cluster.stop().await;
     Ok(())
 }

@@ -4,8 +4,9 @@
 //!
 //!     cargo run --release --example rest_throughput -- [JOBS] [WORKERS]
 //!
-//! Server (core + gateway, SQLite, synchronous=FULL) and load generator run in
-//! one process on this machine, as in `emit serve`.
+//! Server (core + gateway) and load generator run in one process on this
+//! machine, as in `emit serve`: SQLite (synchronous=FULL) by default, a fresh
+//! PostgreSQL database with `EMIT_BENCH_DATABASE=postgres`.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -21,9 +22,9 @@ async fn main() -> Result<(), support::AnyError> {
     let mut args = std::env::args().skip(1);
     let jobs: usize = args.next().map_or(Ok(20_000), |arg| arg.parse())?;
     let workers: usize = args.next().map_or(Ok(32), |arg| arg.parse())?;
-    let dir = std::env::temp_dir().join(format!("emit-bench-{}", std::process::id()));
-    let (core, gateway) = support::start_server(&dir.display().to_string()).await?;
-    let base = format!("http://{}/api/v1", gateway.http_addr);
+    let cluster = support::Cluster::start(1).await?;
+    let base = cluster.api_bases().remove(0);
+    println!("storage       : {}", cluster.engine);
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
@@ -54,9 +55,7 @@ async fn main() -> Result<(), support::AnyError> {
         elapsed.as_secs_f64(),
         jobs as f64 / elapsed.as_secs_f64()
     );
-    gateway.stop().await;
-    core.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    cluster.stop().await;
     Ok(())
 }
 

@@ -14,24 +14,112 @@ pub const ADMIN_KEY: &str = "emit_bench_admin";
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
+#[path = "../core/tests/support/postgres.rs"]
+mod postgres;
+
 /// Core and gateway on loopback, SQLite in `dir`, no rate limit.
 pub async fn start_server(dir: &str) -> Result<(RunningCore, RunningGateway), AnyError> {
-    let core = emit_core::start(CoreConfig {
+    let core = start_core(format!("sqlite://{dir}/emit.db")).await?;
+    let gateway = start_gateway(&core).await?;
+    Ok((core, gateway))
+}
+
+async fn start_core(database_url: String) -> Result<RunningCore, AnyError> {
+    Ok(emit_core::start(CoreConfig {
         grpc_addr: "127.0.0.1:0".parse()?,
-        database_url: format!("sqlite://{dir}/emit.db"),
+        database_url,
         admin_key: Some(Secret(ADMIN_KEY.into())),
         rate_limit: RateLimit(NonZeroU32::new(0)),
         streams: Default::default(),
         callbacks: Default::default(),
     })
-    .await?;
-    let gateway = emit_gateway::start(GatewayConfig {
+    .await?)
+}
+
+async fn start_gateway(core: &RunningCore) -> Result<RunningGateway, AnyError> {
+    emit_gateway::start(GatewayConfig {
         http_addr: "127.0.0.1:0".parse()?,
         core_url: format!("http://{}", core.grpc_addr),
         stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
     })
-    .await?;
-    Ok((core, gateway))
+    .await
+}
+
+/// Core replicas, each with a gateway in front, on one database: SQLite (one
+/// replica only) or, with `EMIT_BENCH_DATABASE=postgres`, a fresh PostgreSQL
+/// database on this machine's server.
+pub struct Cluster {
+    pub cores: Vec<RunningCore>,
+    pub gateways: Vec<RunningGateway>,
+    pub engine: &'static str,
+    _postgres: Option<postgres::PostgresDatabase>,
+    sqlite_dir: Option<std::path::PathBuf>,
+}
+
+impl Cluster {
+    pub async fn start(replicas: usize) -> Result<Self, AnyError> {
+        let postgres =
+            std::env::var("EMIT_BENCH_DATABASE").is_ok_and(|engine| engine == "postgres");
+        let (url, postgres, sqlite_dir) = if postgres {
+            let database = postgres::PostgresDatabase::create().await;
+            (database.url.clone(), Some(database), None)
+        } else {
+            if replicas != 1 {
+                return Err("SQLite runs one replica; set EMIT_BENCH_DATABASE=postgres".into());
+            }
+            let dir = std::env::temp_dir().join(format!("emit-bench-{}", std::process::id()));
+            (
+                format!("sqlite://{}/emit.db", dir.display()),
+                None,
+                Some(dir),
+            )
+        };
+        let mut cores = Vec::new();
+        let mut gateways = Vec::new();
+        for _ in 0..replicas {
+            let core = start_core(url.clone()).await?;
+            gateways.push(start_gateway(&core).await?);
+            cores.push(core);
+        }
+        Ok(Self {
+            cores,
+            gateways,
+            engine: if postgres.is_some() {
+                "PostgreSQL"
+            } else {
+                "SQLite"
+            },
+            _postgres: postgres,
+            sqlite_dir,
+        })
+    }
+
+    /// `http://HOST:PORT/api/v1` of each gateway.
+    pub fn api_bases(&self) -> Vec<String> {
+        self.gateways
+            .iter()
+            .map(|gateway| format!("http://{}/api/v1", gateway.http_addr))
+            .collect()
+    }
+
+    pub fn grpc_urls(&self) -> Vec<String> {
+        self.cores
+            .iter()
+            .map(|core| format!("http://{}", core.grpc_addr))
+            .collect()
+    }
+
+    pub async fn stop(self) {
+        for gateway in self.gateways {
+            gateway.stop().await;
+        }
+        for core in self.cores {
+            core.stop().await;
+        }
+        if let Some(dir) = self.sqlite_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
 }
 
 pub struct BenchSpace {

@@ -9,8 +9,9 @@
 //! the writer). A session that is told of an event that took one of its jobs
 //! away (killed, or the attempt timed out) cancels it on the worker.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
 use tokio::sync::mpsc;
@@ -101,6 +102,35 @@ struct Session {
     output: mpsc::Sender<WorkerOutput>,
 }
 
+/// Which ready-job events the sessions of this replica have already taken
+/// up, per space. Every session of a space sees every event; without this,
+/// each new job would send every idle session to the store, only for one to
+/// get it. A session claims (by sequence number) as many `pending` events as
+/// it has room for and looks for work only for those it claimed. Sessions on
+/// other replicas claim on their own, so a job wakes at most one session
+/// per replica.
+#[derive(Default)]
+pub struct WakeClaims {
+    spaces: std::sync::Mutex<HashMap<String, Arc<AtomicI64>>>,
+}
+
+impl WakeClaims {
+    /// The space's highest claimed event sequence number.
+    pub fn for_space(&self, space_id: &str) -> Arc<AtomicI64> {
+        self.spaces
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .entry(space_id.to_owned())
+            .or_default()
+            .clone()
+    }
+}
+
+/// Claims the ready-job event `seq` unless another session has.
+fn claim(claimed: &AtomicI64, seq: i64) -> bool {
+    claimed.fetch_max(seq, Ordering::AcqRel) < seq
+}
+
 /// What an in-flight report came back with.
 struct Reported {
     request_id: u64,
@@ -108,12 +138,79 @@ struct Reported {
     outcome: Result<Option<Job>>,
 }
 
+/// A report as the worker sent it, with the fence it carries.
+struct ReportCall {
+    request_id: u64,
+    job_id: String,
+    report: Report,
+    fence: Fence,
+}
+
+/// Reports in flight. Those about one job run one at a time, in the order
+/// the worker sent them (progress before completion, ack before both);
+/// those about different jobs run side by side.
+#[derive(Default)]
+struct Reports {
+    running: JoinSet<Reported>,
+    /// Per job with a report in flight, the reports waiting behind it.
+    waiting: HashMap<String, VecDeque<ReportCall>>,
+}
+
+impl Reports {
+    fn is_empty(&self) -> bool {
+        self.running.is_empty()
+    }
+
+    fn submit(&mut self, session: &Session, call: ReportCall) {
+        match self.waiting.get_mut(&call.job_id) {
+            Some(queue) => queue.push_back(call),
+            None => {
+                self.waiting.insert(call.job_id.clone(), VecDeque::new());
+                self.start(session, call);
+            }
+        }
+    }
+
+    /// Starts the next report about `job_id`, now that one has finished.
+    fn finished(&mut self, session: &Session, job_id: &str) {
+        match self.waiting.get_mut(job_id).and_then(VecDeque::pop_front) {
+            Some(call) => self.start(session, call),
+            None => {
+                self.waiting.remove(job_id);
+            }
+        }
+    }
+
+    fn start(&mut self, session: &Session, call: ReportCall) {
+        let (jobs, who) = (session.jobs.clone(), session.who.clone());
+        self.running.spawn(async move {
+            let ReportCall {
+                request_id,
+                job_id,
+                report,
+                fence,
+            } = call;
+            let outcome = match report {
+                Report::Job(command) => jobs.report(&who, &job_id, command, fence).await.map(Some),
+                Report::Logs(lines) => jobs.append_logs(&who, &job_id, lines).await.map(|_| None),
+            };
+            Reported {
+                request_id,
+                job_id,
+                outcome,
+            }
+        });
+    }
+}
+
 /// Runs a worker's session until its input ends (the stream dropped) or it
 /// drained. On the way out, jobs delivered but not yet acked go back to
 /// pending at once; running jobs are left to finish or time out.
+#[allow(clippy::too_many_arguments)]
 pub async fn run_session(
     jobs: Arc<JobsApi>,
     hub: EventHub,
+    claims: Arc<AtomicI64>,
     mut revocation: Revocation,
     who: Principal,
     hello: Hello,
@@ -140,7 +237,7 @@ pub async fn run_session(
         return;
     }
     tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
-    let mut reports: JoinSet<Reported> = JoinSet::new();
+    let mut reports = Reports::default();
     let mut look_for_work = true;
     let mut recheck = Instant::now() + RECHECK;
     'session: loop {
@@ -182,22 +279,12 @@ pub async fn run_session(
                     if let Some(held) = session.held.get_mut(&job_id) {
                         held.reporting += 1;
                     }
-                    let (jobs, who) = (session.jobs.clone(), session.who.clone());
-                    reports.spawn(async move {
-                        let outcome = match report {
-                            Report::Job(command) => {
-                                jobs.report(&who, &job_id, command, fence).await.map(Some)
-                            }
-                            Report::Logs(lines) => {
-                                jobs.append_logs(&who, &job_id, lines).await.map(|_| None)
-                            }
-                        };
-                        Reported { request_id, job_id, outcome }
-                    });
+                    reports.submit(&session, ReportCall { request_id, job_id, report, fence });
                 }
             },
-            Some(done) = reports.join_next(), if !reports.is_empty() => {
+            Some(done) = reports.running.join_next(), if !reports.is_empty() => {
                 let Ok(reported) = done else { continue };
+                reports.finished(&session, &reported.job_id);
                 if session.settle(&reported) {
                     look_for_work = true;
                 }
@@ -212,17 +299,20 @@ pub async fn run_session(
             }
             chunk = events.recv() => match chunk {
                 Ok(chunk) => {
+                    let mut room = session.room();
                     for event in chunk.iter() {
                         let LiveEvent::Job(event) = event else { continue };
-                        if event.status == JobStatus::Pending && session.wants(&event.job_name) {
+                        if room > 0
+                            && event.status == JobStatus::Pending
+                            && session.wants(&event.job_name)
+                            && claim(&claims, event.seq)
+                        {
+                            room -= 1;
                             look_for_work = true;
                         }
                         if session.lost(&event.job_id, event.status).await.is_err() {
                             break 'session;
                         }
-                    }
-                    if session.has_room() {
-                        look_for_work = true;
                     }
                 }
                 // Missed wake-ups only: look for work; cancellations of jobs
@@ -249,7 +339,16 @@ impl Session {
     }
 
     fn has_room(&self) -> bool {
-        !self.draining && (self.held.len() as u32) < self.hello.capacity
+        self.room() > 0
+    }
+
+    /// How many more jobs the session may take now.
+    fn room(&self) -> u32 {
+        if self.draining {
+            0
+        } else {
+            self.hello.capacity.saturating_sub(self.held.len() as u32)
+        }
     }
 
     fn wants(&self, name: &str) -> bool {

@@ -93,6 +93,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         admin_key_hash,
         config.rate_limit,
     ));
+    auth.follow_revocations(store.revocations());
     let wake = Arc::new(TimerWake::default());
     let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
     let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone(), hub.clone()));
@@ -104,7 +105,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
     let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
     let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
-    tokio::spawn(notifier.run(store.subscribe(), shutdown_rx.clone()));
+    tokio::spawn(notifier.run(store.own_commits(), shutdown_rx.clone()));
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;

@@ -18,8 +18,10 @@ const SWEEP_LIMIT: u32 = 1000;
 /// Sweeps are at least this far apart, so a stream of new deadlines under
 /// load cannot turn the loop into a busy one. It bounds timer precision.
 const MIN_SWEEP_INTERVAL: Duration = Duration::from_millis(10);
-/// Sweep at least this often even when nothing is known to be due.
-const MAX_SLEEP: Duration = Duration::from_secs(30);
+/// Sweep at least this often even when nothing is known to be due. Other
+/// replicas set deadlines this loop is not told about (and may die before
+/// firing them), so this bounds how late such a deadline fires.
+const MAX_SLEEP: Duration = Duration::from_secs(1);
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
 /// Tells the timer loop about deadlines set after its last sweep.

@@ -16,13 +16,58 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tonic::transport::Channel;
 
+#[path = "../../core/tests/support/postgres.rs"]
+mod postgres;
+use postgres::PostgresDatabase;
+
 pub const ADMIN_KEY: &str = "emit_test_admin_key";
+
+/// The storage engine a test binary runs the suite against (each binary
+/// names one, so the other looks unused to it).
+#[allow(dead_code)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// A fresh, empty database for one test.
+enum Database {
+    Sqlite { dir: PathBuf },
+    Postgres(PostgresDatabase),
+}
+
+impl Database {
+    async fn create(backend: Backend) -> Self {
+        match backend {
+            Backend::Sqlite => Self::Sqlite {
+                dir: std::env::temp_dir().join(format!("emit-test-{}", ulid::Ulid::new())),
+            },
+            Backend::Postgres => Self::Postgres(PostgresDatabase::create().await),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Self::Sqlite { dir } => format!("sqlite://{}/emit.db", dir.display()),
+            Self::Postgres(database) => database.url.clone(),
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        if let Self::Sqlite { dir } = self {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
 
 pub struct TestApp {
     pub base: String,
     pub grpc_url: String,
     pub http: reqwest::Client,
-    dir: PathBuf,
+    database: Database,
     rate_limit: RateLimit,
     streams: StreamLimits,
     ws_queue: usize,
@@ -82,13 +127,13 @@ impl TestApp {
     }
 
     pub async fn spawn_with(options: Options) -> Self {
-        let dir = std::env::temp_dir().join(format!("emit-test-{}", ulid::Ulid::new()));
+        let database = Database::create(crate::BACKEND).await;
         let rate_limit = RateLimit(options.rate_limit.and_then(NonZeroU32::new));
         let mut app = Self {
             base: String::new(),
             grpc_url: String::new(),
             http: reqwest::Client::new(),
-            dir,
+            database,
             rate_limit,
             streams: options.streams,
             ws_queue: options.ws_queue,
@@ -101,7 +146,7 @@ impl TestApp {
     }
 
     pub fn database_url(&self) -> String {
-        format!("sqlite://{}/emit.db", self.dir.display())
+        self.database.url()
     }
 
     async fn start(&mut self) {
@@ -376,12 +421,6 @@ pub async fn next_close(socket: &mut WebSocket) -> Option<CloseFrame> {
 /// Whether nothing arrives within `wait` (the stream stays open and quiet).
 pub async fn stays_quiet(socket: &mut WebSocket, wait: Duration) -> bool {
     tokio::time::timeout(wait, socket.next()).await.is_err()
-}
-
-impl Drop for TestApp {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
 }
 
 fn loopback() -> SocketAddr {

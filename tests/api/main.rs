@@ -1,19 +1,8 @@
 //! Integration tests: each test starts the real server (core and gateway on
-//! loopback ports, fresh SQLite database) and talks to it with real HTTP and
-//! gRPC clients. All modules build into this one test binary.
+//! loopback ports, fresh database) and talks to it with real HTTP, WebSocket
+//! and gRPC clients. This binary runs the suite on SQLite; `postgres.rs`
+//! runs the same modules on PostgreSQL.
 
-mod admin;
-mod auth;
-mod callbacks;
-mod create;
-mod dispatch;
-mod grpc;
-mod helpers;
-mod lifecycle;
-mod list;
-mod logs;
-mod polyglot;
-mod realtime;
-mod restart;
-mod timers;
-mod worker_sessions;
+const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
+
+include!("suite.rs");

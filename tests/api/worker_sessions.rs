@@ -341,3 +341,60 @@ async fn revoking_the_key_ends_the_session_and_releases_its_jobs() {
     let released = app.wait_for_status(&space, &job, "pending").await;
     assert_eq!(event_types(&released).last().unwrap(), "released");
 }
+
+// Multi-threaded, as the server runs: on one thread, spawned reports would
+// run in the order they were spawned and an ordering bug would not show.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_about_one_job_apply_in_the_order_they_were_sent() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 50, &[]))
+        .await
+        .unwrap();
+    let ids: Vec<String> = futures_util::future::join_all(
+        (0..50).map(|_| app.create_job(&space, json!({ "name": "ordered" }))),
+    )
+    .await;
+    let mut held = Vec::new();
+    for _ in 0..ids.len() {
+        held.push(worker.assignment().await.id);
+    }
+    // Ack, progress and complete for every job, sent without waiting.
+    let mut request_id = 100;
+    for id in &held {
+        let progress = Action::Progress(pb::ReportProgress {
+            progress_json: json!({ "percent": 50 }).to_string(),
+        });
+        for action in [Action::Ack(pb::ReportAck {}), progress, complete(json!({}))] {
+            request_id += 1;
+            let report = pb::WorkerReport {
+                request_id,
+                job_id: id.clone(),
+                action: Some(action),
+            };
+            worker
+                .send
+                .send(message(Outgoing::Report(report)))
+                .await
+                .unwrap();
+        }
+    }
+    let mut answered = 0;
+    while answered < held.len() * 3 {
+        match worker.next().await {
+            Incoming::Result(result) => {
+                assert_eq!(result.code, 0, "{result:?}");
+                answered += 1;
+            }
+            Incoming::Assignment(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    for id in &ids {
+        let job = app.job(&space, id).await;
+        assert_eq!(job["status"], "completed");
+        assert_eq!(job["progress"]["percent"], 50, "{job}");
+        let types = event_types(&job);
+        assert_eq!(types, ["created", "delivered", "acked", "progress", "completed"]);
+    }
+}

@@ -86,6 +86,25 @@ impl Authenticator {
         let _ = self.revoked.send(token_id.to_owned());
     }
 
+    /// Applies revocations made on any replica (the store reports them) as
+    /// `forget_token` does. Holds the authenticator weakly, so it stops when
+    /// the server is dropped.
+    pub fn follow_revocations(self: &Arc<Self>, mut revocations: broadcast::Receiver<String>) {
+        let auth = Arc::downgrade(self);
+        tokio::spawn(async move {
+            loop {
+                let revoked = revocations.recv().await;
+                let Some(auth) = auth.upgrade() else { return };
+                match revoked {
+                    Ok(token_id) => auth.forget_token(&token_id),
+                    // Which keys were revoked is unknown: look every key up again.
+                    Err(broadcast::error::RecvError::Lagged(_)) => auth.lock_cache().clear(),
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        });
+    }
+
     /// Resolves when the key behind `principal` is revoked (never for the
     /// admin key or an anonymous caller).
     pub fn revocation(&self, principal: Option<&Principal>) -> Revocation {

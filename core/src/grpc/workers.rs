@@ -26,11 +26,17 @@ pub struct WorkersGrpc {
     auth: Arc<Authenticator>,
     jobs: Arc<JobsApi>,
     hub: EventHub,
+    claims: dispatch::WakeClaims,
 }
 
 impl WorkersGrpc {
     pub fn new(auth: Arc<Authenticator>, jobs: Arc<JobsApi>, hub: EventHub) -> Self {
-        Self { auth, jobs, hub }
+        Self {
+            auth,
+            jobs,
+            hub,
+            claims: dispatch::WakeClaims::default(),
+        }
     }
 }
 
@@ -156,9 +162,11 @@ impl WorkerService for WorkersGrpc {
         let (responses, stream) = mpsc::channel(SEND_AHEAD);
         tokio::spawn(forward(inbound, input));
         let revocation = self.auth.revocation(Some(&who));
+        let claims = self.claims.for_space(&hello.space_id);
         tokio::spawn(dispatch::run_session(
             self.jobs.clone(),
             self.hub.clone(),
+            claims,
             revocation,
             who,
             hello,

@@ -4,6 +4,9 @@
 //! statement conditional on the state that was read, so every backend
 //! enforces the same state machine.
 
+mod batch;
+pub mod postgres;
+mod rows;
 pub mod sqlite;
 
 use std::sync::Arc;
@@ -224,18 +227,26 @@ pub trait Store: Send + Sync + 'static {
     /// Sets (Some) or clears (None) a space's signing secret.
     async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()>;
 
-    /// What each commit published (events, log lines), commit by commit in
-    /// commit order, so events of a space arrive in sequence order.
+    /// What each commit of any replica published (events, log lines),
+    /// commit by commit in commit order, so events of a space arrive in
+    /// sequence order.
     fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>>;
+    /// Only the commits of this replica: for work that one replica must do
+    /// once per commit (push wake-ups).
+    fn own_commits(&self) -> broadcast::Receiver<Arc<[LiveEvent]>>;
+    /// Ids of tokens as any replica revokes them.
+    fn revocations(&self) -> broadcast::Receiver<String>;
 }
 
 /// Opens the store a database URL names, running its migrations.
 pub async fn open(database_url: &str) -> Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
+    } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
+        Ok(Arc::new(postgres::PostgresStore::open(database_url).await?))
     } else {
         Err(Error::invalid(format!(
-            "unsupported database URL (expected sqlite://...): {}",
+            "unsupported database URL (expected sqlite://... or postgres://...): {}",
             redact_url(database_url)
         )))
     }

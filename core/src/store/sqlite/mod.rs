@@ -4,7 +4,6 @@
 //! batch of waiting requests) keeps that affordable. Reads run on a separate
 //! pool of read-only connections that WAL lets proceed alongside the writer.
 
-mod rows;
 mod writer;
 
 use std::str::FromStr;
@@ -16,9 +15,11 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc};
 
-use self::writer::{WriteOp, Writer};
+use self::writer::SqliteWriter;
+use super::batch::{self, Writes};
+use super::rows;
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
@@ -36,8 +37,9 @@ const PUBLISH_BUFFER: usize = 4096;
 
 pub struct SqliteStore {
     reads: SqlitePool,
-    writes: mpsc::Sender<WriteOp>,
+    writes: Writes,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
+    revoked: broadcast::Sender<String>,
 }
 
 impl SqliteStore {
@@ -67,33 +69,23 @@ impl SqliteStore {
             .await?;
         let (published, _) = broadcast::channel(PUBLISH_BUFFER);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
-        tokio::spawn(Writer::new(write_connection, published.clone()).run(queue));
+        tokio::spawn(batch::run(
+            SqliteWriter::new(write_connection, published.clone()),
+            queue,
+        ));
         Ok(Self {
             reads,
-            writes,
+            writes: Writes::new(vec![writes]),
             published,
+            revoked: broadcast::channel(256).0,
         })
-    }
-
-    async fn write<T>(&self, op: impl FnOnce(oneshot::Sender<Result<T>>) -> WriteOp) -> Result<T> {
-        let (reply, outcome) = oneshot::channel();
-        self.writes
-            .send(op(reply))
-            .await
-            .map_err(|_| Error::Unavailable)?;
-        outcome.await.map_err(|_| Error::Unavailable)?
     }
 }
 
 #[async_trait]
 impl Store for SqliteStore {
     async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        self.write(|reply| WriteOp::CreateSpace {
-            space,
-            token,
-            reply,
-        })
-        .await
+        self.writes.create_space(space, token).await
     }
 
     async fn list_spaces(&self) -> Result<Vec<SpaceRecord>> {
@@ -112,13 +104,7 @@ impl Store for SqliteStore {
     }
 
     async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord> {
-        let space_id = space_id.to_owned();
-        self.write(|reply| WriteOp::UpdateSpace {
-            space_id,
-            settings,
-            reply,
-        })
-        .await
+        self.writes.update_space(space_id, settings).await
     }
 
     async fn space_log(
@@ -178,27 +164,15 @@ impl Store for SqliteStore {
     }
 
     async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
-        self.write(|reply| WriteOp::RecordCallbackTry {
-            attempt,
-            now,
-            reply,
-        })
-        .await
+        self.writes.record_callback_try(attempt, now).await
     }
 
     async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
-        let space_id = space_id.to_owned();
-        self.write(|reply| WriteOp::SetWebhookSecret {
-            space_id,
-            secret,
-            reply,
-        })
-        .await
+        self.writes.set_webhook_secret(space_id, secret).await
     }
 
     async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        self.write(|reply| WriteOp::CreateToken { token, reply })
-            .await
+        self.writes.create_token(token).await
     }
 
     async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>> {
@@ -212,14 +186,11 @@ impl Store for SqliteStore {
     }
 
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool> {
-        let (space_id, token_id) = (space_id.to_owned(), token_id.to_owned());
-        self.write(|reply| WriteOp::RevokeToken {
-            space_id,
-            token_id,
-            now,
-            reply,
-        })
-        .await
+        let revoked = self.writes.revoke_token(space_id, token_id, now).await?;
+        if revoked {
+            let _ = self.revoked.send(token_id.to_owned());
+        }
+        Ok(revoked)
     }
 
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>> {
@@ -240,14 +211,11 @@ impl Store for SqliteStore {
     }
 
     async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
-        let (name, value) = (name.to_owned(), value.to_owned());
-        self.write(|reply| WriteOp::PutSettingOnce { name, value, reply })
-            .await
+        self.writes.put_setting_once(name, value).await
     }
 
     async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
-        self.write(|reply| WriteOp::CreateJobs { jobs, reply })
-            .await
+        self.writes.create_jobs(jobs).await
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
@@ -303,8 +271,7 @@ impl Store for SqliteStore {
     }
 
     async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
-        self.write(|reply| WriteOp::Deliver { request, reply })
-            .await
+        self.writes.deliver(request).await
     }
 
     async fn apply(
@@ -314,20 +281,11 @@ impl Store for SqliteStore {
         fence: &Fence,
         now: UnixMillis,
     ) -> Result<Job> {
-        let (target, fence) = (target.clone(), fence.clone());
-        self.write(|reply| WriteOp::Apply {
-            target,
-            command,
-            fence,
-            now,
-            reply,
-        })
-        .await
+        self.writes.apply(target, command, fence, now).await
     }
 
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
-        self.write(|reply| WriteOp::FireDueTimers { now, limit, reply })
-            .await
+        self.writes.fire_due_timers(now, limit).await
     }
 
     async fn append_logs(
@@ -336,14 +294,7 @@ impl Store for SqliteStore {
         lines: Vec<LogLine>,
         now: UnixMillis,
     ) -> Result<i64> {
-        let target = target.clone();
-        self.write(|reply| WriteOp::AppendLogs {
-            target,
-            lines,
-            now,
-            reply,
-        })
-        .await
+        self.writes.append_logs(target, lines, now).await
     }
 
     async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
@@ -354,13 +305,9 @@ impl Store for SqliteStore {
             select.push(" AND level = ").push_bind(level.as_str());
         }
         if let Some(text) = &query.text {
-            let escaped = text
-                .replace('\\', "\\\\")
-                .replace('%', "\\%")
-                .replace('_', "\\_");
             select
                 .push(" AND message LIKE ")
-                .push_bind(format!("%{escaped}%"))
+                .push_bind(rows::like_pattern(text))
                 .push(" ESCAPE '\\'");
         }
         select
@@ -372,5 +319,14 @@ impl Store for SqliteStore {
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
         self.published.subscribe()
+    }
+
+    /// One process is the only writer: every commit is its own.
+    fn own_commits(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.published.subscribe()
+    }
+
+    fn revocations(&self) -> broadcast::Receiver<String> {
+        self.revoked.subscribe()
     }
 }

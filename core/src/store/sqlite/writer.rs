@@ -1,123 +1,33 @@
-//! The single writer. SQLite allows one writer at a time, so instead of
-//! letting requests queue on a lock, one task owns the write connection and
-//! runs whatever requests are waiting as one transaction (group commit): one
-//! fsync covers the whole batch, and events of the batch go to the database in
-//! a few multi-row statements. Replies are sent only after COMMIT returns, so
-//! nothing is acknowledged before it is durable.
-//!
-//! Every operation reads what it needs, decides (through the state machine),
-//! and only then writes; a refused operation has written nothing. A database
-//! error inside a batch rolls the whole batch back and every caller in it gets
-//! an error, so no caller is told of a write that did not happen.
+//! SQLite's side of the group-commit writer (see `store::batch`). SQLite
+//! allows one writer at a time, so one task owns the write connection. It is
+//! the only writer, so it keeps each space's head (last event sequence number
+//! and job counts) in memory and writes it back once per batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
+use async_trait::async_trait;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::broadcast;
 
-use super::rows;
 use crate::callbacks;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
 use crate::job::{
-    EventDraft, EventKind, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
     StoredLogLine,
 };
+use crate::store::batch::{self, callback_try_event};
+use crate::store::rows;
 use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep,
-    TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord,
 };
 
-/// Most operations committed together.
-const MAX_BATCH: usize = 512;
 /// SQLite accepts 32766 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 1000;
 const EVENT_ROWS_PER_INSERT: usize = 3000;
-
-type Reply<T> = oneshot::Sender<Result<T>>;
-
-pub enum WriteOp {
-    CreateSpace {
-        space: SpaceRecord,
-        token: TokenRecord,
-        reply: Reply<()>,
-    },
-    UpdateSpace {
-        space_id: String,
-        settings: SpaceSettings,
-        reply: Reply<SpaceRecord>,
-    },
-    SetWebhookSecret {
-        space_id: String,
-        secret: Option<String>,
-        reply: Reply<()>,
-    },
-    RecordCallbackTry {
-        attempt: CallbackTry,
-        now: UnixMillis,
-        reply: Reply<()>,
-    },
-    CreateToken {
-        token: TokenRecord,
-        reply: Reply<()>,
-    },
-    RevokeToken {
-        space_id: String,
-        token_id: String,
-        now: UnixMillis,
-        reply: Reply<bool>,
-    },
-    PutSettingOnce {
-        name: String,
-        value: String,
-        reply: Reply<String>,
-    },
-    CreateJobs {
-        jobs: Vec<Job>,
-        reply: Reply<()>,
-    },
-    Deliver {
-        request: DeliverRequest,
-        reply: Reply<Vec<Job>>,
-    },
-    Apply {
-        target: JobTarget,
-        command: Command,
-        fence: Fence,
-        now: UnixMillis,
-        reply: Reply<Job>,
-    },
-    FireDueTimers {
-        now: UnixMillis,
-        limit: u32,
-        reply: Reply<Sweep>,
-    },
-    AppendLogs {
-        target: JobTarget,
-        lines: Vec<LogLine>,
-        now: UnixMillis,
-        reply: Reply<i64>,
-    },
-}
-
-/// Sends an operation's outcome once the batch's fate is known.
-type Finish = Box<dyn FnOnce(Option<&Error>) + Send>;
-
-fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finish) {
-    let failed_in_database = matches!(result, Err(Error::Internal(_)));
-    let finish: Finish = Box::new(move |batch_error| {
-        let outcome = match (batch_error, result) {
-            // Rolled back with the batch: the caller may safely retry.
-            (Some(_), Ok(_)) => Err(Error::Unavailable),
-            (_, result) => result,
-        };
-        let _ = reply.send(outcome);
-    });
-    (failed_in_database, finish)
-}
 
 /// A space's last event sequence number and its job counts, as of the open
 /// transaction. The writer is the only writer, so its copy is authoritative.
@@ -127,7 +37,7 @@ struct Head {
     counts: StatusCounts,
 }
 
-pub struct Writer {
+pub struct SqliteWriter {
     conn: SqliteConnection,
     heads: HashMap<String, Head>,
     dirty_spaces: HashSet<String>,
@@ -137,7 +47,7 @@ pub struct Writer {
     published: broadcast::Sender<Arc<[LiveEvent]>>,
 }
 
-impl Writer {
+impl SqliteWriter {
     pub fn new(conn: SqliteConnection, published: broadcast::Sender<Arc<[LiveEvent]>>) -> Self {
         Self {
             conn,
@@ -146,272 +56,6 @@ impl Writer {
             recorded: Vec::new(),
             published,
         }
-    }
-
-    pub async fn run(mut self, mut ops: mpsc::Receiver<WriteOp>) {
-        let mut batch = Vec::with_capacity(MAX_BATCH);
-        while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {
-            self.run_batch(&mut batch).await;
-        }
-        if let Err(error) = self.conn.close().await {
-            tracing::warn!(%error, "closing the sqlite writer connection failed");
-        }
-    }
-
-    async fn run_batch(&mut self, batch: &mut Vec<WriteOp>) {
-        let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-        let mut batch_error = sqlx::query("BEGIN IMMEDIATE")
-            .execute(&mut self.conn)
-            .await
-            .err()
-            .map(Error::from);
-        for op in batch.drain(..) {
-            if batch_error.is_some() {
-                Self::refuse(op);
-                continue;
-            }
-            let (failed, finish) = self.execute(op).await;
-            finishes.push(finish);
-            if failed {
-                batch_error = Some(Error::internal("operation failed in the database"));
-            }
-        }
-        if batch_error.is_none()
-            && let Err(error) = self.flush().await
-        {
-            batch_error = Some(error);
-        }
-        if batch_error.is_none()
-            && let Err(error) = sqlx::query("COMMIT").execute(&mut self.conn).await
-        {
-            batch_error = Some(error.into());
-        }
-        if let Some(error) = &batch_error {
-            tracing::error!(%error, "write batch rolled back");
-            if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
-                tracing::warn!(%error, "rollback failed (the transaction may not have started)");
-            }
-            self.heads.clear();
-            self.recorded.clear();
-        }
-        self.dirty_spaces.clear();
-        for finish in finishes {
-            finish(batch_error.as_ref());
-        }
-        if !self.recorded.is_empty() {
-            let published: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
-            // No subscribers is fine: nobody is watching.
-            let _ = self.published.send(published);
-        }
-    }
-
-    /// Answers an operation that cannot run because its batch already failed.
-    fn refuse(op: WriteOp) {
-        let _ = match op {
-            WriteOp::CreateSpace { reply, .. } | WriteOp::CreateToken { reply, .. } => {
-                reply.send(Err(Error::Unavailable)).map_err(drop)
-            }
-            WriteOp::UpdateSpace { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-            WriteOp::SetWebhookSecret { reply, .. } | WriteOp::RecordCallbackTry { reply, .. } => {
-                reply.send(Err(Error::Unavailable)).map_err(drop)
-            }
-            WriteOp::RevokeToken { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-            WriteOp::PutSettingOnce { reply, .. } => {
-                reply.send(Err(Error::Unavailable)).map_err(drop)
-            }
-            WriteOp::CreateJobs { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-            WriteOp::Deliver { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-            WriteOp::Apply { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-            WriteOp::FireDueTimers { reply, .. } => {
-                reply.send(Err(Error::Unavailable)).map_err(drop)
-            }
-            WriteOp::AppendLogs { reply, .. } => reply.send(Err(Error::Unavailable)).map_err(drop),
-        };
-    }
-
-    async fn execute(&mut self, op: WriteOp) -> (bool, Finish) {
-        match op {
-            WriteOp::CreateSpace {
-                space,
-                token,
-                reply,
-            } => finish(self.create_space(space, token).await, reply),
-            WriteOp::UpdateSpace {
-                space_id,
-                settings,
-                reply,
-            } => finish(self.update_space(&space_id, settings).await, reply),
-            WriteOp::SetWebhookSecret {
-                space_id,
-                secret,
-                reply,
-            } => finish(self.set_webhook_secret(&space_id, secret).await, reply),
-            WriteOp::RecordCallbackTry {
-                attempt,
-                now,
-                reply,
-            } => finish(self.record_callback_try(attempt, now).await, reply),
-            WriteOp::CreateToken { token, reply } => finish(self.create_token(token).await, reply),
-            WriteOp::RevokeToken {
-                space_id,
-                token_id,
-                now,
-                reply,
-            } => finish(self.revoke_token(&space_id, &token_id, now).await, reply),
-            WriteOp::PutSettingOnce { name, value, reply } => {
-                finish(self.put_setting_once(&name, &value).await, reply)
-            }
-            WriteOp::CreateJobs { jobs, reply } => finish(self.create_jobs(jobs).await, reply),
-            WriteOp::Deliver { request, reply } => finish(self.deliver(request).await, reply),
-            WriteOp::Apply {
-                target,
-                command,
-                fence,
-                now,
-                reply,
-            } => finish(self.apply(&target, command, &fence, now).await, reply),
-            WriteOp::FireDueTimers { now, limit, reply } => {
-                finish(self.fire_due_timers(now, limit).await, reply)
-            }
-            WriteOp::AppendLogs {
-                target,
-                lines,
-                now,
-                reply,
-            } => finish(self.append_logs(&target, lines, now).await, reply),
-        }
-    }
-
-    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&space.id)
-        .bind(&space.name)
-        .bind(&space.public_token)
-        .bind(&space.stream_id)
-        .bind(space.anonymous_progress_streams)
-        .bind(space.created_at)
-        .execute(&mut self.conn)
-        .await?;
-        self.insert_token(&token).await
-    }
-
-    async fn update_space(
-        &mut self,
-        space_id: &str,
-        settings: SpaceSettings,
-    ) -> Result<SpaceRecord> {
-        self.require_space(space_id).await?;
-        if let Some(allowed) = settings.anonymous_progress_streams {
-            sqlx::query("UPDATE spaces SET anonymous_progress_streams = ? WHERE id = ?")
-                .bind(allowed)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        if let Some(push) = settings.push {
-            let (url, names, headers) = match &push {
-                Some(target) => (
-                    Some(target.url.clone()),
-                    Some(serde_json::to_string(&target.names).map_err(Error::internal)?),
-                    Some(serde_json::to_string(&target.headers).map_err(Error::internal)?),
-                ),
-                None => (None, None, None),
-            };
-            sqlx::query(
-                "UPDATE spaces SET push_url = ?, push_names = ?, push_headers = ? WHERE id = ?",
-            )
-            .bind(url)
-            .bind(names)
-            .bind(headers)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        }
-        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
-            .bind(space_id)
-            .fetch_one(&mut self.conn)
-            .await?;
-        rows::space(&row)
-    }
-
-    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
-        self.require_space(space_id).await?;
-        sqlx::query("UPDATE spaces SET webhook_secret = ? WHERE id = ?")
-            .bind(secret)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(())
-    }
-
-    async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
-        let entry = &attempt.entry;
-        let target = JobTarget {
-            job_id: entry.job_id.clone(),
-            space_id: None,
-        };
-        let job = self.load(&target).await?;
-        let will_retry = attempt.retry_at.is_some();
-        let (kind, data) = match &attempt.outcome {
-            CallbackOutcome::Delivered { status } => (
-                EventKind::CallbackSent,
-                serde_json::json!({
-                    "url": entry.url,
-                    "statusCode": status,
-                    "retryAttempt": entry.attempt,
-                }),
-            ),
-            CallbackOutcome::Failed {
-                error,
-                status,
-                response_body,
-            } => {
-                let mut data = serde_json::json!({
-                    "url": entry.url,
-                    "error": error,
-                    "statusCode": status,
-                    "retryAttempt": entry.attempt,
-                    "willRetry": will_retry,
-                });
-                if let Some(body) = response_body {
-                    data["responseBody"] = body.as_str().into();
-                }
-                (EventKind::CallbackFailed, data)
-            }
-        };
-        let draft = EventDraft {
-            kind,
-            status: job.status(),
-            previous_status: None,
-            data: Some(data.to_string()),
-        };
-        self.record(&job, draft, now).await?;
-        match attempt.retry_at {
-            Some(next_at) => {
-                sqlx::query(
-                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = ? WHERE id = ?",
-                )
-                .bind(next_at)
-                .bind(entry.id)
-                .execute(&mut self.conn)
-                .await?
-            }
-            None => {
-                sqlx::query("DELETE FROM callback_outbox WHERE id = ?")
-                    .bind(entry.id)
-                    .execute(&mut self.conn)
-                    .await?
-            }
-        };
-        Ok(())
-    }
-
-    async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
-        self.require_space(&token.space_id).await?;
-        self.insert_token(&token).await
     }
 
     async fn insert_token(&mut self, token: &TokenRecord) -> Result<()> {
@@ -430,196 +74,12 @@ impl Writer {
         Ok(())
     }
 
-    async fn revoke_token(
-        &mut self,
-        space_id: &str,
-        token_id: &str,
-        now: UnixMillis,
-    ) -> Result<bool> {
-        let revoked = sqlx::query(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND space_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(token_id)
-        .bind(space_id)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(revoked.rows_affected() == 1)
-    }
-
-    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-        )
-        .bind(name)
-        .bind(value)
-        .execute(&mut self.conn)
-        .await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
-            .bind(name)
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(stored)
-    }
-
     async fn require_space(&mut self, space_id: &str) -> Result<()> {
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM spaces WHERE id = ?")
             .bind(space_id)
             .fetch_optional(&mut self.conn)
             .await?;
         exists.map(|_| ()).ok_or(Error::NotFound("space"))
-    }
-
-    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
-        // A create request addresses one space.
-        if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
-            self.require_space(&space_id).await?;
-        }
-        for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
-                 timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
-                 backoff_kind, backoff_delay, backoff_max, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, job| {
-                let backoff = job.retry_backoff;
-                row.push_bind(&job.id)
-                    .push_bind(&job.space_id)
-                    .push_bind(&job.name)
-                    .push_bind(&job.payload)
-                    .push_bind(job.status().as_str())
-                    .push_bind(i64::from(job.max_retries))
-                    .push_bind(i64::from(job.attempt_number))
-                    .push_bind(i64::from(job.timeout_seconds))
-                    .push_bind(job.scheduled_for)
-                    .push_bind(job.state.due_at())
-                    .push_bind(job.state.lease())
-                    .push_bind(job.callback.as_ref().map(|callback| callback.url.as_str()))
-                    .push_bind(rows::callback_headers_json(job))
-                    .push_bind(backoff.map(|b| b.kind.as_str()))
-                    .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
-                    .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
-                    .push_bind(job.created_at)
-                    .push_bind(job.updated_at);
-            });
-            insert.build().execute(&mut self.conn).await?;
-        }
-        for job in &jobs {
-            self.record(job, machine::created_event(&job.state), job.created_at)
-                .await?;
-        }
-        Ok(())
-    }
-
-    async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-        );
-        select.push_bind(&request.space_id);
-        select.push(" AND due_at <= ").push_bind(request.now);
-        if !request.names.is_empty() {
-            select.push(" AND name IN (");
-            let mut names = select.separated(", ");
-            for name in &request.names {
-                names.push_bind(name);
-            }
-            select.push(")");
-        }
-        select
-            .push(" ORDER BY due_at, id LIMIT ")
-            .push_bind(i64::from(request.count));
-        let candidates = select.build().fetch_all(&mut self.conn).await?;
-        let mut delivered = Vec::with_capacity(candidates.len());
-        for row in &candidates {
-            let job = rows::job(row)?;
-            let command = Command::Deliver { lease: new_id() };
-            delivered.push(
-                self.transition(&job, command, &Fence::default(), request.now)
-                    .await?,
-            );
-        }
-        Ok(delivered)
-    }
-
-    async fn apply(
-        &mut self,
-        target: &JobTarget,
-        command: Command,
-        fence: &Fence,
-        now: UnixMillis,
-    ) -> Result<Job> {
-        let job = self.load(target).await?;
-        self.transition(&job, command, fence, now).await
-    }
-
-    async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
-        let due = sqlx::query(
-            "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= ? \
-             ORDER BY due_at LIMIT ?",
-        )
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut self.conn)
-        .await?;
-        for row in &due {
-            let job = rows::job(row)?;
-            self.transition(&job, Command::Expire, &Fence::default(), now)
-                .await?;
-        }
-        let next_due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
-        )
-        .fetch_one(&mut self.conn)
-        .await?;
-        Ok(Sweep {
-            fired: due.len(),
-            next_due,
-        })
-    }
-
-    async fn append_logs(
-        &mut self,
-        target: &JobTarget,
-        lines: Vec<LogLine>,
-        now: UnixMillis,
-    ) -> Result<i64> {
-        let job = self.load(target).await?;
-        let last: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM job_logs WHERE job_id = ?")
-                .bind(&job.id)
-                .fetch_one(&mut self.conn)
-                .await?;
-        let mut seq = last;
-        for chunk in lines.chunks(EVENT_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO job_logs (job_id, seq, level, message, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, line| {
-                seq += 1;
-                row.push_bind(&job.id)
-                    .push_bind(seq)
-                    .push_bind(line.level.as_str())
-                    .push_bind(&line.message)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut self.conn).await?;
-        }
-        let first = last + 1;
-        for (offset, line) in lines.into_iter().enumerate() {
-            self.recorded.push(LiveEvent::Log(Arc::new(JobLogEntry {
-                space_id: job.space_id.clone(),
-                job_id: job.id.clone(),
-                job_name: job.name.clone(),
-                status: job.status(),
-                line: StoredLogLine {
-                    seq: first + offset as i64,
-                    level: line.level,
-                    message: line.message,
-                    at: now,
-                },
-            })));
-        }
-        Ok(seq)
     }
 
     async fn load(&mut self, target: &JobTarget) -> Result<Job> {
@@ -790,5 +250,321 @@ impl Writer {
             .await?;
         }
         Ok(())
+    }
+}
+
+#[async_trait]
+impl batch::Writer for SqliteWriter {
+    async fn begin(&mut self) -> Result<()> {
+        sqlx::query("BEGIN IMMEDIATE")
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.flush().await?;
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        self.dirty_spaces.clear();
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+            tracing::warn!(%error, "rollback failed (the transaction may not have started)");
+        }
+        self.heads.clear();
+        self.dirty_spaces.clear();
+        self.recorded.clear();
+    }
+
+    fn committed(&mut self) {
+        if !self.recorded.is_empty() {
+            let published: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
+            // No subscribers is fine: nobody is watching.
+            let _ = self.published.send(published);
+        }
+    }
+
+    async fn close(mut self) {
+        if let Err(error) = self.conn.close().await {
+            tracing::warn!(%error, "closing the sqlite writer connection failed");
+        }
+    }
+
+    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&space.id)
+        .bind(&space.name)
+        .bind(&space.public_token)
+        .bind(&space.stream_id)
+        .bind(space.anonymous_progress_streams)
+        .bind(space.created_at)
+        .execute(&mut self.conn)
+        .await?;
+        self.insert_token(&token).await
+    }
+
+    async fn update_space(
+        &mut self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        self.require_space(space_id).await?;
+        if let Some(allowed) = settings.anonymous_progress_streams {
+            sqlx::query("UPDATE spaces SET anonymous_progress_streams = ? WHERE id = ?")
+                .bind(allowed)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        if let Some(push) = settings.push {
+            let (url, names, headers) = rows::push_columns(push.as_ref())?;
+            sqlx::query(
+                "UPDATE spaces SET push_url = ?, push_names = ?, push_headers = ? WHERE id = ?",
+            )
+            .bind(url)
+            .bind(names)
+            .bind(headers)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
+            .bind(space_id)
+            .fetch_one(&mut self.conn)
+            .await?;
+        rows::space(&row)
+    }
+
+    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
+        self.require_space(space_id).await?;
+        sqlx::query("UPDATE spaces SET webhook_secret = ? WHERE id = ?")
+            .bind(secret)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        let entry = &attempt.entry;
+        let target = JobTarget {
+            job_id: entry.job_id.clone(),
+            space_id: None,
+        };
+        let job = self.load(&target).await?;
+        let draft = callback_try_event(&attempt, &job);
+        self.record(&job, draft, now).await?;
+        match attempt.retry_at {
+            Some(next_at) => {
+                sqlx::query(
+                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = ? WHERE id = ?",
+                )
+                .bind(next_at)
+                .bind(entry.id)
+                .execute(&mut self.conn)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM callback_outbox WHERE id = ?")
+                    .bind(entry.id)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
+        self.require_space(&token.space_id).await?;
+        self.insert_token(&token).await
+    }
+
+    async fn revoke_token(
+        &mut self,
+        space_id: &str,
+        token_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND space_id = ? AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_id)
+        .bind(space_id)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(revoked.rows_affected() == 1)
+    }
+
+    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut self.conn)
+        .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
+            .bind(name)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(stored)
+    }
+
+    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
+        // A create request addresses one space.
+        if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
+            self.require_space(&space_id).await?;
+        }
+        for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
+                 timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
+                 backoff_kind, backoff_delay, backoff_max, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, job| {
+                let backoff = job.retry_backoff;
+                row.push_bind(&job.id)
+                    .push_bind(&job.space_id)
+                    .push_bind(&job.name)
+                    .push_bind(&job.payload)
+                    .push_bind(job.status().as_str())
+                    .push_bind(i64::from(job.max_retries))
+                    .push_bind(i64::from(job.attempt_number))
+                    .push_bind(i64::from(job.timeout_seconds))
+                    .push_bind(job.scheduled_for)
+                    .push_bind(job.state.due_at())
+                    .push_bind(job.state.lease())
+                    .push_bind(job.callback.as_ref().map(|callback| callback.url.as_str()))
+                    .push_bind(rows::callback_headers_json(job))
+                    .push_bind(backoff.map(|b| b.kind.as_str()))
+                    .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
+                    .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
+                    .push_bind(job.created_at)
+                    .push_bind(job.updated_at);
+            });
+            insert.build().execute(&mut self.conn).await?;
+        }
+        for job in &jobs {
+            self.record(job, machine::created_event(&job.state), job.created_at)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
+        );
+        select.push_bind(&request.space_id);
+        select.push(" AND due_at <= ").push_bind(request.now);
+        if !request.names.is_empty() {
+            select.push(" AND name IN (");
+            let mut names = select.separated(", ");
+            for name in &request.names {
+                names.push_bind(name);
+            }
+            select.push(")");
+        }
+        select
+            .push(" ORDER BY due_at, id LIMIT ")
+            .push_bind(i64::from(request.count));
+        let candidates = select.build().fetch_all(&mut self.conn).await?;
+        let mut delivered = Vec::with_capacity(candidates.len());
+        for row in &candidates {
+            let job = rows::job(row)?;
+            let command = Command::Deliver { lease: new_id() };
+            delivered.push(
+                self.transition(&job, command, &Fence::default(), request.now)
+                    .await?,
+            );
+        }
+        Ok(delivered)
+    }
+
+    async fn apply(
+        &mut self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        let job = self.load(target).await?;
+        self.transition(&job, command, fence, now).await
+    }
+
+    async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        let due = sqlx::query(
+            "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= ? \
+             ORDER BY due_at LIMIT ?",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut self.conn)
+        .await?;
+        for row in &due {
+            let job = rows::job(row)?;
+            self.transition(&job, Command::Expire, &Fence::default(), now)
+                .await?;
+        }
+        let next_due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        Ok(Sweep {
+            fired: due.len(),
+            next_due,
+        })
+    }
+
+    async fn append_logs(
+        &mut self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        let job = self.load(target).await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM job_logs WHERE job_id = ?")
+                .bind(&job.id)
+                .fetch_one(&mut self.conn)
+                .await?;
+        let mut seq = last;
+        for chunk in lines.chunks(EVENT_ROWS_PER_INSERT) {
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO job_logs (job_id, seq, level, message, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, line| {
+                seq += 1;
+                row.push_bind(&job.id)
+                    .push_bind(seq)
+                    .push_bind(line.level.as_str())
+                    .push_bind(&line.message)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut self.conn).await?;
+        }
+        let first = last + 1;
+        for (offset, line) in lines.into_iter().enumerate() {
+            self.recorded.push(LiveEvent::Log(Arc::new(JobLogEntry {
+                space_id: job.space_id.clone(),
+                job_id: job.id.clone(),
+                job_name: job.name.clone(),
+                status: job.status(),
+                line: StoredLogLine {
+                    seq: first + offset as i64,
+                    level: line.level,
+                    message: line.message,
+                    at: now,
+                },
+            })));
+        }
+        Ok(seq)
     }
 }

@@ -1,0 +1,472 @@
+//! Group commit, shared by the backends. One task per writer connection runs
+//! whatever requests are waiting as one transaction: one commit (one fsync)
+//! covers the whole batch. Replies are sent only after COMMIT returns, so
+//! nothing is acknowledged before it is durable.
+//!
+//! Every operation reads what it needs, decides (through the state machine),
+//! and only then writes; a refused operation has written nothing. A database
+//! error inside a batch rolls the whole batch back and every caller in it
+//! gets `Unavailable`, so no caller is told of a write that did not happen.
+
+use async_trait::async_trait;
+use tokio::sync::{mpsc, oneshot};
+
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::job::machine::{Command, Fence};
+use crate::job::{EventDraft, EventKind, Job, LogLine};
+use crate::store::{
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep,
+    TokenRecord,
+};
+
+/// Most operations committed together.
+pub const MAX_BATCH: usize = 512;
+
+pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+pub enum WriteOp {
+    CreateSpace {
+        space: SpaceRecord,
+        token: TokenRecord,
+        reply: Reply<()>,
+    },
+    UpdateSpace {
+        space_id: String,
+        settings: SpaceSettings,
+        reply: Reply<SpaceRecord>,
+    },
+    SetWebhookSecret {
+        space_id: String,
+        secret: Option<String>,
+        reply: Reply<()>,
+    },
+    RecordCallbackTry {
+        attempt: CallbackTry,
+        now: UnixMillis,
+        reply: Reply<()>,
+    },
+    CreateToken {
+        token: TokenRecord,
+        reply: Reply<()>,
+    },
+    RevokeToken {
+        space_id: String,
+        token_id: String,
+        now: UnixMillis,
+        reply: Reply<bool>,
+    },
+    PutSettingOnce {
+        name: String,
+        value: String,
+        reply: Reply<String>,
+    },
+    CreateJobs {
+        jobs: Vec<Job>,
+        reply: Reply<()>,
+    },
+    Deliver {
+        request: DeliverRequest,
+        reply: Reply<Vec<Job>>,
+    },
+    Apply {
+        target: JobTarget,
+        command: Command,
+        fence: Fence,
+        now: UnixMillis,
+        reply: Reply<Job>,
+    },
+    FireDueTimers {
+        now: UnixMillis,
+        limit: u32,
+        reply: Reply<Sweep>,
+    },
+    AppendLogs {
+        target: JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+        reply: Reply<i64>,
+    },
+}
+
+/// One backend's writer connection: the transaction boundaries and the
+/// operations, each run inside the open transaction.
+#[async_trait]
+pub trait Writer: Send {
+    async fn begin(&mut self) -> Result<()>;
+    /// Writes what the batch buffered (events, counters) and commits.
+    async fn commit(&mut self) -> Result<()>;
+    /// Rolls back and forgets what the batch buffered.
+    async fn rollback(&mut self);
+    /// Runs after a committed batch's replies went out.
+    fn committed(&mut self);
+    async fn close(self);
+
+    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()>;
+    async fn update_space(
+        &mut self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord>;
+    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()>;
+    async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()>;
+    async fn create_token(&mut self, token: TokenRecord) -> Result<()>;
+    async fn revoke_token(
+        &mut self,
+        space_id: &str,
+        token_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool>;
+    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String>;
+    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()>;
+    async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
+    async fn apply(
+        &mut self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job>;
+    async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep>;
+    async fn append_logs(
+        &mut self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64>;
+}
+
+/// Runs batches until every sender is gone.
+pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        run_batch(&mut writer, &mut batch).await;
+    }
+    writer.close().await;
+}
+
+/// Sends an operation's outcome once the batch's fate is known.
+type Finish = Box<dyn FnOnce(Option<&Error>) + Send>;
+
+fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finish) {
+    let failed_in_database = matches!(result, Err(Error::Internal(_)));
+    let finish: Finish = Box::new(move |batch_error| {
+        let outcome = match (batch_error, result) {
+            // Rolled back with the batch: the caller may safely retry.
+            (Some(_), Ok(_)) => Err(Error::Unavailable),
+            (_, result) => result,
+        };
+        let _ = reply.send(outcome);
+    });
+    (failed_in_database, finish)
+}
+
+async fn run_batch(writer: &mut impl Writer, batch: &mut Vec<WriteOp>) {
+    let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+    let mut batch_error = writer.begin().await.err();
+    for op in batch.drain(..) {
+        if batch_error.is_some() {
+            refuse(op);
+            continue;
+        }
+        let (failed, finish) = execute(writer, op).await;
+        finishes.push(finish);
+        if failed {
+            batch_error = Some(Error::internal("operation failed in the database"));
+        }
+    }
+    if batch_error.is_none()
+        && let Err(error) = writer.commit().await
+    {
+        batch_error = Some(error);
+    }
+    if let Some(error) = &batch_error {
+        tracing::error!(%error, "write batch rolled back");
+        writer.rollback().await;
+    }
+    for finish in finishes {
+        finish(batch_error.as_ref());
+    }
+    if batch_error.is_none() {
+        writer.committed();
+    }
+}
+
+/// Answers an operation that cannot run because its batch already failed.
+fn refuse(op: WriteOp) {
+    fn unavailable<T>(reply: Reply<T>) {
+        let _ = reply.send(Err(Error::Unavailable));
+    }
+    match op {
+        WriteOp::CreateSpace { reply, .. }
+        | WriteOp::CreateToken { reply, .. }
+        | WriteOp::SetWebhookSecret { reply, .. }
+        | WriteOp::RecordCallbackTry { reply, .. }
+        | WriteOp::CreateJobs { reply, .. } => unavailable(reply),
+        WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
+        WriteOp::RevokeToken { reply, .. } => unavailable(reply),
+        WriteOp::PutSettingOnce { reply, .. } => unavailable(reply),
+        WriteOp::Deliver { reply, .. } => unavailable(reply),
+        WriteOp::Apply { reply, .. } => unavailable(reply),
+        WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
+        WriteOp::AppendLogs { reply, .. } => unavailable(reply),
+    }
+}
+
+async fn execute(writer: &mut impl Writer, op: WriteOp) -> (bool, Finish) {
+    match op {
+        WriteOp::CreateSpace {
+            space,
+            token,
+            reply,
+        } => finish(writer.create_space(space, token).await, reply),
+        WriteOp::UpdateSpace {
+            space_id,
+            settings,
+            reply,
+        } => finish(writer.update_space(&space_id, settings).await, reply),
+        WriteOp::SetWebhookSecret {
+            space_id,
+            secret,
+            reply,
+        } => finish(writer.set_webhook_secret(&space_id, secret).await, reply),
+        WriteOp::RecordCallbackTry {
+            attempt,
+            now,
+            reply,
+        } => finish(writer.record_callback_try(attempt, now).await, reply),
+        WriteOp::CreateToken { token, reply } => finish(writer.create_token(token).await, reply),
+        WriteOp::RevokeToken {
+            space_id,
+            token_id,
+            now,
+            reply,
+        } => finish(writer.revoke_token(&space_id, &token_id, now).await, reply),
+        WriteOp::PutSettingOnce { name, value, reply } => {
+            finish(writer.put_setting_once(&name, &value).await, reply)
+        }
+        WriteOp::CreateJobs { jobs, reply } => finish(writer.create_jobs(jobs).await, reply),
+        WriteOp::Deliver { request, reply } => finish(writer.deliver(request).await, reply),
+        WriteOp::Apply {
+            target,
+            command,
+            fence,
+            now,
+            reply,
+        } => finish(writer.apply(&target, command, &fence, now).await, reply),
+        WriteOp::FireDueTimers { now, limit, reply } => {
+            finish(writer.fire_due_timers(now, limit).await, reply)
+        }
+        WriteOp::AppendLogs {
+            target,
+            lines,
+            now,
+            reply,
+        } => finish(writer.append_logs(&target, lines, now).await, reply),
+    }
+}
+
+/// The `callback_sent` / `callback_failed` event recording a callback try.
+pub fn callback_try_event(attempt: &CallbackTry, job: &Job) -> EventDraft {
+    let entry = &attempt.entry;
+    let (kind, data) = match &attempt.outcome {
+        CallbackOutcome::Delivered { status } => (
+            EventKind::CallbackSent,
+            serde_json::json!({
+                "url": entry.url,
+                "statusCode": status,
+                "retryAttempt": entry.attempt,
+            }),
+        ),
+        CallbackOutcome::Failed {
+            error,
+            status,
+            response_body,
+        } => {
+            let mut data = serde_json::json!({
+                "url": entry.url,
+                "error": error,
+                "statusCode": status,
+                "retryAttempt": entry.attempt,
+                "willRetry": attempt.retry_at.is_some(),
+            });
+            if let Some(body) = response_body {
+                data["responseBody"] = body.as_str().into();
+            }
+            (EventKind::CallbackFailed, data)
+        }
+    };
+    EventDraft {
+        kind,
+        status: job.status(),
+        previous_status: None,
+        data: Some(data.to_string()),
+    }
+}
+
+/// The stores' side of their writers: each call becomes a `WriteOp` on one
+/// writer's queue and waits for the batch it lands in to commit. Writes
+/// about one job always go to the same writer, in the order they were made
+/// (a worker that sends progress and then completion without waiting in
+/// between sees them applied in that order); the rest are spread evenly.
+pub struct Writes {
+    writers: Vec<mpsc::Sender<WriteOp>>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Writes {
+    pub fn new(writers: Vec<mpsc::Sender<WriteOp>>) -> Self {
+        assert!(!writers.is_empty(), "a store has at least one writer");
+        Self {
+            writers,
+            next: std::sync::atomic::AtomicUsize::new(0),
+        }
+    }
+
+    fn any(&self) -> usize {
+        self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.writers.len()
+    }
+
+    fn for_job(&self, job_id: &str) -> usize {
+        use std::hash::{DefaultHasher, Hash, Hasher};
+        let mut hasher = DefaultHasher::new();
+        job_id.hash(&mut hasher);
+        hasher.finish() as usize % self.writers.len()
+    }
+
+    async fn send<T>(&self, writer: usize, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
+        let (reply, outcome) = oneshot::channel();
+        self.writers[writer]
+            .send(op(reply))
+            .await
+            .map_err(|_| Error::Unavailable)?;
+        outcome.await.map_err(|_| Error::Unavailable)?
+    }
+
+    pub async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+        self.send(self.any(), |reply| WriteOp::CreateSpace {
+            space,
+            token,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn update_space(
+        &self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        let space_id = space_id.to_owned();
+        self.send(self.any(), |reply| WriteOp::UpdateSpace {
+            space_id,
+            settings,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
+        let space_id = space_id.to_owned();
+        self.send(self.any(), |reply| WriteOp::SetWebhookSecret {
+            space_id,
+            secret,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        let writer = self.for_job(&attempt.entry.job_id);
+        self.send(writer, |reply| WriteOp::RecordCallbackTry {
+            attempt,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.send(self.any(), |reply| WriteOp::CreateToken { token, reply })
+            .await
+    }
+
+    pub async fn revoke_token(
+        &self,
+        space_id: &str,
+        token_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let (space_id, token_id) = (space_id.to_owned(), token_id.to_owned());
+        self.send(self.any(), |reply| WriteOp::RevokeToken {
+            space_id,
+            token_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.send(self.any(), |reply| WriteOp::PutSettingOnce {
+            name,
+            value,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        self.send(self.any(), |reply| WriteOp::CreateJobs { jobs, reply })
+            .await
+    }
+
+    pub async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
+        self.send(self.any(), |reply| WriteOp::Deliver { request, reply })
+            .await
+    }
+
+    pub async fn apply(
+        &self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        let (target, fence) = (target.clone(), fence.clone());
+        self.send(self.for_job(&target.job_id), |reply| WriteOp::Apply {
+            target,
+            command,
+            fence,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        self.send(self.any(), |reply| WriteOp::FireDueTimers {
+            now,
+            limit,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn append_logs(
+        &self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        let target = target.clone();
+        self.send(self.for_job(&target.job_id), |reply| WriteOp::AppendLogs {
+            target,
+            lines,
+            now,
+            reply,
+        })
+        .await
+    }
+}

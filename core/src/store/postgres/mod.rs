@@ -1,0 +1,348 @@
+//! PostgreSQL, the scale-out backend: several core replicas share one
+//! database. Each replica writes through its own group-commit writers (see
+//! `writer` for how they stay correct side by side) and reads through a
+//! pool; `relay` carries every replica's events to every other.
+
+mod relay;
+mod writer;
+
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::{ConnectOptions, Postgres, QueryBuilder, Row};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use self::relay::{Outlets, Relay};
+use self::writer::PgWriter;
+use super::batch::{self, Writes};
+use super::rows;
+use crate::auth::KeyHash;
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::ids::new_id;
+use crate::job::machine::{Command, Fence};
+use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
+use crate::store::{
+    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
+    SpaceRecord, SpaceSettings, Store, Sweep, TokenRecord,
+};
+
+const READ_CONNECTIONS: u32 = 8;
+/// Group-commit writers per replica, each on its own connection.
+const WRITERS: usize = 2;
+const WRITE_QUEUE: usize = 4096;
+/// Commits a slow subscriber of the broadcasts may fall behind.
+const PUBLISH_BUFFER: usize = 4096;
+/// A claimed callback comes due again after this long if its replica never
+/// records the try (it died mid-send). Longer than a try's timeout.
+const CALLBACK_CLAIM_MILLIS: i64 = 60_000;
+
+pub struct PostgresStore {
+    reads: PgPool,
+    writes: Writes,
+    published: broadcast::Sender<Arc<[LiveEvent]>>,
+    own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
+    revoked: broadcast::Sender<String>,
+    /// Dropped with the store: stops the relay.
+    _stop_relay: oneshot::Sender<()>,
+}
+
+impl PostgresStore {
+    pub async fn open(url: &str) -> Result<Self> {
+        let options = PgConnectOptions::from_str(url)
+            .map_err(|error| Error::invalid(format!("invalid postgres URL: {error}")))?
+            .disable_statement_logging();
+        let reads = PgPoolOptions::new()
+            .max_connections(READ_CONNECTIONS)
+            .connect_with(options.clone())
+            .await?;
+        // Replicas starting together take turns (the migrator locks).
+        sqlx::migrate!("./migrations/postgres").run(&reads).await?;
+
+        let (published, _) = broadcast::channel(PUBLISH_BUFFER);
+        let (own_commits, _) = broadcast::channel(PUBLISH_BUFFER);
+        let (revoked, _) = broadcast::channel(256);
+        let relay = Arc::new(Relay::new(new_id()));
+        let (stop_relay, stop) = oneshot::channel();
+        let outlets = Outlets {
+            published: published.clone(),
+            revoked: revoked.clone(),
+        };
+        relay::start(relay.clone(), reads.clone(), outlets, stop).await?;
+
+        let mut writers = Vec::with_capacity(WRITERS);
+        for _ in 0..WRITERS {
+            let connection = options.connect().await?;
+            let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+            let writer = PgWriter::new(connection, relay.clone(), own_commits.clone());
+            tokio::spawn(batch::run(writer, queue));
+            writers.push(writes);
+        }
+        Ok(Self {
+            reads,
+            writes: Writes::new(writers),
+            published,
+            own_commits,
+            revoked,
+            _stop_relay: stop_relay,
+        })
+    }
+}
+
+#[async_trait]
+impl Store for PostgresStore {
+    async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+        self.writes.create_space(space, token).await
+    }
+
+    async fn list_spaces(&self) -> Result<Vec<SpaceRecord>> {
+        let rows = sqlx::query("SELECT * FROM spaces ORDER BY id")
+            .fetch_all(&self.reads)
+            .await?;
+        rows.iter().map(rows::space).collect()
+    }
+
+    async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>> {
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = $1")
+            .bind(space_id)
+            .fetch_optional(&self.reads)
+            .await?;
+        row.as_ref().map(rows::space).transpose()
+    }
+
+    async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord> {
+        self.writes.update_space(space_id, settings).await
+    }
+
+    async fn space_log(
+        &self,
+        space_id: &str,
+        after: Option<i64>,
+        max_missed: u32,
+    ) -> Result<Option<SpaceLog>> {
+        // One snapshot for the head and the events.
+        let mut snapshot = self.reads.begin().await?;
+        sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+            .execute(&mut *snapshot)
+            .await?;
+        let Some(row) = sqlx::query("SELECT * FROM spaces WHERE id = $1")
+            .bind(space_id)
+            .fetch_optional(&mut *snapshot)
+            .await?
+        else {
+            return Ok(None);
+        };
+        let head = SpaceHead {
+            stream_id: row.try_get("stream_id")?,
+            seq: row.try_get("event_seq")?,
+            counts: rows::space_counts(&row)?,
+        };
+        let missed_events = match after {
+            Some(after) if after <= head.seq && head.seq - after <= i64::from(max_missed) => {
+                let rows = sqlx::query(
+                    "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+                     WHERE e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
+                )
+                .bind(space_id)
+                .bind(after)
+                .bind(head.seq)
+                .fetch_all(&mut *snapshot)
+                .await?;
+                let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
+                // Complete only if nothing in the range was pruned.
+                (events.len() as i64 == head.seq - after).then_some(events)
+            }
+            _ => None,
+        };
+        snapshot.commit().await?;
+        Ok(Some(SpaceLog {
+            head,
+            missed_events,
+        }))
+    }
+
+    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>> {
+        // Claimed, not just read: another replica's deliverer skips them.
+        let rows = sqlx::query(
+            "WITH due AS ( \
+                 SELECT id FROM callback_outbox WHERE next_at <= $1 \
+                 ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+             claimed AS ( \
+                 UPDATE callback_outbox o SET next_at = $3 FROM due WHERE o.id = due.id \
+                 RETURNING o.*) \
+             SELECT c.*, s.webhook_secret FROM claimed c JOIN spaces s ON s.id = c.space_id \
+             ORDER BY c.id",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .bind(now + CALLBACK_CLAIM_MILLIS)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::outbox_entry).collect()
+    }
+
+    async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        self.writes.record_callback_try(attempt, now).await
+    }
+
+    async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
+        self.writes.set_webhook_secret(space_id, secret).await
+    }
+
+    async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.writes.create_token(token).await
+    }
+
+    async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>> {
+        let rows = sqlx::query(
+            "SELECT * FROM tokens WHERE space_id = $1 AND revoked_at IS NULL ORDER BY id",
+        )
+        .bind(space_id)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::token).collect()
+    }
+
+    async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool> {
+        self.writes.revoke_token(space_id, token_id, now).await
+    }
+
+    async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>> {
+        let row = sqlx::query("SELECT * FROM tokens WHERE key_hash = $1 AND revoked_at IS NULL")
+            .bind(&key_hash[..])
+            .fetch_optional(&self.reads)
+            .await?;
+        row.as_ref().map(rows::token).transpose()
+    }
+
+    async fn get_setting(&self, name: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+                .bind(name)
+                .fetch_optional(&self.reads)
+                .await?,
+        )
+    }
+
+    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
+        self.writes.put_setting_once(name, value).await
+    }
+
+    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
+        self.writes.create_jobs(jobs).await
+    }
+
+    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM jobs WHERE space_id = ");
+        select.push_bind(&query.space_id);
+        if let Some(status) = query.status {
+            select.push(" AND status = ").push_bind(status.as_str());
+        }
+        select
+            .push(" ORDER BY id DESC LIMIT ")
+            .push_bind(i64::from(query.limit))
+            .push(" OFFSET ")
+            .push_bind(i64::from(query.offset));
+        let rows = select.build().fetch_all(&self.reads).await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(&target.job_id)
+            .fetch_optional(&self.reads)
+            .await?;
+        let job = row.as_ref().map(rows::job).transpose()?;
+        Ok(job.filter(|job| {
+            target
+                .space_id
+                .as_ref()
+                .is_none_or(|space| *space == job.space_id)
+        }))
+    }
+
+    async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>> {
+        let rows = sqlx::query(
+            "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.job_id = $1 ORDER BY e.seq",
+        )
+        .bind(job_id)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::event).collect()
+    }
+
+    async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>> {
+        let row = sqlx::query(
+            "SELECT j.*, s.event_seq AS space_event_seq FROM jobs j JOIN spaces s ON s.id = j.space_id \
+             WHERE j.id = $1",
+        )
+        .bind(job_id)
+        .fetch_optional(&self.reads)
+        .await?;
+        row.map(|row| Ok((rows::job(&row)?, row.try_get("space_event_seq")?)))
+            .transpose()
+    }
+
+    async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
+        self.writes.deliver(request).await
+    }
+
+    async fn apply(
+        &self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        self.writes.apply(target, command, fence, now).await
+    }
+
+    async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        self.writes.fire_due_timers(now, limit).await
+    }
+
+    async fn append_logs(
+        &self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        self.writes.append_logs(target, lines, now).await
+    }
+
+    async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
+        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM job_logs WHERE job_id = ");
+        select.push_bind(job_id);
+        select.push(" AND seq > ").push_bind(query.after_seq);
+        if let Some(level) = query.level {
+            select.push(" AND level = ").push_bind(level.as_str());
+        }
+        if let Some(text) = &query.text {
+            // ILIKE: case-insensitive, as SQLite's LIKE is.
+            select
+                .push(" AND message ILIKE ")
+                .push_bind(rows::like_pattern(text))
+                .push(" ESCAPE '\\'");
+        }
+        select
+            .push(" ORDER BY seq LIMIT ")
+            .push_bind(i64::from(query.limit));
+        let rows = select.build().fetch_all(&self.reads).await?;
+        rows.iter().map(rows::log_line).collect()
+    }
+
+    fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.published.subscribe()
+    }
+
+    fn own_commits(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.own_commits.subscribe()
+    }
+
+    fn revocations(&self) -> broadcast::Receiver<String> {
+        self.revoked.subscribe()
+    }
+}

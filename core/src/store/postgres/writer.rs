@@ -1,0 +1,660 @@
+//! PostgreSQL's side of the group-commit writer (see `store::batch`).
+//!
+//! Several replicas (and several writers per replica) write concurrently, so
+//! nothing here trusts memory across statements:
+//! - a transition is an UPDATE conditional on the state that was read; when
+//!   another writer got there first it matches no row, and the command is
+//!   decided again against the job as it now is;
+//! - deliveries and timers claim rows `FOR UPDATE SKIP LOCKED`, so writers
+//!   never wait on each other's candidates and never take the same job;
+//! - a batch numbers its events only at commit time, with the rows of the
+//!   spaces it touched locked (in id order, so writers cannot deadlock on
+//!   them): per space, commit order is sequence order on every replica, and
+//!   counts move with the sequence.
+//!
+//! The commit also tells every replica (NOTIFY) which sequence ranges and
+//! log lines it wrote; `relay` turns that into the live broadcast.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
+use tokio::sync::broadcast;
+
+use super::relay::{CommitNotice, Relay};
+use crate::callbacks;
+use crate::clock::UnixMillis;
+use crate::error::{Error, Result};
+use crate::ids::new_id;
+use crate::job::machine::{self, Command, Fence};
+use crate::job::{EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, StoredLogLine};
+use crate::store::batch::{self, callback_try_event};
+use crate::store::rows;
+use crate::store::{
+    CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord,
+};
+
+/// PostgreSQL accepts 65535 bound parameters per statement.
+const JOB_ROWS_PER_INSERT: usize = 3000;
+const EVENT_ROWS_PER_INSERT: usize = 7000;
+/// A job changed by another writer between our read and our update is read
+/// and decided again, this many times at most.
+const TRANSITION_ATTEMPTS: usize = 8;
+
+/// What the open transaction recorded, in order.
+enum Recorded {
+    /// Numbered (`seq`, `counts`) at commit.
+    Event(JobEvent),
+    Log(Arc<JobLogEntry>),
+}
+
+pub struct PgWriter {
+    conn: PgConnection,
+    relay: Arc<Relay>,
+    own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
+    recorded: Vec<Recorded>,
+    /// The open batch's commit number and what it publishes, once numbered.
+    pending: Option<(u64, Arc<[LiveEvent]>)>,
+}
+
+impl PgWriter {
+    pub fn new(
+        conn: PgConnection,
+        relay: Arc<Relay>,
+        own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
+    ) -> Self {
+        Self {
+            conn,
+            relay,
+            own_commits,
+            recorded: Vec::new(),
+            pending: None,
+        }
+    }
+
+    async fn insert_token(&mut self, token: &TokenRecord) -> Result<()> {
+        let scopes = serde_json::to_string(&token.scopes).map_err(Error::internal)?;
+        sqlx::query(
+            "INSERT INTO tokens (id, space_id, name, scopes, key_hash, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&token.id)
+        .bind(&token.space_id)
+        .bind(&token.name)
+        .bind(scopes)
+        .bind(&token.key_hash[..])
+        .bind(token.created_at)
+        .execute(&mut self.conn)
+        .await?;
+        Ok(())
+    }
+
+    async fn require_space(&mut self, space_id: &str) -> Result<()> {
+        let exists: Option<i32> = sqlx::query_scalar("SELECT 1 FROM spaces WHERE id = $1")
+            .bind(space_id)
+            .fetch_optional(&mut self.conn)
+            .await?;
+        exists.map(|_| ()).ok_or(Error::NotFound("space"))
+    }
+
+    async fn load(&mut self, target: &JobTarget) -> Result<Job> {
+        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
+            .bind(&target.job_id)
+            .fetch_optional(&mut self.conn)
+            .await?
+            .ok_or(Error::NotFound("job"))?;
+        let job = rows::job(&row)?;
+        match &target.space_id {
+            Some(space) if *space != job.space_id => Err(Error::NotFound("job")),
+            _ => Ok(job),
+        }
+    }
+
+    /// Runs `command` through the state machine and persists the result with
+    /// an update conditional on the state that was read. `None`: another
+    /// writer changed the job first, nothing was written.
+    async fn transition(
+        &mut self,
+        job: &Job,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Option<Job>> {
+        let transition = machine::apply(job, command, fence, now)?;
+        let next = transition.job;
+        let updated = sqlx::query(
+            "UPDATE jobs SET status = $1, attempt_number = $2, due_at = $3, lease_id = $4, \
+             delivered_at = $5, started_at = $6, completed_at = $7, result = $8, progress = $9, \
+             checkpoint = $10, last_error = $11, kill_reason = $12, updated_at = $13 \
+             WHERE id = $14 AND status = $15 AND attempt_number = $16 \
+             AND lease_id IS NOT DISTINCT FROM $17 AND updated_at = $18",
+        )
+        .bind(next.status().as_str())
+        .bind(i64::from(next.attempt_number))
+        .bind(next.state.due_at())
+        .bind(next.state.lease())
+        .bind(next.delivered_at)
+        .bind(next.started_at)
+        .bind(next.completed_at)
+        .bind(&next.result)
+        .bind(&next.progress)
+        .bind(&next.checkpoint)
+        .bind(&next.last_error)
+        .bind(&next.kill_reason)
+        .bind(next.updated_at)
+        .bind(&job.id)
+        .bind(job.status().as_str())
+        .bind(i64::from(job.attempt_number))
+        .bind(job.state.lease())
+        .bind(job.updated_at)
+        .execute(&mut self.conn)
+        .await?;
+        if updated.rows_affected() != 1 {
+            return Ok(None);
+        }
+        for draft in transition.events {
+            self.record(&next, draft, now);
+        }
+        if next.status().is_terminal()
+            && !job.status().is_terminal()
+            && let Some(callback) = &next.callback
+        {
+            sqlx::query(
+                "INSERT INTO callback_outbox (job_id, space_id, url, headers, body, next_at, created_at) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&next.id)
+            .bind(&next.space_id)
+            .bind(&callback.url)
+            .bind(rows::callback_headers_json(&next))
+            .bind(callbacks::payload(&next, now))
+            .bind(now)
+            .bind(now)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        Ok(Some(next))
+    }
+
+    /// A transition on a row this transaction has locked: nobody else can
+    /// have changed it.
+    async fn transition_locked(
+        &mut self,
+        job: &Job,
+        command: Command,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        self.transition(job, command, &Fence::default(), now)
+            .await?
+            .ok_or_else(|| Error::internal(format!("locked job {} changed", job.id)))
+    }
+
+    fn record(&mut self, job: &Job, draft: EventDraft, now: UnixMillis) {
+        self.recorded.push(Recorded::Event(JobEvent {
+            seq: 0,
+            space_id: job.space_id.clone(),
+            job_id: job.id.clone(),
+            job_name: job.name.clone(),
+            kind: draft.kind,
+            status: draft.status,
+            previous_status: draft.previous_status,
+            data: draft.data,
+            at: now,
+            counts: None,
+        }));
+    }
+
+    /// Numbers the batch's events under the locked space rows, writes them
+    /// and the new heads, and tells the other replicas.
+    async fn flush(&mut self) -> Result<()> {
+        if self.recorded.is_empty() {
+            return Ok(());
+        }
+        let mut space_ids: Vec<&str> = self
+            .recorded
+            .iter()
+            .filter_map(|recorded| match recorded {
+                Recorded::Event(event) => Some(event.space_id.as_str()),
+                Recorded::Log(_) => None,
+            })
+            .collect();
+        space_ids.sort_unstable();
+        space_ids.dedup();
+        let mut heads = HashMap::new();
+        if !space_ids.is_empty() {
+            let locked = sqlx::query(
+                "SELECT * FROM spaces WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE",
+            )
+            .bind(&space_ids)
+            .fetch_all(&mut self.conn)
+            .await?;
+            for row in &locked {
+                let id: String = row.try_get("id")?;
+                let seq: i64 = row.try_get("event_seq")?;
+                heads.insert(id, (seq, rows::space_counts(row)?));
+            }
+        }
+        let mut published = Vec::with_capacity(self.recorded.len());
+        // Per space: the first and last sequence number written.
+        let mut ranges: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        let mut logs: BTreeMap<String, (i64, i64)> = BTreeMap::new();
+        for recorded in self.recorded.drain(..) {
+            match recorded {
+                Recorded::Event(mut event) => {
+                    let (seq, counts) = heads
+                        .get_mut(&event.space_id)
+                        .ok_or(Error::NotFound("space"))?;
+                    *seq += 1;
+                    event.seq = *seq;
+                    if event.changes_counts() {
+                        counts.apply(&event);
+                        event.counts = Some(*counts);
+                    }
+                    ranges
+                        .entry(event.space_id.clone())
+                        .and_modify(|range| range.1 = event.seq)
+                        .or_insert((event.seq, event.seq));
+                    published.push(LiveEvent::Job(Arc::new(event)));
+                }
+                Recorded::Log(entry) => {
+                    let seq = entry.line.seq;
+                    logs.entry(entry.job_id.clone())
+                        .and_modify(|range| range.1 = seq)
+                        .or_insert((seq, seq));
+                    published.push(LiveEvent::Log(entry));
+                }
+            }
+        }
+        let events: Vec<&JobEvent> = published
+            .iter()
+            .filter_map(|live| match live {
+                LiveEvent::Job(event) => Some(&**event),
+                LiveEvent::Log(_) => None,
+            })
+            .collect();
+        for chunk in events.chunks(EVENT_ROWS_PER_INSERT / 9) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, counts, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, event| {
+                row.push_bind(&event.space_id)
+                    .push_bind(event.seq)
+                    .push_bind(&event.job_id)
+                    .push_bind(event.kind.as_str())
+                    .push_bind(event.status.as_str())
+                    .push_bind(event.previous_status.map(|status| status.as_str()))
+                    .push_bind(&event.data)
+                    .push_bind(event.counts.map(|counts| rows::counts_to_json(&counts)))
+                    .push_bind(event.at);
+            });
+            insert.build().execute(&mut self.conn).await?;
+        }
+        for (space_id, (seq, counts)) in &heads {
+            let count = |status| counts.get(status) as i64;
+            use crate::job::JobStatus::*;
+            sqlx::query(
+                "UPDATE spaces SET event_seq = $1, count_scheduled = $2, count_pending = $3, \
+                 count_delivered = $4, count_running = $5, count_completed = $6, count_dead = $7, \
+                 count_killed = $8 WHERE id = $9",
+            )
+            .bind(seq)
+            .bind(count(Scheduled))
+            .bind(count(Pending))
+            .bind(count(Delivered))
+            .bind(count(Running))
+            .bind(count(Completed))
+            .bind(count(Dead))
+            .bind(count(Killed))
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        let commit = self.relay.next_commit();
+        for payload in (CommitNotice {
+            replica: self.relay.replica().to_owned(),
+            commit,
+            spaces: ranges.into_iter().map(|(id, (a, b))| (id, a, b)).collect(),
+            logs: logs.into_iter().map(|(id, (a, b))| (id, a, b)).collect(),
+        })
+        .payloads()
+        {
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::relay::COMMITS_CHANNEL)
+                .bind(payload)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        let published: Arc<[LiveEvent]> = published.into();
+        // Before COMMIT: the notice may reach our relay the moment it lands.
+        self.relay.stash(commit, published.clone());
+        self.pending = Some((commit, published));
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl batch::Writer for PgWriter {
+    async fn begin(&mut self) -> Result<()> {
+        sqlx::query("BEGIN").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.flush().await?;
+        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        Ok(())
+    }
+
+    async fn rollback(&mut self) {
+        if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
+            tracing::warn!(%error, "rollback failed (the transaction may not have started)");
+        }
+        self.recorded.clear();
+        if let Some((commit, _)) = self.pending.take() {
+            self.relay.unstash(commit);
+        }
+    }
+
+    fn committed(&mut self) {
+        if let Some((_, published)) = self.pending.take() {
+            // No subscribers is fine: nobody is watching.
+            let _ = self.own_commits.send(published);
+        }
+    }
+
+    async fn close(self) {
+        if let Err(error) = self.conn.close().await {
+            tracing::warn!(%error, "closing a postgres writer connection failed");
+        }
+    }
+
+    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&space.id)
+        .bind(&space.name)
+        .bind(&space.public_token)
+        .bind(&space.stream_id)
+        .bind(space.anonymous_progress_streams)
+        .bind(space.created_at)
+        .execute(&mut self.conn)
+        .await?;
+        self.insert_token(&token).await
+    }
+
+    async fn update_space(
+        &mut self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        self.require_space(space_id).await?;
+        if let Some(allowed) = settings.anonymous_progress_streams {
+            sqlx::query("UPDATE spaces SET anonymous_progress_streams = $1 WHERE id = $2")
+                .bind(allowed)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        if let Some(push) = settings.push {
+            let (url, names, headers) = rows::push_columns(push.as_ref())?;
+            sqlx::query(
+                "UPDATE spaces SET push_url = $1, push_names = $2, push_headers = $3 WHERE id = $4",
+            )
+            .bind(url)
+            .bind(names)
+            .bind(headers)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        }
+        let row = sqlx::query("SELECT * FROM spaces WHERE id = $1")
+            .bind(space_id)
+            .fetch_one(&mut self.conn)
+            .await?;
+        rows::space(&row)
+    }
+
+    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
+        self.require_space(space_id).await?;
+        sqlx::query("UPDATE spaces SET webhook_secret = $1 WHERE id = $2")
+            .bind(secret)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        let target = JobTarget {
+            job_id: attempt.entry.job_id.clone(),
+            space_id: None,
+        };
+        let job = self.load(&target).await?;
+        self.record(&job, callback_try_event(&attempt, &job), now);
+        match attempt.retry_at {
+            Some(next_at) => {
+                sqlx::query(
+                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = $1 WHERE id = $2",
+                )
+                .bind(next_at)
+                .bind(attempt.entry.id)
+                .execute(&mut self.conn)
+                .await?
+            }
+            None => {
+                sqlx::query("DELETE FROM callback_outbox WHERE id = $1")
+                    .bind(attempt.entry.id)
+                    .execute(&mut self.conn)
+                    .await?
+            }
+        };
+        Ok(())
+    }
+
+    async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
+        self.require_space(&token.space_id).await?;
+        self.insert_token(&token).await
+    }
+
+    async fn revoke_token(
+        &mut self,
+        space_id: &str,
+        token_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let revoked = sqlx::query(
+            "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND space_id = $3 AND revoked_at IS NULL",
+        )
+        .bind(now)
+        .bind(token_id)
+        .bind(space_id)
+        .execute(&mut self.conn)
+        .await?
+        .rows_affected()
+            == 1;
+        if revoked {
+            // Every replica ends the streams this key holds open.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(super::relay::REVOCATIONS_CHANNEL)
+                .bind(token_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        Ok(revoked)
+    }
+
+    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String> {
+        sqlx::query(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(value)
+        .execute(&mut self.conn)
+        .await?;
+        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
+            .bind(name)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(stored)
+    }
+
+    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
+        // A create request addresses one space.
+        if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
+            self.require_space(&space_id).await?;
+        }
+        for chunk in jobs.chunks(JOB_ROWS_PER_INSERT / 18) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
+                 timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
+                 backoff_kind, backoff_delay, backoff_max, created_at, updated_at) ",
+            );
+            insert.push_values(chunk, |mut row, job| {
+                let backoff = job.retry_backoff;
+                row.push_bind(&job.id)
+                    .push_bind(&job.space_id)
+                    .push_bind(&job.name)
+                    .push_bind(&job.payload)
+                    .push_bind(job.status().as_str())
+                    .push_bind(i64::from(job.max_retries))
+                    .push_bind(i64::from(job.attempt_number))
+                    .push_bind(i64::from(job.timeout_seconds))
+                    .push_bind(job.scheduled_for)
+                    .push_bind(job.state.due_at())
+                    .push_bind(job.state.lease())
+                    .push_bind(job.callback.as_ref().map(|callback| callback.url.as_str()))
+                    .push_bind(rows::callback_headers_json(job))
+                    .push_bind(backoff.map(|b| b.kind.as_str()))
+                    .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
+                    .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
+                    .push_bind(job.created_at)
+                    .push_bind(job.updated_at);
+            });
+            insert.build().execute(&mut self.conn).await?;
+        }
+        for job in &jobs {
+            self.record(job, machine::created_event(&job.state), job.created_at);
+        }
+        Ok(())
+    }
+
+    async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Postgres>::new(
+            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
+        );
+        select.push_bind(&request.space_id);
+        select.push(" AND due_at <= ").push_bind(request.now);
+        if !request.names.is_empty() {
+            select
+                .push(" AND name = ANY(")
+                .push_bind(&request.names)
+                .push(")");
+        }
+        select
+            .push(" ORDER BY due_at, id LIMIT ")
+            .push_bind(i64::from(request.count))
+            .push(" FOR UPDATE SKIP LOCKED");
+        let candidates = select.build().fetch_all(&mut self.conn).await?;
+        let mut delivered = Vec::with_capacity(candidates.len());
+        for row in &candidates {
+            let job = rows::job(row)?;
+            let command = Command::Deliver { lease: new_id() };
+            delivered.push(self.transition_locked(&job, command, request.now).await?);
+        }
+        Ok(delivered)
+    }
+
+    async fn apply(
+        &mut self,
+        target: &JobTarget,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        for _ in 0..TRANSITION_ATTEMPTS {
+            let job = self.load(target).await?;
+            if let Some(next) = self.transition(&job, command.clone(), fence, now).await? {
+                return Ok(next);
+            }
+        }
+        Err(Error::Unavailable)
+    }
+
+    async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        let due = sqlx::query(
+            "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= $1 \
+             ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
+        )
+        .bind(now)
+        .bind(i64::from(limit))
+        .fetch_all(&mut self.conn)
+        .await?;
+        for row in &due {
+            let job = rows::job(row)?;
+            self.transition_locked(&job, Command::Expire, now).await?;
+        }
+        let next_due: Option<i64> = sqlx::query_scalar(
+            "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
+        )
+        .fetch_one(&mut self.conn)
+        .await?;
+        Ok(Sweep {
+            fired: due.len(),
+            next_due,
+        })
+    }
+
+    async fn append_logs(
+        &mut self,
+        target: &JobTarget,
+        lines: Vec<LogLine>,
+        now: UnixMillis,
+    ) -> Result<i64> {
+        let job = self.load(target).await?;
+        // Lines of one job are numbered under its row lock, whichever
+        // replica appends them.
+        sqlx::query("SELECT 1 FROM jobs WHERE id = $1 FOR NO KEY UPDATE")
+            .bind(&job.id)
+            .execute(&mut self.conn)
+            .await?;
+        let last: i64 =
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM job_logs WHERE job_id = $1")
+                .bind(&job.id)
+                .fetch_one(&mut self.conn)
+                .await?;
+        let mut seq = last;
+        for chunk in lines.chunks(EVENT_ROWS_PER_INSERT / 5) {
+            let mut insert = QueryBuilder::<Postgres>::new(
+                "INSERT INTO job_logs (job_id, seq, level, message, created_at) ",
+            );
+            insert.push_values(chunk, |mut row, line| {
+                seq += 1;
+                row.push_bind(&job.id)
+                    .push_bind(seq)
+                    .push_bind(line.level.as_str())
+                    .push_bind(&line.message)
+                    .push_bind(now);
+            });
+            insert.build().execute(&mut self.conn).await?;
+        }
+        let first = last + 1;
+        for (offset, line) in lines.into_iter().enumerate() {
+            self.recorded.push(Recorded::Log(Arc::new(JobLogEntry {
+                space_id: job.space_id.clone(),
+                job_id: job.id.clone(),
+                job_name: job.name.clone(),
+                status: job.status(),
+                line: StoredLogLine {
+                    seq: first + offset as i64,
+                    level: line.level,
+                    message: line.message,
+                    at: now,
+                },
+            })));
+        }
+        Ok(seq)
+    }
+}

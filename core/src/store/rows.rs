@@ -1,0 +1,266 @@
+//! Mapping between rows and domain types, shared by the backends: each
+//! backend's row type exposes its columns through `Columns`, so a schema
+//! change is mapped once.
+
+use sqlx::Row;
+use sqlx::postgres::PgRow;
+use sqlx::sqlite::SqliteRow;
+
+use crate::error::{Error, Result};
+use crate::job::{
+    BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
+    StatusCounts, StoredLogLine,
+};
+use crate::store::{OutboxEntry, PushTarget, SpaceRecord, TokenRecord};
+
+/// Typed column access, the little each mapper needs from a row.
+pub trait Columns {
+    fn text(&self, column: &str) -> Result<String>;
+    fn opt_text(&self, column: &str) -> Result<Option<String>>;
+    fn int(&self, column: &str) -> Result<i64>;
+    fn opt_int(&self, column: &str) -> Result<Option<i64>>;
+    fn flag(&self, column: &str) -> Result<bool>;
+    fn bytes(&self, column: &str) -> Result<Vec<u8>>;
+}
+
+macro_rules! columns_for {
+    ($row:ty) => {
+        impl Columns for $row {
+            fn text(&self, column: &str) -> Result<String> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_text(&self, column: &str) -> Result<Option<String>> {
+                Ok(self.try_get(column)?)
+            }
+            fn int(&self, column: &str) -> Result<i64> {
+                Ok(self.try_get(column)?)
+            }
+            fn opt_int(&self, column: &str) -> Result<Option<i64>> {
+                Ok(self.try_get(column)?)
+            }
+            fn flag(&self, column: &str) -> Result<bool> {
+                Ok(self.try_get(column)?)
+            }
+            fn bytes(&self, column: &str) -> Result<Vec<u8>> {
+                Ok(self.try_get(column)?)
+            }
+        }
+    };
+}
+
+columns_for!(SqliteRow);
+columns_for!(PgRow);
+
+fn corrupt(what: &str) -> Error {
+    Error::internal(format!("corrupt row: {what}"))
+}
+
+fn status(text: &str) -> Result<JobStatus> {
+    JobStatus::parse(text).ok_or_else(|| corrupt("status"))
+}
+
+fn u32_column(row: &impl Columns, column: &str) -> Result<u32> {
+    let value = row.int(column)?;
+    u32::try_from(value).map_err(|_| corrupt(column))
+}
+
+pub fn job(row: &impl Columns) -> Result<Job> {
+    let status = status(&row.text("status")?)?;
+    let state = JobState::from_parts(status, row.opt_int("due_at")?, row.opt_text("lease_id")?)
+        .ok_or_else(|| corrupt("job state"))?;
+    let callback = match row.opt_text("callback_url")? {
+        Some(url) => {
+            let headers = row.opt_text("callback_headers")?;
+            let headers = match headers {
+                Some(text) => {
+                    serde_json::from_str(&text).map_err(|_| corrupt("callback_headers"))?
+                }
+                None => Vec::new(),
+            };
+            Some(Callback { url, headers })
+        }
+        None => None,
+    };
+    let retry_backoff = match row.opt_text("backoff_kind")? {
+        Some(kind) => Some(RetryBackoff {
+            kind: BackoffKind::parse(&kind).ok_or_else(|| corrupt("backoff_kind"))?,
+            delay_seconds: u32_column(row, "backoff_delay")?,
+            max_delay_seconds: u32_column(row, "backoff_max")?,
+        }),
+        None => None,
+    };
+    Ok(Job {
+        id: row.text("id")?,
+        space_id: row.text("space_id")?,
+        name: row.text("name")?,
+        payload: row.opt_text("payload")?,
+        state,
+        max_retries: u32_column(row, "max_retries")?,
+        attempt_number: u32_column(row, "attempt_number")?,
+        timeout_seconds: u32_column(row, "timeout_seconds")?,
+        scheduled_for: row.opt_int("scheduled_for")?,
+        delivered_at: row.opt_int("delivered_at")?,
+        started_at: row.opt_int("started_at")?,
+        completed_at: row.opt_int("completed_at")?,
+        result: row.opt_text("result")?,
+        progress: row.opt_text("progress")?,
+        checkpoint: row.opt_text("checkpoint")?,
+        last_error: row.opt_text("last_error")?,
+        kill_reason: row.opt_text("kill_reason")?,
+        callback,
+        retry_backoff,
+        created_at: row.int("created_at")?,
+        updated_at: row.int("updated_at")?,
+    })
+}
+
+/// Expects the event columns plus `job_name`.
+pub fn event(row: &impl Columns) -> Result<JobEvent> {
+    let previous = row.opt_text("previous_status")?;
+    Ok(JobEvent {
+        seq: row.int("seq")?,
+        space_id: row.text("space_id")?,
+        job_id: row.text("job_id")?,
+        job_name: row.text("job_name")?,
+        kind: EventKind::parse(&row.text("type")?).ok_or_else(|| corrupt("event type"))?,
+        status: status(&row.text("status")?)?,
+        previous_status: previous.as_deref().map(status).transpose()?,
+        data: row.opt_text("data")?,
+        at: row.int("created_at")?,
+        counts: None,
+    })
+}
+
+pub fn space(row: &impl Columns) -> Result<SpaceRecord> {
+    Ok(SpaceRecord {
+        id: row.text("id")?,
+        name: row.text("name")?,
+        public_token: row.text("public_token")?,
+        stream_id: row.text("stream_id")?,
+        anonymous_progress_streams: row.flag("anonymous_progress_streams")?,
+        push: match row.opt_text("push_url")? {
+            Some(url) => {
+                let list = |column: &str| row.opt_text(column);
+                let names = match list("push_names")? {
+                    Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("push_names"))?,
+                    None => Vec::new(),
+                };
+                let headers = match list("push_headers")? {
+                    Some(text) => {
+                        serde_json::from_str(&text).map_err(|_| corrupt("push_headers"))?
+                    }
+                    None => Vec::new(),
+                };
+                Some(PushTarget {
+                    url,
+                    names,
+                    headers,
+                })
+            }
+            None => None,
+        },
+        created_at: row.int("created_at")?,
+    })
+}
+
+/// The `count_*` columns of a space row.
+pub fn space_counts(row: &impl Columns) -> Result<StatusCounts> {
+    let mut counts = StatusCounts::default();
+    for status in JobStatus::ALL {
+        let column = format!("count_{}", status.as_str());
+        let count = row.int(&column)?;
+        counts.set(status, u64::try_from(count).map_err(|_| corrupt(&column))?);
+    }
+    Ok(counts)
+}
+
+pub fn token(row: &impl Columns) -> Result<TokenRecord> {
+    let scopes = row.text("scopes")?;
+    let hash = row.bytes("key_hash")?;
+    Ok(TokenRecord {
+        id: row.text("id")?,
+        space_id: row.text("space_id")?,
+        name: row.text("name")?,
+        scopes: serde_json::from_str(&scopes).map_err(|_| corrupt("scopes"))?,
+        key_hash: hash.try_into().map_err(|_| corrupt("key_hash"))?,
+        created_at: row.int("created_at")?,
+    })
+}
+
+pub fn log_line(row: &impl Columns) -> Result<StoredLogLine> {
+    Ok(StoredLogLine {
+        seq: row.int("seq")?,
+        level: LogLevel::parse(&row.text("level")?).ok_or_else(|| corrupt("log level"))?,
+        message: row.text("message")?,
+        at: row.int("created_at")?,
+    })
+}
+
+pub fn outbox_entry(row: &impl Columns) -> Result<OutboxEntry> {
+    let headers = row.opt_text("headers")?;
+    Ok(OutboxEntry {
+        id: row.int("id")?,
+        job_id: row.text("job_id")?,
+        space_id: row.text("space_id")?,
+        url: row.text("url")?,
+        headers: match headers {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("outbox headers"))?,
+            None => Vec::new(),
+        },
+        body: row.text("body")?,
+        attempt: u32_column(row, "attempt")?,
+        secret: row.opt_text("webhook_secret")?,
+    })
+}
+
+pub fn callback_headers_json(job: &Job) -> Option<String> {
+    job.callback
+        .as_ref()
+        .filter(|callback| !callback.headers.is_empty())
+        .map(|callback| serde_json::to_string(&callback.headers).unwrap_or_default())
+}
+
+/// The `push_url`, `push_names` and `push_headers` columns of a push target.
+pub fn push_columns(
+    push: Option<&PushTarget>,
+) -> Result<(Option<String>, Option<String>, Option<String>)> {
+    let Some(target) = push else {
+        return Ok((None, None, None));
+    };
+    Ok((
+        Some(target.url.clone()),
+        Some(serde_json::to_string(&target.names).map_err(Error::internal)?),
+        Some(serde_json::to_string(&target.headers).map_err(Error::internal)?),
+    ))
+}
+
+/// A space's counts as stored with an event: a JSON array in
+/// `JobStatus::ALL` order.
+pub fn counts_to_json(counts: &StatusCounts) -> String {
+    let values: Vec<u64> = JobStatus::ALL
+        .iter()
+        .map(|status| counts.get(*status))
+        .collect();
+    serde_json::to_string(&values).unwrap_or_default()
+}
+
+pub fn counts_from_json(text: &str) -> Result<StatusCounts> {
+    let values: Vec<u64> = serde_json::from_str(text).map_err(|_| corrupt("counts"))?;
+    if values.len() != JobStatus::ALL.len() {
+        return Err(corrupt("counts"));
+    }
+    let mut counts = StatusCounts::default();
+    for (status, value) in JobStatus::ALL.into_iter().zip(values) {
+        counts.set(status, value);
+    }
+    Ok(counts)
+}
+
+/// A LIKE pattern (with `ESCAPE '\\'`) matching `text` anywhere.
+pub fn like_pattern(text: &str) -> String {
+    let escaped = text
+        .replace('\\', "\\\\")
+        .replace('%', "\\%")
+        .replace('_', "\\_");
+    format!("%{escaped}%")
+}

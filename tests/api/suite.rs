@@ -1,0 +1,18 @@
+// The integration suite, built once per storage backend (see main.rs and
+// postgres.rs).
+
+mod admin;
+mod auth;
+mod callbacks;
+mod create;
+mod dispatch;
+mod grpc;
+mod helpers;
+mod lifecycle;
+mod list;
+mod logs;
+mod polyglot;
+mod realtime;
+mod restart;
+mod timers;
+mod worker_sessions;
