@@ -238,6 +238,8 @@ pub async fn run_session(
     }
     tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
     let mut reports = Reports::default();
+    // The hub closes when the server stops: the session then drains.
+    let mut hub_open = true;
     let mut look_for_work = true;
     let mut recheck = Instant::now() + RECHECK;
     'session: loop {
@@ -297,7 +299,7 @@ pub async fn run_session(
                     break;
                 }
             }
-            chunk = events.recv() => match chunk {
+            chunk = events.recv(), if hub_open => match chunk {
                 Ok(chunk) => {
                     let mut room = session.room();
                     for event in chunk.iter() {
@@ -321,7 +323,12 @@ pub async fn run_session(
                     events = hub.subscribe(Topic::Space(session.hello.space_id.clone()));
                     look_for_work = true;
                 }
-                Err(Ended::Closed) => break,
+                // The server is stopping: take no more work, let the worker
+                // finish what it holds, then say `drained`.
+                Err(Ended::Closed) => {
+                    hub_open = false;
+                    session.draining = true;
+                }
             },
             () = tokio::time::sleep_until(recheck) => {
                 look_for_work = true;

@@ -190,6 +190,9 @@ async fn run(command: Command) -> Result<(), AnyError> {
                 _ = shutdown_signal() => {}
                 _ = core.wait() => tracing::error!("core stopped unexpectedly"),
             }
+            // No new leases from here; requests in flight finish through
+            // the gateway, then the core drains.
+            core.stop_dispatch();
             gateway.stop().await;
             core.stop().await;
         }

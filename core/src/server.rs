@@ -60,15 +60,23 @@ pub struct RunningCore {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
     callbacks: JoinHandle<()>,
-    hub: EventHub,
+    jobs: Arc<JobsApi>,
 }
 
 impl RunningCore {
-    /// Stops accepting calls, lets calls in flight finish, stops the timers.
+    /// Stops leasing jobs (see `JobsApi::stop_dispatch`) while still serving
+    /// calls: `emit serve` does this before draining its gateway, so HTTP
+    /// requests in flight still reach the core.
+    pub fn stop_dispatch(&self) {
+        self.jobs.stop_dispatch();
+    }
+
+    /// Stops leasing jobs, stops accepting calls, lets calls in flight
+    /// finish (worker sessions drain), stops the timers.
     pub async fn stop(self) {
+        // Open streams would hold the graceful drain forever: this ends them.
+        self.stop_dispatch();
         let _ = self.shutdown.send(true);
-        // Open streams would hold the graceful drain forever; end them.
-        self.hub.close();
         match tokio::time::timeout(Duration::from_secs(30), self.server).await {
             Ok(Ok(Err(error))) => tracing::warn!(%error, "grpc server stopped with an error"),
             Ok(_) => {}
@@ -124,7 +132,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         WorkerServiceServer::new(WorkersGrpc::new(auth.clone(), jobs.clone(), hub.clone()))
             .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
-    let jobs_service = JobServiceServer::new(JobsGrpc::new(auth.clone(), jobs))
+    let jobs_service = JobServiceServer::new(JobsGrpc::new(auth.clone(), jobs.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin_service = AdminServiceServer::new(AdminGrpc::new(auth.clone(), admin));
@@ -164,7 +172,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         server,
         timers,
         callbacks,
-        hub,
+        jobs,
     })
 }
 

@@ -42,6 +42,14 @@ const CACHE_CAPACITY: usize = 100_000;
 #[derive(Clone, Copy, Debug)]
 pub struct RateLimit(pub Option<NonZeroU32>);
 
+/// `per_second` requests a second, in bursts of at most a tenth of that. The
+/// default burst (a whole second's worth) lets a key saturating the limit
+/// get 10% more than the advertised rate over ten seconds.
+fn quota(per_second: NonZeroU32) -> Quota {
+    let burst = NonZeroU32::new(per_second.get() / 10).unwrap_or(NonZeroU32::MIN);
+    Quota::per_second(per_second).allow_burst(burst)
+}
+
 pub struct Authenticator {
     store: Arc<dyn Store>,
     /// Ids of tokens as they are revoked, for open streams to end.
@@ -60,7 +68,7 @@ impl Authenticator {
             cache: Mutex::new(HashMap::new()),
             limiter: rate_limit
                 .0
-                .map(|per_second| RateLimiter::keyed(Quota::per_second(per_second))),
+                .map(|per_second| RateLimiter::keyed(quota(per_second))),
         }
     }
 

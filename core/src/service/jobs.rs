@@ -1,4 +1,5 @@
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -35,11 +36,31 @@ pub struct JobsApi {
     store: Arc<dyn Store>,
     timers: Arc<TimerWake>,
     hub: EventHub,
+    /// Set when the server begins to stop: no job is leased from then on.
+    stopping: AtomicBool,
 }
 
 impl JobsApi {
     pub fn new(store: Arc<dyn Store>, timers: Arc<TimerWake>, hub: EventHub) -> Self {
-        Self { store, timers, hub }
+        Self {
+            store,
+            timers,
+            hub,
+            stopping: AtomicBool::new(false),
+        }
+    }
+
+    /// The first step of a graceful stop: polls (waiting ones included)
+    /// answer with no jobs, claims are refused, worker sessions stop taking
+    /// work and drain, streams end. Reports on jobs already leased still
+    /// apply, so work in flight can finish.
+    pub fn stop_dispatch(&self) {
+        self.stopping.store(true, Ordering::SeqCst);
+        self.hub.close();
+    }
+
+    fn stopping(&self) -> bool {
+        self.stopping.load(Ordering::SeqCst)
     }
 
     pub async fn create(
@@ -115,6 +136,9 @@ impl JobsApi {
         }
         let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
         loop {
+            if self.stopping() {
+                return Ok(Vec::new());
+            }
             // Subscribed before looking, so a job made ready in between wakes us.
             let mut ready =
                 (wait_seconds > 0).then(|| self.hub.subscribe(Topic::Space(space_id.to_owned())));
@@ -142,6 +166,9 @@ impl JobsApi {
 
     pub async fn claim(&self, who: &Principal, job_id: &str) -> Result<Job> {
         let target = target(job_id, who.authorize_job(Scope::JobsPoll)?)?;
+        if self.stopping() {
+            return Err(Error::Unavailable);
+        }
         let command = Command::Deliver { lease: new_id() };
         self.transition(&target, command, &Fence::default()).await
     }

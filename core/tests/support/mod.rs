@@ -20,9 +20,12 @@ pub fn free_port() -> u16 {
 
 /// One `emit` process.
 pub struct Process {
-    child: Child,
-    /// `http://127.0.0.1:PORT` of its gRPC (core) or HTTP (gateway) listener.
+    pub child: Child,
+    /// `http://127.0.0.1:PORT` of its gRPC (core) or HTTP (gateway, serve)
+    /// listener.
     pub url: String,
+    /// The gRPC listener of `emit serve`.
+    pub grpc_url: Option<String>,
 }
 
 impl Process {
@@ -39,7 +42,69 @@ impl Process {
             command.env("EMIT_ADMIN_KEY", key);
         }
         let child = command.spawn().expect("emit starts");
-        Self { child, url }
+        Self {
+            child,
+            url,
+            grpc_url: None,
+        }
+    }
+
+    /// `emit serve` (core and gateway in one process) on free ports, with
+    /// `admin_key` (generated when `None`) and `extra` arguments; no rate
+    /// limit unless `extra` sets one.
+    pub fn serve(database_url: &str, admin_key: Option<&str>, extra: &[&str]) -> Self {
+        let (http, grpc) = (
+            format!("127.0.0.1:{}", free_port()),
+            format!("127.0.0.1:{}", free_port()),
+        );
+        let mut args = vec![
+            "serve",
+            "--http-addr",
+            &http,
+            "--grpc-addr",
+            &grpc,
+            "--database-url",
+            database_url,
+        ];
+        if !extra.iter().any(|arg| *arg == "--rate-limit") {
+            args.extend(["--rate-limit", "0"]);
+        }
+        args.extend(extra);
+        let mut process = Self::spawn(&args, admin_key, format!("http://{http}"));
+        process.grpc_url = Some(format!("http://{grpc}"));
+        process
+    }
+
+    /// Sends SIGTERM: the graceful stop.
+    pub fn terminate(&self) {
+        let status = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(status.success(), "SIGTERM delivered");
+    }
+
+    /// Waits up to `limit` for the process to exit on its own.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        None
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .expect("the process is alive");
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS is listed")
     }
 
     /// `emit core` on a free port.
@@ -117,4 +182,5 @@ impl Drop for Process {
 }
 
 mod postgres;
+pub mod worker;
 pub use postgres::PostgresDatabase;

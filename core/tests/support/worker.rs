@@ -1,0 +1,183 @@
+//! A gRPC stream worker for tests that check leases: it acks and completes
+//! every job pushed to it and writes down, in a shared ledger, when each
+//! lease began and ended and which completions the server accepted.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::worker_service_client::WorkerServiceClient;
+use pb::open_session_request::Message as Outgoing;
+use pb::open_session_response::Message as Incoming;
+use pb::worker_report::Action;
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+/// One job pushed to one session.
+pub struct Lease {
+    pub job_id: String,
+    pub lease_id: String,
+    pub payload_json: Option<String>,
+    pub session: usize,
+    pub began: Instant,
+}
+
+#[derive(Default)]
+pub struct Ledger {
+    pub leases: Vec<Lease>,
+    /// When each session's stream ended (the server died or it drained).
+    pub session_ends: HashMap<usize, Instant>,
+    /// Per job: completions the server accepted.
+    pub completions: HashMap<String, usize>,
+    next_session: usize,
+}
+
+impl Ledger {
+    /// Checks that no job was held by two sessions at once. A lease ends when
+    /// its session's stream ends or `timeout` after it began (the job's
+    /// delivery timeout, or its execution timeout counted from the ack, which
+    /// this worker sends at once); the next lease of the job may not begin
+    /// before that. Also: at most one
+    /// completion accepted per job. Returns the number of jobs leased more
+    /// than once.
+    pub fn assert_no_overlapping_leases(&self, timeout: Duration) -> usize {
+        // Timer sweeps and clocks are not exact: the server may take the job
+        // back a little early relative to the worker's clock, never by more.
+        const SLACK: Duration = Duration::from_millis(250);
+        let mut by_job: HashMap<&str, Vec<&Lease>> = HashMap::new();
+        for lease in &self.leases {
+            by_job.entry(&lease.job_id).or_default().push(lease);
+        }
+        let mut released = 0;
+        for (job_id, mut leases) in by_job {
+            assert!(
+                self.completions.get(job_id).copied().unwrap_or(0) <= 1,
+                "job {job_id}: two completions accepted"
+            );
+            if leases.len() < 2 {
+                continue;
+            }
+            released += 1;
+            leases.sort_by_key(|lease| lease.began);
+            for pair in leases.windows(2) {
+                let (earlier, later) = (pair[0], pair[1]);
+                assert_ne!(
+                    earlier.lease_id, later.lease_id,
+                    "job {job_id}: lease reused"
+                );
+                let ended = self
+                    .session_ends
+                    .get(&earlier.session)
+                    .copied()
+                    .map_or(earlier.began + timeout, |end| {
+                        end.min(earlier.began + timeout)
+                    });
+                assert!(
+                    later.began + SLACK >= ended,
+                    "job {job_id} leased to session {} while session {} held it ({:?} after it began)",
+                    later.session,
+                    earlier.session,
+                    later.began - earlier.began
+                );
+            }
+        }
+        released
+    }
+}
+
+/// Runs one session with `capacity` until the stream ends; acks and
+/// completes each pushed job at once.
+pub async fn run_session(
+    grpc_url: &str,
+    key: &str,
+    space_id: &str,
+    capacity: u32,
+    ledger: &Mutex<Ledger>,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let session = {
+        let mut ledger = ledger.lock().unwrap();
+        ledger.next_session += 1;
+        ledger.next_session
+    };
+    let result = session_loop(grpc_url, key, space_id, capacity, ledger, session).await;
+    ledger
+        .lock()
+        .unwrap()
+        .session_ends
+        .insert(session, Instant::now());
+    result
+}
+
+async fn session_loop(
+    grpc_url: &str,
+    key: &str,
+    space_id: &str,
+    capacity: u32,
+    ledger: &Mutex<Ledger>,
+    session: usize,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let (outgoing, stream) = mpsc::channel(1024);
+    outgoing
+        .send(pb::OpenSessionRequest {
+            message: Some(Outgoing::Hello(pb::WorkerHello {
+                space_id: space_id.to_owned(),
+                names: vec![],
+                capacity,
+            })),
+        })
+        .await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(stream));
+    request.metadata_mut().insert("x-api-key", key.parse()?);
+    let mut client = WorkerServiceClient::connect(grpc_url.to_owned()).await?;
+    let mut incoming = client.open_session(request).await?.into_inner();
+    let mut request_id = 0;
+    let mut completes = HashMap::new();
+    while let Some(message) = incoming.message().await? {
+        match message.message {
+            Some(Incoming::Assignment(job)) => {
+                ledger.lock().unwrap().leases.push(Lease {
+                    job_id: job.id.clone(),
+                    lease_id: job.lease_id.clone(),
+                    payload_json: job.payload_json.clone(),
+                    session,
+                    began: Instant::now(),
+                });
+                for action in [
+                    Action::Ack(pb::ReportAck {}),
+                    Action::Complete(pb::ReportComplete { result_json: None }),
+                ] {
+                    request_id += 1;
+                    if matches!(action, Action::Complete(_)) {
+                        completes.insert(request_id, job.id.clone());
+                    }
+                    let report = pb::WorkerReport {
+                        request_id,
+                        job_id: job.id.clone(),
+                        action: Some(action),
+                    };
+                    outgoing
+                        .send(pb::OpenSessionRequest {
+                            message: Some(Outgoing::Report(report)),
+                        })
+                        .await?;
+                }
+            }
+            Some(Incoming::Result(result)) => {
+                if let Some(job_id) = completes.remove(&result.request_id)
+                    && result.code == 0
+                {
+                    *ledger
+                        .lock()
+                        .unwrap()
+                        .completions
+                        .entry(job_id)
+                        .or_default() += 1;
+                }
+            }
+            Some(Incoming::Drained(_)) => return Ok(()),
+            _ => {}
+        }
+    }
+    Ok(())
+}
