@@ -108,9 +108,17 @@ fn outbound(output: WorkerOutput) -> Result<pb::OpenSessionResponse, Status> {
     })
 }
 
-/// Feeds the worker's messages to its session; ends when the stream does.
+/// Feeds the worker's messages to its session; ends when the stream does,
+/// or when the session does (drained, revoked, server stopping). Dropping the
+/// inbound half then resets the stream, so a worker that keeps its side open
+/// does not hold the server's graceful stop.
 async fn forward(mut inbound: Streaming<pb::OpenSessionRequest>, input: mpsc::Sender<WorkerInput>) {
-    while let Some(Ok(request)) = inbound.next().await {
+    loop {
+        let request = tokio::select! {
+            request = inbound.next() => request,
+            () = input.closed() => return,
+        };
+        let Some(Ok(request)) = request else { return };
         let message = match request.message {
             Some(Inbound::Capacity(capacity)) => WorkerInput::Capacity(capacity.capacity),
             Some(Inbound::Drain(_)) => WorkerInput::Drain,

@@ -183,4 +183,5 @@ impl Drop for Process {
 
 mod postgres;
 pub mod worker;
+#[allow(unused_imports)]
 pub use postgres::PostgresDatabase;

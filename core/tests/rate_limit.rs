@@ -1,0 +1,145 @@
+//! The per-key rate limit under a real overload: one key offers 1,500
+//! requests a second for 10 s against the default limit of 1,000; another
+//! key offers 50 a second at the same time. This file holds one test so
+//! that nothing else competes for the CPU while it measures.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use support::{ADMIN_KEY, Process};
+use tokio::sync::Semaphore;
+
+const LIMIT: f64 = 1000.0;
+const WINDOW: Duration = Duration::from_secs(10);
+
+#[derive(Default, Debug)]
+struct Tally {
+    sent: usize,
+    accepted: usize,
+    limited: usize,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_over_its_limit_gets_the_limit_and_429s_and_other_keys_are_unaffected() {
+    let dir = std::env::temp_dir().join(format!("emit-rate-{}", std::process::id()));
+    let database_url = format!("sqlite://{}/emit.db", dir.display());
+    let server = Process::serve(&database_url, Some(ADMIN_KEY), &["--rate-limit", "1000"]);
+    let http = reqwest::Client::new();
+    server.wait_http_ready(&http).await;
+
+    let space = post(
+        &http,
+        &format!("{}/api/v1/spaces", server.url),
+        json!({ "name": "rate" }),
+    )
+    .await;
+    let space_id = space["id"].as_str().unwrap();
+    let tokens_url = format!("{}/api/v1/spaces/{space_id}/tokens", server.url);
+    let token = json!({ "name": "reader", "scopes": ["jobs:read"] });
+    let busy = post(&http, &tokens_url, token.clone()).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let quiet = post(&http, &tokens_url, token).await["key"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let job = post(
+        &http,
+        &format!("{}/api/v1/spaces/{space_id}/jobs", server.url),
+        json!({ "name": "read-me" }),
+    )
+    .await;
+    let url = format!("{}/api/v1/jobs/{}", server.url, job["id"].as_str().unwrap());
+
+    let (busy, quiet) = tokio::join!(
+        offer(&http, &url, &busy, 1500.0),
+        offer(&http, &url, &quiet, 50.0)
+    );
+    eprintln!("busy key: {busy:?}; quiet key: {quiet:?}");
+    let seconds = WINDOW.as_secs_f64();
+    let offered = busy.sent as f64 / seconds;
+    assert!(
+        offered >= 1425.0,
+        "the load reached 1,500/s (it reached {offered:.0}/s)"
+    );
+    let accepted = busy.accepted as f64 / seconds;
+    assert!(
+        (accepted - LIMIT).abs() <= LIMIT * 0.05,
+        "accepted {accepted:.0}/s, not within 5% of {LIMIT}"
+    );
+    assert_eq!(
+        busy.accepted + busy.limited,
+        busy.sent,
+        "every other answer was a 429"
+    );
+    assert_eq!(
+        quiet.accepted, quiet.sent,
+        "the quiet key was never limited"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
+    let response = http
+        .post(url)
+        .header("x-api-key", ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    response.json().await.unwrap()
+}
+
+/// Sends GET `url` at `per_second` for `WINDOW`, open loop (a slow answer
+/// does not slow the sending), and sorts the answers. Each 429 must carry a
+/// Retry-After of at least one second and the documented error body.
+async fn offer(http: &reqwest::Client, url: &str, key: &str, per_second: f64) -> Tally {
+    let in_flight = Arc::new(Semaphore::new(512));
+    let mut answers = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    let mut ticks = tokio::time::interval(Duration::from_millis(1));
+    let mut sent = 0;
+    while started.elapsed() < WINDOW {
+        ticks.tick().await;
+        let due = (started.elapsed().as_secs_f64() * per_second) as usize;
+        while sent < due {
+            sent += 1;
+            let permit = in_flight.clone().acquire_owned().await.unwrap();
+            let request = http.get(url).header("x-api-key", key).send();
+            answers.spawn(async move {
+                let response = request.await.expect("the server answers");
+                drop(permit);
+                let status = response.status();
+                if status == StatusCode::TOO_MANY_REQUESTS {
+                    let retry_after: u64 = response.headers()["retry-after"]
+                        .to_str()
+                        .unwrap()
+                        .parse()
+                        .unwrap();
+                    assert!(retry_after >= 1, "Retry-After {retry_after}");
+                    let body: Value = response.json().await.unwrap();
+                    assert_eq!(body, json!({ "error": "rate limit exceeded" }));
+                }
+                status
+            });
+        }
+    }
+    let mut tally = Tally {
+        sent,
+        ..Tally::default()
+    };
+    while let Some(status) = answers.join_next().await {
+        match status.unwrap() {
+            StatusCode::OK => tally.accepted += 1,
+            StatusCode::TOO_MANY_REQUESTS => tally.limited += 1,
+            other => panic!("unexpected answer {other}"),
+        }
+    }
+    tally
+}

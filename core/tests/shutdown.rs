@@ -1,0 +1,216 @@
+//! Graceful stop on SIGTERM: requests in flight finish, nothing is leased
+//! from the signal on, a worker may finish the job it holds, and nothing
+//! acknowledged is lost.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::worker_service_client::WorkerServiceClient;
+use pb::open_session_request::Message as Outgoing;
+use pb::open_session_response::Message as Incoming;
+use pb::worker_report::Action;
+use serde_json::{Value, json};
+use support::{ADMIN_KEY, Process};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
+    let dir = std::env::temp_dir().join(format!("emit-sigterm-{}", std::process::id()));
+    let database_url = format!("sqlite://{}/emit.db", dir.display());
+    let mut server = Process::serve(&database_url, Some(ADMIN_KEY), &[]);
+    let http = reqwest::Client::new();
+    server.wait_http_ready(&http).await;
+    let space: Value = send(
+        http.post(format!("{}/api/v1/spaces", server.url))
+            .json(&json!({ "name": "stop" })),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let space_id = space["id"].as_str().unwrap().to_owned();
+    let jobs_url = format!("{}/api/v1/spaces/{space_id}/jobs", server.url);
+    let waiting: Vec<Value> = send(
+        http.post(&jobs_url)
+            .json(&json!([{ "name": "work" }, { "name": "work" }, { "name": "work" }])),
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+
+    // A worker with room for one holds one job, acked.
+    let (outgoing, stream) = mpsc::channel(16);
+    outgoing
+        .send(message(Outgoing::Hello(pb::WorkerHello {
+            space_id: space_id.clone(),
+            names: vec!["work".into()],
+            capacity: 1,
+        })))
+        .await
+        .unwrap();
+    let mut request = tonic::Request::new(ReceiverStream::new(stream));
+    request
+        .metadata_mut()
+        .insert("x-api-key", ADMIN_KEY.parse().unwrap());
+    let mut client = WorkerServiceClient::connect(server.grpc_url.clone().unwrap())
+        .await
+        .unwrap();
+    let mut incoming = client.open_session(request).await.unwrap().into_inner();
+    let held = loop {
+        match next(&mut incoming).await {
+            Incoming::Assignment(job) => break job.id,
+            Incoming::Welcome(_) => continue,
+            other => panic!("expected an assignment, got {other:?}"),
+        }
+    };
+    outgoing
+        .send(report(1, &held, Action::Ack(pb::ReportAck {})))
+        .await
+        .unwrap();
+    assert!(matches!(next(&mut incoming).await, Incoming::Result(result) if result.code == 0));
+
+    // In flight at the signal: a long poll for work nobody creates, and a
+    // stream of creates.
+    let poll = tokio::spawn(
+        http.post(format!("{}/api/v1/spaces/{space_id}/jobs/poll", server.url))
+            .header("x-api-key", ADMIN_KEY)
+            .json(&json!({ "names": ["other"], "waitSeconds": 20 }))
+            .send(),
+    );
+    let creates: Vec<_> = (0..50)
+        .map(|n| {
+            let request = http
+                .post(&jobs_url)
+                .header("x-api-key", ADMIN_KEY)
+                .json(&json!({ "name": "late", "payload": { "n": n } }))
+                .send();
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(n * 4)).await;
+                request.await
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    server.terminate();
+    let signalled = Instant::now();
+
+    // The waiting poll answers at once, with nothing.
+    let polled = poll.await.unwrap().expect("the poll is answered");
+    assert_eq!(polled.status(), 200);
+    assert_eq!(polled.json::<Value>().await.unwrap(), json!({ "jobs": [] }));
+    assert!(
+        signalled.elapsed() < Duration::from_secs(5),
+        "the poll did not wait out its 20 s"
+    );
+
+    // The worker finishes its job; it is not given another though two are
+    // pending and it has room: the server says `drained` and ends the stream.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    outgoing
+        .send(report(
+            2,
+            &held,
+            Action::Complete(pb::ReportComplete { result_json: None }),
+        ))
+        .await
+        .unwrap();
+    match next(&mut incoming).await {
+        Incoming::Result(result) => {
+            assert_eq!(result.code, 0, "complete refused: {}", result.message)
+        }
+        other => panic!("expected the completion's result, got {other:?}"),
+    }
+    assert!(matches!(next(&mut incoming).await, Incoming::Drained(_)));
+
+    // Creates sent before the signal were answered 201; any later ones were
+    // refused at the door, never half done.
+    let mut acknowledged = Vec::new();
+    for create in creates {
+        if let Ok(response) = create.await.unwrap() {
+            assert_eq!(response.status(), 201, "a create in flight at SIGTERM");
+            let job: Value = response.json().await.unwrap();
+            acknowledged.push(job["id"].as_str().unwrap().to_owned());
+        }
+    }
+    assert!(!acknowledged.is_empty(), "some creates were in flight");
+    let status = server
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("the server exits");
+    assert!(status.success(), "exit status {status}");
+
+    // After a restart: every acknowledged job is there, the finished job is
+    // completed, and the waiting jobs were never leased.
+    let server = Process::serve(&database_url, Some(ADMIN_KEY), &[]);
+    server.wait_http_ready(&http).await;
+    for id in &acknowledged {
+        let job = get_job(&http, &server.url, id).await;
+        assert_eq!(job["status"], "pending", "job {id}");
+    }
+    assert_eq!(
+        get_job(&http, &server.url, &held).await["status"],
+        "completed"
+    );
+    let pending = waiting
+        .iter()
+        .map(|job| job["id"].as_str().unwrap())
+        .filter(|id| *id != held)
+        .collect::<Vec<_>>();
+    assert_eq!(pending.len(), 2);
+    for id in pending {
+        let job = get_job(&http, &server.url, id).await;
+        assert_eq!(
+            job["status"], "pending",
+            "job {id} was leased after SIGTERM"
+        );
+        assert_eq!(
+            job["deliveredAt"],
+            Value::Null,
+            "job {id} was leased after SIGTERM"
+        );
+    }
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+async fn send(request: reqwest::RequestBuilder) -> reqwest::Response {
+    let response = request.header("x-api-key", ADMIN_KEY).send().await.unwrap();
+    assert!(response.status().is_success(), "{}", response.status());
+    response
+}
+
+async fn get_job(http: &reqwest::Client, base: &str, id: &str) -> Value {
+    send(http.get(format!("{base}/api/v1/jobs/{id}")))
+        .await
+        .json()
+        .await
+        .unwrap()
+}
+
+fn message(message: Outgoing) -> pb::OpenSessionRequest {
+    pb::OpenSessionRequest {
+        message: Some(message),
+    }
+}
+
+fn report(request_id: u64, job_id: &str, action: Action) -> pb::OpenSessionRequest {
+    message(Outgoing::Report(pb::WorkerReport {
+        request_id,
+        job_id: job_id.to_owned(),
+        action: Some(action),
+    }))
+}
+
+async fn next(incoming: &mut tonic::Streaming<pb::OpenSessionResponse>) -> Incoming {
+    tokio::time::timeout(Duration::from_secs(10), incoming.message())
+        .await
+        .expect("the server answers within 10 s")
+        .expect("the stream is healthy")
+        .expect("the stream is open")
+        .message
+        .expect("a message")
+}
