@@ -102,6 +102,7 @@ pub fn delivery(job: Job) -> pb::Delivery {
         max_retries: job.max_retries,
         attempt_number: job.attempt_number,
         created_at: Some(to_timestamp(job.created_at)),
+        delivered_at: job.delivered_at.map(to_timestamp),
         checkpoint_json: job.checkpoint,
     }
 }

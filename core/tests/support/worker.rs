@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
-use std::time::{Duration, Instant};
+use std::time::{Duration, SystemTime};
 
 use emit_proto::v1 as pb;
 use emit_proto::v1::worker_service_client::WorkerServiceClient;
@@ -20,30 +20,31 @@ pub struct Lease {
     pub lease_id: String,
     pub payload_json: Option<String>,
     pub session: usize,
-    pub began: Instant,
+    /// When the server leased it (its `delivered_at`).
+    pub began: SystemTime,
 }
 
 #[derive(Default)]
 pub struct Ledger {
     pub leases: Vec<Lease>,
     /// When each session's stream ended (the server died or it drained).
-    pub session_ends: HashMap<usize, Instant>,
+    pub session_ends: HashMap<usize, SystemTime>,
     /// Per job: completions the server accepted.
     pub completions: HashMap<String, usize>,
     next_session: usize,
 }
 
 impl Ledger {
-    /// Checks that no job was held by two sessions at once. A lease ends when
-    /// its session's stream ends or `timeout` after it began (the job's
-    /// delivery timeout, or its execution timeout counted from the ack, which
-    /// this worker sends at once); the next lease of the job may not begin
-    /// before that. Also: at most one
+    /// Checks that no job was held by two sessions at once. A lease may end
+    /// no sooner than its session's stream ends (the server releases the
+    /// job) or `timeout` after the server leased it (its delivery timeout; the
+    /// execution timeout runs from the later ack); the next lease of the job
+    /// may not begin before that. Lease times are the server's, so the push's
+    /// own latency does not count against it. Also: at most one
     /// completion accepted per job. Returns the number of jobs leased more
     /// than once.
     pub fn assert_no_overlapping_leases(&self, timeout: Duration) -> usize {
-        // Timer sweeps and clocks are not exact: the server may take the job
-        // back a little early relative to the worker's clock, never by more.
+        // The worker sees its stream end a little after the server does.
         const SLACK: Duration = Duration::from_millis(250);
         let mut by_job: HashMap<&str, Vec<&Lease>> = HashMap::new();
         for lease in &self.leases {
@@ -78,7 +79,10 @@ impl Ledger {
                     "job {job_id} leased to session {} while session {} held it ({:?} after it began)",
                     later.session,
                     earlier.session,
-                    later.began - earlier.began
+                    later
+                        .began
+                        .duration_since(earlier.began)
+                        .unwrap_or_default()
                 );
             }
         }
@@ -105,7 +109,7 @@ pub async fn run_session(
         .lock()
         .unwrap()
         .session_ends
-        .insert(session, Instant::now());
+        .insert(session, SystemTime::now());
     result
 }
 
@@ -141,7 +145,13 @@ async fn session_loop(
                     lease_id: job.lease_id.clone(),
                     payload_json: job.payload_json.clone(),
                     session,
-                    began: Instant::now(),
+                    began: job
+                        .delivered_at
+                        .map(|at| {
+                            SystemTime::UNIX_EPOCH
+                                + Duration::new(at.seconds as u64, at.nanos as u32)
+                        })
+                        .expect("a delivery says when it was leased"),
                 });
                 for action in [
                     Action::Ack(pb::ReportAck {}),

@@ -1,0 +1,367 @@
+//! The two workloads of the peer comparison (`bench/run`), against emit:
+//!
+//! - A: 20,000 no-op jobs created in bulk batches of 100 by 4 producers.
+//!   First with nobody consuming (create-only jobs/s); then, once that
+//!   backlog is drained, again while workers of total concurrency 32
+//!   consume them (end-to-end jobs/s, until the last completion).
+//! - B: 1000 single creates at 100/s into idle workers: from sending the
+//!   create to the worker holding the job (dispatch) and to the server
+//!   having accepted its completion (completion), p50/p99.
+//!
+//!     cargo run --release --example workloads -- rest|stream [REPLICAS]
+//!
+//! `rest`: 32 REST workers, each long-polling up to 50 jobs, then acking and
+//! completing each in turn. `stream`: 4 gRPC worker sessions of capacity 8.
+//! SQLite (synchronous=FULL) by default; with `EMIT_BENCH_DATABASE=postgres`,
+//! a fresh PostgreSQL database shared by REPLICAS cores. Server and load run
+//! in this one process. Ends with a `RESULT {...}` line for `bench/run`.
+
+mod support;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use emit_proto::v1 as pb;
+use emit_proto::v1::worker_service_client::WorkerServiceClient;
+use pb::open_session_request::Message as Outgoing;
+use pb::open_session_response::Message as Incoming;
+use pb::worker_report::Action;
+use serde_json::{Value, json};
+use tokio::sync::{Notify, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+use support::AnyError;
+
+const JOBS: usize = 20_000;
+const BATCH: usize = 100;
+const PRODUCERS: usize = 4;
+const REST_WORKERS: usize = 32;
+const SESSIONS: usize = 4;
+const CAPACITY: u32 = 8;
+const SINGLES: usize = 1000;
+
+#[derive(Clone, Copy, PartialEq)]
+enum Path {
+    Rest,
+    Stream,
+}
+
+/// What the workers report, shared with the load.
+struct Tally {
+    epoch: Instant,
+    completed: AtomicUsize,
+    progress: Notify,
+    /// Single creates, since each create was sent: to the worker holding the
+    /// job, and to its completion accepted.
+    dispatch: std::sync::Mutex<Vec<Duration>>,
+    completion: std::sync::Mutex<Vec<Duration>>,
+}
+
+impl Tally {
+    /// Since the job's create was sent, for the single creates of B.
+    fn since_sent(&self, payload: &Value) -> Option<(u64, Duration)> {
+        let sent = Duration::from_micros(payload["sent"].as_u64()?);
+        Some((
+            payload["n"].as_u64()?,
+            self.epoch.elapsed().saturating_sub(sent),
+        ))
+    }
+
+    fn started(&self, payload: &Value) {
+        if let Some((n, since)) = self.since_sent(payload) {
+            self.singles.lock().unwrap().push((n, Some(since), None));
+        }
+    }
+
+    fn completed(&self, payload: &Value) {
+        if let Some((n, since)) = self.since_sent(payload) {
+            self.singles.lock().unwrap().push((n, None, Some(since)));
+        }
+        self.completed.fetch_add(1, Ordering::SeqCst);
+        self.progress.notify_waiters();
+    }
+
+    async fn until(&self, target: usize) {
+        loop {
+            let notified = self.progress.notified();
+            if self.completed.load(Ordering::SeqCst) >= target {
+                return;
+            }
+            let _ = tokio::time::timeout(Duration::from_millis(50), notified).await;
+        }
+    }
+}
+
+#[tokio::main]
+async fn main() -> Result<(), AnyError> {
+    let mut args = std::env::args().skip(1);
+    let path = match args.next().as_deref() {
+        Some("rest") => Path::Rest,
+        Some("stream") => Path::Stream,
+        _ => return Err("usage: workloads rest|stream [REPLICAS]".into()),
+    };
+    let replicas: usize = args.next().map_or(Ok(1), |arg| arg.parse())?;
+    let cluster = support::Cluster::start(replicas).await?;
+    let bases = cluster.api_bases();
+    let grpc_urls = cluster.grpc_urls();
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(256)
+        .build()?;
+    let space = support::create_space(&http, &bases[0]).await?;
+    let tally = Arc::new(Tally {
+        epoch: Instant::now(),
+        completed: AtomicUsize::new(0),
+        progress: Notify::new(),
+        singles: Default::default(),
+    });
+
+    // A, create only.
+    let started = Instant::now();
+    create_all(&http, &bases, &space).await?;
+    let create_only = JOBS as f64 / started.elapsed().as_secs_f64();
+    // Drain (not timed), then A end to end.
+    match path {
+        Path::Rest => {
+            for worker in 0..REST_WORKERS {
+                let base = bases[worker % bases.len()].clone();
+                let (http, space_id, key, tally) = (
+                    http.clone(),
+                    space.id.clone(),
+                    space.key.clone(),
+                    tally.clone(),
+                );
+                tokio::spawn(rest_worker(http, base, space_id, key, tally));
+            }
+        }
+        Path::Stream => {
+            for session in 0..SESSIONS {
+                let url = grpc_urls[session % grpc_urls.len()].clone();
+                let (space_id, key, tally) = (space.id.clone(), space.key.clone(), tally.clone());
+                tokio::spawn(async move {
+                    if let Err(error) = stream_worker(url, space_id, key, tally).await {
+                        eprintln!("session failed: {error}");
+                    }
+                });
+            }
+        }
+    }
+    tally.until(JOBS).await;
+    let started = Instant::now();
+    create_all(&http, &bases, &space).await?;
+    tally.until(2 * JOBS).await;
+    let end_to_end = JOBS as f64 / started.elapsed().as_secs_f64();
+
+    // B: single creates at 100/s into idle workers.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = tally.completed.load(Ordering::SeqCst);
+    let mut tick = tokio::time::interval(Duration::from_millis(10));
+    for n in 0..SINGLES {
+        tick.tick().await;
+        let body = json!({
+            "name": "ping",
+            "payload": { "n": n, "sent": tally.epoch.elapsed().as_micros() as u64 },
+        });
+        let request = http
+            .post(format!(
+                "{}/spaces/{}/jobs",
+                bases[n % bases.len()],
+                space.id
+            ))
+            .header("x-api-key", &space.key)
+            .json(&body)
+            .send();
+        tokio::spawn(async move {
+            if let Ok(response) = request.await {
+                assert_eq!(response.status(), 201);
+            }
+        });
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(30), tally.until(before + SINGLES)).await;
+    let (mut dispatch, mut completion) = (Vec::new(), Vec::new());
+    for (_, started, completed) in tally.singles.lock().unwrap().iter() {
+        dispatch.extend(started);
+        completion.extend(completed);
+    }
+    let engine = cluster.engine;
+    cluster.stop().await;
+
+    let ms = |samples: &mut Vec<Duration>, q: f64| {
+        samples.sort_unstable();
+        samples
+            .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
+            .map_or(f64::NAN, |sample| sample.as_secs_f64() * 1000.0)
+    };
+    let path_name = match path {
+        Path::Rest => "REST polling",
+        Path::Stream => "gRPC stream",
+    };
+    println!("emit, {path_name}, {engine}, {replicas} core(s)");
+    println!("  A create only : {create_only:.0} jobs/s");
+    println!("  A end to end  : {end_to_end:.0} jobs/s");
+    let result = json!({
+        "system": "emit",
+        "path": path_name,
+        "storage": engine,
+        "replicas": replicas,
+        "createOnly": create_only,
+        "endToEnd": end_to_end,
+        "dispatchP50": ms(&mut dispatch, 0.5),
+        "dispatchP99": ms(&mut dispatch, 0.99),
+        "completionP50": ms(&mut completion, 0.5),
+        "completionP99": ms(&mut completion, 0.99),
+        "singles": completion.len(),
+    });
+    println!(
+        "  B dispatch    : p50 {:.2} ms, p99 {:.2} ms; completion p50 {:.2} ms, p99 {:.2} ms ({} of {SINGLES})",
+        result["dispatchP50"].as_f64().unwrap_or(f64::NAN),
+        result["dispatchP99"].as_f64().unwrap_or(f64::NAN),
+        result["completionP50"].as_f64().unwrap_or(f64::NAN),
+        result["completionP99"].as_f64().unwrap_or(f64::NAN),
+        completion.len()
+    );
+    println!("RESULT {result}");
+    Ok(())
+}
+
+/// JOBS jobs in bulk batches of BATCH from PRODUCERS producers.
+async fn create_all(
+    http: &reqwest::Client,
+    bases: &[String],
+    space: &support::BenchSpace,
+) -> Result<(), AnyError> {
+    let batches = Arc::new(AtomicUsize::new(JOBS / BATCH));
+    let mut producers = Vec::new();
+    for producer in 0..PRODUCERS {
+        let url = format!("{}/spaces/{}/jobs", bases[producer % bases.len()], space.id);
+        let (http, key, batches) = (http.clone(), space.key.clone(), batches.clone());
+        producers.push(tokio::spawn(async move {
+            while batches
+                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                    left.checked_sub(1)
+                })
+                .is_ok()
+            {
+                let body: Vec<Value> = (0..BATCH)
+                    .map(|i| json!({ "name": "noop", "payload": { "i": i } }))
+                    .collect();
+                let response = http
+                    .post(&url)
+                    .header("x-api-key", &key)
+                    .json(&body)
+                    .send()
+                    .await?;
+                assert_eq!(response.status(), 201);
+            }
+            Ok::<_, reqwest::Error>(())
+        }));
+    }
+    for producer in producers {
+        producer.await??;
+    }
+    Ok(())
+}
+
+/// The Quick Start worker: long-poll up to 50 jobs, then ack and complete
+/// each in turn.
+async fn rest_worker(
+    http: reqwest::Client,
+    base: String,
+    space_id: String,
+    key: String,
+    tally: Arc<Tally>,
+) -> Result<(), reqwest::Error> {
+    loop {
+        let polled: Value = http
+            .post(format!("{base}/spaces/{space_id}/jobs/poll"))
+            .header("x-api-key", &key)
+            .json(&json!({ "count": 50, "waitSeconds": 5 }))
+            .send()
+            .await?
+            .json()
+            .await?;
+        for job in polled["jobs"].as_array().into_iter().flatten() {
+            tally.started(&job["payload"]);
+            let id = job["id"].as_str().unwrap_or_default();
+            http.post(format!("{base}/jobs/{id}/ack"))
+                .header("x-api-key", &key)
+                .send()
+                .await?;
+            let response = http
+                .post(format!("{base}/jobs/{id}/complete"))
+                .header("x-api-key", &key)
+                .json(&json!({ "result": { "ok": true } }))
+                .send()
+                .await?;
+            assert_eq!(response.status(), 200);
+            tally.completed(&job["payload"]);
+        }
+    }
+}
+
+/// A worker session: ack and complete every pushed job at once.
+async fn stream_worker(
+    grpc_url: String,
+    space_id: String,
+    key: String,
+    tally: Arc<Tally>,
+) -> Result<(), AnyError> {
+    let (outgoing, stream) = mpsc::channel(1024);
+    let hello = pb::WorkerHello {
+        space_id,
+        names: vec![],
+        capacity: CAPACITY,
+    };
+    outgoing
+        .send(pb::OpenSessionRequest {
+            message: Some(Outgoing::Hello(hello)),
+        })
+        .await?;
+    let mut request = tonic::Request::new(ReceiverStream::new(stream));
+    request.metadata_mut().insert("x-api-key", key.parse()?);
+    let mut client = WorkerServiceClient::connect(grpc_url).await?;
+    let mut incoming = client.open_session(request).await?.into_inner();
+    let mut request_id = 0;
+    let mut payloads = std::collections::HashMap::new();
+    while let Some(message) = incoming.message().await? {
+        match message.message {
+            Some(Incoming::Assignment(job)) => {
+                let payload: Value = job
+                    .payload_json
+                    .as_deref()
+                    .and_then(|text| serde_json::from_str(text).ok())
+                    .unwrap_or_default();
+                tally.started(&payload);
+                for action in [
+                    Action::Ack(pb::ReportAck {}),
+                    Action::Complete(pb::ReportComplete { result_json: None }),
+                ] {
+                    request_id += 1;
+                    if matches!(action, Action::Complete(_)) {
+                        payloads.insert(request_id, payload.clone());
+                    }
+                    let report = pb::WorkerReport {
+                        request_id,
+                        job_id: job.id.clone(),
+                        action: Some(action),
+                    };
+                    outgoing
+                        .send(pb::OpenSessionRequest {
+                            message: Some(Outgoing::Report(report)),
+                        })
+                        .await?;
+                }
+            }
+            Some(Incoming::Result(result)) => {
+                if let Some(payload) = payloads.remove(&result.request_id) {
+                    if result.code != 0 {
+                        return Err(format!("completion refused: {}", result.message).into());
+                    }
+                    tally.completed(&payload);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
