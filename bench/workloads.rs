@@ -60,23 +60,20 @@ struct Tally {
 
 impl Tally {
     /// Since the job's create was sent, for the single creates of B.
-    fn since_sent(&self, payload: &Value) -> Option<(u64, Duration)> {
+    fn since_sent(&self, payload: &Value) -> Option<Duration> {
         let sent = Duration::from_micros(payload["sent"].as_u64()?);
-        Some((
-            payload["n"].as_u64()?,
-            self.epoch.elapsed().saturating_sub(sent),
-        ))
+        Some(self.epoch.elapsed().saturating_sub(sent))
     }
 
     fn started(&self, payload: &Value) {
-        if let Some((n, since)) = self.since_sent(payload) {
-            self.singles.lock().unwrap().push((n, Some(since), None));
+        if let Some(since) = self.since_sent(payload) {
+            self.dispatch.lock().unwrap().push(since);
         }
     }
 
     fn completed(&self, payload: &Value) {
-        if let Some((n, since)) = self.since_sent(payload) {
-            self.singles.lock().unwrap().push((n, None, Some(since)));
+        if let Some(since) = self.since_sent(payload) {
+            self.completion.lock().unwrap().push(since);
         }
         self.completed.fetch_add(1, Ordering::SeqCst);
         self.progress.notify_waiters();
@@ -113,7 +110,8 @@ async fn main() -> Result<(), AnyError> {
         epoch: Instant::now(),
         completed: AtomicUsize::new(0),
         progress: Notify::new(),
-        singles: Default::default(),
+        dispatch: Default::default(),
+        completion: Default::default(),
     });
 
     // A, create only.
@@ -178,11 +176,8 @@ async fn main() -> Result<(), AnyError> {
         });
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), tally.until(before + SINGLES)).await;
-    let (mut dispatch, mut completion) = (Vec::new(), Vec::new());
-    for (_, started, completed) in tally.singles.lock().unwrap().iter() {
-        dispatch.extend(started);
-        completion.extend(completed);
-    }
+    let mut dispatch = tally.dispatch.lock().unwrap().clone();
+    let mut completion = tally.completion.lock().unwrap().clone();
     let engine = cluster.engine;
     cluster.stop().await;
 
