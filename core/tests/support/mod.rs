@@ -66,7 +66,7 @@ impl Process {
             "--database-url",
             database_url,
         ];
-        if !extra.iter().any(|arg| *arg == "--rate-limit") {
+        if !extra.contains(&"--rate-limit") {
             args.extend(["--rate-limit", "0"]);
         }
         args.extend(extra);
