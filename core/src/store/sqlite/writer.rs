@@ -1,7 +1,8 @@
 //! SQLite's side of the group-commit writer (see `store::batch`). SQLite
 //! allows one writer at a time, so one task owns the write connection. It is
 //! the only writer, so it keeps each space's head (last event sequence number
-//! and job counts) in memory and writes it back once per batch.
+//! and job counts) in memory and writes it back once per batch, and keeps the
+//! jobs it last wrote so the ack and complete after a delivery need no SELECT.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -28,6 +29,8 @@ use crate::store::{
 /// SQLite accepts 32766 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 1000;
 const EVENT_ROWS_PER_INSERT: usize = 3000;
+/// Live jobs kept by the writer; past this the cache starts over.
+const CACHED_JOBS: usize = 16_384;
 
 /// A space's last event sequence number and its job counts, as of the open
 /// transaction. The writer is the only writer, so its copy is authoritative.
@@ -41,6 +44,9 @@ pub struct SqliteWriter {
     conn: SqliteConnection,
     heads: HashMap<String, Head>,
     dirty_spaces: HashSet<String>,
+    /// Unfinished jobs as this writer last wrote them (committed or in the
+    /// open transaction; a rollback forgets them all).
+    jobs: HashMap<String, Job>,
     /// What the open transaction published: events (inserted before COMMIT)
     /// and log lines, broadcast after COMMIT.
     recorded: Vec<LiveEvent>,
@@ -53,6 +59,7 @@ impl SqliteWriter {
             conn,
             heads: HashMap::new(),
             dirty_spaces: HashSet::new(),
+            jobs: HashMap::new(),
             recorded: Vec::new(),
             published,
         }
@@ -83,12 +90,17 @@ impl SqliteWriter {
     }
 
     async fn load(&mut self, target: &JobTarget) -> Result<Job> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
-            .bind(&target.job_id)
-            .fetch_optional(&mut self.conn)
-            .await?
-            .ok_or(Error::NotFound("job"))?;
-        let job = rows::job(&row)?;
+        let job = match self.jobs.get(&target.job_id) {
+            Some(job) => job.clone(),
+            None => {
+                let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
+                    .bind(&target.job_id)
+                    .fetch_optional(&mut self.conn)
+                    .await?
+                    .ok_or(Error::NotFound("job"))?;
+                rows::job(&row)?
+            }
+        };
         match &target.space_id {
             Some(space) if *space != job.space_id => Err(Error::NotFound("job")),
             _ => Ok(job),
@@ -138,6 +150,7 @@ impl SqliteWriter {
                 job.id
             )));
         }
+        self.remember(&next);
         for draft in transition.events {
             self.record(&next, draft, now).await?;
         }
@@ -160,6 +173,17 @@ impl SqliteWriter {
             .await?;
         }
         Ok(next)
+    }
+
+    fn remember(&mut self, job: &Job) {
+        if job.status().is_terminal() {
+            self.jobs.remove(&job.id);
+            return;
+        }
+        if self.jobs.len() >= CACHED_JOBS {
+            self.jobs.clear();
+        }
+        self.jobs.insert(job.id.clone(), job.clone());
     }
 
     async fn record(&mut self, job: &Job, draft: EventDraft, now: UnixMillis) -> Result<()> {
@@ -275,6 +299,7 @@ impl batch::Writer for SqliteWriter {
         }
         self.heads.clear();
         self.dirty_spaces.clear();
+        self.jobs.clear();
         self.recorded.clear();
     }
 
