@@ -9,7 +9,7 @@
 //! the writer). A session that is told of an event that took one of its jobs
 //! away (killed, or the attempt timed out) cancels it on the worker.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
@@ -24,11 +24,14 @@ use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus, LiveEvent};
 use crate::realtime::{Ended, EventHub, Topic};
 use crate::service::{JobsApi, MAX_POLL_COUNT};
+use crate::store::Step;
 
 pub const MAX_CAPACITY: u32 = 1000;
 /// A session also looks for work this often: a retry waiting out its
 /// backoff becomes ready without an event.
 const RECHECK: Duration = Duration::from_secs(1);
+/// Most worker messages a session takes up in one turn.
+const TAKEN_TOGETHER: usize = 64;
 
 pub struct Hello {
     pub space_id: String,
@@ -93,14 +96,28 @@ struct Held {
     reporting: usize,
 }
 
+impl Held {
+    fn of(job: &Job) -> Self {
+        Self {
+            lease: job.state.lease().unwrap_or_default().to_owned(),
+            reporting: 0,
+        }
+    }
+}
+
 struct Session {
     jobs: Arc<JobsApi>,
     who: Principal,
     hello: Hello,
     held: HashMap<String, Held>,
+    /// Jobs asked for by the delivery in flight.
+    asked: u32,
     draining: bool,
     output: mpsc::Sender<WorkerOutput>,
 }
+
+/// A delivery's outcome, with how many jobs it asked for.
+type Delivered = (u32, Result<Vec<Job>>);
 
 /// Which ready-job events the sessions of this replica have already taken
 /// up, per space. Every session of a space sees every event; without this,
@@ -146,61 +163,114 @@ struct ReportCall {
     fence: Fence,
 }
 
-/// Reports in flight. Those about one job run one at a time, in the order
-/// the worker sent them (progress before completion, ack before both);
-/// those about different jobs run side by side.
+/// Reports in flight and waiting. Those about one job are written one
+/// write at a time, in the order the worker sent them (ack before progress
+/// before completion); those about different jobs run side by side. The
+/// reports about one job that arrived while its last write was in flight,
+/// or together, go as one write (`JobsApi::report_in_order`).
 #[derive(Default)]
 struct Reports {
-    running: JoinSet<Reported>,
-    /// Per job with a report in flight, the reports waiting behind it.
-    waiting: HashMap<String, VecDeque<ReportCall>>,
+    running: JoinSet<(String, Vec<Reported>)>,
+    /// Jobs with a write in flight.
+    writing: HashSet<String>,
+    /// Reports not started yet, per job.
+    waiting: HashMap<String, Vec<ReportCall>>,
 }
 
 impl Reports {
     fn is_empty(&self) -> bool {
-        self.running.is_empty()
+        self.running.is_empty() && self.waiting.is_empty()
     }
 
-    fn submit(&mut self, session: &Session, call: ReportCall) {
-        match self.waiting.get_mut(&call.job_id) {
-            Some(queue) => queue.push_back(call),
-            None => {
-                self.waiting.insert(call.job_id.clone(), VecDeque::new());
-                self.start(session, call);
-            }
-        }
+    fn submit(&mut self, call: ReportCall) {
+        self.waiting
+            .entry(call.job_id.clone())
+            .or_default()
+            .push(call);
     }
 
-    /// Starts the next report about `job_id`, now that one has finished.
-    fn finished(&mut self, session: &Session, job_id: &str) {
-        match self.waiting.get_mut(job_id).and_then(VecDeque::pop_front) {
-            Some(call) => self.start(session, call),
-            None => {
-                self.waiting.remove(job_id);
-            }
-        }
+    /// The write about `job_id` is done.
+    fn finished(&mut self, job_id: &str) {
+        self.writing.remove(job_id);
     }
 
-    fn start(&mut self, session: &Session, call: ReportCall) {
-        let (jobs, who) = (session.jobs.clone(), session.who.clone());
-        self.running.spawn(async move {
-            let ReportCall {
-                request_id,
-                job_id,
-                report,
-                fence,
-            } = call;
-            let outcome = match report {
-                Report::Job(command) => jobs.report(&who, &job_id, command, fence).await.map(Some),
-                Report::Logs(lines) => jobs.append_logs(&who, &job_id, lines).await.map(|_| None),
+    /// Starts a write for every job with waiting reports and none in flight.
+    fn start_ready(&mut self, session: &Session) {
+        let ready: Vec<String> = self
+            .waiting
+            .keys()
+            .filter(|job_id| !self.writing.contains(*job_id))
+            .cloned()
+            .collect();
+        for job_id in ready {
+            let Some(calls) = self.waiting.remove(&job_id) else {
+                continue;
             };
-            Reported {
-                request_id,
-                job_id,
-                outcome,
-            }
-        });
+            self.writing.insert(job_id.clone());
+            let (jobs, who) = (session.jobs.clone(), session.who.clone());
+            self.running.spawn(async move {
+                (
+                    job_id.clone(),
+                    write_reports(&jobs, &who, job_id, calls).await,
+                )
+            });
+        }
     }
+}
+
+/// Runs one job's reports in order: runs of job commands as one write
+/// each, log lines on their own.
+async fn write_reports(
+    jobs: &JobsApi,
+    who: &Principal,
+    job_id: String,
+    calls: Vec<ReportCall>,
+) -> Vec<Reported> {
+    let mut reported = Vec::with_capacity(calls.len());
+    let mut calls = calls.into_iter().peekable();
+    while let Some(call) = calls.next() {
+        let (request_id, fence) = (call.request_id, call.fence);
+        let command = match call.report {
+            Report::Logs(lines) => {
+                let outcome = jobs.append_logs(who, &job_id, lines).await.map(|_| None);
+                reported.push(Reported {
+                    request_id,
+                    job_id: job_id.clone(),
+                    outcome,
+                });
+                continue;
+            }
+            Report::Job(command) => command,
+        };
+        let mut request_ids = vec![request_id];
+        let mut steps = vec![Step { command, fence }];
+        while let Some(ReportCall {
+            request_id,
+            report: Report::Job(_),
+            ..
+        }) = calls.peek()
+        {
+            request_ids.push(*request_id);
+            let Some(ReportCall {
+                report: Report::Job(command),
+                fence,
+                ..
+            }) = calls.next()
+            else {
+                break;
+            };
+            steps.push(Step { command, fence });
+        }
+        let outcomes = jobs.report_in_order(who, &job_id, steps).await;
+        for (request_id, outcome) in request_ids.into_iter().zip(outcomes) {
+            reported.push(Reported {
+                request_id,
+                job_id: job_id.clone(),
+                outcome: outcome.map(Some),
+            });
+        }
+    }
+    reported
 }
 
 /// Runs a worker's session until its input ends (the stream dropped) or it
@@ -224,6 +294,7 @@ pub async fn run_session(
         who,
         hello,
         held: HashMap::new(),
+        asked: 0,
         draining: false,
         output,
     };
@@ -238,21 +309,24 @@ pub async fn run_session(
     }
     tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
     let mut reports = Reports::default();
+    // At most one delivery in flight; it runs alongside the reports, so that
+    // a session's deliveries and reports share the writer's batches.
+    let mut delivering: JoinSet<Delivered> = JoinSet::new();
     // The hub closes when the server stops: the session then drains.
     let mut hub_open = true;
     let mut look_for_work = true;
     let mut recheck = Instant::now() + RECHECK;
     'session: loop {
-        if look_for_work && session.has_room() {
+        if look_for_work && delivering.is_empty() && session.has_room() {
             look_for_work = false;
             recheck = Instant::now() + RECHECK;
-            match session.fill().await {
-                Ok(true) => look_for_work = true,
-                Ok(false) => {}
-                Err(()) => break,
-            }
+            delivering.spawn(session.deliver());
         }
-        if session.draining && session.held.is_empty() && reports.is_empty() {
+        if session.draining
+            && session.held.is_empty()
+            && reports.is_empty()
+            && delivering.is_empty()
+        {
             let _ = session.send(WorkerOutput::Drained).await;
             break;
         }
@@ -261,42 +335,66 @@ pub async fn run_session(
                 let _ = session.send(WorkerOutput::Revoked).await;
                 break;
             }
-            message = input.recv() => match message {
-                None => break,
-                Some(WorkerInput::Capacity(capacity)) => {
-                    if let Err(error) = check_capacity(capacity) {
-                        let _ = session.send(WorkerOutput::Result {
-                            request_id: 0,
-                            job_id: String::new(),
-                            outcome: Err(error),
-                        }).await;
-                    } else {
-                        session.hello.capacity = capacity;
+            message = input.recv() => {
+                let Some(message) = message else { break };
+                // Take what else the worker sent meanwhile, so that reports
+                // sent together (ack and completion) are written together.
+                let mut next = Some(message);
+                let mut taken = 0;
+                while let Some(message) = next.take() {
+                    match message {
+                        WorkerInput::Capacity(capacity) => {
+                            if let Err(error) = check_capacity(capacity) {
+                                let _ = session.send(WorkerOutput::Result {
+                                    request_id: 0,
+                                    job_id: String::new(),
+                                    outcome: Err(error),
+                                }).await;
+                            } else {
+                                session.hello.capacity = capacity;
+                                look_for_work = true;
+                            }
+                        }
+                        WorkerInput::Drain => session.draining = true,
+                        WorkerInput::Report { request_id, job_id, report } => {
+                            let fence = session.fence(&job_id);
+                            if let Some(held) = session.held.get_mut(&job_id) {
+                                held.reporting += 1;
+                            }
+                            reports.submit(ReportCall { request_id, job_id, report, fence });
+                        }
+                    }
+                    taken += 1;
+                    if taken < TAKEN_TOGETHER {
+                        next = input.try_recv().ok();
+                    }
+                }
+                reports.start_ready(&session);
+            }
+            Some(done) = delivering.join_next(), if !delivering.is_empty() => {
+                let Ok(delivered) = done else { continue };
+                match session.hold(delivered).await {
+                    Ok(true) => look_for_work = true,
+                    Ok(false) => {}
+                    Err(()) => break,
+                }
+            }
+            Some(done) = reports.running.join_next(), if !reports.running.is_empty() => {
+                let Ok((job_id, reported)) = done else { continue };
+                reports.finished(&job_id);
+                reports.start_ready(&session);
+                for reported in reported {
+                    if session.settle(&reported) {
                         look_for_work = true;
                     }
-                }
-                Some(WorkerInput::Drain) => session.draining = true,
-                Some(WorkerInput::Report { request_id, job_id, report }) => {
-                    let fence = session.fence(&job_id);
-                    if let Some(held) = session.held.get_mut(&job_id) {
-                        held.reporting += 1;
+                    let result = WorkerOutput::Result {
+                        request_id: reported.request_id,
+                        job_id: reported.job_id,
+                        outcome: reported.outcome,
+                    };
+                    if session.send(result).await.is_err() {
+                        break 'session;
                     }
-                    reports.submit(&session, ReportCall { request_id, job_id, report, fence });
-                }
-            },
-            Some(done) = reports.running.join_next(), if !reports.is_empty() => {
-                let Ok(reported) = done else { continue };
-                reports.finished(&session, &reported.job_id);
-                if session.settle(&reported) {
-                    look_for_work = true;
-                }
-                let result = WorkerOutput::Result {
-                    request_id: reported.request_id,
-                    job_id: reported.job_id,
-                    outcome: reported.outcome,
-                };
-                if session.send(result).await.is_err() {
-                    break;
                 }
             }
             chunk = events.recv(), if hub_open => match chunk {
@@ -336,6 +434,16 @@ pub async fn run_session(
             }
         }
     }
+    // A delivery still in flight leases jobs to this session: take them up
+    // to release them with the rest.
+    while let Some(done) = delivering.join_next().await {
+        if let Ok((asked, delivered)) = done {
+            session.asked = session.asked.saturating_sub(asked);
+            for job in delivered.into_iter().flatten() {
+                session.held.insert(job.id.clone(), Held::of(&job));
+            }
+        }
+    }
     session.release_all().await;
     tracing::debug!(%session_id, "worker session closed");
 }
@@ -354,7 +462,9 @@ impl Session {
         if self.draining {
             0
         } else {
-            self.hello.capacity.saturating_sub(self.held.len() as u32)
+            self.hello
+                .capacity
+                .saturating_sub(self.held.len() as u32 + self.asked)
         }
     }
 
@@ -369,37 +479,32 @@ impl Session {
         }
     }
 
-    /// Delivers up to the room left; returns whether there may be more.
-    async fn fill(&mut self) -> std::result::Result<bool, ()> {
-        let room = self.hello.capacity.saturating_sub(self.held.len() as u32);
-        let count = room.min(MAX_POLL_COUNT);
-        let delivered = match self
-            .jobs
-            .poll(
-                &self.who,
-                &self.hello.space_id,
-                Some(count),
-                self.hello.names.clone(),
-                None,
-            )
-            .await
-        {
+    /// A delivery of up to the room left, to run alongside the session.
+    fn deliver(&mut self) -> impl Future<Output = Delivered> + Send + 'static {
+        let asked = self.room().min(MAX_POLL_COUNT);
+        self.asked += asked;
+        let (jobs, who) = (self.jobs.clone(), self.who.clone());
+        let (space_id, names) = (self.hello.space_id.clone(), self.hello.names.clone());
+        async move {
+            let delivered = jobs.poll(&who, &space_id, Some(asked), names, None).await;
+            (asked, delivered)
+        }
+    }
+
+    /// Takes up what a delivery leased and hands it to the worker; returns
+    /// whether there may be more.
+    async fn hold(&mut self, (asked, delivered): Delivered) -> std::result::Result<bool, ()> {
+        self.asked = self.asked.saturating_sub(asked);
+        let delivered = match delivered {
             Ok(delivered) => delivered,
             Err(error) => {
                 tracing::warn!(%error, "push dispatch failed; retrying on the next wake");
                 return Ok(false);
             }
         };
-        let full = delivered.len() as u32 == count;
+        let full = delivered.len() as u32 == asked;
         for job in delivered {
-            let lease = job.state.lease().unwrap_or_default().to_owned();
-            self.held.insert(
-                job.id.clone(),
-                Held {
-                    lease,
-                    reporting: 0,
-                },
-            );
+            self.held.insert(job.id.clone(), Held::of(&job));
             self.send(WorkerOutput::Assignment(job)).await?;
         }
         Ok(full)

@@ -398,3 +398,72 @@ async fn reports_about_one_job_apply_in_the_order_they_were_sent() {
         assert_eq!(types, ["created", "delivered", "acked", "progress", "completed"]);
     }
 }
+
+#[tokio::test]
+async fn reports_sent_together_each_get_their_own_answer() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    let id = app.create_job(&space, json!({ "name": "together" })).await;
+    assert_eq!(worker.assignment().await.id, id);
+    let progress = |percent: serde_json::Value| {
+        Action::Progress(pb::ReportProgress {
+            progress_json: json!({ "percent": percent }).to_string(),
+        })
+    };
+    let logs = Action::Logs(pb::ReportLogs {
+        lines: vec![pb::LogLine {
+            level: "info".into(),
+            message: "between".into(),
+        }],
+    });
+    // Sent without waiting, so the session takes them up together; refused
+    // ones in the middle must not stop or undo the others.
+    let sent = [
+        (Action::Ack(pb::ReportAck {}), tonic::Code::Ok),
+        (progress(json!("half")), tonic::Code::InvalidArgument),
+        (progress(json!(40)), tonic::Code::Ok),
+        (logs, tonic::Code::Ok),
+        (complete(json!({ "n": 1 })), tonic::Code::Ok),
+        (complete(json!({ "n": 2 })), tonic::Code::FailedPrecondition),
+        (progress(json!(90)), tonic::Code::FailedPrecondition),
+    ];
+    let mut expected = std::collections::HashMap::new();
+    for (request_id, (action, code)) in (1..).zip(sent) {
+        expected.insert(request_id, code as i32);
+        let report = pb::WorkerReport {
+            request_id,
+            job_id: id.clone(),
+            action: Some(action),
+        };
+        worker
+            .send
+            .send(message(Outgoing::Report(report)))
+            .await
+            .unwrap();
+    }
+    while !expected.is_empty() {
+        match worker.next().await {
+            Incoming::Result(result) => {
+                let code = expected.remove(&result.request_id).expect("one answer each");
+                assert_eq!(result.code, code, "{result:?}");
+            }
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    let job = app.job(&space, &id).await;
+    assert_eq!(job["status"], "completed");
+    assert_eq!(job["result"], json!({ "n": 1 }));
+    assert_eq!(job["progress"]["percent"], 40, "{job}");
+    assert_eq!(
+        event_types(&job),
+        ["created", "delivered", "acked", "progress", "completed"]
+    );
+    let (status, logs) = app
+        .get(&format!("/api/v1/jobs/{id}/logs"), &space.producer)
+        .await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(logs["lines"][0]["message"], "between", "{logs}");
+}

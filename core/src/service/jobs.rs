@@ -12,7 +12,7 @@ use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
 use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic};
-use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Store};
+use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Step, Store};
 use crate::timers::TimerWake;
 
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
@@ -182,40 +182,52 @@ impl JobsApi {
         command: Command,
         fence: Fence,
     ) -> Result<Job> {
-        let scope = match &command {
-            Command::Ack => Scope::JobsAck,
-            Command::Progress { data } => {
-                spec::check_progress(data)?;
-                Scope::JobsProgress
-            }
-            Command::Checkpoint { data } => {
-                spec::check_json("checkpoint", data)?;
-                Scope::JobsEvent
-            }
-            Command::PublishEvent { data } => {
-                spec::check_json("event", data)?;
-                Scope::JobsEvent
-            }
-            Command::Complete { result } => {
-                if let Some(result) = result {
-                    spec::check_json("result", result)?;
-                }
-                Scope::JobsComplete
-            }
-            Command::Fail { error } => {
-                spec::check_error_text(error)?;
-                Scope::JobsFail
-            }
-            Command::Keepalive => Scope::JobsKeepalive,
-            Command::Kill { .. } => Scope::JobsKill,
-            // Handing back a delivery one holds is part of polling.
-            Command::Release => Scope::JobsPoll,
-            Command::Deliver { .. } | Command::Expire => {
-                return Err(Error::invalid("not a worker report"));
-            }
+        let step = Step { command, fence };
+        let outcome = self.report_in_order(who, job_id, vec![step]).await.pop();
+        outcome.unwrap_or(Err(Error::Unavailable))
+    }
+
+    /// Reports about one job, applied in order in one write, each with its
+    /// own outcome, as if sent one after another: a worker that acks and
+    /// completes at once pays for one commit, not two.
+    pub async fn report_in_order(
+        &self,
+        who: &Principal,
+        job_id: &str,
+        reports: Vec<Step>,
+    ) -> Vec<Result<Job>> {
+        let mut checks = Vec::with_capacity(reports.len());
+        let mut accepted = Vec::with_capacity(reports.len());
+        let mut addressed = None;
+        for step in reports {
+            let checked = report_scope(&step.command)
+                .and_then(|scope| who.authorize_job(scope))
+                .and_then(|space| target(job_id, space));
+            checks.push(checked.map(|checked| {
+                addressed = Some(checked);
+                accepted.push(step);
+            }));
+        }
+        let steps = accepted.len();
+        let applied = match addressed {
+            None => Vec::new(),
+            Some(addressed) => match self.store.apply(&addressed, accepted, now_millis()).await {
+                Ok(outcomes) => outcomes,
+                Err(error) => std::iter::once(Err(error))
+                    .chain((1..steps).map(|_| Err(Error::Unavailable)))
+                    .collect(),
+            },
         };
-        let target = target(job_id, who.authorize_job(scope)?)?;
-        self.transition(&target, command, &fence).await
+        let jobs: Vec<Job> = applied
+            .iter()
+            .filter_map(|outcome| outcome.as_ref().ok().cloned())
+            .collect();
+        self.note_deadlines(&jobs);
+        let mut applied = applied.into_iter();
+        checks
+            .into_iter()
+            .map(|check| check.and_then(|()| applied.next().unwrap_or(Err(Error::Unavailable))))
+            .collect()
     }
 
     pub async fn kill(&self, who: &Principal, job_id: &str, reason: Option<String>) -> Result<Job> {
@@ -286,10 +298,15 @@ impl JobsApi {
     }
 
     async fn transition(&self, target: &JobTarget, command: Command, fence: &Fence) -> Result<Job> {
-        let job = self
-            .store
-            .apply(target, command, fence, now_millis())
-            .await?;
+        let step = Step {
+            command,
+            fence: fence.clone(),
+        };
+        let outcome = self.store.apply(target, vec![step], now_millis()).await?;
+        let job = outcome
+            .into_iter()
+            .next()
+            .unwrap_or(Err(Error::Unavailable))?;
         self.note_deadlines(std::slice::from_ref(&job));
         Ok(job)
     }
@@ -299,6 +316,42 @@ impl JobsApi {
             self.timers.schedule(due);
         }
     }
+}
+
+/// The scope a worker report needs, once its data is checked.
+fn report_scope(command: &Command) -> Result<Scope> {
+    Ok(match command {
+        Command::Ack => Scope::JobsAck,
+        Command::Progress { data } => {
+            spec::check_progress(data)?;
+            Scope::JobsProgress
+        }
+        Command::Checkpoint { data } => {
+            spec::check_json("checkpoint", data)?;
+            Scope::JobsEvent
+        }
+        Command::PublishEvent { data } => {
+            spec::check_json("event", data)?;
+            Scope::JobsEvent
+        }
+        Command::Complete { result } => {
+            if let Some(result) = result {
+                spec::check_json("result", result)?;
+            }
+            Scope::JobsComplete
+        }
+        Command::Fail { error } => {
+            spec::check_error_text(error)?;
+            Scope::JobsFail
+        }
+        Command::Keepalive => Scope::JobsKeepalive,
+        Command::Kill { .. } => Scope::JobsKill,
+        // Handing back a delivery one holds is part of polling.
+        Command::Release => Scope::JobsPoll,
+        Command::Deliver { .. } | Command::Expire => {
+            return Err(Error::invalid("not a worker report"));
+        }
+    })
 }
 
 /// Ids that cannot exist are not found, without a database read.

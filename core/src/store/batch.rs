@@ -16,8 +16,8 @@ use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{EventDraft, EventKind, Job, LogLine};
 use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep,
-    TokenRecord,
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Step,
+    Sweep, TokenRecord,
 };
 
 /// Most operations committed together.
@@ -71,10 +71,9 @@ pub enum WriteOp {
     },
     Apply {
         target: JobTarget,
-        command: Command,
-        fence: Fence,
+        steps: Vec<Step>,
         now: UnixMillis,
-        reply: Reply<Job>,
+        reply: Reply<Vec<Result<Job>>>,
     },
     FireDueTimers {
         now: UnixMillis,
@@ -249,11 +248,19 @@ async fn execute(writer: &mut impl Writer, op: WriteOp) -> (bool, Finish) {
         WriteOp::Deliver { request, reply } => finish(writer.deliver(request).await, reply),
         WriteOp::Apply {
             target,
-            command,
-            fence,
+            steps,
             now,
             reply,
-        } => finish(writer.apply(&target, command, &fence, now).await, reply),
+        } => {
+            let mut outcomes = Vec::with_capacity(steps.len());
+            for Step { command, fence } in steps {
+                match writer.apply(&target, command, &fence, now).await {
+                    Err(error @ Error::Internal(_)) => return finish(Err(error), reply),
+                    outcome => outcomes.push(outcome),
+                }
+            }
+            finish(Ok(outcomes), reply)
+        }
         WriteOp::FireDueTimers { now, limit, reply } => {
             finish(writer.fire_due_timers(now, limit).await, reply)
         }
@@ -430,15 +437,13 @@ impl Writes {
     pub async fn apply(
         &self,
         target: &JobTarget,
-        command: Command,
-        fence: &Fence,
+        steps: Vec<Step>,
         now: UnixMillis,
-    ) -> Result<Job> {
-        let (target, fence) = (target.clone(), fence.clone());
+    ) -> Result<Vec<Result<Job>>> {
+        let target = target.clone();
         self.send(self.for_job(&target.job_id), |reply| WriteOp::Apply {
             target,
-            command,
-            fence,
+            steps,
             now,
             reply,
         })

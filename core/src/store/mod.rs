@@ -83,6 +83,13 @@ pub struct TokenRecord {
     pub created_at: UnixMillis,
 }
 
+/// One command for a job, with the fence the caller holds.
+#[derive(Clone, Debug)]
+pub struct Step {
+    pub command: Command,
+    pub fence: Fence,
+}
+
 /// Which job a call addresses, and the space it must belong to (None: any).
 #[derive(Clone, Debug)]
 pub struct JobTarget {
@@ -199,14 +206,16 @@ pub trait Store: Send + Sync + 'static {
 
     /// Atomically delivers up to `count` available pending jobs, oldest first.
     async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>>;
-    /// Applies a command to one job through the state machine.
+    /// Applies commands to one job through the state machine, in order and
+    /// in one transaction, each with its own outcome (a refused command
+    /// writes nothing and the next one still runs). The error is for the
+    /// write as a whole.
     async fn apply(
         &self,
         target: &JobTarget,
-        command: Command,
-        fence: &Fence,
+        steps: Vec<Step>,
         now: UnixMillis,
-    ) -> Result<Job>;
+    ) -> Result<Vec<Result<Job>>>;
     /// Fires up to `limit` timers due at `now`.
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep>;
 

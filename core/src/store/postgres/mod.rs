@@ -22,11 +22,10 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
-use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
-    SpaceRecord, SpaceSettings, Store, Sweep, TokenRecord,
+    SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 8;
@@ -293,11 +292,10 @@ impl Store for PostgresStore {
     async fn apply(
         &self,
         target: &JobTarget,
-        command: Command,
-        fence: &Fence,
+        steps: Vec<Step>,
         now: UnixMillis,
-    ) -> Result<Job> {
-        self.writes.apply(target, command, fence, now).await
+    ) -> Result<Vec<Result<Job>>> {
+        self.writes.apply(target, steps, now).await
     }
 
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {

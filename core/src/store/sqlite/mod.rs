@@ -23,11 +23,10 @@ use super::rows;
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
-use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
-    SpaceRecord, SpaceSettings, Store, Sweep, TokenRecord,
+    SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -277,11 +276,10 @@ impl Store for SqliteStore {
     async fn apply(
         &self,
         target: &JobTarget,
-        command: Command,
-        fence: &Fence,
+        steps: Vec<Step>,
         now: UnixMillis,
-    ) -> Result<Job> {
-        self.writes.apply(target, command, fence, now).await
+    ) -> Result<Vec<Result<Job>>> {
+        self.writes.apply(target, steps, now).await
     }
 
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {

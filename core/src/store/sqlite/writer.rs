@@ -3,6 +3,12 @@
 //! the only writer, so it keeps each space's head (last event sequence number
 //! and job counts) in memory and writes it back once per batch, and keeps the
 //! jobs it last wrote so the ack and complete after a delivery need no SELECT.
+//!
+//! Transitions are decided in memory and written set-based: every job a
+//! batch changed is written by one `UPDATE ... FROM (VALUES ...)` just before
+//! COMMIT (and before a scan that must see them), however many operations
+//! touched it. Each statement is a round trip to sqlx's connection thread,
+//! and those round trips, not SQLite, were the cost of a batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -29,6 +35,8 @@ use crate::store::{
 /// SQLite accepts 32766 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 1000;
 const EVENT_ROWS_PER_INSERT: usize = 3000;
+/// 17 parameters a row.
+const JOB_ROWS_PER_UPDATE: usize = 1000;
 /// Live jobs kept by the writer; past this the cache starts over.
 const CACHED_JOBS: usize = 16_384;
 
@@ -40,8 +48,34 @@ struct Head {
     counts: StatusCounts,
 }
 
+/// A job the open transaction changed but has not written yet.
+struct Unwritten {
+    /// The row as it is in the database: the update is conditional on it.
+    stored: StoredState,
+    job: Job,
+}
+
+#[derive(Clone)]
+struct StoredState {
+    status: JobStatus,
+    attempt_number: u32,
+    lease: Option<String>,
+}
+
+impl StoredState {
+    fn of(job: &Job) -> Self {
+        Self {
+            status: job.status(),
+            attempt_number: job.attempt_number,
+            lease: job.state.lease().map(str::to_owned),
+        }
+    }
+}
+
 pub struct SqliteWriter {
     conn: SqliteConnection,
+    /// Jobs changed since the last write of job rows, by id.
+    unwritten: HashMap<String, Unwritten>,
     heads: HashMap<String, Head>,
     dirty_spaces: HashSet<String>,
     /// Unfinished jobs as this writer last wrote them (committed or in the
@@ -57,6 +91,7 @@ impl SqliteWriter {
     pub fn new(conn: SqliteConnection, published: broadcast::Sender<Arc<[LiveEvent]>>) -> Self {
         Self {
             conn,
+            unwritten: HashMap::new(),
             heads: HashMap::new(),
             dirty_spaces: HashSet::new(),
             jobs: HashMap::new(),
@@ -90,7 +125,11 @@ impl SqliteWriter {
     }
 
     async fn load(&mut self, target: &JobTarget) -> Result<Job> {
-        let job = match self.jobs.get(&target.job_id) {
+        let known = match self.unwritten.get(&target.job_id) {
+            Some(unwritten) => Some(&unwritten.job),
+            None => self.jobs.get(&target.job_id),
+        };
+        let job = match known {
             Some(job) => job.clone(),
             None => {
                 let row = sqlx::query("SELECT * FROM jobs WHERE id = ?")
@@ -107,8 +146,8 @@ impl SqliteWriter {
         }
     }
 
-    /// Runs `command` through the state machine and persists the result with
-    /// an update conditional on the state that was read.
+    /// Runs `command` through the state machine and stages the result; the
+    /// row is written with the batch (`write_jobs`).
     async fn transition(
         &mut self,
         job: &Job,
@@ -118,37 +157,17 @@ impl SqliteWriter {
     ) -> Result<Job> {
         let transition = machine::apply(job, command, fence, now)?;
         let next = transition.job;
-        let updated = sqlx::query(
-            "UPDATE jobs SET status = ?, attempt_number = ?, due_at = ?, lease_id = ?, delivered_at = ?, \
-             started_at = ?, completed_at = ?, result = ?, progress = ?, checkpoint = ?, last_error = ?, \
-             kill_reason = ?, updated_at = ? \
-             WHERE id = ? AND status = ? AND attempt_number = ? AND lease_id IS ?",
-        )
-        .bind(next.status().as_str())
-        .bind(i64::from(next.attempt_number))
-        .bind(next.state.due_at())
-        .bind(next.state.lease())
-        .bind(next.delivered_at)
-        .bind(next.started_at)
-        .bind(next.completed_at)
-        .bind(&next.result)
-        .bind(&next.progress)
-        .bind(&next.checkpoint)
-        .bind(&next.last_error)
-        .bind(&next.kill_reason)
-        .bind(next.updated_at)
-        .bind(&job.id)
-        .bind(job.status().as_str())
-        .bind(i64::from(job.attempt_number))
-        .bind(job.state.lease())
-        .execute(&mut self.conn)
-        .await?;
-        if updated.rows_affected() != 1 {
-            // The writer is the only one writing, so this is a bug, not a race.
-            return Err(Error::internal(format!(
-                "job {} changed under its writer",
-                job.id
-            )));
+        match self.unwritten.get_mut(&next.id) {
+            Some(unwritten) => unwritten.job = next.clone(),
+            None => {
+                self.unwritten.insert(
+                    next.id.clone(),
+                    Unwritten {
+                        stored: StoredState::of(job),
+                        job: next.clone(),
+                    },
+                );
+            }
         }
         self.remember(&next);
         for draft in transition.events {
@@ -227,8 +246,19 @@ impl SqliteWriter {
         Ok(head)
     }
 
-    /// Writes the batch's events, sequence counters and counts.
+    /// Writes every staged job row, each conditional on the row being as it
+    /// was read.
+    async fn write_jobs(&mut self) -> Result<()> {
+        let staged: Vec<Unwritten> = self.unwritten.drain().map(|(_, staged)| staged).collect();
+        let mut sql = Statements::default();
+        sql.update_jobs(&staged);
+        sql.execute(&mut self.conn).await
+    }
+
+    /// Writes the batch's jobs, events, sequence counters and counts, all in
+    /// one round trip.
     async fn flush(&mut self) -> Result<()> {
+        let staged: Vec<Unwritten> = self.unwritten.drain().map(|(_, staged)| staged).collect();
         let events: Vec<&JobEvent> = self
             .recorded
             .iter()
@@ -237,8 +267,79 @@ impl SqliteWriter {
                 LiveEvent::Log(_) => None,
             })
             .collect();
+        let heads: Vec<(&String, &Head)> = self
+            .dirty_spaces
+            .iter()
+            .map(|space_id| (space_id, &self.heads[space_id]))
+            .collect();
+        let mut sql = Statements::default();
+        sql.update_jobs(&staged);
+        sql.insert_events(&events);
+        sql.update_heads(&heads);
+        sql.execute(&mut self.conn).await
+    }
+}
+
+/// Several statements sent as one: sqlx runs them in order on its connection
+/// thread and hands out the bound values statement by statement.
+#[derive(Default)]
+struct Statements<'a> {
+    sql: Option<QueryBuilder<'a, Sqlite>>,
+    /// Rows the statements must change between them; anything else means
+    /// the writer's picture of the database is wrong.
+    rows: u64,
+}
+
+impl<'a> Statements<'a> {
+    fn next(&mut self, statement: &str) -> &mut QueryBuilder<'a, Sqlite> {
+        let sql = self.sql.get_or_insert_with(|| QueryBuilder::new(""));
+        if !sql.sql().is_empty() {
+            sql.push("; ");
+        }
+        sql.push(statement);
+        sql
+    }
+
+    /// Each job row conditional on the row being as it was read.
+    fn update_jobs(&mut self, staged: &'a [Unwritten]) {
+        for chunk in staged.chunks(JOB_ROWS_PER_UPDATE) {
+            let update = self.next(
+                "UPDATE jobs SET status = v.column2, attempt_number = v.column3, due_at = v.column4, \
+                 lease_id = v.column5, delivered_at = v.column6, started_at = v.column7, \
+                 completed_at = v.column8, result = v.column9, progress = v.column10, \
+                 checkpoint = v.column11, last_error = v.column12, kill_reason = v.column13, \
+                 updated_at = v.column14 FROM (",
+            );
+            update.push_values(chunk, |mut row, Unwritten { stored, job }| {
+                row.push_bind(&job.id)
+                    .push_bind(job.status().as_str())
+                    .push_bind(i64::from(job.attempt_number))
+                    .push_bind(job.state.due_at())
+                    .push_bind(job.state.lease())
+                    .push_bind(job.delivered_at)
+                    .push_bind(job.started_at)
+                    .push_bind(job.completed_at)
+                    .push_bind(&job.result)
+                    .push_bind(&job.progress)
+                    .push_bind(&job.checkpoint)
+                    .push_bind(&job.last_error)
+                    .push_bind(&job.kill_reason)
+                    .push_bind(job.updated_at)
+                    .push_bind(stored.status.as_str())
+                    .push_bind(i64::from(stored.attempt_number))
+                    .push_bind(stored.lease.as_deref());
+            });
+            update.push(
+                ") AS v WHERE jobs.id = v.column1 AND jobs.status = v.column15 \
+                 AND jobs.attempt_number = v.column16 AND jobs.lease_id IS v.column17",
+            );
+            self.rows += chunk.len() as u64;
+        }
+    }
+
+    fn insert_events(&mut self, events: &[&'a JobEvent]) {
         for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
+            let insert = self.next(
                 "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, created_at) ",
             );
             insert.push_values(chunk, |mut row, event| {
@@ -251,27 +352,41 @@ impl SqliteWriter {
                     .push_bind(&event.data)
                     .push_bind(event.at);
             });
-            insert.build().execute(&mut self.conn).await?;
+            self.rows += chunk.len() as u64;
         }
-        for space_id in &self.dirty_spaces {
-            let head = self.heads[space_id];
+    }
+
+    fn update_heads(&mut self, heads: &[(&'a String, &Head)]) {
+        for (space_id, head) in heads {
             let count = |status: JobStatus| head.counts.get(status) as i64;
-            sqlx::query(
-                "UPDATE spaces SET event_seq = ?, count_scheduled = ?, count_pending = ?, \
-                 count_delivered = ?, count_running = ?, count_completed = ?, count_dead = ?, \
-                 count_killed = ? WHERE id = ?",
-            )
-            .bind(head.seq)
-            .bind(count(JobStatus::Scheduled))
-            .bind(count(JobStatus::Pending))
-            .bind(count(JobStatus::Delivered))
-            .bind(count(JobStatus::Running))
-            .bind(count(JobStatus::Completed))
-            .bind(count(JobStatus::Dead))
-            .bind(count(JobStatus::Killed))
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
+            let update = self.next("UPDATE spaces SET event_seq = ");
+            update.push_bind(head.seq);
+            for (column, status) in [
+                ("count_scheduled", JobStatus::Scheduled),
+                ("count_pending", JobStatus::Pending),
+                ("count_delivered", JobStatus::Delivered),
+                ("count_running", JobStatus::Running),
+                ("count_completed", JobStatus::Completed),
+                ("count_dead", JobStatus::Dead),
+                ("count_killed", JobStatus::Killed),
+            ] {
+                update
+                    .push(format_args!(", {column} = "))
+                    .push_bind(count(status));
+            }
+            update.push(" WHERE id = ").push_bind(*space_id);
+            self.rows += 1;
+        }
+    }
+
+    async fn execute(self, conn: &mut SqliteConnection) -> Result<()> {
+        let Some(mut sql) = self.sql else {
+            return Ok(());
+        };
+        let changed = sql.build().execute(conn).await?.rows_affected();
+        if changed != self.rows {
+            // The writer is the only one writing, so this is a bug, not a race.
+            return Err(Error::internal("rows changed under their writer"));
         }
         Ok(())
     }
@@ -299,6 +414,7 @@ impl batch::Writer for SqliteWriter {
         }
         self.heads.clear();
         self.dirty_spaces.clear();
+        self.unwritten.clear();
         self.jobs.clear();
         self.recorded.clear();
     }
@@ -496,6 +612,20 @@ impl batch::Writer for SqliteWriter {
             }
             select.push(")");
         }
+        // Rows still pending in the database that this batch already took.
+        let taken: Vec<&str> = self
+            .unwritten
+            .values()
+            .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
+            .map(|unwritten| unwritten.job.id.as_str())
+            .collect();
+        if !taken.is_empty() {
+            let taken = serde_json::to_string(&taken).map_err(Error::internal)?;
+            select
+                .push(" AND id NOT IN (SELECT value FROM json_each(")
+                .push_bind(taken)
+                .push("))");
+        }
         select
             .push(" ORDER BY due_at, id LIMIT ")
             .push_bind(i64::from(request.count));
@@ -524,6 +654,8 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        // The scan below must see this batch's transitions.
+        self.write_jobs().await?;
         let due = sqlx::query(
             "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= ? \
              ORDER BY due_at LIMIT ?",
