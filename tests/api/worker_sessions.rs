@@ -62,10 +62,8 @@ impl Worker {
         }
     }
 
-    /// Sends a report and waits for its result.
-    async fn report(&mut self, job_id: &str, action: Action) -> pb::ReportResult {
-        let request_id = self.next_request;
-        self.next_request += 1;
+    /// Sends a report without waiting for its result.
+    async fn send_report(&self, request_id: u64, job_id: &str, action: Action) {
         let report = pb::WorkerReport {
             request_id,
             job_id: job_id.to_owned(),
@@ -75,6 +73,13 @@ impl Worker {
             .send(message(Outgoing::Report(report)))
             .await
             .unwrap();
+    }
+
+    /// Sends a report and waits for its result.
+    async fn report(&mut self, job_id: &str, action: Action) -> pb::ReportResult {
+        let request_id = self.next_request;
+        self.next_request += 1;
+        self.send_report(request_id, job_id, action).await;
         loop {
             match self.next().await {
                 Incoming::Result(result) if result.request_id == request_id => return result,
@@ -367,16 +372,7 @@ async fn reports_about_one_job_apply_in_the_order_they_were_sent() {
         });
         for action in [Action::Ack(pb::ReportAck {}), progress, complete(json!({}))] {
             request_id += 1;
-            let report = pb::WorkerReport {
-                request_id,
-                job_id: id.clone(),
-                action: Some(action),
-            };
-            worker
-                .send
-                .send(message(Outgoing::Report(report)))
-                .await
-                .unwrap();
+            worker.send_report(request_id, id, action).await;
         }
     }
     let mut answered = 0;
@@ -433,16 +429,7 @@ async fn reports_sent_together_each_get_their_own_answer() {
     let mut expected = std::collections::HashMap::new();
     for (request_id, (action, code)) in (1..).zip(sent) {
         expected.insert(request_id, code as i32);
-        let report = pb::WorkerReport {
-            request_id,
-            job_id: id.clone(),
-            action: Some(action),
-        };
-        worker
-            .send
-            .send(message(Outgoing::Report(report)))
-            .await
-            .unwrap();
+        worker.send_report(request_id, &id, action).await;
     }
     while !expected.is_empty() {
         match worker.next().await {
