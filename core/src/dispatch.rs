@@ -402,13 +402,17 @@ pub async fn run_session(
                     let mut room = session.room();
                     for event in chunk.iter() {
                         let LiveEvent::Job(event) = event else { continue };
-                        if room > 0
-                            && event.status == JobStatus::Pending
-                            && session.wants(&event.job_name)
-                            && claim(&claims, event.seq)
-                        {
-                            room -= 1;
-                            look_for_work = true;
+                        if event.status == JobStatus::Pending && session.wants(&event.job_name) {
+                            if room > 0 && claim(&claims, event.seq) {
+                                room -= 1;
+                                look_for_work = true;
+                            } else if !delivering.is_empty() {
+                                // The delivery in flight may have looked before
+                                // this job was ready: look again after it,
+                                // without claiming, so that a session with room
+                                // still may.
+                                look_for_work = true;
+                            }
                         }
                         if session.lost(&event.job_id, event.status).await.is_err() {
                             break 'session;
