@@ -246,19 +246,12 @@ async fn write_reports(
         let mut steps = vec![Step { command, fence }];
         while let Some(ReportCall {
             request_id,
-            report: Report::Job(_),
+            report: Report::Job(command),
+            fence,
             ..
-        }) = calls.peek()
+        }) = calls.next_if(|call| matches!(call.report, Report::Job(_)))
         {
-            request_ids.push(*request_id);
-            let Some(ReportCall {
-                report: Report::Job(command),
-                fence,
-                ..
-            }) = calls.next()
-            else {
-                break;
-            };
+            request_ids.push(request_id);
             steps.push(Step { command, fence });
         }
         let outcomes = jobs.report_in_order(who, &job_id, steps).await;
