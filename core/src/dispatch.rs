@@ -1,13 +1,15 @@
 //! Push dispatch to connected workers. A session holds at most `capacity`
-//! jobs; while it has room, jobs are delivered to it through the same
-//! `JobsApi` calls the polling path uses (same state machine, events,
-//! timeouts and fencing). A session wakes when a commit makes a matching job
-//! ready, so a new job reaches an idle worker without polling delay.
+//! jobs. It registers as a waiter with the store (`store::handoff`): the
+//! write batch that makes a job ready (its create, a release, a retry) leases
+//! it to a waiter with room before it commits, and the batch that writes a
+//! worker's completion gives the slot back and leases the next job in the
+//! same commit. Leases go through the same `deliver` the poll uses (same
+//! state machine, events, timeouts and fencing).
 //!
-//! Every idle matching session tries when woken and the store hands each job
-//! to exactly one of them; the others find nothing (a cheap read-only turn of
-//! the writer). A session that is told of an event that took one of its jobs
-//! away (killed, or the attempt timed out) cancels it on the worker.
+//! Jobs made ready by another replica's commit arrive as events: one session
+//! per replica takes each up and has its writer fill the waiters. A session
+//! that is told of an event that took one of its jobs away (killed, or the
+//! attempt timed out) cancels it on the worker.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -23,8 +25,9 @@ use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus, LiveEvent};
 use crate::realtime::{Ended, EventHub, Topic};
-use crate::service::{JobsApi, MAX_POLL_COUNT};
+use crate::service::JobsApi;
 use crate::store::Step;
+use crate::store::handoff::{Handed, Waiter};
 
 pub const MAX_CAPACITY: u32 = 1000;
 /// A session also looks for work this often: a retry waiting out its
@@ -110,22 +113,17 @@ struct Session {
     who: Principal,
     hello: Hello,
     held: HashMap<String, Held>,
-    /// Jobs asked for by the delivery in flight.
-    asked: u32,
+    /// Where the session's free slots are kept, for write batches to fill.
+    waiter: Arc<Waiter>,
     draining: bool,
     output: mpsc::Sender<WorkerOutput>,
 }
 
-/// A delivery's outcome, with how many jobs it asked for.
-type Delivered = (u32, Result<Vec<Job>>);
-
 /// Which ready-job events the sessions of this replica have already taken
 /// up, per space. Every session of a space sees every event; without this,
-/// each new job would send every idle session to the store, only for one to
-/// get it. A session claims (by sequence number) as many `pending` events as
-/// it has room for and looks for work only for those it claimed. Sessions on
-/// other replicas claim on their own, so a job wakes at most one session
-/// per replica.
+/// each job another replica made ready would have every idle session ask
+/// its writer to look. A session claims (by sequence number) as many
+/// `pending` events as it has room for and asks only for those it claimed.
 #[derive(Default)]
 pub struct WakeClaims {
     spaces: std::sync::Mutex<HashMap<String, Arc<AtomicI64>>>,
@@ -153,6 +151,9 @@ struct Reported {
     request_id: u64,
     job_id: String,
     outcome: Result<Option<Job>>,
+    /// Sent for a job the session held: if it ended the lease, the write
+    /// gave the slot back to the waiter.
+    refilling: bool,
 }
 
 /// A report as the worker sent it, with the fence it carries.
@@ -161,6 +162,8 @@ struct ReportCall {
     job_id: String,
     report: Report,
     fence: Fence,
+    /// The job was the session's when the report came.
+    held: bool,
 }
 
 /// Reports in flight and waiting. Those about one job are written one
@@ -170,9 +173,11 @@ struct ReportCall {
 /// or together, go as one write (`JobsApi::report_in_order`).
 #[derive(Default)]
 struct Reports {
-    running: JoinSet<(String, Vec<Reported>)>,
+    running: JoinSet<Vec<Reported>>,
     /// Jobs with a write in flight.
     writing: HashSet<String>,
+    /// What each running write is about: its job and its requests.
+    tasks: HashMap<tokio::task::Id, (String, Vec<u64>)>,
     /// Reports not started yet, per job.
     waiting: HashMap<String, Vec<ReportCall>>,
 }
@@ -189,9 +194,35 @@ impl Reports {
             .push(call);
     }
 
-    /// The write about `job_id` is done.
-    fn finished(&mut self, job_id: &str) {
-        self.writing.remove(job_id);
+    /// A write is done: its job may have the next, and its reports have
+    /// their outcomes (a write that panicked answers each with an error).
+    fn finished(
+        &mut self,
+        joined: std::result::Result<(tokio::task::Id, Vec<Reported>), tokio::task::JoinError>,
+    ) -> Vec<Reported> {
+        let id = match &joined {
+            Ok((id, _)) => *id,
+            Err(error) => error.id(),
+        };
+        let Some((job_id, request_ids)) = self.tasks.remove(&id) else {
+            return Vec::new();
+        };
+        self.writing.remove(&job_id);
+        match joined {
+            Ok((_, reported)) => reported,
+            Err(error) => {
+                tracing::error!(%error, %job_id, "a worker report's write failed");
+                request_ids
+                    .into_iter()
+                    .map(|request_id| Reported {
+                        request_id,
+                        job_id: job_id.clone(),
+                        outcome: Err(Error::internal("the report could not be written")),
+                        refilling: false,
+                    })
+                    .collect()
+            }
+        }
     }
 
     /// Starts a write for every job with waiting reports and none in flight.
@@ -207,13 +238,14 @@ impl Reports {
                 continue;
             };
             self.writing.insert(job_id.clone());
+            let request_ids = calls.iter().map(|call| call.request_id).collect();
             let (jobs, who) = (session.jobs.clone(), session.who.clone());
-            self.running.spawn(async move {
-                (
-                    job_id.clone(),
-                    write_reports(&jobs, &who, job_id, calls).await,
-                )
+            let waiter = session.waiter.clone();
+            let task_job_id = job_id.clone();
+            let task = self.running.spawn(async move {
+                write_reports(&jobs, &who, &waiter, &task_job_id, calls).await
             });
+            self.tasks.insert(task.id(), (job_id, request_ids));
         }
     }
 }
@@ -223,20 +255,22 @@ impl Reports {
 async fn write_reports(
     jobs: &JobsApi,
     who: &Principal,
-    job_id: String,
+    waiter: &Arc<Waiter>,
+    job_id: &str,
     calls: Vec<ReportCall>,
 ) -> Vec<Reported> {
     let mut reported = Vec::with_capacity(calls.len());
     let mut calls = calls.into_iter().peekable();
     while let Some(call) = calls.next() {
-        let (request_id, fence) = (call.request_id, call.fence);
+        let (request_id, fence, refilling) = (call.request_id, call.fence, call.held);
         let command = match call.report {
             Report::Logs(lines) => {
-                let outcome = jobs.append_logs(who, &job_id, lines).await.map(|_| None);
+                let outcome = jobs.append_logs(who, job_id, lines).await.map(|_| None);
                 reported.push(Reported {
                     request_id,
-                    job_id: job_id.clone(),
+                    job_id: job_id.to_owned(),
                     outcome,
+                    refilling: false,
                 });
                 continue;
             }
@@ -249,17 +283,20 @@ async fn write_reports(
             report: Report::Job(command),
             fence,
             ..
-        }) = calls.next_if(|call| matches!(call.report, Report::Job(_)))
+        }) =
+            calls.next_if(|call| matches!(call.report, Report::Job(_)) && call.held == refilling)
         {
             request_ids.push(request_id);
             steps.push(Step { command, fence });
         }
-        let outcomes = jobs.report_in_order(who, &job_id, steps).await;
+        let refill = refilling.then(|| waiter.clone());
+        let outcomes = jobs.report_in_order(who, job_id, steps, refill).await;
         for (request_id, outcome) in request_ids.into_iter().zip(outcomes) {
             reported.push(Reported {
                 request_id,
-                job_id: job_id.clone(),
+                job_id: job_id.to_owned(),
                 outcome: outcome.map(Some),
+                refilling,
             });
         }
     }
@@ -282,163 +319,40 @@ pub async fn run_session(
 ) {
     let session_id = crate::ids::new_id();
     let mut events = hub.subscribe(Topic::Space(hello.space_id.clone()));
+    let (waiter, mut handed) =
+        jobs.wait_for_jobs(&hello.space_id, hello.names.clone(), hello.capacity);
     let mut session = Session {
         jobs,
         who,
         hello,
         held: HashMap::new(),
-        asked: 0,
+        waiter,
         draining: false,
         output,
     };
-    if session
-        .send(WorkerOutput::Welcome {
-            session_id: session_id.clone(),
-        })
-        .await
-        .is_err()
-    {
-        return;
+    let welcome = WorkerOutput::Welcome {
+        session_id: session_id.clone(),
+    };
+    if session.send(welcome).await.is_ok() {
+        tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
+        session
+            .serve(
+                &hub,
+                &claims,
+                &mut revocation,
+                &mut input,
+                &mut events,
+                &mut handed,
+            )
+            .await;
     }
-    tracing::debug!(%session_id, space_id = %session.hello.space_id, "worker session opened");
-    let mut reports = Reports::default();
-    // At most one delivery in flight; it runs alongside the reports, so that
-    // a session's deliveries and reports share the writer's batches.
-    let mut delivering: JoinSet<Delivered> = JoinSet::new();
-    // The hub closes when the server stops: the session then drains.
-    let mut hub_open = true;
-    let mut look_for_work = true;
-    let mut recheck = Instant::now() + RECHECK;
-    'session: loop {
-        if look_for_work && delivering.is_empty() && session.has_room() {
-            look_for_work = false;
-            recheck = Instant::now() + RECHECK;
-            delivering.spawn(session.deliver());
-        }
-        if session.draining
-            && session.held.is_empty()
-            && reports.is_empty()
-            && delivering.is_empty()
-        {
-            let _ = session.send(WorkerOutput::Drained).await;
-            break;
-        }
-        tokio::select! {
-            () = revocation.revoked() => {
-                let _ = session.send(WorkerOutput::Revoked).await;
-                break;
-            }
-            message = input.recv() => {
-                let Some(message) = message else { break };
-                // Take what else the worker sent meanwhile, so that reports
-                // sent together (ack and completion) are written together.
-                let mut next = Some(message);
-                let mut taken = 0;
-                while let Some(message) = next.take() {
-                    match message {
-                        WorkerInput::Capacity(capacity) => {
-                            if let Err(error) = check_capacity(capacity) {
-                                let _ = session.send(WorkerOutput::Result {
-                                    request_id: 0,
-                                    job_id: String::new(),
-                                    outcome: Err(error),
-                                }).await;
-                            } else {
-                                session.hello.capacity = capacity;
-                                look_for_work = true;
-                            }
-                        }
-                        WorkerInput::Drain => session.draining = true,
-                        WorkerInput::Report { request_id, job_id, report } => {
-                            let fence = session.fence(&job_id);
-                            if let Some(held) = session.held.get_mut(&job_id) {
-                                held.reporting += 1;
-                            }
-                            reports.submit(ReportCall { request_id, job_id, report, fence });
-                        }
-                    }
-                    taken += 1;
-                    if taken < TAKEN_TOGETHER {
-                        next = input.try_recv().ok();
-                    }
-                }
-                reports.start_ready(&session);
-            }
-            Some(done) = delivering.join_next(), if !delivering.is_empty() => {
-                let Ok(delivered) = done else { continue };
-                match session.hold(delivered).await {
-                    Ok(true) => look_for_work = true,
-                    Ok(false) => {}
-                    Err(()) => break,
-                }
-            }
-            Some(done) = reports.running.join_next(), if !reports.running.is_empty() => {
-                let Ok((job_id, reported)) = done else { continue };
-                reports.finished(&job_id);
-                reports.start_ready(&session);
-                for reported in reported {
-                    if session.settle(&reported) {
-                        look_for_work = true;
-                    }
-                    let result = WorkerOutput::Result {
-                        request_id: reported.request_id,
-                        job_id: reported.job_id,
-                        outcome: reported.outcome,
-                    };
-                    if session.send(result).await.is_err() {
-                        break 'session;
-                    }
-                }
-            }
-            chunk = events.recv(), if hub_open => match chunk {
-                Ok(chunk) => {
-                    let mut room = session.room();
-                    for event in chunk.iter() {
-                        let LiveEvent::Job(event) = event else { continue };
-                        if event.status == JobStatus::Pending && session.wants(&event.job_name) {
-                            if room > 0 && claim(&claims, event.seq) {
-                                room -= 1;
-                                look_for_work = true;
-                            } else if !delivering.is_empty() {
-                                // The delivery in flight may have looked before
-                                // this job was ready: look again after it,
-                                // without claiming, so that a session with room
-                                // still may.
-                                look_for_work = true;
-                            }
-                        }
-                        if session.lost(&event.job_id, event.status).await.is_err() {
-                            break 'session;
-                        }
-                    }
-                }
-                // Missed wake-ups only: look for work; cancellations of jobs
-                // lost meanwhile surface as refused reports.
-                Err(Ended::Overrun) => {
-                    events = hub.subscribe(Topic::Space(session.hello.space_id.clone()));
-                    look_for_work = true;
-                }
-                // The server is stopping: take no more work, let the worker
-                // finish what it holds, then say `drained`.
-                Err(Ended::Closed) => {
-                    hub_open = false;
-                    session.draining = true;
-                }
-            },
-            () = tokio::time::sleep_until(recheck) => {
-                look_for_work = true;
-                recheck = Instant::now() + RECHECK;
-            }
-        }
-    }
-    // A delivery still in flight leases jobs to this session: take them up
-    // to release them with the rest.
-    while let Some(done) = delivering.join_next().await {
-        if let Ok((asked, delivered)) = done {
-            session.asked = session.asked.saturating_sub(asked);
-            for job in delivered.into_iter().flatten() {
-                session.held.insert(job.id.clone(), Held::of(&job));
-            }
+    session.jobs.stop_waiting(&session.waiter);
+    // Jobs leased to the session but not yet taken up are released with the
+    // rest; any leased after this are released by the writer.
+    handed.close();
+    while let Ok(jobs) = handed.try_recv() {
+        for job in jobs {
+            session.held.insert(job.id.clone(), Held::of(&job));
         }
     }
     session.release_all().await;
@@ -446,23 +360,181 @@ pub async fn run_session(
 }
 
 impl Session {
+    async fn serve(
+        &mut self,
+        hub: &EventHub,
+        claims: &AtomicI64,
+        revocation: &mut Revocation,
+        input: &mut mpsc::Receiver<WorkerInput>,
+        events: &mut crate::realtime::Subscription,
+        handed: &mut Handed,
+    ) {
+        let mut reports = Reports::default();
+        // The hub closes when the server stops: the session then drains.
+        let mut hub_open = true;
+        let mut recheck = Instant::now() + RECHECK;
+        loop {
+            if self.draining && self.held.is_empty() && reports.is_empty() {
+                let _ = self.send(WorkerOutput::Drained).await;
+                return;
+            }
+            tokio::select! {
+                () = revocation.revoked() => {
+                    let _ = self.send(WorkerOutput::Revoked).await;
+                    return;
+                }
+                message = input.recv() => {
+                    let Some(message) = message else { return };
+                    // Take what else the worker sent meanwhile, so that reports
+                    // sent together (ack and completion) are written together.
+                    let mut next = Some(message);
+                    let mut taken = 0;
+                    while let Some(message) = next.take() {
+                        if self.take_input(message, &mut reports).await.is_err() {
+                            return;
+                        }
+                        taken += 1;
+                        if taken < TAKEN_TOGETHER {
+                            next = input.try_recv().ok();
+                        }
+                    }
+                    reports.start_ready(self);
+                }
+                Some(leased) = handed.recv() => {
+                    if self.hold(leased).await.is_err() {
+                        return;
+                    }
+                }
+                Some(done) = reports.running.join_next_with_id(), if !reports.running.is_empty() => {
+                    let reported = reports.finished(done);
+                    reports.start_ready(self);
+                    for reported in reported {
+                        self.settle(&reported);
+                        let result = WorkerOutput::Result {
+                            request_id: reported.request_id,
+                            job_id: reported.job_id,
+                            outcome: reported.outcome,
+                        };
+                        if self.send(result).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                chunk = events.recv(), if hub_open => match chunk {
+                    Ok(chunk) => {
+                        if self.take_events(&chunk, claims).await.is_err() {
+                            return;
+                        }
+                    }
+                    // Missed wake-ups only: look for work; cancellations of jobs
+                    // lost meanwhile surface as refused reports.
+                    Err(Ended::Overrun) => {
+                        *events = hub.subscribe(Topic::Space(self.hello.space_id.clone()));
+                        self.want_jobs();
+                    }
+                    // The server is stopping: take no more work, let the worker
+                    // finish what it holds, then say `drained`.
+                    Err(Ended::Closed) => {
+                        hub_open = false;
+                        self.drain();
+                    }
+                },
+                () = tokio::time::sleep_until(recheck) => {
+                    // A retry waiting out its backoff becomes ready without
+                    // anything being written.
+                    self.want_jobs();
+                    recheck = Instant::now() + RECHECK;
+                }
+            }
+        }
+    }
+
+    async fn take_input(
+        &mut self,
+        message: WorkerInput,
+        reports: &mut Reports,
+    ) -> std::result::Result<(), ()> {
+        match message {
+            WorkerInput::Capacity(capacity) => {
+                if let Err(error) = check_capacity(capacity) {
+                    let refused = WorkerOutput::Result {
+                        request_id: 0,
+                        job_id: String::new(),
+                        outcome: Err(error),
+                    };
+                    return self.send(refused).await;
+                }
+                let change = i64::from(capacity) - i64::from(self.hello.capacity);
+                self.hello.capacity = capacity;
+                self.waiter.add_room(change);
+                self.want_jobs();
+            }
+            WorkerInput::Drain => self.drain(),
+            WorkerInput::Report {
+                request_id,
+                job_id,
+                report,
+            } => {
+                let fence = self.fence(&job_id);
+                let held = match self.held.get_mut(&job_id) {
+                    Some(held) => {
+                        held.reporting += 1;
+                        true
+                    }
+                    None => false,
+                };
+                reports.submit(ReportCall {
+                    request_id,
+                    job_id,
+                    report,
+                    fence,
+                    held,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Looks at a chunk of the space's events: jobs still ready at its end
+    /// (another replica's, or that no waiter had room for) and jobs taken
+    /// away from the worker.
+    async fn take_events(
+        &mut self,
+        chunk: &[LiveEvent],
+        claims: &AtomicI64,
+    ) -> std::result::Result<(), ()> {
+        let mut room = self.waiter.room();
+        // Each job's status at the end of the chunk; a full session (the
+        // usual case under load) has no use for it.
+        let mut last_status: HashMap<&str, JobStatus> = HashMap::new();
+        if room > 0 {
+            for event in chunk {
+                if let LiveEvent::Job(event) = event {
+                    last_status.insert(&event.job_id, event.status);
+                }
+            }
+        }
+        let mut wanted = false;
+        for event in chunk {
+            let LiveEvent::Job(event) = event else {
+                continue;
+            };
+            let still_ready = event.status == JobStatus::Pending
+                && last_status.get(event.job_id.as_str()) == Some(&JobStatus::Pending);
+            if still_ready && room > 0 && self.wants(&event.job_name) && claim(claims, event.seq) {
+                room -= 1;
+                wanted = true;
+            }
+            self.lost(&event.job_id, event.status).await?;
+        }
+        if wanted {
+            self.want_jobs();
+        }
+        Ok(())
+    }
+
     async fn send(&self, message: WorkerOutput) -> std::result::Result<(), ()> {
         self.output.send(message).await.map_err(drop)
-    }
-
-    fn has_room(&self) -> bool {
-        self.room() > 0
-    }
-
-    /// How many more jobs the session may take now.
-    fn room(&self) -> u32 {
-        if self.draining {
-            0
-        } else {
-            self.hello
-                .capacity
-                .saturating_sub(self.held.len() as u32 + self.asked)
-        }
     }
 
     fn wants(&self, name: &str) -> bool {
@@ -476,55 +548,68 @@ impl Session {
         }
     }
 
-    /// A delivery of up to the room left, to run alongside the session.
-    fn deliver(&mut self) -> impl Future<Output = Delivered> + Send + 'static {
-        let asked = self.room().min(MAX_POLL_COUNT);
-        self.asked += asked;
-        let (jobs, who) = (self.jobs.clone(), self.who.clone());
-        let (space_id, names) = (self.hello.space_id.clone(), self.hello.names.clone());
-        async move {
-            let delivered = jobs.poll(&who, &space_id, Some(asked), names, None).await;
-            (asked, delivered)
+    /// Takes no more jobs.
+    fn drain(&mut self) {
+        self.draining = true;
+        self.waiter.close();
+    }
+
+    /// Has a write batch look for jobs for the session, if it has room.
+    fn want_jobs(&self) {
+        if self.waiter.room() > 0 {
+            self.jobs.want_jobs(&self.waiter);
         }
     }
 
-    /// Takes up what a delivery leased and hands it to the worker; returns
-    /// whether there may be more.
-    async fn hold(&mut self, (asked, delivered): Delivered) -> std::result::Result<bool, ()> {
-        self.asked = self.asked.saturating_sub(asked);
-        let delivered = match delivered {
-            Ok(delivered) => delivered,
-            Err(error) => {
-                tracing::warn!(%error, "push dispatch failed; retrying on the next wake");
-                return Ok(false);
+    /// A slot the session held is free again.
+    fn free_slot(&self) {
+        self.waiter.add_room(1);
+        self.want_jobs();
+    }
+
+    /// Takes up jobs leased to the session and hands them to the worker.
+    async fn hold(&mut self, leased: Vec<Job>) -> std::result::Result<(), ()> {
+        self.jobs.took(&leased);
+        if self.draining {
+            // Leased by a batch that took the room before the drain: the
+            // worker asked for nothing new, so the jobs go back at once.
+            for job in leased {
+                self.release(&job.id, Held::of(&job).lease).await;
             }
-        };
-        let full = delivered.len() as u32 == asked;
-        for job in delivered {
+            return Ok(());
+        }
+        for job in leased {
             self.held.insert(job.id.clone(), Held::of(&job));
             self.send(WorkerOutput::Assignment(job)).await?;
         }
-        Ok(full)
+        Ok(())
     }
 
-    /// Updates what the session holds after a report; returns whether room
-    /// was freed.
-    fn settle(&mut self, reported: &Reported) -> bool {
+    /// Updates what the session holds after a report, and frees the slot
+    /// of a job that is no longer the worker's.
+    fn settle(&mut self, reported: &Reported) {
         let Some(held) = self.held.get_mut(&reported.job_id) else {
-            return false;
+            return;
         };
         held.reporting = held.reporting.saturating_sub(1);
-        let still_ours = match &reported.outcome {
-            Ok(Some(job)) => job.state.lease() == Some(held.lease.as_str()),
-            Ok(None) => true,
+        let (still_ours, ended_by_write) = match &reported.outcome {
+            // The same test the write applies before refilling.
+            Ok(Some(job)) => {
+                let ours = job.state.lease() == Some(held.lease.as_str());
+                (ours, !ours)
+            }
+            Ok(None) => (true, false),
             // Refused: the job may have moved on (fenced, killed, ended).
-            Err(Error::Stale(_) | Error::Conflict(_) | Error::NotFound(_)) => false,
-            Err(_) => true,
+            Err(Error::Stale(_) | Error::Conflict(_) | Error::NotFound(_)) => (false, false),
+            Err(_) => (true, false),
         };
-        if !still_ours {
-            self.held.remove(&reported.job_id);
+        if still_ours {
+            return;
         }
-        !still_ours
+        self.held.remove(&reported.job_id);
+        if !(ended_by_write && reported.refilling) {
+            self.free_slot();
+        }
     }
 
     /// Cancels a held job that an event shows is no longer the worker's.
@@ -548,6 +633,7 @@ impl Session {
             _ => "the attempt timed out",
         };
         let held = self.held.remove(job_id).expect("checked above");
+        self.free_slot();
         self.send(WorkerOutput::Cancellation {
             job_id: job_id.to_owned(),
             lease: held.lease,
@@ -558,16 +644,21 @@ impl Session {
 
     /// Hands back every job delivered but not yet acked.
     async fn release_all(&mut self) {
-        for (job_id, held) in self.held.drain() {
-            let fence = Fence {
-                attempt_number: None,
-                lease: Some(held.lease),
-            };
-            // A job already acked (or gone) refuses: it runs to its timeout.
-            let _ = self
-                .jobs
-                .report(&self.who, &job_id, Command::Release, fence)
-                .await;
+        for (job_id, held) in std::mem::take(&mut self.held) {
+            self.release(&job_id, held.lease).await;
         }
+    }
+
+    /// Hands back one job under `lease`. A job already acked (or gone)
+    /// refuses: it runs to its timeout.
+    async fn release(&self, job_id: &str, lease: String) {
+        let fence = Fence {
+            attempt_number: None,
+            lease: Some(lease),
+        };
+        let _ = self
+            .jobs
+            .report(&self.who, job_id, Command::Release, fence)
+            .await;
     }
 }

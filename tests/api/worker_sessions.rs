@@ -18,6 +18,10 @@ struct Worker {
     send: mpsc::Sender<pb::OpenSessionRequest>,
     receive: tonic::Streaming<pb::OpenSessionResponse>,
     next_request: u64,
+    /// Assignments that arrived while a report waited for its result: the
+    /// commit that ends a job may lease the next one, and the two messages
+    /// may come in either order.
+    early: std::collections::VecDeque<pb::Delivery>,
 }
 
 impl Worker {
@@ -42,6 +46,7 @@ impl Worker {
             send,
             receive,
             next_request: 1,
+            early: Default::default(),
         })
     }
 
@@ -56,6 +61,9 @@ impl Worker {
     }
 
     async fn assignment(&mut self) -> pb::Delivery {
+        if let Some(delivery) = self.early.pop_front() {
+            return delivery;
+        }
         match self.next().await {
             Incoming::Assignment(delivery) => delivery,
             other => panic!("expected an assignment, got {other:?}"),
@@ -84,15 +92,20 @@ impl Worker {
             match self.next().await {
                 Incoming::Result(result) if result.request_id == request_id => return result,
                 Incoming::Result(other) => panic!("unexpected result {other:?}"),
+                Incoming::Assignment(delivery) => self.early.push_back(delivery),
                 _ => continue,
             }
         }
     }
 
-    async fn quiet_for(&mut self, wait: Duration) -> bool {
-        tokio::time::timeout(wait, self.receive.message())
-            .await
-            .is_err()
+    /// Asserts that nothing arrives for `wait`.
+    async fn expect_quiet(&mut self, wait: Duration, why: &str) {
+        if let Some(early) = self.early.front() {
+            panic!("{why}: got an assignment {early:?}");
+        }
+        if let Ok(heard) = tokio::time::timeout(wait, self.receive.message()).await {
+            panic!("{why}: got {heard:?}");
+        }
     }
 }
 
@@ -130,10 +143,9 @@ async fn jobs_are_pushed_while_capacity_remains_and_reports_are_answered() {
     let first = worker.assignment().await;
     let second = worker.assignment().await;
     assert!(!first.lease_id.is_empty());
-    assert!(
-        worker.quiet_for(Duration::from_millis(300)).await,
-        "capacity 2"
-    );
+    worker
+        .expect_quiet(Duration::from_millis(300), "capacity 2")
+        .await;
 
     let acked = worker
         .report(&first.id, Action::Ack(pb::ReportAck {}))
@@ -233,11 +245,14 @@ async fn a_killed_job_is_cancelled_on_its_worker_and_drain_finishes_held_work() 
         .send(message(Outgoing::Drain(pb::WorkerDrain {})))
         .await
         .unwrap();
+    // The session takes a worker's messages in order, so once the ack
+    // after the drain is answered, the drain has been taken.
+    let acked = worker.report(&kept, Action::Ack(pb::ReportAck {})).await;
+    assert_eq!(acked.code, 0);
     app.create_job(&space, json!({ "name": "wanted" })).await;
-    assert!(
-        worker.quiet_for(Duration::from_millis(300)).await,
-        "draining: nothing new"
-    );
+    worker
+        .expect_quiet(Duration::from_millis(300), "draining: nothing new")
+        .await;
     assert_eq!(worker.report(&kept, complete(json!(1))).await.code, 0);
     assert!(matches!(worker.next().await, Incoming::Drained(_)));
     let ended = tokio::time::timeout(Duration::from_secs(5), worker.receive.message())

@@ -12,6 +12,7 @@ use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
 use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic};
+use crate::store::handoff::{Handed, Waiter};
 use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Step, Store};
 use crate::timers::TimerWake;
 
@@ -56,6 +57,7 @@ impl JobsApi {
     /// apply, so work in flight can finish.
     pub fn stop_dispatch(&self) {
         self.stopping.store(true, Ordering::SeqCst);
+        self.store.waiters().stop();
         self.hub.close();
     }
 
@@ -183,18 +185,24 @@ impl JobsApi {
         fence: Fence,
     ) -> Result<Job> {
         let step = Step { command, fence };
-        let outcome = self.report_in_order(who, job_id, vec![step]).await.pop();
+        let outcome = self
+            .report_in_order(who, job_id, vec![step], None)
+            .await
+            .pop();
         outcome.unwrap_or(Err(Error::Unavailable))
     }
 
     /// Reports about one job, applied in order in one write, each with its
     /// own outcome, as if sent one after another: a worker that acks and
-    /// completes at once pays for one commit, not two.
+    /// completes at once pays for one commit, not two. When the job is
+    /// `refill`'s and the reports end its lease, its slot goes back to
+    /// `refill` (and may take its next job) in the same write.
     pub async fn report_in_order(
         &self,
         who: &Principal,
         job_id: &str,
         reports: Vec<Step>,
+        refill: Option<Arc<Waiter>>,
     ) -> Vec<Result<Job>> {
         let mut checks = Vec::with_capacity(reports.len());
         let mut accepted = Vec::with_capacity(reports.len());
@@ -211,7 +219,11 @@ impl JobsApi {
         let steps = accepted.len();
         let applied = match addressed {
             None => Vec::new(),
-            Some(addressed) => match self.store.apply(&addressed, accepted, now_millis()).await {
+            Some(addressed) => match self
+                .store
+                .apply(&addressed, accepted, now_millis(), refill)
+                .await
+            {
                 Ok(outcomes) => outcomes,
                 Err(error) => std::iter::once(Err(error))
                     .chain((1..steps).map(|_| Err(Error::Unavailable)))
@@ -283,6 +295,37 @@ impl JobsApi {
         self.store.list_logs(&job.id, &query).await
     }
 
+    /// Registers a worker waiting for up to `room` jobs of a space (the
+    /// worker session was authorized already); write batches lease ready
+    /// jobs to it (`store::handoff`).
+    pub fn wait_for_jobs(
+        &self,
+        space_id: &str,
+        names: Vec<String>,
+        room: u32,
+    ) -> (Arc<Waiter>, Handed) {
+        let registered = self.store.waiters().register(space_id, names, room);
+        self.store.wake_writer();
+        registered
+    }
+
+    /// Has the waiter filled in a batch soon, whether or not one touches
+    /// its space (a job may have become ready with nothing written).
+    pub fn want_jobs(&self, waiter: &Waiter) {
+        waiter.want();
+        self.store.wake_writer();
+    }
+
+    /// The waiter takes no more jobs.
+    pub fn stop_waiting(&self, waiter: &Arc<Waiter>) {
+        self.store.waiters().remove(waiter);
+    }
+
+    /// Jobs handed to a waiter: their deadlines are the timers' to keep.
+    pub fn took(&self, jobs: &[Job]) {
+        self.note_deadlines(jobs);
+    }
+
     /// The lease a job is under now (for a worker session checking whether
     /// a job it holds is still its own; the session was authorized already).
     pub async fn current_lease(&self, job_id: &str) -> Result<Option<String>> {
@@ -302,7 +345,10 @@ impl JobsApi {
             command,
             fence: fence.clone(),
         };
-        let outcome = self.store.apply(target, vec![step], now_millis()).await?;
+        let outcome = self
+            .store
+            .apply(target, vec![step], now_millis(), None)
+            .await?;
         let job = outcome
             .into_iter()
             .next()

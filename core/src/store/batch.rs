@@ -7,14 +7,21 @@
 //! and only then writes; a refused operation has written nothing. A database
 //! error inside a batch rolls the whole batch back and every caller in it
 //! gets `Unavailable`, so no caller is told of a write that did not happen.
+//!
+//! Before COMMIT, a batch leases ready jobs to waiting workers
+//! (`store::handoff`), so the lease is part of the same commit.
+
+use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::clock::UnixMillis;
+use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
+use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
-use crate::job::{EventDraft, EventKind, Job, LogLine};
+use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::store::{
     CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Step,
     Sweep, TokenRecord,
@@ -73,6 +80,9 @@ pub enum WriteOp {
         target: JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
+        /// The waiter that holds the job: if the steps end its lease, the
+        /// slot goes back to the waiter within this batch.
+        refill: Option<Arc<Waiter>>,
         reply: Reply<Vec<Result<Job>>>,
     },
     FireDueTimers {
@@ -86,6 +96,8 @@ pub enum WriteOp {
         now: UnixMillis,
         reply: Reply<i64>,
     },
+    /// Runs a batch, to fill the waiters that asked for it.
+    Wake,
 }
 
 /// One backend's writer connection: the transaction boundaries and the
@@ -136,10 +148,27 @@ pub trait Writer: Send {
 }
 
 /// Runs batches until every sender is gone.
-pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>) {
+pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, waiters: Arc<Waiters>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
-    while ops.recv_many(&mut batch, MAX_BATCH).await > 0 {
-        run_batch(&mut writer, &mut batch).await;
+    // Jobs leased to waiters that were gone by the time the lease committed.
+    let mut orphans: Vec<Job> = Vec::new();
+    loop {
+        if orphans.is_empty() {
+            if ops.recv_many(&mut batch, MAX_BATCH).await == 0 {
+                break;
+            }
+        } else {
+            while batch.len() < MAX_BATCH
+                && let Ok(op) = ops.try_recv()
+            {
+                batch.push(op);
+            }
+        }
+        let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
+        if !committed && !orphans.is_empty() {
+            // Not in a tight loop against a database that is down.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
     writer.close().await;
 }
@@ -160,18 +189,47 @@ fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finis
     (failed_in_database, finish)
 }
 
-async fn run_batch(writer: &mut impl Writer, batch: &mut Vec<WriteOp>) {
+/// What a batch's operations did that the handoff needs to know.
+struct Effects {
+    /// Spaces in which jobs became ready.
+    touched: Touched,
+    /// Waiters whose jobs the batch ended: each gets a slot back.
+    freed: Vec<Arc<Waiter>>,
+}
+
+/// Runs one batch; returns whether it committed.
+async fn run_batch(
+    writer: &mut impl Writer,
+    batch: &mut Vec<WriteOp>,
+    waiters: &Waiters,
+    orphans: &mut Vec<Job>,
+) -> bool {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
+    let mut effects = Effects {
+        touched: Touched::none(),
+        freed: Vec::new(),
+    };
     let mut batch_error = writer.begin().await.err();
+    let released = std::mem::take(orphans);
+    if batch_error.is_none() {
+        batch_error = release(writer, &released, &mut effects).await.err();
+    }
     for op in batch.drain(..) {
         if batch_error.is_some() {
             refuse(op);
             continue;
         }
-        let (failed, finish) = execute(writer, op).await;
+        let (failed, finish) = execute(writer, op, &mut effects).await;
         finishes.push(finish);
         if failed {
             batch_error = Some(Error::internal("operation failed in the database"));
+        }
+    }
+    let mut handoffs = Vec::new();
+    if batch_error.is_none() {
+        match fill(writer, waiters, &effects).await {
+            Ok(filled) => handoffs = filled,
+            Err(error) => batch_error = Some(error),
         }
     }
     if batch_error.is_none()
@@ -182,13 +240,73 @@ async fn run_batch(writer: &mut impl Writer, batch: &mut Vec<WriteOp>) {
     if let Some(error) = &batch_error {
         tracing::error!(%error, "write batch rolled back");
         writer.rollback().await;
+        handoffs.drain(..).for_each(Handoff::undo);
+        orphans.extend(released);
+    }
+    // Handoffs first: a caller told of its commit finds the jobs that commit
+    // leased already with their waiters.
+    for handoff in handoffs {
+        orphans.extend(handoff.send().into_iter().flatten());
     }
     for finish in finishes {
         finish(batch_error.as_ref());
     }
-    if batch_error.is_none() {
-        writer.committed();
+    if batch_error.is_some() {
+        return false;
     }
+    writer.committed();
+    true
+}
+
+/// Hands back jobs whose waiter was gone when their lease committed.
+async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) -> Result<()> {
+    let now = now_millis();
+    for job in jobs {
+        let target = JobTarget {
+            job_id: job.id.clone(),
+            space_id: None,
+        };
+        let fence = Fence {
+            attempt_number: None,
+            lease: job.state.lease().map(str::to_owned),
+        };
+        match writer.apply(&target, Command::Release, &fence, now).await {
+            Ok(job) => effects.touched.add(&job.space_id),
+            Err(error @ Error::Internal(_)) => return Err(error),
+            // It moved on meanwhile (timed out, killed): nothing to hand back.
+            Err(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Leases ready jobs to the waiters this batch should fill.
+async fn fill(
+    writer: &mut impl Writer,
+    waiters: &Waiters,
+    effects: &Effects,
+) -> Result<Vec<Handoff>> {
+    let mut fills = waiters.take(&effects.touched, &effects.freed).into_iter();
+    let mut handoffs = Vec::new();
+    let now = now_millis();
+    while let Some(fill) = fills.next() {
+        let request = DeliverRequest {
+            space_id: fill.space_id.clone(),
+            names: fill.names.clone(),
+            count: fill.room(),
+            now,
+        };
+        match writer.deliver(request).await {
+            Ok(jobs) => handoffs.extend(fill.share(jobs)),
+            Err(error) => {
+                fill.give_back();
+                fills.for_each(Fill::give_back);
+                handoffs.into_iter().for_each(Handoff::undo);
+                return Err(error);
+            }
+        }
+    }
+    Ok(handoffs)
 }
 
 /// Answers an operation that cannot run because its batch already failed.
@@ -209,10 +327,11 @@ fn refuse(op: WriteOp) {
         WriteOp::Apply { reply, .. } => unavailable(reply),
         WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
         WriteOp::AppendLogs { reply, .. } => unavailable(reply),
+        WriteOp::Wake => {}
     }
 }
 
-async fn execute(writer: &mut impl Writer, op: WriteOp) -> (bool, Finish) {
+async fn execute(writer: &mut impl Writer, op: WriteOp, effects: &mut Effects) -> (bool, Finish) {
     match op {
         WriteOp::CreateSpace {
             space,
@@ -244,26 +363,59 @@ async fn execute(writer: &mut impl Writer, op: WriteOp) -> (bool, Finish) {
         WriteOp::PutSettingOnce { name, value, reply } => {
             finish(writer.put_setting_once(&name, &value).await, reply)
         }
-        WriteOp::CreateJobs { jobs, reply } => finish(writer.create_jobs(jobs).await, reply),
+        WriteOp::CreateJobs { jobs, reply } => {
+            let ready_in = jobs
+                .iter()
+                .find(|job| job.status() == JobStatus::Pending)
+                .map(|job| job.space_id.clone());
+            let created = writer.create_jobs(jobs).await;
+            if let (Ok(()), Some(space_id)) = (&created, ready_in) {
+                effects.touched.add(&space_id);
+            }
+            finish(created, reply)
+        }
         WriteOp::Deliver { request, reply } => finish(writer.deliver(request).await, reply),
         WriteOp::Apply {
             target,
             steps,
             now,
+            refill,
             reply,
         } => {
             let mut outcomes = Vec::with_capacity(steps.len());
+            let mut ended = false;
             for Step { command, fence } in steps {
                 match writer.apply(&target, command, &fence, now).await {
                     Err(error @ Error::Internal(_)) => return finish(Err(error), reply),
-                    outcome => outcomes.push(outcome),
+                    outcome => {
+                        if let Ok(job) = &outcome {
+                            if job.status() == JobStatus::Pending {
+                                effects.touched.add(&job.space_id);
+                            }
+                            // The same test `dispatch` applies to the outcome.
+                            ended |= fence
+                                .lease
+                                .as_deref()
+                                .is_some_and(|held| job.state.lease() != Some(held));
+                        }
+                        outcomes.push(outcome);
+                    }
                 }
+            }
+            if ended && let Some(waiter) = refill {
+                effects.touched.add(&waiter.space_id);
+                effects.freed.push(waiter);
             }
             finish(Ok(outcomes), reply)
         }
         WriteOp::FireDueTimers { now, limit, reply } => {
-            finish(writer.fire_due_timers(now, limit).await, reply)
+            let swept = writer.fire_due_timers(now, limit).await;
+            if swept.as_ref().is_ok_and(|sweep| sweep.fired > 0) {
+                effects.touched = Touched::All;
+            }
+            finish(swept, reply)
         }
+        WriteOp::Wake => (false, Box::new(|_| {})),
         WriteOp::AppendLogs {
             target,
             lines,
@@ -439,15 +591,23 @@ impl Writes {
         target: &JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
+        refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>> {
         let target = target.clone();
         self.send(self.for_job(&target.job_id), |reply| WriteOp::Apply {
             target,
             steps,
             now,
+            refill,
             reply,
         })
         .await
+    }
+
+    /// Makes a writer run a batch soon, without waiting for it.
+    pub fn wake(&self) {
+        // A full queue has a batch coming anyway.
+        let _ = self.writers[self.any()].try_send(WriteOp::Wake);
     }
 
     pub async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {

@@ -5,6 +5,7 @@
 //! enforces the same state machine.
 
 mod batch;
+pub mod handoff;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
@@ -14,6 +15,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use tokio::sync::broadcast;
 
+use self::handoff::{Waiter, Waiters};
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
@@ -209,13 +211,19 @@ pub trait Store: Send + Sync + 'static {
     /// Applies commands to one job through the state machine, in order and
     /// in one transaction, each with its own outcome (a refused command
     /// writes nothing and the next one still runs). The error is for the
-    /// write as a whole.
+    /// write as a whole. When the job is `refill`'s and the commands end
+    /// its lease, the slot goes back to `refill` in the same transaction.
     async fn apply(
         &self,
         target: &JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
+        refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>>;
+    /// Workers waiting for jobs, which write batches lease ready jobs to.
+    fn waiters(&self) -> &Waiters;
+    /// Makes the writer fill the waiters that asked (`Waiter::want`) soon.
+    fn wake_writer(&self);
     /// Fires up to `limit` timers due at `now`.
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep>;
 

@@ -17,6 +17,7 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 use self::relay::{Outlets, Relay};
 use self::writer::PgWriter;
 use super::batch::{self, Writes};
+use super::handoff::{Waiter, Waiters};
 use super::rows;
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
@@ -41,6 +42,7 @@ const CALLBACK_CLAIM_MILLIS: i64 = 60_000;
 pub struct PostgresStore {
     reads: PgPool,
     writes: Writes,
+    waiters: Arc<Waiters>,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
@@ -71,17 +73,19 @@ impl PostgresStore {
         };
         relay::start(relay.clone(), reads.clone(), outlets, stop).await?;
 
+        let waiters = Arc::new(Waiters::default());
         let mut writers = Vec::with_capacity(WRITERS);
         for _ in 0..WRITERS {
             let connection = options.connect().await?;
             let (writes, queue) = mpsc::channel(WRITE_QUEUE);
             let writer = PgWriter::new(connection, relay.clone(), own_commits.clone());
-            tokio::spawn(batch::run(writer, queue));
+            tokio::spawn(batch::run(writer, queue, waiters.clone()));
             writers.push(writes);
         }
         Ok(Self {
             reads,
             writes: Writes::new(writers),
+            waiters,
             published,
             own_commits,
             revoked,
@@ -294,8 +298,17 @@ impl Store for PostgresStore {
         target: &JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
+        refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>> {
-        self.writes.apply(target, steps, now).await
+        self.writes.apply(target, steps, now, refill).await
+    }
+
+    fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    fn wake_writer(&self) {
+        self.writes.wake();
     }
 
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {

@@ -3,6 +3,10 @@
 //! a crash of the process. Group commit in the writer (one transaction per
 //! batch of waiting requests) keeps that affordable. Reads run on a separate
 //! pool of read-only connections that WAL lets proceed alongside the writer.
+//!
+//! WAL checkpoints run on a connection of their own (`checkpoints`), never
+//! inside the writer's COMMIT: an automatic checkpoint there stalled every
+//! write waiting on that batch for as long as copying the WAL back took.
 
 mod writer;
 
@@ -14,11 +18,12 @@ use async_trait::async_trait;
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
-use sqlx::{ConnectOptions, QueryBuilder, Row, Sqlite};
-use tokio::sync::{broadcast, mpsc};
+use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
+use tokio::sync::{broadcast, mpsc, oneshot};
 
 use self::writer::SqliteWriter;
 use super::batch::{self, Writes};
+use super::handoff::{Waiter, Waiters};
 use super::rows;
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
@@ -30,6 +35,8 @@ use crate::store::{
 };
 
 const READ_CONNECTIONS: u32 = 4;
+/// How often the WAL is copied back into the database file.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(500);
 const WRITE_QUEUE: usize = 4096;
 /// Commits (not events) a slow subscriber of the broadcast may fall behind.
 const PUBLISH_BUFFER: usize = 4096;
@@ -37,8 +44,10 @@ const PUBLISH_BUFFER: usize = 4096;
 pub struct SqliteStore {
     reads: SqlitePool,
     writes: Writes,
+    waiters: Arc<Waiters>,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
+    _stop_checkpoints: oneshot::Sender<()>,
 }
 
 impl SqliteStore {
@@ -62,23 +71,54 @@ impl SqliteStore {
         sqlx::migrate!("./migrations/sqlite")
             .run(&mut write_connection)
             .await?;
+        sqlx::query("PRAGMA wal_autocheckpoint = 0")
+            .execute(&mut write_connection)
+            .await?;
+        let (stop_checkpoints, stopped) = oneshot::channel();
+        tokio::spawn(checkpoints(options.connect().await?, stopped));
         let reads = SqlitePoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.read_only(true))
             .await?;
         let (published, _) = broadcast::channel(PUBLISH_BUFFER);
         let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let waiters = Arc::new(Waiters::default());
         tokio::spawn(batch::run(
             SqliteWriter::new(write_connection, published.clone()),
             queue,
+            waiters.clone(),
         ));
         Ok(Self {
             reads,
             writes: Writes::new(vec![writes]),
+            waiters,
             published,
             revoked: broadcast::channel(256).0,
+            _stop_checkpoints: stop_checkpoints,
         })
     }
+}
+
+/// Copies the WAL back into the database file now and then, alongside the
+/// writer (PASSIVE: it takes no lock the writer or the readers wait on). The
+/// writer starts the WAL over once a checkpoint has caught up with it.
+async fn checkpoints(mut conn: sqlx::SqliteConnection, mut stopped: oneshot::Receiver<()>) {
+    let mut every = tokio::time::interval(CHECKPOINT_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            // The store is gone.
+            _ = &mut stopped => break,
+        }
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(%error, "WAL checkpoint failed; trying again");
+        }
+    }
+    let _ = conn.close().await;
 }
 
 #[async_trait]
@@ -278,8 +318,17 @@ impl Store for SqliteStore {
         target: &JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
+        refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>> {
-        self.writes.apply(target, steps, now).await
+        self.writes.apply(target, steps, now, refill).await
+    }
+
+    fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
+    fn wake_writer(&self) {
+        self.writes.wake();
     }
 
     async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {

@@ -117,6 +117,11 @@ impl SqliteWriter {
     }
 
     async fn require_space(&mut self, space_id: &str) -> Result<()> {
+        // A space whose head this writer holds exists: spaces are never
+        // deleted.
+        if self.heads.contains_key(space_id) {
+            return Ok(());
+        }
         let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM spaces WHERE id = ?")
             .bind(space_id)
             .fetch_optional(&mut self.conn)
