@@ -11,6 +11,10 @@
 //!
 //! The workers' ledger also shows that no job was leased to two workers at
 //! once across all the kills, and that no job was completed twice.
+//!
+//! A third test puts 100,000 jobs in the queue first and has the 32 workers
+//! work through them while the server is killed 10 times, to check the
+//! leases at that scale.
 
 mod support;
 
@@ -35,18 +39,59 @@ const CAPACITY: u32 = 4;
 /// server died come back.
 const TIMEOUT_SECONDS: u64 = 2;
 
+/// Jobs queued before the first round of the 100k test.
+const QUEUED: usize = 100_000;
+const QUEUED_KILLS: usize = 10;
+
+/// What a run does: how often it kills the server, and where its jobs come
+/// from.
+struct Plan {
+    kills: usize,
+    /// Jobs created before the first round's workers start.
+    queued: usize,
+    /// Producers create jobs at 2,000 a second during every round.
+    produce: bool,
+    /// How long each round's load runs before the kill (varied by round).
+    round: Duration,
+}
+
+/// The tests of this file take turns: each needs the 2 CPUs to itself to
+/// offer its load.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const UNDER_LOAD: Plan = Plan {
+    kills: KILLS,
+    queued: 0,
+    produce: true,
+    round: Duration::from_millis(800),
+};
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sqlite_kill_9_twenty_five_times_under_load_loses_nothing() {
     let dir = std::env::temp_dir().join(format!("emit-crashes-{}", std::process::id()));
     let database_url = format!("sqlite://{}/emit.db", dir.display());
-    run(&database_url).await;
+    run(&database_url, UNDER_LOAD).await;
     let _ = std::fs::remove_dir_all(&dir);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_kill_9_twenty_five_times_under_load_loses_nothing() {
     let database = PostgresDatabase::create().await;
-    run(&database.url).await;
+    run(&database.url, UNDER_LOAD).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_32_workers_through_100k_jobs_with_kills_never_share_a_lease() {
+    let dir = std::env::temp_dir().join(format!("emit-crashes-100k-{}", std::process::id()));
+    let database_url = format!("sqlite://{}/emit.db", dir.display());
+    let plan = Plan {
+        kills: QUEUED_KILLS,
+        queued: QUEUED,
+        produce: false,
+        round: Duration::from_millis(2000),
+    };
+    run(&database_url, plan).await;
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// What the producers learned about each tag.
@@ -58,22 +103,27 @@ struct Creates {
     unanswered: HashSet<String>,
 }
 
-async fn run(database_url: &str) {
+async fn run(database_url: &str, plan: Plan) {
+    let _turn = ONE_AT_A_TIME.lock().await;
     let http = reqwest::Client::new();
     let creates = Arc::new(Mutex::new(Creates::default()));
     let ledger = Arc::new(Mutex::new(Ledger::default()));
     let mut space_id: Option<String> = None;
     let started = Instant::now();
     let mut load_time = Duration::ZERO;
-    for round in 0..KILLS {
+    for round in 0..plan.kills {
         let mut server = Process::serve(database_url, Some(ADMIN_KEY), &[]);
         server.wait_http_ready(&http).await;
         if space_id.is_none() {
-            space_id = Some(create_space(&http, &server.url).await);
+            let created = create_space(&http, &server.url).await;
+            let url = format!("{}/api/v1/spaces/{created}/jobs", server.url);
+            queue(&http, &url, plan.queued, &creates).await;
+            space_id = Some(created);
         }
         let space_id = space_id.clone().unwrap();
         let stop = Arc::new(AtomicBool::new(false));
         let producers: Vec<_> = (0..PRODUCERS)
+            .filter(|_| plan.produce)
             .map(|producer| {
                 let url = format!("{}/api/v1/spaces/{space_id}/jobs", server.url);
                 let (http, stop, creates) = (http.clone(), stop.clone(), creates.clone());
@@ -83,7 +133,7 @@ async fn run(database_url: &str) {
             .collect();
         let workers = start_workers(&server, &space_id, &ledger);
         // Kill at a different point of each round's load.
-        let load = Duration::from_millis(800 + (round as u64 * 137) % 600);
+        let load = plan.round + Duration::from_millis((round as u64 * 137) % 600);
         tokio::time::sleep(load).await;
         load_time += load;
         server.kill9();
@@ -149,9 +199,10 @@ async fn run(database_url: &str) {
         .collect();
     let released = ledger.assert_no_overlapping_leases(Duration::from_secs(TIMEOUT_SECONDS));
     eprintln!(
-        "{database}: {KILLS} kills in {:.0} s; {} creates acknowledged ({:.0}/s over {:.1} s of load), \
+        "{database}: {} kills in {:.0} s; {} creates acknowledged ({:.0}/s over {:.1} s of load), \
          {} unanswered of which {recovered} recovered; lost {}, duplicated {}; \
          {} leases, {released} jobs leased more than once, none at the same time",
+        plan.kills,
         started.elapsed().as_secs_f64(),
         creates.acknowledged.len(),
         creates.acknowledged.len() as f64 / load_time.as_secs_f64(),
@@ -173,11 +224,81 @@ async fn run(database_url: &str) {
         &duplicated[..duplicated.len().min(5)]
     );
     assert!(strays.is_empty(), "jobs nobody created: {strays:?}");
+    let least = if plan.produce {
+        plan.kills * 500
+    } else {
+        plan.queued
+    };
     assert!(
-        creates.acknowledged.len() >= KILLS * 500,
+        creates.acknowledged.len() >= least,
         "the load ran: {} creates acknowledged",
         creates.acknowledged.len()
     );
+}
+
+/// Creates `count` tagged jobs in bulk creates of 100, 8 at a time.
+async fn queue(http: &reqwest::Client, url: &str, count: usize, creates: &Arc<Mutex<Creates>>) {
+    let next = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..8)
+        .map(|_| {
+            let (http, url, next, creates) =
+                (http.clone(), url.to_owned(), next.clone(), creates.clone());
+            tokio::spawn(async move {
+                loop {
+                    let first = next.fetch_add(100, Ordering::SeqCst);
+                    if first >= count {
+                        return;
+                    }
+                    let tags: Vec<String> = (first..count.min(first + 100))
+                        .map(|n| format!("q-{n}"))
+                        .collect();
+                    let ids = create_tagged(&http, &url, &tags)
+                        .await
+                        .expect("the server answers while nothing kills it");
+                    creates
+                        .lock()
+                        .unwrap()
+                        .acknowledged
+                        .extend(tags.into_iter().zip(ids));
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+}
+
+/// One bulk create of jobs tagged `tags`; the ids, or None without an answer.
+async fn create_tagged(http: &reqwest::Client, url: &str, tags: &[String]) -> Option<Vec<String>> {
+    let body: Vec<Value> = tags
+        .iter()
+        .map(|tag| {
+            json!({
+                "name": "crash",
+                "payload": { "tag": tag },
+                "timeoutSeconds": TIMEOUT_SECONDS,
+            })
+        })
+        .collect();
+    let response = http
+        .post(url)
+        .header("x-api-key", ADMIN_KEY)
+        .json(&body)
+        .send()
+        .await
+        .ok()?;
+    assert!(
+        response.status() == 201 || response.status().is_server_error(),
+        "create answered {}",
+        response.status()
+    );
+    let jobs = response.json::<Vec<Value>>().await.ok()?;
+    Some(
+        jobs.iter()
+            .map(|job| job["id"].as_str().unwrap().to_owned())
+            .collect(),
+    )
 }
 
 async fn create_space(http: &reqwest::Client, base: &str) -> String {
@@ -210,40 +331,10 @@ async fn produce(
         ticks.tick().await;
         request += 1;
         let tags: Vec<String> = (0..BULK).map(|i| format!("{tag}-{request}-{i}")).collect();
-        let body: Vec<Value> = tags
-            .iter()
-            .map(|tag| {
-                json!({
-                    "name": "crash",
-                    "payload": { "tag": tag },
-                    "timeoutSeconds": TIMEOUT_SECONDS,
-                })
-            })
-            .collect();
-        let answer = async {
-            let response = http
-                .post(&url)
-                .header("x-api-key", ADMIN_KEY)
-                .json(&body)
-                .send()
-                .await
-                .ok()?;
-            assert!(
-                response.status() == 201 || response.status().is_server_error(),
-                "create answered {}",
-                response.status()
-            );
-            response.json::<Vec<Value>>().await.ok()
-        }
-        .await;
+        let answer = create_tagged(&http, &url, &tags).await;
         let mut creates = creates.lock().unwrap();
         match answer {
-            Some(jobs) => {
-                for (tag, job) in tags.into_iter().zip(jobs) {
-                    let id = job["id"].as_str().unwrap().to_owned();
-                    creates.acknowledged.insert(tag, id);
-                }
-            }
+            Some(ids) => creates.acknowledged.extend(tags.into_iter().zip(ids)),
             None => {
                 creates.unanswered.extend(tags);
                 return;
