@@ -552,8 +552,32 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
     }
     assert_eq!(seen, ["delivered", "acked", "completed"]);
 
-    // A worker session on B gets a job created through A: B is woken by
+    // A long poll through B gets a job created through A: B is woken by
     // A's commit.
+    let b = format!("{}/api/v1", gateways[1].url);
+    let waiting = {
+        let (client, url, key) = (
+            client.clone(),
+            format!("{b}/spaces/{space_id}/jobs/poll"),
+            key.clone(),
+        );
+        tokio::spawn(async move { post(&client, url, &key, json!({"waitSeconds": 20})).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let created = post(
+        &client,
+        format!("{a}/spaces/{space_id}/jobs"),
+        &key,
+        json!({"name": "z"}),
+    )
+    .await;
+    let polled = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("polled within 10s")
+        .unwrap();
+    assert_eq!(polled["jobs"][0]["id"], created["id"]);
+
+    // A worker session on B gets a job created through A.
     let (outgoing, stream) = mpsc::channel(16);
     outgoing
         .send(pb::OpenSessionRequest {

@@ -27,6 +27,8 @@ async fn a_long_poll_returns_as_soon_as_a_matching_job_is_ready() {
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(!waiting.is_finished(), "still waiting for a matching job");
     let wanted = app.create_job(&space, json!({ "name": "wanted" })).await;
+    // The waiting poll was leased the job in the create's own commit.
+    assert_eq!(app.job(&space, &wanted).await["status"], "delivered");
     let jobs = waiting.await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0]["id"], wanted.as_str());

@@ -224,34 +224,59 @@ impl Subscription {
     }
 }
 
+/// Why `Subscription::until_left_ready` returned.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Woke {
+    /// A commit left a wanted job ready.
+    Ready,
+    Deadline,
+    /// Wake-ups were missed: subscribe again and look.
+    Overrun,
+    /// The server is stopping.
+    Closed,
+}
+
 impl Subscription {
-    /// Waits until a commit makes a job of the subscribed space ready (one
-    /// named in `names`, or any when empty), or until `deadline`. Returns
-    /// false when the hub closed.
-    pub async fn until_ready(&mut self, names: &[String], deadline: tokio::time::Instant) -> bool {
+    /// Waits until a commit leaves a job of the subscribed space ready (one
+    /// named in `names`, or any when empty), or until `deadline`. A job
+    /// that the same commit also leased (handed to a waiting worker) does
+    /// not count: only one still ready at the end of the commit does.
+    pub async fn until_left_ready(
+        &mut self,
+        names: &[String],
+        deadline: tokio::time::Instant,
+    ) -> Woke {
         loop {
             let chunk = tokio::select! {
                 chunk = self.recv() => chunk,
-                () = tokio::time::sleep_until(deadline) => return true,
+                () = tokio::time::sleep_until(deadline) => return Woke::Deadline,
             };
             let chunk = match chunk {
                 Ok(chunk) => chunk,
-                // Behind on wake-ups only: look again.
-                Err(Ended::Overrun) => return true,
-                Err(Ended::Closed) => return false,
+                Err(Ended::Overrun) => return Woke::Overrun,
+                Err(Ended::Closed) => return Woke::Closed,
             };
-            let made_ready = chunk.iter().any(|event| match event {
-                LiveEvent::Job(event) => {
-                    event.status == JobStatus::Pending
-                        && (names.is_empty() || names.contains(&event.job_name))
-                }
-                LiveEvent::Log(_) => false,
-            });
-            if made_ready {
-                return true;
+            if left_ready(&chunk, |name| {
+                names.is_empty() || names.iter().any(|n| n == name)
+            }) {
+                return Woke::Ready;
             }
         }
     }
+}
+
+/// Whether `chunk` leaves a job that `wanted` (by name) ready: its last
+/// event in the chunk has it pending.
+fn left_ready(chunk: &[LiveEvent], wanted: impl Fn(&str) -> bool) -> bool {
+    let mut last_status: HashMap<&str, (JobStatus, &str)> = HashMap::new();
+    for event in chunk {
+        if let LiveEvent::Job(event) = event {
+            last_status.insert(&event.job_id, (event.status, &event.job_name));
+        }
+    }
+    last_status
+        .values()
+        .any(|(status, name)| *status == JobStatus::Pending && wanted(name))
 }
 
 impl Drop for Subscription {

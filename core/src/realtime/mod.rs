@@ -10,7 +10,7 @@
 
 mod hub;
 
-pub use hub::{Ended, EventHub, Subscription, Topic};
+pub use hub::{Ended, EventHub, Subscription, Topic, Woke};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

@@ -11,7 +11,7 @@ use crate::ids::{is_well_formed, new_id};
 use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
 use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
-use crate::realtime::{EventHub, Topic};
+use crate::realtime::{EventHub, Topic, Woke};
 use crate::store::handoff::{Handed, Waiter};
 use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Step, Store};
 use crate::timers::TimerWake;
@@ -136,34 +136,61 @@ impl JobsApi {
                 "waitSeconds must be between 0 and {MAX_POLL_WAIT_SECONDS}"
             )));
         }
-        let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
-        loop {
-            if self.stopping() {
-                return Ok(Vec::new());
-            }
-            // Subscribed before looking, so a job made ready in between wakes us.
-            let mut ready =
-                (wait_seconds > 0).then(|| self.hub.subscribe(Topic::Space(space_id.to_owned())));
-            let request = DeliverRequest {
-                space_id: space_id.to_owned(),
-                names: names.clone(),
-                count,
-                now: now_millis(),
-            };
-            let jobs = self.store.deliver(request).await?;
-            self.note_deadlines(&jobs);
-            let Some(ready) = ready.as_mut() else {
-                return Ok(jobs);
-            };
-            if !jobs.is_empty() || Instant::now() >= deadline {
-                return Ok(jobs);
-            }
-            let recheck = deadline.min(Instant::now() + POLL_RECHECK);
-            if !ready.until_ready(&names, recheck).await {
-                // The server is stopping.
-                return Ok(Vec::new());
-            }
+        if self.stopping() {
+            return Ok(Vec::new());
         }
+        // Subscribed before looking, so a job made ready in between wakes us.
+        let mut ready =
+            (wait_seconds > 0).then(|| self.hub.subscribe(Topic::Space(space_id.to_owned())));
+        let request = DeliverRequest {
+            space_id: space_id.to_owned(),
+            names: names.clone(),
+            count,
+            now: now_millis(),
+        };
+        let jobs = self.store.deliver(request).await?;
+        self.note_deadlines(&jobs);
+        let Some(mut ready) = ready.take() else {
+            return Ok(jobs);
+        };
+        if !jobs.is_empty() {
+            return Ok(jobs);
+        }
+        // Nothing ready: wait as a waiter, so that the commit that makes a
+        // job ready also leases it to this poll.
+        let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
+        let (waiter, handed) = self.wait_for_jobs(space_id, names.clone(), count);
+        let mut waiting = PollWaiter {
+            store: self.store.clone(),
+            waiter,
+            handed,
+        };
+        loop {
+            let recheck = deadline.min(Instant::now() + POLL_RECHECK);
+            let woke = tokio::select! {
+                Some(jobs) = waiting.handed.recv() => {
+                    let jobs = waiting.finish(jobs);
+                    self.note_deadlines(&jobs);
+                    return Ok(jobs);
+                }
+                woke = ready.until_left_ready(&names, recheck) => woke,
+            };
+            match woke {
+                Woke::Overrun => ready = self.hub.subscribe(Topic::Space(space_id.to_owned())),
+                Woke::Closed => break,
+                Woke::Ready | Woke::Deadline => {}
+            }
+            if Instant::now() >= deadline {
+                break;
+            }
+            // Ready on another replica, no room here then, or a retry's
+            // backoff ended: have a batch look for this poll.
+            self.want_jobs(&waiting.waiter);
+        }
+        // Jobs leased to the poll while it gave up are still its answer.
+        let jobs = waiting.finish(Vec::new());
+        self.note_deadlines(&jobs);
+        Ok(jobs)
     }
 
     pub async fn claim(&self, who: &Principal, job_id: &str) -> Result<Job> {
@@ -409,4 +436,86 @@ fn target(job_id: &str, space: Option<&str>) -> Result<JobTarget> {
         job_id: job_id.to_owned(),
         space_id: space.map(str::to_owned),
     })
+}
+
+/// A long poll waiting as a waiter. Dropped before it answered (the client
+/// went away), it hands back the jobs leased to it.
+struct PollWaiter {
+    store: Arc<dyn Store>,
+    waiter: Arc<Waiter>,
+    handed: Handed,
+}
+
+impl PollWaiter {
+    /// Stops waiting; returns `jobs` with whatever else was leased to the
+    /// poll before it stopped. Jobs leased after that are the writer's to
+    /// release.
+    fn finish(mut self, mut jobs: Vec<Job>) -> Vec<Job> {
+        jobs.extend(self.stop());
+        jobs
+    }
+
+    fn stop(&mut self) -> Vec<Job> {
+        self.store.waiters().remove(&self.waiter);
+        self.handed.close();
+        let mut left = Vec::new();
+        while let Ok(jobs) = self.handed.try_recv() {
+            left.extend(jobs);
+        }
+        left
+    }
+}
+
+impl Drop for PollWaiter {
+    fn drop(&mut self) {
+        let left = self.stop();
+        if left.is_empty() {
+            return;
+        }
+        let store = self.store.clone();
+        tokio::spawn(async move {
+            for job in left {
+                let target = JobTarget {
+                    job_id: job.id.clone(),
+                    space_id: None,
+                };
+                let step = Step {
+                    command: Command::Release,
+                    fence: Fence {
+                        attempt_number: None,
+                        lease: job.state.lease().map(str::to_owned),
+                    },
+                };
+                // Already moved on (timed out): nothing to hand back.
+                let _ = store.apply(&target, vec![step], now_millis(), None).await;
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use super::PollWaiter;
+    use crate::store::Store;
+    use crate::store::testing::{create, events_once_there_are, store_with_space};
+
+    #[tokio::test]
+    async fn a_long_poll_dropped_before_it_answers_hands_back_its_jobs() {
+        let (store, space_id, dir) = store_with_space().await;
+        let store: Arc<dyn Store> = Arc::new(store);
+        let (waiter, handed) = store.waiters().register(&space_id, vec![], 1);
+        let waiting = PollWaiter {
+            store: store.clone(),
+            waiter,
+            handed,
+        };
+        let ids = create(&*store, &space_id, 1).await;
+        // The create leased the job to the poll; then its client went away.
+        drop(waiting);
+        let seen = events_once_there_are(&*store, &ids[0], 3).await;
+        assert_eq!(seen, ["created", "delivered", "released"]);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }

@@ -303,51 +303,14 @@ impl Handoff {
 
 #[cfg(test)]
 mod tests {
-    use std::time::Duration;
-
     use crate::clock::now_millis;
-    use crate::ids::new_id;
     use crate::job::JobStatus;
     use crate::job::machine::{Command, Fence};
-    use crate::job::spec::{self, JobInput};
     use crate::store::sqlite::SqliteStore;
-    use crate::store::{JobTarget, SpaceRecord, Step, Store, TokenRecord};
+    use crate::store::testing::{create, events_once_there_are, jobs, store_with_space};
+    use crate::store::{JobTarget, Step, Store};
 
     use super::{Touched, Waiters};
-
-    async fn store_with_space() -> (SqliteStore, String, std::path::PathBuf) {
-        let dir = std::env::temp_dir().join(format!("emit-handoff-{}", new_id()));
-        let store = SqliteStore::open(&format!("sqlite://{}/emit.db", dir.display()))
-            .await
-            .unwrap();
-        let space_id = new_id();
-        let space = SpaceRecord {
-            id: space_id.clone(),
-            name: "handoff".into(),
-            public_token: new_id(),
-            stream_id: new_id(),
-            anonymous_progress_streams: false,
-            push: None,
-            created_at: now_millis(),
-        };
-        let token = TokenRecord {
-            id: new_id(),
-            space_id: space_id.clone(),
-            name: "public".into(),
-            scopes: vec![],
-            key_hash: [7; 32],
-            created_at: now_millis(),
-        };
-        store.create_space(space, token).await.unwrap();
-        (store, space_id, dir)
-    }
-
-    async fn create(store: &SqliteStore, space_id: &str, count: usize) -> Vec<String> {
-        let jobs = jobs(space_id, count);
-        let ids = jobs.iter().map(|job| job.id.clone()).collect();
-        store.create_jobs(jobs).await.unwrap();
-        ids
-    }
 
     async fn status(store: &SqliteStore, job_id: &str) -> JobStatus {
         let target = JobTarget {
@@ -406,25 +369,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    fn jobs(space_id: &str, count: usize) -> Vec<crate::job::Job> {
-        if count == 0 {
-            return Vec::new();
-        }
-        let inputs = (0..count)
-            .map(|_| JobInput {
-                name: "a".into(),
-                payload: None,
-                max_retries: None,
-                timeout_seconds: None,
-                scheduled_for: None,
-                callback_url: None,
-                callback_headers: vec![],
-                retry_backoff: None,
-            })
-            .collect();
-        spec::build_jobs(space_id, inputs, now_millis(), new_id).unwrap()
-    }
-
     /// Fills one waiter with `room` and `freed` slots and `ready` jobs;
     /// returns the room other writers see before COMMIT, and after it or
     /// after a rollback.
@@ -477,15 +421,7 @@ mod tests {
         // The session went away after its waiter was last looked at.
         handed.close();
         let ids = create(&store, &space_id, 1).await;
-        let mut seen = Vec::new();
-        for _ in 0..100 {
-            let events = store.job_events(&ids[0]).await.unwrap();
-            seen = events.iter().map(|event| event.kind.as_str()).collect();
-            if seen.len() >= 3 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        let seen = events_once_there_are(&store, &ids[0], 3).await;
         assert_eq!(seen, ["created", "delivered", "released"]);
         assert_eq!(status(&store, &ids[0]).await, JobStatus::Pending);
         let _ = std::fs::remove_dir_all(dir);

@@ -9,6 +9,8 @@ pub mod handoff;
 pub mod postgres;
 mod rows;
 pub mod sqlite;
+#[cfg(test)]
+pub(crate) mod testing;
 
 use std::sync::Arc;
 
