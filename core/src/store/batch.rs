@@ -111,6 +111,12 @@ pub trait Writer: Send {
     async fn rollback(&mut self);
     /// Runs after a committed batch's replies went out.
     fn committed(&mut self);
+    /// Locks and reads, in one statement, the jobs the batch's operations
+    /// name, so that each operation needs no read of its own. A writer that
+    /// is the only one (SQLite) has no use for it.
+    async fn lock_ahead(&mut self, _job_ids: Vec<&str>) -> Result<()> {
+        Ok(())
+    }
     async fn close(self);
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()>;
@@ -211,6 +217,19 @@ async fn run_batch(
     };
     let mut batch_error = writer.begin().await.err();
     let released = std::mem::take(orphans);
+    if batch_error.is_none() {
+        let named = released
+            .iter()
+            .map(|job| job.id.as_str())
+            .chain(batch.iter().filter_map(|op| match op {
+                WriteOp::Apply { target, .. } | WriteOp::AppendLogs { target, .. } => {
+                    Some(target.job_id.as_str())
+                }
+                _ => None,
+            }))
+            .collect();
+        batch_error = writer.lock_ahead(named).await.err();
+    }
     if batch_error.is_none() {
         batch_error = release(writer, &released, &mut effects).await.err();
     }

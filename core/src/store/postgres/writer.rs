@@ -56,6 +56,10 @@ pub struct PgWriter {
     recorded: Vec<Recorded>,
     /// The open batch's commit number and what it publishes, once numbered.
     pending: Option<(u64, Arc<[LiveEvent]>)>,
+    /// Jobs this transaction locked ahead, as it last wrote or read them.
+    /// Only a shortcut for the read: the update stays conditional, and a job
+    /// that changed anyway (a timer sweep in the same batch) is read again.
+    locked: HashMap<String, Job>,
 }
 
 impl PgWriter {
@@ -70,6 +74,7 @@ impl PgWriter {
             own_commits,
             recorded: Vec::new(),
             pending: None,
+            locked: HashMap::new(),
         }
     }
 
@@ -336,11 +341,33 @@ impl PgWriter {
 #[async_trait]
 impl batch::Writer for PgWriter {
     async fn begin(&mut self) -> Result<()> {
+        self.locked.clear();
         sqlx::query("BEGIN").execute(&mut self.conn).await?;
         Ok(())
     }
 
+    async fn lock_ahead(&mut self, mut job_ids: Vec<&str>) -> Result<()> {
+        if job_ids.is_empty() {
+            return Ok(());
+        }
+        job_ids.sort_unstable();
+        job_ids.dedup();
+        // In id order, like every writer's, so two batches cannot deadlock
+        // on each other's jobs. Deliveries and timer sweeps skip these rows.
+        let rows =
+            sqlx::query("SELECT * FROM jobs WHERE id = ANY($1) ORDER BY id FOR NO KEY UPDATE")
+                .bind(&job_ids)
+                .fetch_all(&mut self.conn)
+                .await?;
+        for row in &rows {
+            let job = rows::job(row)?;
+            self.locked.insert(job.id.clone(), job);
+        }
+        Ok(())
+    }
+
     async fn commit(&mut self) -> Result<()> {
+        self.locked.clear();
         self.flush().await?;
         sqlx::query("COMMIT").execute(&mut self.conn).await?;
         Ok(())
@@ -351,6 +378,7 @@ impl batch::Writer for PgWriter {
             tracing::warn!(%error, "rollback failed (the transaction may not have started)");
         }
         self.recorded.clear();
+        self.locked.clear();
         if let Some((commit, _)) = self.pending.take() {
             self.relay.unstash(commit);
         }
@@ -542,6 +570,8 @@ impl batch::Writer for PgWriter {
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
+        // It may change jobs locked ahead (its own locks do not stop it).
+        self.locked.clear();
         let mut select = QueryBuilder::<Postgres>::new(
             "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
         );
@@ -574,6 +604,21 @@ impl batch::Writer for PgWriter {
         fence: &Fence,
         now: UnixMillis,
     ) -> Result<Job> {
+        if let Some(job) = self.locked.get(&target.job_id).cloned() {
+            if target
+                .space_id
+                .as_ref()
+                .is_some_and(|space| *space != job.space_id)
+            {
+                return Err(Error::NotFound("job"));
+            }
+            if let Some(next) = self.transition(&job, command.clone(), fence, now).await? {
+                self.locked.insert(next.id.clone(), next.clone());
+                return Ok(next);
+            }
+            // Changed by another statement of this batch: read it again.
+            self.locked.remove(&target.job_id);
+        }
         for _ in 0..TRANSITION_ATTEMPTS {
             let job = self.load(target).await?;
             if let Some(next) = self.transition(&job, command.clone(), fence, now).await? {
@@ -584,6 +629,8 @@ impl batch::Writer for PgWriter {
     }
 
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        // It may change jobs locked ahead (its own locks do not stop it).
+        self.locked.clear();
         let due = sqlx::query(
             "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= $1 \
              ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
