@@ -17,6 +17,9 @@ pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 #[path = "../core/tests/support/postgres.rs"]
 mod postgres;
 
+#[path = "../core/tests/support/ack_worker.rs"]
+pub mod ack_worker;
+
 /// Core and gateway on loopback, SQLite in `dir`, no rate limit.
 pub async fn start_server(dir: &str) -> Result<(RunningCore, RunningGateway), AnyError> {
     let core = start_core(format!("sqlite://{dir}/emit.db")).await?;

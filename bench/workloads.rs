@@ -18,20 +18,16 @@
 
 mod support;
 
+use std::ops::ControlFlow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use emit_proto::v1 as pb;
-use emit_proto::v1::worker_service_client::WorkerServiceClient;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
 use serde_json::{Value, json};
-use tokio::sync::{Notify, mpsc};
-use tokio_stream::wrappers::ReceiverStream;
+use tokio::sync::Notify;
 
 use support::AnyError;
+use support::ack_worker::Heard;
 
 const JOBS: usize = 20_000;
 const BATCH: usize = 100;
@@ -301,62 +297,31 @@ async fn stream_worker(
     key: String,
     tally: Arc<Tally>,
 ) -> Result<(), AnyError> {
-    let (outgoing, stream) = mpsc::channel(1024);
-    let hello = pb::WorkerHello {
-        space_id,
-        names: vec![],
-        capacity: CAPACITY,
-    };
-    outgoing
-        .send(pb::OpenSessionRequest {
-            message: Some(Outgoing::Hello(hello)),
-        })
-        .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request.metadata_mut().insert("x-api-key", key.parse()?);
-    let mut client = WorkerServiceClient::connect(grpc_url).await?;
-    let mut incoming = client.open_session(request).await?.into_inner();
-    let mut request_id = 0;
     let mut payloads = std::collections::HashMap::new();
-    while let Some(message) = incoming.message().await? {
-        match message.message {
-            Some(Incoming::Assignment(job)) => {
+    let mut refused = None;
+    support::ack_worker::ack_and_complete_all(&grpc_url, &key, &space_id, CAPACITY, |heard| {
+        match heard {
+            Heard::Assigned(job) => {
                 let payload: Value = job
                     .payload_json
                     .as_deref()
                     .and_then(|text| serde_json::from_str(text).ok())
                     .unwrap_or_default();
                 tally.started(&payload);
-                for action in [
-                    Action::Ack(pb::ReportAck {}),
-                    Action::Complete(pb::ReportComplete { result_json: None }),
-                ] {
-                    request_id += 1;
-                    if matches!(action, Action::Complete(_)) {
-                        payloads.insert(request_id, payload.clone());
-                    }
-                    let report = pb::WorkerReport {
-                        request_id,
-                        job_id: job.id.clone(),
-                        action: Some(action),
-                    };
-                    outgoing
-                        .send(pb::OpenSessionRequest {
-                            message: Some(Outgoing::Report(report)),
-                        })
-                        .await?;
-                }
+                payloads.insert(job.id.clone(), payload);
             }
-            Some(Incoming::Result(result)) => {
-                if let Some(payload) = payloads.remove(&result.request_id) {
-                    if result.code != 0 {
-                        return Err(format!("completion refused: {}", result.message).into());
-                    }
-                    tally.completed(&payload);
+            Heard::Completed { job_id, result } => {
+                let payload = payloads.remove(job_id).unwrap_or_default();
+                if result.code != 0 {
+                    refused = Some(format!("completion refused: {}", result.message));
+                    return ControlFlow::Break(());
                 }
+                tally.completed(&payload);
             }
-            _ => {}
+            Heard::AckRefused(_) => {}
         }
-    }
-    Ok(())
+        ControlFlow::Continue(())
+    })
+    .await?;
+    refused.map_or(Ok(()), |refused| Err(refused.into()))
 }

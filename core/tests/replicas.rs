@@ -5,7 +5,8 @@
 
 mod support;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -15,8 +16,8 @@ use emit_proto::v1::worker_service_client::WorkerServiceClient;
 use futures_util::StreamExt;
 use pb::open_session_request::Message as Outgoing;
 use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
 use serde_json::{Value, json};
+use support::ack_worker::{AnyError, Heard, ack_and_complete_all};
 use support::{ADMIN_KEY, PostgresDatabase, Process};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -99,100 +100,29 @@ async fn run_session(
     key: &str,
     ledger: &Mutex<Ledger>,
     completed: &AtomicUsize,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let (outgoing, stream) = mpsc::channel(1024);
-    outgoing
-        .send(pb::OpenSessionRequest {
-            message: Some(Outgoing::Hello(pb::WorkerHello {
-                space_id: space_id.to_owned(),
-                names: vec![],
-                capacity: CAPACITY,
-            })),
-        })
-        .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request.metadata_mut().insert("x-api-key", key.parse()?);
-    let mut client = WorkerServiceClient::connect(url.to_owned()).await?;
-    let mut incoming = client.open_session(request).await?.into_inner();
-    let mut completes = HashSet::new();
-    let result = session_loop(
-        &mut incoming,
-        &outgoing,
-        core,
-        ledger,
-        completed,
-        &mut completes,
-    )
-    .await;
-    if !completes.is_empty() {
-        eprintln!(
-            "session on core {core} ends with {} completes unanswered",
-            completes.len()
-        );
-    }
-    result
-}
-
-async fn session_loop(
-    incoming: &mut tonic::Streaming<pb::OpenSessionResponse>,
-    outgoing: &mpsc::Sender<pb::OpenSessionRequest>,
-    core: usize,
-    ledger: &Mutex<Ledger>,
-    completed: &AtomicUsize,
-    completes: &mut HashSet<u64>,
-) -> Result<(), Box<dyn std::error::Error>> {
-    let mut request_id = 0;
-    while let Some(message) = incoming.message().await? {
-        match message.message {
-            Some(Incoming::Assignment(job)) => {
-                ledger
-                    .lock()
-                    .unwrap()
-                    .deliveries
-                    .entry(job.id.clone())
-                    .or_default()
-                    .push(core);
-                for action in [
-                    Action::Ack(pb::ReportAck {}),
-                    Action::Complete(pb::ReportComplete { result_json: None }),
-                ] {
-                    request_id += 1;
-                    if matches!(action, Action::Complete(_)) {
-                        completes.insert(request_id);
-                    }
-                    let report = pb::WorkerReport {
-                        request_id,
-                        job_id: job.id.clone(),
-                        action: Some(action),
-                    };
-                    outgoing
-                        .send(pb::OpenSessionRequest {
-                            message: Some(Outgoing::Report(report)),
-                        })
-                        .await?;
-                }
-            }
-            Some(Incoming::Result(result)) if result.code != 0 => {
-                eprintln!(
-                    "core {core} refused a report: {} {}",
-                    result.code, result.message
-                );
-            }
-            Some(Incoming::Result(result)) if completes.remove(&result.request_id) => {
-                *ledger
-                    .lock()
-                    .unwrap()
-                    .completions
-                    .entry(result.job_id)
-                    .or_default() += 1;
+) -> Result<(), AnyError> {
+    ack_and_complete_all(url, key, space_id, CAPACITY, |heard| {
+        let mut ledger = ledger.lock().unwrap();
+        match heard {
+            Heard::Assigned(job) => ledger
+                .deliveries
+                .entry(job.id.clone())
+                .or_default()
+                .push(core),
+            Heard::Completed { job_id, result } if result.code == 0 => {
+                *ledger.completions.entry(job_id.to_owned()).or_default() += 1;
                 if completed.fetch_add(1, Ordering::SeqCst) + 1 >= JOBS {
-                    return Ok(());
+                    return ControlFlow::Break(());
                 }
             }
-            _ => {}
+            Heard::Completed { result, .. } | Heard::AckRefused(result) => eprintln!(
+                "core {core} refused a report: {} {}",
+                result.code, result.message
+            ),
         }
-    }
-    Ok(())
+        ControlFlow::Continue(())
+    })
+    .await
 }
 
 /// Reads a space stream until it has seen every job complete; returns its

@@ -181,6 +181,7 @@ impl Drop for Process {
     }
 }
 
+pub mod ack_worker;
 mod postgres;
 pub mod worker;
 #[allow(unused_imports)]

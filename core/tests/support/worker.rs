@@ -3,16 +3,11 @@
 //! lease began and ended and which completions the server accepted.
 
 use std::collections::HashMap;
+use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use emit_proto::v1 as pb;
-use emit_proto::v1::worker_service_client::WorkerServiceClient;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use super::ack_worker::{AnyError, Heard, ack_and_complete_all};
 
 /// One job pushed to one session.
 pub struct Lease {
@@ -98,7 +93,7 @@ pub async fn run_session(
     space_id: &str,
     capacity: u32,
     ledger: &Mutex<Ledger>,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+) -> Result<(), AnyError> {
     let session = {
         let mut ledger = ledger.lock().unwrap();
         ledger.next_session += 1;
@@ -120,74 +115,28 @@ async fn session_loop(
     capacity: u32,
     ledger: &Mutex<Ledger>,
     session: usize,
-) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let (outgoing, stream) = mpsc::channel(1024);
-    outgoing
-        .send(pb::OpenSessionRequest {
-            message: Some(Outgoing::Hello(pb::WorkerHello {
-                space_id: space_id.to_owned(),
-                names: vec![],
-                capacity,
-            })),
-        })
-        .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request.metadata_mut().insert("x-api-key", key.parse()?);
-    let mut client = WorkerServiceClient::connect(grpc_url.to_owned()).await?;
-    let mut incoming = client.open_session(request).await?.into_inner();
-    let mut request_id = 0;
-    let mut completes = HashMap::new();
-    while let Some(message) = incoming.message().await? {
-        match message.message {
-            Some(Incoming::Assignment(job)) => {
-                ledger.lock().unwrap().leases.push(Lease {
-                    job_id: job.id.clone(),
-                    lease_id: job.lease_id.clone(),
-                    payload_json: job.payload_json.clone(),
-                    session,
-                    began: job
-                        .delivered_at
-                        .map(|at| {
-                            SystemTime::UNIX_EPOCH
-                                + Duration::new(at.seconds as u64, at.nanos as u32)
-                        })
-                        .expect("a delivery says when it was leased"),
-                });
-                for action in [
-                    Action::Ack(pb::ReportAck {}),
-                    Action::Complete(pb::ReportComplete { result_json: None }),
-                ] {
-                    request_id += 1;
-                    if matches!(action, Action::Complete(_)) {
-                        completes.insert(request_id, job.id.clone());
-                    }
-                    let report = pb::WorkerReport {
-                        request_id,
-                        job_id: job.id.clone(),
-                        action: Some(action),
-                    };
-                    outgoing
-                        .send(pb::OpenSessionRequest {
-                            message: Some(Outgoing::Report(report)),
-                        })
-                        .await?;
-                }
+) -> Result<(), AnyError> {
+    ack_and_complete_all(grpc_url, key, space_id, capacity, |heard| {
+        let mut ledger = ledger.lock().unwrap();
+        match heard {
+            Heard::Assigned(job) => ledger.leases.push(Lease {
+                job_id: job.id.clone(),
+                lease_id: job.lease_id.clone(),
+                payload_json: job.payload_json.clone(),
+                session,
+                began: job
+                    .delivered_at
+                    .map(|at| {
+                        SystemTime::UNIX_EPOCH + Duration::new(at.seconds as u64, at.nanos as u32)
+                    })
+                    .expect("a delivery says when it was leased"),
+            }),
+            Heard::Completed { job_id, result } if result.code == 0 => {
+                *ledger.completions.entry(job_id.to_owned()).or_default() += 1;
             }
-            Some(Incoming::Result(result)) => {
-                if let Some(job_id) = completes.remove(&result.request_id)
-                    && result.code == 0
-                {
-                    *ledger
-                        .lock()
-                        .unwrap()
-                        .completions
-                        .entry(job_id)
-                        .or_default() += 1;
-                }
-            }
-            Some(Incoming::Drained(_)) => return Ok(()),
-            _ => {}
+            Heard::Completed { .. } | Heard::AckRefused(_) => {}
         }
-    }
-    Ok(())
+        ControlFlow::Continue(())
+    })
+    .await
 }
