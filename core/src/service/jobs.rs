@@ -140,7 +140,7 @@ impl JobsApi {
             return Ok(Vec::new());
         }
         // Subscribed before looking, so a job made ready in between wakes us.
-        let mut ready =
+        let ready =
             (wait_seconds > 0).then(|| self.hub.subscribe(Topic::Space(space_id.to_owned())));
         let request = DeliverRequest {
             space_id: space_id.to_owned(),
@@ -150,7 +150,7 @@ impl JobsApi {
         };
         let jobs = self.store.deliver(request).await?;
         self.note_deadlines(&jobs);
-        let Some(mut ready) = ready.take() else {
+        let Some(mut ready) = ready else {
             return Ok(jobs);
         };
         if !jobs.is_empty() {
