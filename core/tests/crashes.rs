@@ -271,7 +271,7 @@ async fn queue(http: &reqwest::Client, url: &str, count: usize, creates: &Arc<Mu
 
 /// One bulk create of jobs tagged `tags`; the ids, or None without an answer.
 async fn create_tagged(http: &reqwest::Client, url: &str, tags: &[String]) -> Option<Vec<String>> {
-    let body: Vec<Value> = tags
+    let body: Value = tags
         .iter()
         .map(|tag| {
             json!({
@@ -281,13 +281,7 @@ async fn create_tagged(http: &reqwest::Client, url: &str, tags: &[String]) -> Op
             })
         })
         .collect();
-    let response = http
-        .post(url)
-        .header("x-api-key", ADMIN_KEY)
-        .json(&body)
-        .send()
-        .await
-        .ok()?;
+    let response = support::post_json(http, url, ADMIN_KEY, &body).await.ok()?;
     assert!(
         response.status() == 201 || response.status().is_server_error(),
         "create answered {}",

@@ -143,11 +143,7 @@ impl Target {
 }
 
 async fn send_ok(http: &reqwest::Client, url: &str, body: Value) -> Value {
-    let response = http
-        .post(url)
-        .header("x-api-key", ADMIN_KEY)
-        .json(&body)
-        .send()
+    let response = support::post_json(http, url, ADMIN_KEY, &body)
         .await
         .unwrap();
     assert!(response.status().is_success());

@@ -85,11 +85,7 @@ async fn a_key_over_its_limit_gets_the_limit_and_429s_and_other_keys_are_unaffec
 }
 
 async fn post(http: &reqwest::Client, url: &str, body: Value) -> Value {
-    let response = http
-        .post(url)
-        .header("x-api-key", ADMIN_KEY)
-        .json(&body)
-        .send()
+    let response = support::post_json(http, url, ADMIN_KEY, &body)
         .await
         .unwrap();
     assert_eq!(response.status(), StatusCode::CREATED);

@@ -154,11 +154,7 @@ async fn watch_space(gateway: String, space_id: String, token: String) -> Vec<Va
 }
 
 async fn post(client: &reqwest::Client, url: String, key: &str, body: Value) -> Value {
-    let response = client
-        .post(url)
-        .header("x-api-key", key)
-        .json(&body)
-        .send()
+    let response = support::post_json(client, &url, key, &body)
         .await
         .expect("request is answered");
     assert!(response.status().is_success(), "{}", response.status());
@@ -443,14 +439,13 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
     .await;
     let key = token["key"].as_str().unwrap().to_owned();
 
+    let create_job = async |name: &str| {
+        let url = format!("{a}/spaces/{space_id}/jobs");
+        post(&client, url, &key, json!({ "name": name })).await
+    };
+
     // A job created and worked through replica A, watched through replica B.
-    let job = post(
-        &client,
-        format!("{a}/spaces/{space_id}/jobs"),
-        &key,
-        json!({"name": "x"}),
-    )
-    .await;
+    let job = create_job("x").await;
     let job_id = job["id"].as_str().unwrap().to_owned();
     let ws_b = gateways[1].url.replace("http://", "ws://");
     let (mut job_stream, _) =
@@ -494,13 +489,7 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
         tokio::spawn(async move { post(&client, url, &key, json!({"waitSeconds": 20})).await })
     };
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let created = post(
-        &client,
-        format!("{a}/spaces/{space_id}/jobs"),
-        &key,
-        json!({"name": "z"}),
-    )
-    .await;
+    let created = create_job("z").await;
     let polled = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await
         .expect("polled within 10s")
@@ -532,13 +521,7 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
         .into_inner();
     let welcome = session.message().await.unwrap().unwrap();
     assert!(matches!(welcome.message, Some(Incoming::Welcome(_))));
-    let pushed = post(
-        &client,
-        format!("{a}/spaces/{space_id}/jobs"),
-        &key,
-        json!({"name": "y"}),
-    )
-    .await;
+    let pushed = create_job("y").await;
     let assignment = tokio::time::timeout(Duration::from_secs(10), session.message())
         .await
         .expect("pushed within 10s")

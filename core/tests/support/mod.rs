@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 
 pub const ADMIN_KEY: &str = "emit_crash_admin";
 
+/// POSTs `body` as JSON with `key` in `x-api-key`.
+pub async fn post_json(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: &serde_json::Value,
+) -> reqwest::Result<reqwest::Response> {
+    http.post(url)
+        .header("x-api-key", key)
+        .json(body)
+        .send()
+        .await
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
