@@ -25,9 +25,10 @@ pub struct Waiter {
     /// Only these job names; empty means any.
     pub names: Vec<String>,
     /// Jobs the writer may still lease to this waiter. The session adds to
-    /// it as it frees slots; the writer takes from it as it leases, and adds
-    /// to it itself when a report it writes for this waiter ends a job.
-    /// Negative while the worker holds more than its (lowered) capacity.
+    /// it as it frees slots; the writer takes from it as it leases, and,
+    /// once a batch commits, adds the slots of the jobs that reports in that
+    /// batch ended for this waiter. Negative while the worker holds more
+    /// than its (lowered) capacity.
     room: AtomicI64,
     /// Set once the waiter takes no more jobs (draining, gone).
     closed: AtomicBool,
@@ -164,7 +165,7 @@ impl Waiters {
                     room: waiter.take_room(),
                     freed: u32::try_from(freed).unwrap_or(u32::MAX),
                 };
-                if share.room + share.freed == 0 {
+                if share.room.saturating_add(share.freed) == 0 {
                     continue;
                 }
                 match fills
@@ -227,8 +228,8 @@ impl Fill {
     pub fn room(&self) -> u32 {
         self.shares
             .iter()
-            .map(|share| share.room + share.freed)
-            .sum()
+            .map(|share| share.room.saturating_add(share.freed))
+            .fold(0, u32::saturating_add)
     }
 
     /// Shares `jobs` out in order. Room left over goes back at once; freed
@@ -242,7 +243,10 @@ impl Fill {
             freed,
         } in self.shares
         {
-            let taken: Vec<Job> = jobs.by_ref().take((room + freed) as usize).collect();
+            let taken: Vec<Job> = jobs
+                .by_ref()
+                .take(room.saturating_add(freed) as usize)
+                .collect();
             let used = u32::try_from(taken.len()).unwrap_or(u32::MAX);
             let used_freed = used.min(freed);
             let used_room = used - used_freed;
