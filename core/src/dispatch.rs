@@ -24,7 +24,7 @@ use crate::auth::{Principal, Revocation};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus, LiveEvent};
-use crate::realtime::{Ended, EventHub, Topic};
+use crate::realtime::{Ended, EventHub, Topic, last_events};
 use crate::service::JobsApi;
 use crate::store::Step;
 use crate::store::handoff::{Handed, Waiter};
@@ -346,14 +346,10 @@ pub async fn run_session(
             )
             .await;
     }
-    session.jobs.stop_waiting(&session.waiter);
     // Jobs leased to the session but not yet taken up are released with the
-    // rest; any leased after this are released by the writer.
-    handed.close();
-    while let Ok(jobs) = handed.try_recv() {
-        for job in jobs {
-            session.held.insert(job.id.clone(), Held::of(&job));
-        }
+    // rest.
+    for job in session.jobs.stop_waiting(&session.waiter, &mut handed) {
+        session.held.insert(job.id.clone(), Held::of(&job));
     }
     session.release_all().await;
     tracing::debug!(%session_id, "worker session closed");
@@ -504,23 +500,22 @@ impl Session {
         claims: &AtomicI64,
     ) -> std::result::Result<(), ()> {
         let mut room = self.waiter.room();
-        // Each job's status at the end of the chunk; a full session (the
-        // usual case under load) has no use for it.
-        let mut last_status: HashMap<&str, JobStatus> = HashMap::new();
-        if room > 0 {
-            for event in chunk {
-                if let LiveEvent::Job(event) = event {
-                    last_status.insert(&event.job_id, event.status);
-                }
-            }
-        }
+        // A full session (the usual case under load) has no use for where
+        // the chunk leaves each job.
+        let last = if room > 0 {
+            last_events(chunk)
+        } else {
+            HashMap::new()
+        };
         let mut wanted = false;
         for event in chunk {
             let LiveEvent::Job(event) = event else {
                 continue;
             };
             let still_ready = event.status == JobStatus::Pending
-                && last_status.get(event.job_id.as_str()) == Some(&JobStatus::Pending);
+                && last
+                    .get(event.job_id.as_str())
+                    .is_some_and(|last| last.status == JobStatus::Pending);
             if still_ready && room > 0 && self.wants(&event.job_name) && claim(claims, event.seq) {
                 room -= 1;
                 wanted = true;

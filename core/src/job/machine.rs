@@ -84,6 +84,16 @@ pub struct Fence {
     pub lease: Option<String>,
 }
 
+impl Fence {
+    /// The fence of whoever holds `job` under its current lease.
+    pub fn holding(job: &Job) -> Self {
+        Self {
+            attempt_number: None,
+            lease: job.state.lease().map(str::to_owned),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Transition {
     pub job: Job,

@@ -14,7 +14,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
 
-use crate::job::{JobStatus, LiveEvent};
+use crate::job::{JobEvent, JobStatus, LiveEvent};
 
 /// The events one commit published for one job or one space, in order.
 pub type Chunk = Arc<[LiveEvent]>;
@@ -268,15 +268,20 @@ impl Subscription {
 /// Whether `chunk` leaves a job that `wanted` (by name) ready: its last
 /// event in the chunk has it pending.
 fn left_ready(chunk: &[LiveEvent], wanted: impl Fn(&str) -> bool) -> bool {
-    let mut last_status: HashMap<&str, (JobStatus, &str)> = HashMap::new();
+    last_events(chunk)
+        .values()
+        .any(|event| event.status == JobStatus::Pending && wanted(&event.job_name))
+}
+
+/// Each job's last event in `chunk`: where the chunk leaves it.
+pub fn last_events(chunk: &[LiveEvent]) -> HashMap<&str, &JobEvent> {
+    let mut last = HashMap::new();
     for event in chunk {
         if let LiveEvent::Job(event) = event {
-            last_status.insert(&event.job_id, (event.status, &event.job_name));
+            last.insert(event.job_id.as_str(), &**event);
         }
     }
-    last_status
-        .values()
-        .any(|(status, name)| *status == JobStatus::Pending && wanted(name))
+    last
 }
 
 impl Drop for Subscription {

@@ -10,7 +10,7 @@
 
 mod hub;
 
-pub use hub::{Ended, EventHub, Subscription, Topic, Woke};
+pub use hub::{Ended, EventHub, Subscription, Topic, Woke, last_events};
 
 use std::collections::VecDeque;
 use std::sync::Arc;

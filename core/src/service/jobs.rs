@@ -343,9 +343,10 @@ impl JobsApi {
         self.store.wake_writer();
     }
 
-    /// The waiter takes no more jobs.
-    pub fn stop_waiting(&self, waiter: &Arc<Waiter>) {
-        self.store.waiters().remove(waiter);
+    /// The waiter takes no more jobs; returns those leased to it that it
+    /// has not taken up (see `Waiters::leave`).
+    pub fn stop_waiting(&self, waiter: &Arc<Waiter>, handed: &mut Handed) -> Vec<Job> {
+        self.store.waiters().leave(waiter, handed)
     }
 
     /// Jobs handed to a waiter: their deadlines are the timers' to keep.
@@ -456,13 +457,7 @@ impl PollWaiter {
     }
 
     fn stop(&mut self) -> Vec<Job> {
-        self.store.waiters().remove(&self.waiter);
-        self.handed.close();
-        let mut left = Vec::new();
-        while let Ok(jobs) = self.handed.try_recv() {
-            left.extend(jobs);
-        }
-        left
+        self.store.waiters().leave(&self.waiter, &mut self.handed)
     }
 }
 
@@ -481,10 +476,7 @@ impl Drop for PollWaiter {
                 };
                 let step = Step {
                     command: Command::Release,
-                    fence: Fence {
-                        attempt_number: None,
-                        lease: job.state.lease().map(str::to_owned),
-                    },
+                    fence: Fence::holding(&job),
                 };
                 // Already moved on (timed out): nothing to hand back.
                 let _ = store.apply(&target, vec![step], now_millis(), None).await;

@@ -81,7 +81,8 @@ pub enum WriteOp {
         steps: Vec<Step>,
         now: UnixMillis,
         /// The waiter that holds the job: if the steps end its lease, the
-        /// slot goes back to the waiter within this batch.
+        /// slot is the waiter's again. This batch's fill uses it first; what
+        /// it leaves reaches the waiter after COMMIT.
         refill: Option<Arc<Waiter>>,
         reply: Reply<Vec<Result<Job>>>,
     },
@@ -285,11 +286,10 @@ async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) 
             job_id: job.id.clone(),
             space_id: None,
         };
-        let fence = Fence {
-            attempt_number: None,
-            lease: job.state.lease().map(str::to_owned),
-        };
-        match writer.apply(&target, Command::Release, &fence, now).await {
+        match writer
+            .apply(&target, Command::Release, &Fence::holding(job), now)
+            .await
+        {
             Ok(job) => effects.touched.add(&job.space_id),
             Err(error @ Error::Internal(_)) => return Err(error),
             // It moved on meanwhile (timed out, killed): nothing to hand back.

@@ -117,8 +117,20 @@ impl Waiters {
         (waiter, handed)
     }
 
+    /// Forgets `waiter` and returns the jobs already leased to it that it
+    /// has not taken up. Jobs leased after this are the writer's to release.
+    pub fn leave(&self, waiter: &Arc<Waiter>, handed: &mut Handed) -> Vec<Job> {
+        self.remove(waiter);
+        handed.close();
+        let mut left = Vec::new();
+        while let Ok(jobs) = handed.try_recv() {
+            left.extend(jobs);
+        }
+        left
+    }
+
     /// Closes and forgets a waiter.
-    pub fn remove(&self, waiter: &Arc<Waiter>) {
+    fn remove(&self, waiter: &Arc<Waiter>) {
         waiter.close();
         let mut spaces = self.lock();
         if let Some(waiters) = spaces.get_mut(&waiter.space_id) {
@@ -339,10 +351,7 @@ mod tests {
         assert_eq!(waiter.room(), 0, "room is what was not filled");
 
         // The completion gives the slot back and leases the next job with it.
-        let fence = Fence {
-            attempt_number: None,
-            lease: first[0].state.lease().map(str::to_owned),
-        };
+        let fence = Fence::holding(&first[0]);
         let steps = [Command::Ack, Command::Complete { result: None }]
             .into_iter()
             .map(|command| Step {
