@@ -10,7 +10,7 @@ use emit_core::{CoreConfig, RunningCore, Secret};
 use emit_gateway::{GatewayConfig, RunningGateway};
 use serde_json::{Value, json};
 
-pub const ADMIN_KEY: &str = "emit_bench_admin";
+pub const ADMIN_KEY: &str = "emit_bench_admin_key_0123456789abcdef";
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -31,6 +31,7 @@ async fn start_core(database_url: String) -> Result<RunningCore, AnyError> {
     Ok(emit_core::start(CoreConfig {
         grpc_addr: "127.0.0.1:0".parse()?,
         database_url,
+        database_wait: std::time::Duration::from_secs(30),
         admin_key: Some(Secret(ADMIN_KEY.into())),
         rate_limit: RateLimit(NonZeroU32::new(0)),
         streams: Default::default(),

@@ -42,6 +42,10 @@ pub enum Error {
     /// Shutting down or overloaded: 503 / UNAVAILABLE.
     #[error("service unavailable")]
     Unavailable,
+    /// The server cannot start as configured (a port taken, a database
+    /// unreachable, a weak admin key); the message names what and where.
+    #[error("{0}")]
+    Startup(String),
     /// Anything else. The cause is logged, never sent to the caller.
     #[error("internal error")]
     Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
@@ -65,7 +69,7 @@ impl Error {
             Self::Conflict(_) => tonic::Code::FailedPrecondition,
             Self::Stale(_) => tonic::Code::Aborted,
             Self::RateLimited { .. } | Self::Overrun(_) => tonic::Code::ResourceExhausted,
-            Self::Unavailable => tonic::Code::Unavailable,
+            Self::Unavailable | Self::Startup(_) => tonic::Code::Unavailable,
             Self::Internal(_) => tonic::Code::Internal,
         }
     }

@@ -1,8 +1,10 @@
 //! The `emit` command: run the server (core and gateway together or apart)
 //! and administer spaces and tokens over the core's gRPC admin API.
 
+use std::io::IsTerminal;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use emit_core::auth::RateLimit;
@@ -14,10 +16,26 @@ use emit_proto::v1 as pb;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
 
 #[derive(Parser)]
-#[command(name = "emit", version, about = "A self-hostable job dispatch server")]
+#[command(
+    name = "emit",
+    version,
+    about = "A self-hostable job dispatch server",
+    after_help = "Start here: `emit serve` runs everything with SQLite in ./emit-data/ \
+                  and prints the admin key on its first start."
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: `text` (coloured only on a terminal) or `json`
+    /// (one object per line). The filter is RUST_LOG (default `info`).
+    #[arg(long, env = "EMIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -29,7 +47,7 @@ enum Command {
         #[command(flatten)]
         gateway: GatewayArgs,
     },
-    /// Run the gRPC core alone.
+    /// Run the gRPC core alone (put gateways in front with `emit gateway`).
     Core {
         #[command(flatten)]
         core: CoreArgs,
@@ -38,36 +56,40 @@ enum Command {
     Gateway {
         #[command(flatten)]
         gateway: GatewayArgs,
+        /// The core's gRPC address, e.g. http://127.0.0.1:50051.
         #[arg(long, env = "EMIT_CORE_URL")]
         core_url: String,
     },
-    /// Manage spaces.
+    /// Manage spaces (over the core's gRPC admin API).
     Space {
         #[command(subcommand)]
         command: SpaceCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
-    /// Manage a space's API tokens.
+    /// Manage a space's API tokens (over the core's gRPC admin API).
     Token {
         #[command(subcommand)]
         command: TokenCommand,
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Recover access: replace the stored admin key.
+    AdminKey {
+        #[command(subcommand)]
+        command: AdminKeyCommand,
+    },
 }
 
 #[derive(Args)]
 struct CoreArgs {
+    /// Address the gRPC core listens on.
     #[arg(long, env = "EMIT_GRPC_ADDR", default_value = "127.0.0.1:50051")]
     grpc_addr: SocketAddr,
-    #[arg(
-        long,
-        env = "EMIT_DATABASE_URL",
-        default_value = "sqlite://./emit-data/emit.db"
-    )]
-    database_url: String,
-    /// Admin key; when unset one is generated on first start and printed once.
+    #[command(flatten)]
+    database: DatabaseArgs,
+    /// Admin key (at least 32 characters); when unset one is generated on
+    /// first start, stored hashed and printed once.
     #[arg(long, env = "EMIT_ADMIN_KEY", hide_env_values = true)]
     admin_key: Option<String>,
     /// Requests per second allowed to each API key (0 disables the limit).
@@ -86,7 +108,24 @@ struct CoreArgs {
 }
 
 #[derive(Args)]
+struct DatabaseArgs {
+    /// Where jobs live: sqlite://PATH (created if missing) or
+    /// postgres://USER:PASSWORD@HOST:PORT/DB (several cores may share it).
+    #[arg(
+        long,
+        env = "EMIT_DATABASE_URL",
+        default_value = "sqlite://./emit-data/emit.db"
+    )]
+    database_url: String,
+    /// Seconds a start keeps retrying a database that does not answer yet
+    /// (PostgreSQL still starting), saying so in the log.
+    #[arg(long, env = "EMIT_DATABASE_WAIT", default_value_t = 30)]
+    database_wait: u64,
+}
+
+#[derive(Args)]
 struct GatewayArgs {
+    /// Address the REST/WebSocket gateway listens on.
     #[arg(long, env = "EMIT_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     http_addr: SocketAddr,
     /// Messages a WebSocket client may leave unread before it is disconnected.
@@ -95,7 +134,7 @@ struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    fn config(self, core_url: String) -> GatewayConfig {
+    fn config(&self, core_url: String) -> GatewayConfig {
         GatewayConfig {
             http_addr: self.http_addr,
             core_url,
@@ -106,6 +145,7 @@ impl GatewayArgs {
 
 #[derive(Args)]
 struct AdminArgs {
+    /// The core's gRPC address.
     #[arg(
         long,
         env = "EMIT_CORE_URL",
@@ -113,33 +153,63 @@ struct AdminArgs {
         global = true
     )]
     core_url: String,
+    /// The admin key (printed on the server's first start).
     #[arg(long, env = "EMIT_ADMIN_KEY", hide_env_values = true, global = true)]
     admin_key: Option<String>,
 }
 
 #[derive(Subcommand)]
 enum SpaceCommand {
-    Create { name: String },
+    /// Create a space; it comes with a public jobs:read:progress token.
+    Create {
+        /// The space's name.
+        name: String,
+    },
+    /// List every space.
     List,
-    Get { space_id: String },
+    /// Show one space.
+    Get {
+        /// The space's id.
+        space_id: String,
+    },
 }
 
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Create a token; its key is printed once.
     Create {
+        /// The space the token belongs to.
         space_id: String,
-        #[arg(long = "scope", required = true)]
+        /// Scopes, repeated or comma-separated: `--scope jobs:create,jobs:read`
+        /// or `--scope jobs:create --scope jobs:read`. Shorthands: jobs:worker,
+        /// jobs:write.
+        #[arg(long = "scope", required = true, value_delimiter = ',')]
         scopes: Vec<String>,
+        /// A name to recognise the token by.
         #[arg(long, default_value = "cli")]
         name: String,
     },
+    /// List a space's tokens (never their keys).
     List {
+        /// The space's id.
         space_id: String,
     },
+    /// Revoke a token: its key stops working at once, on every core.
     Revoke {
+        /// The space's id.
         space_id: String,
+        /// The token's id (from `token list`).
         token_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum AdminKeyCommand {
+    /// Generate a new admin key, store it in place of the old one and print
+    /// it once. Restart the server (every core) afterwards.
+    Reset {
+        #[command(flatten)]
+        database: DatabaseArgs,
     },
 }
 
@@ -147,7 +217,8 @@ impl CoreArgs {
     fn config(self) -> CoreConfig {
         CoreConfig {
             grpc_addr: self.grpc_addr,
-            database_url: self.database_url,
+            database_url: self.database.database_url,
+            database_wait: Duration::from_secs(self.database.database_wait),
             admin_key: self.admin_key.map(Secret),
             rate_limit: RateLimit(NonZeroU32::new(self.rate_limit)),
             streams: StreamLimits {
@@ -172,17 +243,44 @@ fn main() {
 }
 
 async fn async_main() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    if let Err(error) = run(Cli::parse().command).await {
-        eprintln!("error: {error}");
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    if let Err(error) = run(cli.command).await {
+        eprintln!("error: {}", describe(&*error));
         std::process::exit(1);
     }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => {
+            // Colour codes only for a person at a terminal, never into
+            // journald or a file.
+            let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
+            logs.with_ansi(colour).init()
+        }
+    }
+}
+
+/// An error with its causes, `outer: inner: innermost`, each said once.
+fn describe(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut said = error.to_string();
+    let mut cause = error.source();
+    while let Some(inner) = cause {
+        let text = inner.to_string();
+        if !said.contains(&text) {
+            said.push_str(": ");
+            said.push_str(&text);
+        }
+        cause = inner.source();
+    }
+    said
 }
 
 /// glibc raises its mmap threshold each time a large mapped buffer is freed
@@ -210,10 +308,12 @@ type AnyError = Box<dyn std::error::Error + Send + Sync>;
 async fn run(command: Command) -> Result<(), AnyError> {
     match command {
         Command::Serve { core, gateway } => {
+            // Both ports are taken before anything is stored, so a start that
+            // cannot serve never generates (and loses) an admin key.
+            let http = emit_gateway::bind(&gateway.config(String::new())).await?;
             let mut core = emit_core::start(core.config()).await?;
-            announce_admin_key(&core);
-            let gateway =
-                emit_gateway::start(gateway.config(format!("http://{}", core.grpc_addr))).await?;
+            let gateway = http.serve(&gateway.config(format!("http://{}", core.grpc_addr)))?;
+            announce_admin_key(&core, Some(gateway.http_addr));
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = core.wait() => tracing::error!("core stopped unexpectedly"),
@@ -226,7 +326,7 @@ async fn run(command: Command) -> Result<(), AnyError> {
         }
         Command::Core { core } => {
             let mut core = emit_core::start(core.config()).await?;
-            announce_admin_key(&core);
+            announce_admin_key(&core, None);
             tokio::select! {
                 _ = shutdown_signal() => {}
                 _ = core.wait() => tracing::error!("core stopped unexpectedly"),
@@ -240,14 +340,34 @@ async fn run(command: Command) -> Result<(), AnyError> {
         }
         Command::Space { command, admin } => space(command, admin).await?,
         Command::Token { command, admin } => token(command, admin).await?,
+        Command::AdminKey {
+            command: AdminKeyCommand::Reset { database },
+        } => {
+            let Secret(key) = emit_core::server::reset_admin_key(
+                &database.database_url,
+                Duration::from_secs(database.database_wait),
+            )
+            .await?;
+            println!("New admin key (shown only once, store it now): {key}");
+            println!("Restart the server (every core) for it to take effect.");
+        }
     }
     Ok(())
 }
 
-fn announce_admin_key(core: &emit_core::RunningCore) {
+/// Printed once everything listens, so the key is never shown by a start
+/// that then fails; to stdout, never to the log (only its hash is stored).
+fn announce_admin_key(core: &emit_core::RunningCore, http_addr: Option<SocketAddr>) {
     if let Some(Secret(key)) = &core.generated_admin_key {
-        // Printed to stdout once, never logged: only its hash is stored.
         println!("Generated admin key (shown only once, store it now): {key}");
+        println!("Lost it later? Stop the server and run `emit admin-key reset`.");
+    }
+    match http_addr {
+        Some(http) => println!(
+            "emit is serving: http://{http} (REST, WebSockets), gRPC on {}",
+            core.grpc_addr
+        ),
+        None => println!("emit core is serving: gRPC on {}", core.grpc_addr),
     }
 }
 
@@ -271,7 +391,35 @@ async fn shutdown_signal() {
 async fn admin_client(
     admin: &AdminArgs,
 ) -> Result<AdminServiceClient<tonic::transport::Channel>, AnyError> {
-    Ok(AdminServiceClient::connect(admin.core_url.clone()).await?)
+    let endpoint = tonic::transport::Endpoint::from_shared(admin.core_url.clone())
+        .map_err(|error| format!("invalid --core-url {}: {error}", admin.core_url))?
+        .connect_timeout(Duration::from_secs(5));
+    let channel = endpoint.connect().await.map_err(|error| {
+        format!(
+            "cannot reach the core at {}: {} (is `emit serve` or `emit core` running there? see --core-url)",
+            admin.core_url,
+            describe(&error)
+        )
+    })?;
+    Ok(AdminServiceClient::new(channel))
+}
+
+/// A refusal or failure of an admin call, saying where and why.
+fn call_failed(admin: &AdminArgs) -> impl Fn(tonic::Status) -> AnyError + '_ {
+    move |status| {
+        let cause = match status.code() {
+            tonic::Code::Unavailable | tonic::Code::Unknown | tonic::Code::Internal => {
+                describe(&status)
+            }
+            _ => status.message().to_owned(),
+        };
+        format!(
+            "the core at {} answered {:?}: {cause}",
+            admin.core_url,
+            status.code()
+        )
+        .into()
+    }
 }
 
 fn authorized<T>(admin: &AdminArgs, message: T) -> Result<tonic::Request<T>, AnyError> {
@@ -280,7 +428,10 @@ fn authorized<T>(admin: &AdminArgs, message: T) -> Result<tonic::Request<T>, Any
         .as_deref()
         .ok_or("the admin key is required (--admin-key or EMIT_ADMIN_KEY)")?;
     let mut request = tonic::Request::new(message);
-    request.metadata_mut().insert("x-api-key", key.parse()?);
+    let value = key
+        .parse()
+        .map_err(|_| "the admin key must be printable ASCII")?;
+    request.metadata_mut().insert("x-api-key", value);
     Ok(request)
 }
 
@@ -301,13 +452,15 @@ async fn space(command: SpaceCommand, admin: AdminArgs) -> Result<(), AnyError> 
         SpaceCommand::Create { name } => {
             let response = client
                 .create_space(authorized(&admin, pb::CreateSpaceRequest { name })?)
-                .await?;
+                .await
+                .map_err(call_failed(&admin))?;
             print_json(space_json(response.into_inner().space.unwrap_or_default()));
         }
         SpaceCommand::List => {
             let response = client
                 .list_spaces(authorized(&admin, pb::ListSpacesRequest {})?)
-                .await?;
+                .await
+                .map_err(call_failed(&admin))?;
             let spaces = response
                 .into_inner()
                 .spaces
@@ -319,7 +472,8 @@ async fn space(command: SpaceCommand, admin: AdminArgs) -> Result<(), AnyError> 
         SpaceCommand::Get { space_id } => {
             let response = client
                 .get_space(authorized(&admin, pb::GetSpaceRequest { space_id })?)
-                .await?;
+                .await
+                .map_err(call_failed(&admin))?;
             print_json(space_json(response.into_inner().space.unwrap_or_default()));
         }
     }
@@ -342,7 +496,8 @@ async fn token(command: TokenCommand, admin: AdminArgs) -> Result<(), AnyError> 
             };
             let response = client
                 .create_token(authorized(&admin, request)?)
-                .await?
+                .await
+                .map_err(call_failed(&admin))?
                 .into_inner();
             let mut json = token_json(response.token.unwrap_or_default());
             json["key"] = response.key.into();
@@ -351,7 +506,8 @@ async fn token(command: TokenCommand, admin: AdminArgs) -> Result<(), AnyError> 
         TokenCommand::List { space_id } => {
             let response = client
                 .list_tokens(authorized(&admin, pb::ListTokensRequest { space_id })?)
-                .await?;
+                .await
+                .map_err(call_failed(&admin))?;
             let tokens = response
                 .into_inner()
                 .tokens
@@ -366,7 +522,8 @@ async fn token(command: TokenCommand, admin: AdminArgs) -> Result<(), AnyError> 
                     &admin,
                     pb::RevokeTokenRequest { space_id, token_id },
                 )?)
-                .await?;
+                .await
+                .map_err(call_failed(&admin))?;
             println!("revoked");
         }
     }

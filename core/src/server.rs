@@ -15,7 +15,8 @@ use tokio::task::JoinHandle;
 use tonic::transport::server::TcpIncoming;
 
 use crate::auth::{
-    Authenticator, KeyHash, RateLimit, generate_key, hash_from_hex, hash_key, hash_to_hex,
+    Authenticator, KeyHash, RateLimit, check_admin_key, generate_key, hash_from_hex, hash_key,
+    hash_to_hex,
 };
 use crate::callbacks::push::PushNotifier;
 use crate::callbacks::{CallbackConfig, Deliverer};
@@ -23,7 +24,7 @@ use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
 use crate::service::{AdminApi, JobsApi};
-use crate::store::{self, Store};
+use crate::store::{self, SettingWrite, Store};
 use crate::timers::{self, TimerWake};
 
 /// Messages carry job payloads (1 MiB each) in bulk; leave room for that.
@@ -45,6 +46,8 @@ impl std::fmt::Debug for Secret {
 pub struct CoreConfig {
     pub grpc_addr: SocketAddr,
     pub database_url: String,
+    /// How long a start waits for the database to answer (PostgreSQL).
+    pub database_wait: Duration,
     /// When unset, a key is generated on first start and stored hashed.
     pub admin_key: Option<Secret>,
     pub rate_limit: RateLimit,
@@ -93,7 +96,16 @@ impl RunningCore {
 }
 
 pub async fn start(config: CoreConfig) -> Result<RunningCore> {
-    let store = store::open(&config.database_url).await?;
+    // Listen before anything is stored: a start that cannot serve must not
+    // generate (and so lose) an admin key.
+    let listener = TcpListener::bind(config.grpc_addr).await.map_err(|error| {
+        Error::Startup(format!(
+            "cannot listen for gRPC on {}: {error}",
+            config.grpc_addr
+        ))
+    })?;
+    let grpc_addr = listener.local_addr().map_err(Error::internal)?;
+    let store = store::open(&config.database_url, config.database_wait).await?;
     let (admin_key_hash, generated_admin_key) =
         resolve_admin_key(&*store, config.admin_key).await?;
     let auth = Arc::new(Authenticator::new(
@@ -127,6 +139,13 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1()
         .map_err(Error::internal)?;
+    // v1alpha too: Python's grpcio-reflection, Postman and older grpcurl
+    // speak only that.
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(emit_proto::v1::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()
+        .map_err(Error::internal)?;
 
     let workers_service =
         WorkerServiceServer::new(WorkersGrpc::new(auth.clone(), jobs.clone(), hub.clone()))
@@ -139,10 +158,6 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let events_service = EventServiceServer::new(EventsGrpc::new(auth, realtime))
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
-    let listener = TcpListener::bind(config.grpc_addr).await.map_err(|error| {
-        Error::invalid(format!("cannot listen on {}: {error}", config.grpc_addr))
-    })?;
-    let grpc_addr = listener.local_addr().map_err(Error::internal)?;
     // With our own listener the builder's tcp_nodelay does not apply; without
     // it, Nagle holds back small stream messages (pushes, results) for tens
     // of milliseconds.
@@ -156,6 +171,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
             .add_service(health_service)
             .add_service(reflection)
+            .add_service(reflection_v1alpha)
             .add_service(jobs_service)
             .add_service(admin_service)
             .add_service(events_service)
@@ -177,30 +193,74 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
 }
 
 /// The configured admin key, or the one stored by an earlier start, or a new
-/// one (stored hashed, returned so it can be shown once).
+/// one (stored hashed, returned so it can be shown once). Says which is in
+/// force.
 async fn resolve_admin_key(
     store: &dyn Store,
     configured: Option<Secret>,
 ) -> Result<(KeyHash, Option<Secret>)> {
+    let stored = match store.get_setting(ADMIN_KEY_SETTING).await? {
+        Some(hex) => Some(
+            hash_from_hex(&hex)
+                .ok_or_else(|| Error::internal("stored admin key hash is corrupt"))?,
+        ),
+        None => None,
+    };
     if let Some(Secret(key)) = configured.filter(|secret| !secret.0.is_empty()) {
-        return Ok((hash_key(&key), None));
+        check_admin_key(&key).map_err(|weakness| {
+            Error::Startup(format!(
+                "the admin key from --admin-key/EMIT_ADMIN_KEY is refused: {weakness}"
+            ))
+        })?;
+        let hash = hash_key(&key);
+        if stored.is_some_and(|stored| stored != hash) {
+            tracing::warn!(
+                "admin key: the configured one (--admin-key/EMIT_ADMIN_KEY) is in force; \
+                 the key stored in the database is not accepted while it is set"
+            );
+        } else {
+            tracing::info!("admin key: the configured one (--admin-key/EMIT_ADMIN_KEY)");
+        }
+        return Ok((hash, None));
     }
-    if let Some(stored) = store.get_setting(ADMIN_KEY_SETTING).await? {
-        let hash = hash_from_hex(&stored)
-            .ok_or_else(|| Error::internal("stored admin key hash is corrupt"))?;
+    if let Some(hash) = stored {
+        tracing::info!(
+            "admin key: the one stored in the database (lost it? `emit admin-key reset`)"
+        );
         return Ok((hash, None));
     }
     let key = generate_key()?;
     let hash = hash_key(&key);
     let stored = store
-        .put_setting_once(ADMIN_KEY_SETTING, &hash_to_hex(&hash))
+        .put_setting(
+            ADMIN_KEY_SETTING,
+            &hash_to_hex(&hash),
+            SettingWrite::KeepExisting,
+        )
         .await?;
     if stored == hash_to_hex(&hash) {
+        tracing::info!("admin key: generated on this first start; printed once serving");
         Ok((hash, Some(Secret(key))))
     } else {
         // Another replica won the race; its key stands.
+        tracing::info!("admin key: the one another replica generated and stored");
         let hash = hash_from_hex(&stored)
             .ok_or_else(|| Error::internal("stored admin key hash is corrupt"))?;
         Ok((hash, None))
     }
+}
+
+/// Replaces the stored admin key with a new one and returns it: the way
+/// back in when the key is lost. Running cores take it at their next start.
+pub async fn reset_admin_key(database_url: &str, database_wait: Duration) -> Result<Secret> {
+    let store = store::open(database_url, database_wait).await?;
+    let key = generate_key()?;
+    store
+        .put_setting(
+            ADMIN_KEY_SETTING,
+            &hash_to_hex(&hash_key(&key)),
+            SettingWrite::Replace,
+        )
+        .await?;
+    Ok(Secret(key))
 }

@@ -72,8 +72,9 @@ async fn the_admin_key_is_generated_once_and_the_cli_manages_spaces_and_tokens()
             "token",
             "create",
             space_id,
+            // Comma-separated scopes work as well as a repeated --scope.
             "--scope",
-            "jobs:create",
+            "jobs:create,jobs:read",
             "--name",
             "producer",
         ],
@@ -89,10 +90,303 @@ async fn the_admin_key_is_generated_once_and_the_cli_manages_spaces_and_tokens()
     assert_eq!(created.status(), 201);
     let tokens = cli(&second, &admin_key, &["token", "list", space_id]);
     assert_eq!(tokens.as_array().unwrap().len(), 2);
+    let producer = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|token| token["name"] == "producer")
+        .expect("the created token is listed");
+    assert_eq!(
+        producer["scopes"],
+        serde_json::json!(["jobs:create", "jobs:read"])
+    );
     second.kill9();
     assert!(
         !second.stdout().contains("store it now"),
         "the key is shown only on the first start"
     );
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Runs `emit ARGS` to its exit (bounded) with `env`, and returns it.
+async fn run_to_exit(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
+    let mut command = tokio::process::Command::new(env!("CARGO_BIN_EXE_emit"));
+    command
+        .args(args)
+        .env_remove("EMIT_ADMIN_KEY")
+        .env("RUST_LOG", "info")
+        .kill_on_drop(true);
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    tokio::time::timeout(std::time::Duration::from_secs(60), command.output())
+        .await
+        .expect("emit exits within 60s")
+        .expect("emit runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn scratch_database(tag: &str) -> (std::path::PathBuf, String) {
+    let dir = std::env::temp_dir().join(format!("emit-{tag}-{}", ulid::Ulid::new()));
+    let url = format!("sqlite://{}/emit.db", dir.display());
+    (dir, url)
+}
+
+#[tokio::test]
+async fn a_start_that_cannot_serve_shows_no_key_and_the_next_start_does() {
+    let (dir, database_url) = scratch_database("port-taken");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let http = taken.local_addr().unwrap().to_string();
+    let grpc = format!("127.0.0.1:{}", support::free_port());
+    let args = [
+        "serve",
+        "--http-addr",
+        &http,
+        "--grpc-addr",
+        &grpc,
+        "--database-url",
+        &database_url,
+    ];
+    let failed = run_to_exit(&args, &[]).await;
+    assert!(!failed.status.success());
+    let stderr = text(&failed.stderr);
+    assert!(
+        stderr.contains(&format!("error: cannot listen for HTTP on {http}")),
+        "{stderr}"
+    );
+    assert!(!text(&failed.stdout).contains("store it now"));
+    drop(taken);
+
+    // The port is free now: this is the first start that serves, and it
+    // shows the key, which works.
+    let client = reqwest::Client::new();
+    let mut server = Process::spawn(&args, None, format!("http://{http}"));
+    server.wait_http_ready(&client).await;
+    server.terminate();
+    server.wait_exit(std::time::Duration::from_secs(30)).await;
+    let printed = server.stdout();
+    let key = printed
+        .lines()
+        .find_map(|line| line.split("store it now): ").nth(1))
+        .unwrap_or_else(|| panic!("the key is printed: {printed}"));
+    assert!(
+        printed.contains(&format!("emit is serving: http://{http}")),
+        "{printed}"
+    );
+    assert!(key.starts_with("emit_"));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn weak_admin_keys_are_refused_and_a_lost_key_is_replaced_by_reset() {
+    let (dir, database_url) = scratch_database("admin-key");
+    let grpc = format!("127.0.0.1:{}", support::free_port());
+    let weak = run_to_exit(
+        &[
+            "core",
+            "--grpc-addr",
+            &grpc,
+            "--database-url",
+            &database_url,
+        ],
+        &[("EMIT_ADMIN_KEY", "short")],
+    )
+    .await;
+    assert!(!weak.status.success());
+    let stderr = text(&weak.stderr);
+    assert!(
+        stderr.contains("the admin key from --admin-key/EMIT_ADMIN_KEY is refused")
+            && stderr.contains("at least 32"),
+        "{stderr}"
+    );
+
+    // A first start stores a generated key; it is "lost"; reset replaces it.
+    let client = reqwest::Client::new();
+    let mut first = Process::serve(&database_url, None, &[]);
+    first.wait_http_ready(&client).await;
+    first.kill9();
+    let lost = first
+        .stdout()
+        .lines()
+        .find_map(|line| line.split("store it now): ").nth(1).map(str::to_owned))
+        .expect("the first start prints its key");
+    let reset = run_to_exit(
+        &["admin-key", "reset", "--database-url", &database_url],
+        &[],
+    )
+    .await;
+    assert!(reset.status.success(), "{}", text(&reset.stderr));
+    let printed = text(&reset.stdout);
+    let new_key = printed
+        .lines()
+        .find_map(|line| line.split("store it now): ").nth(1))
+        .unwrap_or_else(|| panic!("reset prints the new key: {printed}"))
+        .trim()
+        .to_owned();
+
+    let second = Process::serve(&database_url, None, &[]);
+    second.wait_http_ready(&client).await;
+    let spaces = |key: String| {
+        client
+            .get(format!("{}/api/v1/spaces", second.url))
+            .header("x-api-key", key)
+            .send()
+    };
+    assert_eq!(spaces(new_key).await.unwrap().status(), 200);
+    assert_eq!(spaces(lost.trim().to_owned()).await.unwrap().status(), 401);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn failures_name_what_failed_and_where() {
+    // The CLI with no core at the address.
+    let port = support::free_port();
+    let core_url = format!("http://127.0.0.1:{port}");
+    let cli = run_to_exit(
+        &["space", "list", "--core-url", &core_url],
+        &[("EMIT_ADMIN_KEY", support::ADMIN_KEY)],
+    )
+    .await;
+    assert!(!cli.status.success());
+    let stderr = text(&cli.stderr);
+    assert!(
+        stderr.contains(&format!("cannot reach the core at {core_url}"))
+            && stderr.to_lowercase().contains("refused"),
+        "{stderr}"
+    );
+
+    // PostgreSQL that is not there: retried with progress, then named.
+    let grpc = format!("127.0.0.1:{}", support::free_port());
+    let database_url = format!("postgres://postgres@127.0.0.1:{port}/emit");
+    let serve = run_to_exit(
+        &[
+            "core",
+            "--grpc-addr",
+            &grpc,
+            "--database-url",
+            &database_url,
+            "--database-wait",
+            "2",
+        ],
+        &[("EMIT_ADMIN_KEY", support::ADMIN_KEY)],
+    )
+    .await;
+    assert!(!serve.status.success());
+    let stderr = text(&serve.stderr);
+    assert!(stderr.contains("waiting for PostgreSQL"), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "error: cannot connect to PostgreSQL at 127.0.0.1:{port}/emit"
+        )),
+        "{stderr}"
+    );
+}
+
+#[tokio::test]
+async fn logs_are_plain_or_json_and_log_each_request_without_its_query() {
+    for format in ["text", "json"] {
+        let (dir, database_url) = scratch_database("logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log_path = dir.join("stderr.log");
+        let http = format!("127.0.0.1:{}", support::free_port());
+        let grpc = format!("127.0.0.1:{}", support::free_port());
+        let mut server = tokio::process::Command::new(env!("CARGO_BIN_EXE_emit"))
+            .args([
+                "serve",
+                "--http-addr",
+                &http,
+                "--grpc-addr",
+                &grpc,
+                "--database-url",
+                &database_url,
+                "--log-format",
+                format,
+            ])
+            .env("EMIT_ADMIN_KEY", support::ADMIN_KEY)
+            .env("RUST_LOG", "info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let client = reqwest::Client::new();
+        let probe = Process {
+            child: std::process::Command::new("true").spawn().unwrap(),
+            url: format!("http://{http}"),
+            grpc_url: None,
+        };
+        probe.wait_http_ready(&client).await;
+        let answered = client
+            .get(format!(
+                "http://{http}/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV?token=sekrit"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answered.status(), 401);
+        let _ = server.start_kill();
+        let _ = server.wait().await;
+        let log = std::fs::read_to_string(&log_path).unwrap();
+        assert!(!log.contains('\u{1b}'), "no colour codes in a file: {log}");
+        assert!(!log.contains("sekrit"), "no query strings: {log}");
+        let request_line = log
+            .lines()
+            .find(|line| line.contains("/api/v1/jobs/01ARZ3NDEKTSV4RRFFQ69G5FAV"))
+            .unwrap_or_else(|| panic!("a request line: {log}"));
+        assert!(request_line.contains("401"), "{request_line}");
+        assert!(
+            request_line.contains("/api/v1/jobs/{job_id}"),
+            "{request_line}"
+        );
+        if format == "json" {
+            for line in log.lines() {
+                let parsed: serde_json::Value =
+                    serde_json::from_str(line).unwrap_or_else(|_| panic!("a JSON line: {line}"));
+                assert!(parsed["level"].is_string(), "{line}");
+            }
+        }
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+}
+
+#[tokio::test]
+async fn every_flag_and_subcommand_has_help() {
+    let cases: [(&[&str], &[&str]); 4] = [
+        (
+            &["serve", "--help"],
+            &[
+                "Address the REST/WebSocket gateway listens on",
+                "Address the gRPC core listens on",
+                "Where jobs live",
+                "Log format on stderr",
+            ],
+        ),
+        (&["gateway", "--help"], &["The core's gRPC address"]),
+        (
+            &["token", "create", "--help"],
+            &["repeated or comma-separated"],
+        ),
+        (&["--help"], &["Recover access", "Manage spaces"]),
+    ];
+    for (args, expected) in cases {
+        let help = run_to_exit(args, &[]).await;
+        assert!(help.status.success());
+        let printed = text(&help.stdout);
+        for phrase in expected {
+            assert!(
+                printed.contains(phrase),
+                "{args:?} lacks {phrase:?}:\n{printed}"
+            );
+        }
+        // clap prints a bare flag line with nothing after it when a flag
+        // has no help; every option line must carry text.
+        for line in printed.lines().map(str::trim) {
+            if line.starts_with("--") && !line.contains("  ") {
+                panic!("{args:?}: {line:?} has no help");
+            }
+        }
+    }
 }

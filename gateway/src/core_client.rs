@@ -16,6 +16,13 @@ const CHANNELS: usize = 4;
 const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Headers that carry the caller's credentials, forwarded to the core as is.
 const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
+/// Longest credential forwarded. Keys are 69 characters; a much longer one is
+/// certainly not a key, and metadata that large would break the HTTP/2
+/// connection to the core that every other caller shares.
+pub const MAX_CREDENTIAL_BYTES: usize = 1024;
+/// Sent instead of a credential that cannot be one: the core refuses it
+/// with 401 like any unknown key.
+pub const NOT_A_KEY: &str = "invalid";
 
 #[derive(Clone)]
 pub struct CoreClient {
@@ -67,14 +74,22 @@ impl CoreClient {
     }
 }
 
+/// Puts a credential into `request`'s metadata, or `NOT_A_KEY` when it is
+/// too long or not representable there.
+pub fn set_credential<T>(request: &mut tonic::Request<T>, name: &'static str, value: &str) {
+    let value = Some(value)
+        .filter(|value| value.len() <= MAX_CREDENTIAL_BYTES)
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| tonic::metadata::MetadataValue::from_static(NOT_A_KEY));
+    request.metadata_mut().insert(name, value);
+}
+
 /// A gRPC request carrying the caller's credentials.
 pub fn with_credentials<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     for name in CREDENTIAL_HEADERS {
-        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok())
-            && let Ok(value) = value.parse()
-        {
-            request.metadata_mut().insert(name, value);
+        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+            set_credential(&mut request, name, value);
         }
     }
     request

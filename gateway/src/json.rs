@@ -179,8 +179,12 @@ pub fn job_stream_message(message: pb::watch_job_response::Message) -> Value {
 pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value {
     use pb::watch_space_response::Message;
     match message {
+        // `jobName` and `status` are null (no job): the reference's own
+        // snippets read both from every message of this stream.
         Message::Connected(connected) => json!({
             "type": "connected",
+            "jobName": null,
+            "status": null,
             "spaceId": connected.space_id,
             "seq": connected.seq,
             "streamInstanceId": connected.stream_instance_id,

@@ -2,6 +2,7 @@
 //! core's gRPC calls. It holds no job state; authentication and every
 //! decision happen in the core, which receives the caller's key as metadata.
 
+mod auth_failures;
 mod core_client;
 mod error;
 mod extract;
@@ -59,26 +60,52 @@ impl RunningGateway {
     }
 }
 
+/// Binds the HTTP listener and starts serving on it.
 pub async fn start(
     config: GatewayConfig,
 ) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
-    let core = CoreClient::connect_lazy(&config.core_url, config.stream_queue)?;
+    bind(&config).await?.serve(&config)
+}
+
+/// Binds the HTTP listener without serving yet, so `emit serve` can find a
+/// taken port before the core starts (and generates its admin key).
+pub async fn bind(
+    config: &GatewayConfig,
+) -> Result<BoundGateway, Box<dyn std::error::Error + Send + Sync>> {
     let listener = TcpListener::bind(config.http_addr)
         .await
-        .map_err(|error| format!("cannot listen on {}: {error}", config.http_addr))?;
-    let http_addr = listener.local_addr()?;
-    let (shutdown, mut stop) = watch::channel(false);
-    let server = tokio::spawn(
-        axum::serve(listener, app(core))
+        .map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
+    Ok(BoundGateway { listener })
+}
+
+pub struct BoundGateway {
+    listener: TcpListener,
+}
+
+impl BoundGateway {
+    pub fn serve(
+        self,
+        config: &GatewayConfig,
+    ) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
+        let core = CoreClient::connect_lazy(&config.core_url, config.stream_queue)
+            .map_err(|error| format!("invalid core URL {}: {error}", config.core_url))?;
+        let http_addr = self.listener.local_addr()?;
+        let (shutdown, mut stop) = watch::channel(false);
+        let server = tokio::spawn(
+            axum::serve(
+                self.listener,
+                app(core).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+            )
             .with_graceful_shutdown(async move {
                 let _ = stop.wait_for(|stopping| *stopping).await;
             })
             .into_future(),
-    );
-    tracing::info!(%http_addr, core = %config.core_url, "gateway listening");
-    Ok(RunningGateway {
-        http_addr,
-        shutdown,
-        server,
-    })
+        );
+        tracing::info!(%http_addr, core = %config.core_url, "gateway listening");
+        Ok(RunningGateway {
+            http_addr,
+            shutdown,
+            server,
+        })
+    }
 }

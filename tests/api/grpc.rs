@@ -434,4 +434,42 @@ async fn health_and_reflection_are_served() {
         names.contains(&"emit.v1.AdminService".to_owned()),
         "{names:?}"
     );
+
+    // The same through v1alpha, which grpcio-reflection, Postman and older
+    // grpcurl speak.
+    use tonic_reflection::pb::v1alpha as alpha;
+    let mut reflection = alpha::server_reflection_client::ServerReflectionClient::new(
+        tonic::transport::Endpoint::from_shared(app.grpc_url.clone())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let request = alpha::ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(alpha::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+    };
+    let response = reflection
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .expect("v1alpha reflection is served")
+        .into_inner()
+        .message()
+        .await
+        .unwrap()
+        .unwrap();
+    let Some(alpha::server_reflection_response::MessageResponse::ListServicesResponse(list)) =
+        response.message_response
+    else {
+        panic!("expected a service list");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|service| service.name == "emit.v1.WorkerService"),
+        "{:?}",
+        list.service
+    );
 }

@@ -20,7 +20,7 @@ use tonic::transport::Channel;
 mod postgres;
 use postgres::PostgresDatabase;
 
-pub const ADMIN_KEY: &str = "emit_test_admin_key";
+pub const ADMIN_KEY: &str = "emit_test_admin_key_0123456789abcdef";
 
 /// The storage engine a test binary runs the suite against (each binary
 /// names one, so the other looks unused to it).
@@ -153,6 +153,7 @@ impl TestApp {
         let core = emit_core::start(CoreConfig {
             grpc_addr: loopback(),
             database_url: self.database_url(),
+            database_wait: Duration::from_secs(30),
             admin_key: Some(Secret(ADMIN_KEY.into())),
             rate_limit: self.rate_limit,
             streams: self.streams,

@@ -6,6 +6,7 @@ mod auth;
 mod callbacks;
 mod create;
 mod dispatch;
+mod first_run;
 mod grpc;
 mod helpers;
 mod lifecycle;

@@ -37,6 +37,9 @@ impl Revocation {
 
 const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_CAPACITY: usize = 100_000;
+/// Longest key looked at: keys are 69 characters, anything far longer is
+/// refused without hashing or a lookup.
+pub const MAX_KEY_BYTES: usize = 1024;
 
 /// Requests per second allowed to one API key; `None` disables the limit.
 #[derive(Clone, Copy, Debug)]
@@ -56,6 +59,9 @@ pub struct Authenticator {
     revoked: broadcast::Sender<String>,
     admin_key_hash: KeyHash,
     cache: Mutex<HashMap<KeyHash, (Arc<ApiKey>, Instant)>>,
+    /// Keys recently found unknown: refused again without a lookup, so one
+    /// caller repeating a bad key costs the database nothing.
+    unknown: Mutex<HashMap<KeyHash, Instant>>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
 }
 
@@ -66,6 +72,7 @@ impl Authenticator {
             revoked: broadcast::channel(256).0,
             admin_key_hash,
             cache: Mutex::new(HashMap::new()),
+            unknown: Mutex::new(HashMap::new()),
             limiter: rate_limit
                 .0
                 .map(|per_second| RateLimiter::keyed(quota(per_second))),
@@ -74,6 +81,9 @@ impl Authenticator {
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal> {
         let key = presented.ok_or(Error::Unauthenticated("missing API key"))?;
+        if key.len() > MAX_KEY_BYTES {
+            return Err(Error::Unauthenticated("invalid API key"));
+        }
         let hash = hash_key(key);
         if bool::from(hash.ct_eq(&self.admin_key_hash)) {
             return Ok(Principal::Admin);
@@ -133,12 +143,29 @@ impl Authenticator {
     }
 
     async fn load(&self, hash: KeyHash) -> Result<Arc<ApiKey>> {
-        let token = self
+        let invalid = Error::Unauthenticated("invalid API key");
+        if lock(&self.unknown)
+            .get(&hash)
+            .is_some_and(|seen| seen.elapsed() < CACHE_TTL)
+        {
+            return Err(invalid);
+        }
+        let Some(token) = self
             .store
             .find_token(&hash)
             .await?
             .filter(|token| bool::from(token.key_hash.ct_eq(&hash)))
-            .ok_or(Error::Unauthenticated("invalid API key"))?;
+        else {
+            let mut unknown = lock(&self.unknown);
+            if unknown.len() >= CACHE_CAPACITY {
+                unknown.retain(|_, seen| seen.elapsed() < CACHE_TTL);
+                if unknown.len() >= CACHE_CAPACITY {
+                    unknown.clear();
+                }
+            }
+            unknown.insert(hash, Instant::now());
+            return Err(invalid);
+        };
         let api_key = Arc::new(ApiKey {
             scopes: parse_scopes(&token.scopes)?,
             token_id: token.id,
@@ -169,8 +196,12 @@ impl Authenticator {
     }
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (Arc<ApiKey>, Instant)>> {
-        self.cache
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+        lock(&self.cache)
     }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }

@@ -21,6 +21,35 @@ pub fn generate_key() -> Result<String> {
     Ok(key)
 }
 
+/// Shortest admin key accepted from configuration: generated keys are 69.
+pub const MIN_ADMIN_KEY_CHARS: usize = 32;
+/// Fewer distinct characters than this is a pattern, not a secret.
+const MIN_DISTINCT_CHARS: usize = 8;
+
+/// Why a chosen admin key is too weak to guard every space, if it is.
+pub fn check_admin_key(key: &str) -> std::result::Result<(), String> {
+    if key.chars().count() < MIN_ADMIN_KEY_CHARS {
+        return Err(format!(
+            "it has {} characters, at least {MIN_ADMIN_KEY_CHARS} are needed \
+             (for example `openssl rand -hex 32`)",
+            key.chars().count()
+        ));
+    }
+    if !key.bytes().all(|byte| byte.is_ascii_graphic()) {
+        return Err("it must be printable ASCII without spaces (it travels in a header)".into());
+    }
+    let mut distinct: Vec<u8> = key.bytes().collect();
+    distinct.sort_unstable();
+    distinct.dedup();
+    if distinct.len() < MIN_DISTINCT_CHARS {
+        return Err(format!(
+            "it uses only {} distinct characters, at least {MIN_DISTINCT_CHARS} are needed",
+            distinct.len()
+        ));
+    }
+    Ok(())
+}
+
 pub fn hash_key(key: &str) -> KeyHash {
     Sha256::digest(key.as_bytes()).into()
 }
@@ -75,5 +104,26 @@ mod tests {
         assert_eq!(presented_key(None, Some("bearer  emit_c ")), Some("emit_c"));
         assert_eq!(presented_key(None, Some("Basic abc")), None);
         assert_eq!(presented_key(Some(""), None), None);
+    }
+}
+
+#[cfg(test)]
+mod admin_key_tests {
+    use super::*;
+
+    #[test]
+    fn weak_admin_keys_are_refused_with_the_reason() {
+        assert!(
+            check_admin_key("short")
+                .unwrap_err()
+                .contains("at least 32")
+        );
+        assert!(
+            check_admin_key(&"a".repeat(40))
+                .unwrap_err()
+                .contains("distinct")
+        );
+        assert!(check_admin_key(&format!("{} x", "abcdefgh".repeat(5))).is_err());
+        assert!(check_admin_key(&generate_key().unwrap()).is_ok());
     }
 }

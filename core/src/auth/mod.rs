@@ -7,7 +7,10 @@ mod keys;
 mod scope;
 
 pub use authenticator::{Authenticator, RateLimit, Revocation};
-pub use keys::{KeyHash, generate_key, hash_from_hex, hash_key, hash_to_hex, presented_key};
+pub use keys::{
+    KeyHash, MIN_ADMIN_KEY_CHARS, check_admin_key, generate_key, hash_from_hex, hash_key,
+    hash_to_hex, presented_key,
+};
 pub use scope::{Scope, ScopeSet, parse_scopes};
 
 use std::sync::Arc;

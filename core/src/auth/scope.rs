@@ -17,10 +17,13 @@ pub enum Scope {
     JobsKeepalive,
     JobsKill,
     JobsReadProgress,
+    /// Live feeds only: the space stream and job streams, with full data
+    /// (websockets.txt's "Dashboard live feed"); no REST reads.
+    JobsReadSpace,
 }
 
 impl Scope {
-    pub const ALL: [Scope; 11] = [
+    pub const ALL: [Scope; 12] = [
         Self::JobsCreate,
         Self::JobsRead,
         Self::JobsPoll,
@@ -32,6 +35,7 @@ impl Scope {
         Self::JobsKeepalive,
         Self::JobsKill,
         Self::JobsReadProgress,
+        Self::JobsReadSpace,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -47,6 +51,7 @@ impl Scope {
             Self::JobsKeepalive => "jobs:keepalive",
             Self::JobsKill => "jobs:kill",
             Self::JobsReadProgress => "jobs:read:progress",
+            Self::JobsReadSpace => "jobs:read:space",
         }
     }
 
@@ -91,10 +96,17 @@ impl ScopeSet {
         Self(scopes.iter().fold(0, |bits, scope| bits | scope.bit()))
     }
 
-    /// `jobs:read` sees everything `jobs:read:progress` sees.
+    /// Read scopes nest: `jobs:read` sees everything `jobs:read:space`
+    /// sees, and that everything `jobs:read:progress` sees.
     pub fn allows(self, scope: Scope) -> bool {
         let held = |s: Scope| self.0 & s.bit() != 0;
-        held(scope) || (scope == Scope::JobsReadProgress && held(Scope::JobsRead))
+        match scope {
+            Scope::JobsReadSpace => held(scope) || held(Scope::JobsRead),
+            Scope::JobsReadProgress => {
+                held(scope) || held(Scope::JobsReadSpace) || held(Scope::JobsRead)
+            }
+            _ => held(scope),
+        }
     }
 
     pub fn require(self, scope: Scope) -> Result<()> {
@@ -154,6 +166,16 @@ mod tests {
             progress.require(Scope::JobsRead).unwrap_err().to_string(),
             "Missing required scope: jobs:read"
         );
+    }
+
+    #[test]
+    fn the_live_feed_scope_grants_streams_but_no_rest_reads() {
+        let feed = set(&["jobs:read:space"]);
+        assert!(feed.allows(Scope::JobsReadSpace));
+        assert!(feed.allows(Scope::JobsReadProgress));
+        assert!(!feed.allows(Scope::JobsRead));
+        assert!(set(&["jobs:read"]).allows(Scope::JobsReadSpace));
+        assert!(!set(&["jobs:read:progress"]).allows(Scope::JobsReadSpace));
     }
 
     #[test]

@@ -157,7 +157,7 @@ impl RealtimeApi {
                         "API key does not have access to this space",
                     ));
                 }
-                if key.scopes.allows(Scope::JobsRead) {
+                if key.scopes.allows(Scope::JobsReadSpace) {
                     Visibility::Full
                 } else if key.scopes.allows(Scope::JobsReadProgress) {
                     Visibility::ProgressOnly
@@ -188,7 +188,13 @@ impl RealtimeApi {
         space_id: &str,
         cursor: SpaceCursor,
     ) -> Result<SpaceWatch> {
-        who.authorize_space(space_id, Scope::JobsRead)?;
+        // The space stream needs `jobs:read` (or the live-feed-only
+        // `jobs:read:space`); a refusal names `jobs:read`, as the reference does.
+        who.authorize_space(space_id, Scope::JobsReadSpace)
+            .map_err(|error| match error {
+                Error::MissingScope(_) => Error::MissingScope(Scope::JobsRead),
+                other => other,
+            })?;
         if !is_well_formed(space_id) {
             return Err(Error::NotFound("space"));
         }

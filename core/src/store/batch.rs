@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Step,
-    Sweep, TokenRecord,
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord,
+    SpaceSettings, Step, Sweep, TokenRecord,
 };
 
 /// Most operations committed together.
@@ -63,9 +63,10 @@ pub enum WriteOp {
         now: UnixMillis,
         reply: Reply<bool>,
     },
-    PutSettingOnce {
+    PutSetting {
         name: String,
         value: String,
+        write: SettingWrite,
         reply: Reply<String>,
     },
     CreateJobs {
@@ -135,7 +136,8 @@ pub trait Writer: Send {
         token_id: &str,
         now: UnixMillis,
     ) -> Result<bool>;
-    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String>;
+    async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
+    -> Result<String>;
     async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()>;
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
     async fn apply(
@@ -341,7 +343,7 @@ fn refuse(op: WriteOp) {
         | WriteOp::CreateJobs { reply, .. } => unavailable(reply),
         WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
         WriteOp::RevokeToken { reply, .. } => unavailable(reply),
-        WriteOp::PutSettingOnce { reply, .. } => unavailable(reply),
+        WriteOp::PutSetting { reply, .. } => unavailable(reply),
         WriteOp::Deliver { reply, .. } => unavailable(reply),
         WriteOp::Apply { reply, .. } => unavailable(reply),
         WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
@@ -379,9 +381,12 @@ async fn execute(writer: &mut impl Writer, op: WriteOp, effects: &mut Effects) -
             now,
             reply,
         } => finish(writer.revoke_token(&space_id, &token_id, now).await, reply),
-        WriteOp::PutSettingOnce { name, value, reply } => {
-            finish(writer.put_setting_once(&name, &value).await, reply)
-        }
+        WriteOp::PutSetting {
+            name,
+            value,
+            write,
+            reply,
+        } => finish(writer.put_setting(&name, &value, write).await, reply),
         WriteOp::CreateJobs { jobs, reply } => {
             let ready_in = jobs
                 .iter()
@@ -585,11 +590,17 @@ impl Writes {
         .await
     }
 
-    pub async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
+    pub async fn put_setting(
+        &self,
+        name: &str,
+        value: &str,
+        write: SettingWrite,
+    ) -> Result<String> {
         let (name, value) = (name.to_owned(), value.to_owned());
-        self.send(self.any(), |reply| WriteOp::PutSettingOnce {
+        self.send(self.any(), |reply| WriteOp::PutSetting {
             name,
             value,
+            write,
             reply,
         })
         .await

@@ -26,6 +26,25 @@ use crate::job::{
     Job, JobEvent, JobStatus, LiveEvent, LogLevel, LogLine, StatusCounts, StoredLogLine,
 };
 
+/// What `put_setting` does when the setting exists already.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SettingWrite {
+    /// Keep the stored value (first writer wins, across replicas too).
+    KeepExisting,
+    /// Overwrite it.
+    Replace,
+}
+
+impl SettingWrite {
+    /// The `ON CONFLICT (name)` action; both backends speak it alike.
+    pub(crate) fn on_conflict(self) -> &'static str {
+        match self {
+            Self::KeepExisting => "DO NOTHING",
+            Self::Replace => "DO UPDATE SET value = excluded.value",
+        }
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SpaceRecord {
     pub id: String,
@@ -195,8 +214,9 @@ pub trait Store: Send + Sync + 'static {
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>>;
-    /// Stores `value` unless the setting exists; returns the stored value.
-    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String>;
+    /// Stores `value` (unless the setting exists and `write` keeps it);
+    /// returns the value stored afterwards.
+    async fn put_setting(&self, name: &str, value: &str, write: SettingWrite) -> Result<String>;
 
     /// Persists new jobs (and their `created` events) atomically; fails with
     /// NotFound when the space does not exist.
@@ -258,11 +278,15 @@ pub trait Store: Send + Sync + 'static {
 }
 
 /// Opens the store a database URL names, running its migrations.
-pub async fn open(database_url: &str) -> Result<Arc<dyn Store>> {
+/// Opens the store `database_url` names; `wait` bounds how long a database
+/// that does not answer yet is retried (PostgreSQL; SQLite is a file).
+pub async fn open(database_url: &str, wait: std::time::Duration) -> Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
         Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
     } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-        Ok(Arc::new(postgres::PostgresStore::open(database_url).await?))
+        Ok(Arc::new(
+            postgres::PostgresStore::open(database_url, wait).await?,
+        ))
     } else {
         Err(Error::invalid(format!(
             "unsupported database URL (expected sqlite://... or postgres://...): {}",

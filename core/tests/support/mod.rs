@@ -8,7 +8,7 @@ use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub const ADMIN_KEY: &str = "emit_crash_admin";
+pub const ADMIN_KEY: &str = "emit_crash_admin_key_0123456789abcdef";
 
 /// POSTs `body` as JSON with `key` in `x-api-key`.
 pub async fn post_json(

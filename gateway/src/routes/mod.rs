@@ -1,6 +1,7 @@
 //! The REST routes, one module per resource, merged once.
 
 mod admin;
+mod fallback;
 mod health;
 mod jobs;
 mod realtime;
@@ -8,11 +9,15 @@ mod workers;
 
 use std::collections::HashMap;
 
-use axum::Router;
-use axum::extract::{DefaultBodyLimit, Query};
-use axum::http::{Request, Uri};
-use tower_http::trace::TraceLayer;
+use std::time::Instant;
 
+use axum::Router;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request};
+use axum::http::Uri;
+use axum::middleware::{self, Next};
+use axum::response::Response;
+
+use crate::auth_failures::{self, AuthFailures};
 use crate::{ApiError, CoreClient, MAX_BODY_BYTES};
 
 pub fn router(core: CoreClient) -> Router {
@@ -22,12 +27,39 @@ pub fn router(core: CoreClient) -> Router {
         .merge(jobs::router())
         .merge(workers::router())
         .merge(realtime::router())
+        .merge(fallback::router())
+        .fallback(fallback::no_route)
+        .method_not_allowed_fallback(fallback::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        // Spans name the path only: query strings may carry `?token=`.
-        .layer(TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
-            tracing::debug_span!("request", method = %request.method(), path = request.uri().path())
-        }))
+        .layer(middleware::from_fn_with_state(
+            AuthFailures::default(),
+            auth_failures::limit,
+        ))
+        .layer(middleware::from_fn(log_request))
         .with_state(core)
+}
+
+/// One line per request: method, route, path, status, latency. Never the
+/// query string: it may carry `?token=`.
+async fn log_request(request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_owned();
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|route| route.as_str().to_owned());
+    let response = next.run(request).await;
+    tracing::info!(
+        target: "emit::http",
+        %method,
+        route = route.as_deref().unwrap_or("-"),
+        %path,
+        status = response.status().as_u16(),
+        latency_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
+        "request"
+    );
+    response
 }
 
 /// Query parameters, with malformed query strings reported as JSON errors.

@@ -24,7 +24,7 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
 use super::{integer_param, query_params};
-use crate::core_client::with_credentials;
+use crate::core_client::{set_credential, with_credentials};
 use crate::error::close_frame_for;
 use crate::json;
 use crate::{ApiError, CoreClient};
@@ -50,17 +50,8 @@ fn stream_request<T>(
 ) -> tonic::Request<T> {
     let mut request = with_credentials(headers, message);
     if let Some(token) = params.get("token").filter(|token| !token.is_empty()) {
-        let metadata = request.metadata_mut();
-        metadata.remove("authorization");
-        match token.parse() {
-            Ok(value) => {
-                metadata.insert("x-api-key", value);
-            }
-            // Not representable as a header: certainly not a key.
-            Err(_) => {
-                metadata.insert("x-api-key", "invalid".parse().expect("ascii"));
-            }
-        }
+        request.metadata_mut().remove("authorization");
+        set_credential(&mut request, "x-api-key", token);
     }
     request
 }
@@ -215,9 +206,16 @@ async fn relay<M: Send + 'static>(
                 }
             }
             received = incoming.next() => match received {
+                // The WebSocket layer queued the answer to a client's close
+                // (echoing its code); flushing sends it, so the client sees
+                // a clean close rather than 1006.
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                    break;
+                }
                 // Pings are answered by the WebSocket layer; anything else
                 // from the client is ignored.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => break,
+                Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {

@@ -8,10 +8,11 @@ mod writer;
 
 use std::str::FromStr;
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
-use sqlx::{ConnectOptions, Postgres, QueryBuilder, Row};
+use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
 use self::relay::{Outlets, Relay};
@@ -25,8 +26,8 @@ use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
-    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
-    SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SettingWrite,
+    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 8;
@@ -51,10 +52,11 @@ pub struct PostgresStore {
 }
 
 impl PostgresStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, wait: Duration) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| Error::invalid(format!("invalid postgres URL: {error}")))?
             .disable_statement_logging();
+        wait_until_reachable(&options, wait).await?;
         let reads = PgPoolOptions::new()
             .max_connections(READ_CONNECTIONS)
             .connect_with(options.clone())
@@ -91,6 +93,46 @@ impl PostgresStore {
             revoked,
             _stop_relay: stop_relay,
         })
+    }
+}
+
+/// Longest wait for one connection attempt (an unroutable host never refuses).
+const CONNECT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects once, retrying with backoff and saying so, so a database that is
+/// still starting (or a wrong address) shows up in the log at once, by name.
+async fn wait_until_reachable(options: &PgConnectOptions, patience: Duration) -> Result<()> {
+    let target = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("(default database)")
+    );
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(250);
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let failure = match tokio::time::timeout(CONNECT_ATTEMPT_TIMEOUT, options.connect()).await {
+            Ok(Ok(connection)) => {
+                let _ = connection.close().await;
+                return Ok(());
+            }
+            Ok(Err(error)) => error.to_string(),
+            Err(_) => format!("no answer within {}s", CONNECT_ATTEMPT_TIMEOUT.as_secs()),
+        };
+        if started.elapsed() + delay > patience {
+            return Err(Error::Startup(format!(
+                "cannot connect to PostgreSQL at {target} (tried {attempt} times over {}s): {failure}",
+                started.elapsed().as_secs()
+            )));
+        }
+        tracing::warn!(
+            %target, attempt, error = %failure,
+            "waiting for PostgreSQL; retrying in {}ms", delay.as_millis()
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(4));
     }
 }
 
@@ -229,8 +271,8 @@ impl Store for PostgresStore {
         )
     }
 
-    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
-        self.writes.put_setting_once(name, value).await
+    async fn put_setting(&self, name: &str, value: &str, write: SettingWrite) -> Result<String> {
+        self.writes.put_setting(name, value, write).await
     }
 
     async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {

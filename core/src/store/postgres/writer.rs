@@ -32,7 +32,8 @@ use crate::job::{EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, Sto
 use crate::store::batch::{self, callback_try_event};
 use crate::store::rows;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
+    TokenRecord,
 };
 
 /// PostgreSQL accepts 65535 bound parameters per statement.
@@ -514,10 +515,16 @@ impl batch::Writer for PgWriter {
         Ok(revoked)
     }
 
-    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
-        )
+    async fn put_setting(
+        &mut self,
+        name: &str,
+        value: &str,
+        write: SettingWrite,
+    ) -> Result<String> {
+        sqlx::query(&format!(
+            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) {}",
+            write.on_conflict()
+        ))
         .bind(name)
         .bind(value)
         .execute(&mut self.conn)

@@ -30,8 +30,8 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
-    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SpaceHead, SpaceLog,
-    SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SettingWrite,
+    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -249,8 +249,8 @@ impl Store for SqliteStore {
         )
     }
 
-    async fn put_setting_once(&self, name: &str, value: &str) -> Result<String> {
-        self.writes.put_setting_once(name, value).await
+    async fn put_setting(&self, name: &str, value: &str, write: SettingWrite) -> Result<String> {
+        self.writes.put_setting(name, value, write).await
     }
 
     async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {

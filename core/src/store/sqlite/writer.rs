@@ -29,7 +29,8 @@ use crate::job::{
 use crate::store::batch::{self, callback_try_event};
 use crate::store::rows;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, SpaceRecord, SpaceSettings, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
+    TokenRecord,
 };
 
 /// SQLite accepts 32766 bound parameters per statement.
@@ -547,10 +548,16 @@ impl batch::Writer for SqliteWriter {
         Ok(revoked.rows_affected() == 1)
     }
 
-    async fn put_setting_once(&mut self, name: &str, value: &str) -> Result<String> {
-        sqlx::query(
-            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) DO NOTHING",
-        )
+    async fn put_setting(
+        &mut self,
+        name: &str,
+        value: &str,
+        write: SettingWrite,
+    ) -> Result<String> {
+        sqlx::query(&format!(
+            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) {}",
+            write.on_conflict()
+        ))
         .bind(name)
         .bind(value)
         .execute(&mut self.conn)

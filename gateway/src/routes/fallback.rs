@@ -1,0 +1,34 @@
+//! What answers when no route does: the landing page at `/`, and
+//! `{"error": ...}` for unknown paths and methods, like every other route.
+
+use axum::Router;
+use axum::http::{Method, StatusCode, Uri};
+use axum::response::Html;
+use axum::routing::get;
+
+use crate::{ApiError, CoreClient};
+
+const HOME: &str = include_str!("../../assets/home.html");
+
+pub fn router() -> Router<CoreClient> {
+    Router::new().route("/", get(home))
+}
+
+async fn home() -> Html<&'static str> {
+    Html(HOME)
+}
+
+/// Names the path only: a query string may carry `?token=`.
+pub async fn no_route(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {method} {}", uri.path()),
+    )
+}
+
+pub async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        format!("method {method} is not allowed on {}", uri.path()),
+    )
+}
