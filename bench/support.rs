@@ -45,6 +45,7 @@ async fn start_gateway(core: &RunningCore) -> Result<RunningGateway, AnyError> {
         http_addr: "127.0.0.1:0".parse()?,
         core_url: format!("http://{}", core.grpc_addr),
         stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
+        timeouts: Default::default(),
     })
     .await
 }

@@ -20,10 +20,10 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use crate::auth::{Principal, Revocation};
+use crate::auth::{Authenticator, Principal, Revocation};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
-use crate::job::{Job, JobStatus, LiveEvent};
+use crate::job::{Job, JobStatus, LiveEvent, spec};
 use crate::realtime::{Ended, EventHub, Topic, last_events};
 use crate::service::JobsApi;
 use crate::store::Step;
@@ -44,7 +44,8 @@ pub struct Hello {
 
 impl Hello {
     pub fn validate(&self) -> Result<()> {
-        check_capacity(self.capacity)
+        check_capacity(self.capacity)?;
+        spec::check_name_filter(&self.names)
     }
 }
 
@@ -110,6 +111,8 @@ impl Held {
 
 struct Session {
     jobs: Arc<JobsApi>,
+    /// Charges each report to the key's rate limit, as a REST call would be.
+    auth: Arc<Authenticator>,
     who: Principal,
     hello: Hello,
     held: HashMap<String, Held>,
@@ -309,6 +312,7 @@ async fn write_reports(
 #[allow(clippy::too_many_arguments)]
 pub async fn run_session(
     jobs: Arc<JobsApi>,
+    auth: Arc<Authenticator>,
     hub: EventHub,
     claims: Arc<AtomicI64>,
     mut revocation: Revocation,
@@ -323,6 +327,7 @@ pub async fn run_session(
         jobs.wait_for_jobs(&hello.space_id, hello.names.clone(), hello.capacity);
     let mut session = Session {
         jobs,
+        auth,
         who,
         hello,
         held: HashMap::new(),
@@ -471,6 +476,14 @@ impl Session {
                 job_id,
                 report,
             } => {
+                if let Err(limited) = self.auth.charge(&self.who) {
+                    let refused = WorkerOutput::Result {
+                        request_id,
+                        job_id,
+                        outcome: Err(limited),
+                    };
+                    return self.send(refused).await;
+                }
                 let fence = self.fence(&job_id);
                 let held = match self.held.get_mut(&job_id) {
                     Some(held) => {

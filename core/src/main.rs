@@ -139,6 +139,7 @@ impl GatewayArgs {
             http_addr: self.http_addr,
             core_url,
             stream_queue: self.ws_queue,
+            timeouts: Default::default(),
         }
     }
 }

@@ -169,6 +169,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             // Each WebSocket watcher is a stream on a gateway connection;
             // the usual cap of a few hundred would queue them.
             .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
+            // Peers that vanished (no FIN) are found and their streams,
+            // sessions and leases let go.
+            .http2_keepalive_interval(Some(Duration::from_secs(20)))
+            .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+            .tcp_keepalive(Some(Duration::from_secs(60)))
+            .layer(tower::util::MapResponseLayer::new(
+                undecodable_is_invalid_argument,
+            ))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)
@@ -190,6 +198,29 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         callbacks,
         jobs,
     })
+}
+
+/// tonic answers a request it cannot decode (invalid UTF-8 in a string, a
+/// malformed message) with INTERNAL; it is the caller's input that is wrong,
+/// so it becomes INVALID_ARGUMENT.
+fn undecodable_is_invalid_argument<B>(
+    mut response: tonic::codegen::http::Response<B>,
+) -> tonic::codegen::http::Response<B> {
+    let headers = response.headers_mut();
+    let internal = headers
+        .get("grpc-status")
+        .is_some_and(|status| status == "13");
+    let undecodable = headers
+        .get("grpc-message")
+        .and_then(|message| message.to_str().ok())
+        .is_some_and(|message| message.starts_with("failed%20to%20decode"));
+    if internal && undecodable {
+        headers.insert(
+            "grpc-status",
+            tonic::codegen::http::HeaderValue::from_static("3"),
+        );
+    }
+    response
 }
 
 /// The configured admin key, or the one stored by an earlier start, or a new

@@ -8,6 +8,7 @@ mod error;
 mod extract;
 mod json;
 mod routes;
+mod serve;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -19,6 +20,7 @@ use tokio::task::JoinHandle;
 
 pub use core_client::CoreClient;
 pub use error::ApiError;
+pub use serve::ConnectionTimeouts;
 
 /// Largest request body accepted (a bulk create of many large payloads).
 pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
@@ -31,6 +33,7 @@ pub struct GatewayConfig {
     /// Messages a WebSocket client may leave unread before it is
     /// disconnected as a slow consumer.
     pub stream_queue: usize,
+    pub timeouts: ConnectionTimeouts,
 }
 
 impl GatewayConfig {
@@ -44,7 +47,7 @@ pub fn app(core: CoreClient) -> Router {
 pub struct RunningGateway {
     pub http_addr: SocketAddr,
     shutdown: watch::Sender<bool>,
-    server: JoinHandle<std::io::Result<()>>,
+    server: JoinHandle<()>,
 }
 
 impl RunningGateway {
@@ -90,17 +93,8 @@ impl BoundGateway {
         let core = CoreClient::connect_lazy(&config.core_url, config.stream_queue)
             .map_err(|error| format!("invalid core URL {}: {error}", config.core_url))?;
         let http_addr = self.listener.local_addr()?;
-        let (shutdown, mut stop) = watch::channel(false);
-        let server = tokio::spawn(
-            axum::serve(
-                self.listener,
-                app(core).into_make_service_with_connect_info::<std::net::SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopping| *stopping).await;
-            })
-            .into_future(),
-        );
+        let (shutdown, stop) = watch::channel(false);
+        let server = tokio::spawn(serve::run(self.listener, app(core), config.timeouts, stop));
         tracing::info!(%http_addr, core = %config.core_url, "gateway listening");
         Ok(RunningGateway {
             http_addr,

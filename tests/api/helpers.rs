@@ -7,7 +7,7 @@ use emit_core::auth::RateLimit;
 use emit_core::callbacks::{CallbackConfig, RetryPolicy};
 use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, RunningCore, Secret};
-use emit_gateway::{GatewayConfig, RunningGateway};
+use emit_gateway::{ConnectionTimeouts, GatewayConfig, RunningGateway};
 use emit_proto::v1::job_service_client::JobServiceClient;
 use futures_util::StreamExt;
 use reqwest::StatusCode;
@@ -71,6 +71,7 @@ pub struct TestApp {
     rate_limit: RateLimit,
     streams: StreamLimits,
     ws_queue: usize,
+    timeouts: ConnectionTimeouts,
     callbacks: CallbackConfig,
     core: Option<RunningCore>,
     gateway: Option<RunningGateway>,
@@ -81,6 +82,7 @@ pub struct Options {
     pub rate_limit: Option<u32>,
     pub streams: StreamLimits,
     pub ws_queue: usize,
+    pub timeouts: ConnectionTimeouts,
     pub callbacks: CallbackConfig,
 }
 
@@ -90,6 +92,7 @@ impl Default for Options {
             rate_limit: None,
             streams: StreamLimits::default(),
             ws_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
+            timeouts: ConnectionTimeouts::default(),
             // Test receivers listen on loopback.
             callbacks: CallbackConfig {
                 allow_private: true,
@@ -137,6 +140,7 @@ impl TestApp {
             rate_limit,
             streams: options.streams,
             ws_queue: options.ws_queue,
+            timeouts: options.timeouts,
             callbacks: options.callbacks,
             core: None,
             gateway: None,
@@ -165,6 +169,7 @@ impl TestApp {
             http_addr: loopback(),
             core_url: format!("http://{}", core.grpc_addr),
             stream_queue: self.ws_queue,
+            timeouts: self.timeouts,
         })
         .await
         .expect("gateway starts");

@@ -7,6 +7,7 @@ mod callbacks;
 mod create;
 mod dispatch;
 mod first_run;
+mod hardening;
 mod grpc;
 mod helpers;
 mod lifecycle;

@@ -469,3 +469,70 @@ async fn reports_sent_together_each_get_their_own_answer() {
     assert_eq!(status, reqwest::StatusCode::OK);
     assert_eq!(logs["lines"][0]["message"], "between", "{logs}");
 }
+
+#[tokio::test]
+async fn a_session_with_a_name_filter_past_its_bound_is_refused_at_hello() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let names: Vec<String> = (0..40_000).map(|i| format!("n{i}")).collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let Err(refused) = Worker::open(&app, &space.worker, hello(&space, 4, &names)).await else {
+        panic!("refused");
+    };
+    assert_eq!(refused.code(), tonic::Code::InvalidArgument);
+    assert_eq!(refused.message(), "names must list at most 100 job names");
+}
+
+#[tokio::test]
+async fn a_stream_that_never_says_hello_is_ended() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (_send, outgoing) = mpsc::channel::<pb::OpenSessionRequest>(1);
+    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    request
+        .metadata_mut()
+        .insert("x-api-key", space.worker.parse().unwrap());
+    let mut client = WorkerServiceClient::connect(app.grpc_url.clone())
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(20), async {
+        match client.open_session(request).await {
+            Err(status) => status,
+            Ok(response) => response
+                .into_inner()
+                .message()
+                .await
+                .expect_err("no message before the refusal"),
+        }
+    })
+    .await
+    .expect("the server ends the stream");
+    assert_eq!(ended.code(), tonic::Code::InvalidArgument);
+    assert!(ended.message().contains("hello"), "{}", ended.message());
+}
+
+#[tokio::test]
+async fn reports_on_a_session_count_against_the_keys_rate_limit() {
+    let app = TestApp::spawn_with_rate_limit(Some(100)).await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    assert_eq!(worker.assignment().await.id, job);
+    let keepalive = || Action::Keepalive(pb::ReportKeepalive {});
+    for request_id in 1..=300 {
+        worker.send_report(request_id, &job, keepalive()).await;
+    }
+    let mut limited = 0;
+    let mut answered = 0;
+    while answered < 300 {
+        if let Incoming::Result(result) = worker.next().await {
+            answered += 1;
+            if result.code == tonic::Code::ResourceExhausted as i32 {
+                limited += 1;
+            }
+        }
+    }
+    assert!(limited >= 150, "{limited} of 300 reports refused at 100/s");
+}

@@ -96,6 +96,15 @@ impl Authenticator {
         Ok(Principal::ApiKey(api_key))
     }
 
+    /// Counts one more request of an already authenticated caller against
+    /// its key's rate limit (each report on a worker stream is one).
+    pub fn charge(&self, who: &Principal) -> Result<()> {
+        match who {
+            Principal::ApiKey(key) => self.check_rate(&key.token_id),
+            Principal::Admin => Ok(()),
+        }
+    }
+
     /// Drops a revoked token from the cache so it is refused from now on,
     /// and ends the streams it holds open on this replica.
     pub fn forget_token(&self, token_id: &str) {

@@ -111,21 +111,20 @@ impl reqwest::dns::Resolve for GuardedResolver {
         Box::pin(async move {
             let host = format!("{}:0", name.as_str());
             let resolved: Vec<SocketAddr> = tokio::net::lookup_host(host).await?.collect();
-            let mut refusals = Vec::new();
+            let resolved_any = !resolved.is_empty();
             let allowed: Vec<SocketAddr> = resolved
                 .into_iter()
-                .filter(|addr| match policy.check(addr.ip()) {
-                    Ok(()) => true,
-                    Err(refusal) => {
-                        refusals.push(refusal);
-                        false
-                    }
-                })
+                .filter(|addr| policy.check(addr.ip()).is_ok())
                 .collect();
             if allowed.is_empty() {
-                let reason = refusals
-                    .pop()
-                    .unwrap_or_else(|| format!("{} did not resolve", name.as_str()));
+                // Never which address: the reason is recorded on the job,
+                // and naming what an internal name resolves to would turn
+                // callbacks into a DNS oracle.
+                let reason = if resolved_any {
+                    "refused: non-public address".to_owned()
+                } else {
+                    format!("{} did not resolve", name.as_str())
+                };
                 return Err(reason.into());
             }
             let addrs: reqwest::dns::Addrs = Box::new(allowed.into_iter());

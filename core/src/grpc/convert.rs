@@ -3,6 +3,7 @@
 use emit_proto::v1 as pb;
 
 use crate::clock::{from_timestamp, to_timestamp};
+use crate::error::Error;
 use crate::job::machine::Fence;
 use crate::job::spec::{BackoffInput, JobInput};
 use crate::job::{BackoffKind, EventKind, Job, JobEvent, JobStatus, StatusCounts, StoredLogLine};
@@ -22,8 +23,11 @@ pub fn status_to_proto(status: JobStatus) -> pb::JobStatus {
 }
 
 /// Unspecified (or unknown) means "no filter".
-pub fn status_from_proto(value: i32) -> Option<JobStatus> {
-    match pb::JobStatus::try_from(value).ok()? {
+/// A status filter: unspecified means none; a number no status has is refused.
+pub fn status_from_proto(value: i32) -> Result<Option<JobStatus>, Error> {
+    let status = pb::JobStatus::try_from(value)
+        .map_err(|_| Error::invalid(format!("status {value} is not a job status")))?;
+    Ok(match status {
         pb::JobStatus::Unspecified => None,
         pb::JobStatus::Scheduled => Some(JobStatus::Scheduled),
         pb::JobStatus::Pending => Some(JobStatus::Pending),
@@ -32,7 +36,7 @@ pub fn status_from_proto(value: i32) -> Option<JobStatus> {
         pb::JobStatus::Completed => Some(JobStatus::Completed),
         pb::JobStatus::Dead => Some(JobStatus::Dead),
         pb::JobStatus::Killed => Some(JobStatus::Killed),
-    }
+    })
 }
 
 fn event_kind_to_proto(kind: EventKind) -> pb::JobEventType {

@@ -69,7 +69,7 @@ impl JobService for JobsGrpc {
         let who = principal(&self.auth, request.metadata()).await?;
         let request = request.into_inner();
         let limits = ListLimits {
-            status: status_from_proto(request.status),
+            status: status_from_proto(request.status)?,
             limit: request.limit,
             offset: request.offset,
         };

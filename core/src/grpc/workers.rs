@@ -21,6 +21,8 @@ use crate::service::JobsApi;
 
 /// Messages a session may run ahead of what the worker has read.
 const SEND_AHEAD: usize = 64;
+/// How long a new worker stream may take to send its hello.
+const HELLO_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 pub struct WorkersGrpc {
     auth: Arc<Authenticator>,
@@ -151,7 +153,16 @@ impl WorkerService for WorkersGrpc {
     ) -> Result<Response<Self::OpenSessionStream>, Status> {
         let who = principal(&self.auth, request.metadata()).await?;
         let mut inbound = request.into_inner();
-        let hello = match inbound.next().await {
+        // A stream that never says hello holds nothing for long.
+        let first = tokio::time::timeout(HELLO_WITHIN, inbound.next())
+            .await
+            .map_err(|_| {
+                Error::invalid(format!(
+                    "the first message must be hello, within {}s",
+                    HELLO_WITHIN.as_secs()
+                ))
+            })?;
+        let hello = match first {
             Some(Ok(pb::OpenSessionRequest {
                 message: Some(Inbound::Hello(hello)),
             })) => Hello {
@@ -173,6 +184,7 @@ impl WorkerService for WorkersGrpc {
         let claims = self.claims.for_space(&hello.space_id);
         tokio::spawn(dispatch::run_session(
             self.jobs.clone(),
+            self.auth.clone(),
             self.hub.clone(),
             claims,
             revocation,

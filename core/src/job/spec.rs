@@ -18,6 +18,11 @@ pub const MAX_CALLBACK_URL_BYTES: usize = 2048;
 pub const MAX_ERROR_BYTES: usize = 64 * 1024;
 pub const MAX_LOG_LINES_PER_REQUEST: usize = 1000;
 pub const MAX_LOG_MESSAGE_BYTES: usize = 64 * 1024;
+/// Job names one poll or worker session may filter on.
+pub const MAX_NAME_FILTER: usize = 100;
+/// Deepest nesting of arrays and objects in submitted JSON (what REST's
+/// parser allows, so gRPC callers meet the same limit).
+pub const MAX_JSON_DEPTH: usize = 127;
 
 /// Headers a callback may not set: they belong to the connection or framing
 /// and overriding them would break or smuggle the request.
@@ -209,9 +214,10 @@ pub fn check_webhook_target(
                 headers_field
             )));
         }
-        if value.bytes().any(|b| b == b'\r' || b == b'\n' || b == 0) {
+        // What an HTTP client can send: visible characters, spaces and tabs.
+        if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(Error::invalid(format!(
-                "{}.{name} must not contain line breaks",
+                "{}.{name} must not contain control characters or line breaks",
                 headers_field
             )));
         }
@@ -249,8 +255,61 @@ pub fn check_json(field: &str, text: &str) -> Result<()> {
         )));
     }
     serde_json::from_str::<serde::de::IgnoredAny>(text)
-        .map(|_| ())
-        .map_err(|_| Error::invalid(format!("{field} must be valid JSON")))
+        .map_err(|_| Error::invalid(format!("{field} must be valid JSON")))?;
+    // Skipping a value is not recursive in serde_json, so its depth limit
+    // does not apply here: count it.
+    if nesting_depth(text) > MAX_JSON_DEPTH {
+        return Err(Error::invalid(format!(
+            "{field} must nest at most {MAX_JSON_DEPTH} levels deep"
+        )));
+    }
+    Ok(())
+}
+
+/// The deepest nesting of arrays and objects in valid JSON text.
+fn nesting_depth(text: &str) -> usize {
+    let (mut depth, mut deepest) = (0usize, 0usize);
+    let (mut in_string, mut escaped) = (false, false);
+    for byte in text.bytes() {
+        if in_string {
+            match byte {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match byte {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// A job-name filter (poll, worker session): at most `MAX_NAME_FILTER`
+/// names, each a valid job name.
+pub fn check_name_filter(names: &[String]) -> Result<()> {
+    if names.len() > MAX_NAME_FILTER {
+        return Err(Error::invalid(format!(
+            "names must list at most {MAX_NAME_FILTER} job names"
+        )));
+    }
+    for (index, name) in names.iter().enumerate() {
+        let chars = name.chars().count();
+        if chars == 0 || chars > MAX_NAME_CHARS {
+            return Err(Error::invalid(format!(
+                "names[{index}] must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+    }
+    Ok(())
 }
 
 /// Progress: an object with `percent` 0..=100, an optional non-empty

@@ -130,6 +130,7 @@ impl JobsApi {
                 "count must be between 1 and {MAX_POLL_COUNT}"
             )));
         }
+        spec::check_name_filter(&names)?;
         let wait_seconds = wait_seconds.unwrap_or(0);
         if wait_seconds > MAX_POLL_WAIT_SECONDS {
             return Err(Error::invalid(format!(

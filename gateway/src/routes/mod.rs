@@ -13,9 +13,9 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request};
-use axum::http::Uri;
+use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 
 use crate::auth_failures::{self, AuthFailures};
 use crate::{ApiError, CoreClient, MAX_BODY_BYTES};
@@ -35,8 +35,41 @@ pub fn router(core: CoreClient) -> Router {
             AuthFailures::default(),
             auth_failures::limit,
         ))
+        .layer(middleware::from_fn(refuse_oversized_heads))
         .layer(middleware::from_fn(log_request))
         .with_state(core)
+}
+
+/// Longest request target (path and query) accepted.
+pub const MAX_URI_BYTES: usize = 8 * 1024;
+/// Most header bytes (names and values) accepted in one request.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+async fn refuse_oversized_heads(request: Request, next: Next) -> Response {
+    let uri_bytes = request
+        .uri()
+        .path_and_query()
+        .map_or(0, |target| target.as_str().len());
+    if uri_bytes > MAX_URI_BYTES {
+        return ApiError::new(
+            StatusCode::URI_TOO_LONG,
+            format!("the request target exceeds {MAX_URI_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    let header_bytes: usize = request
+        .headers()
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len())
+        .sum();
+    if header_bytes > MAX_HEADER_BYTES {
+        return ApiError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            format!("the request headers exceed {MAX_HEADER_BYTES} bytes"),
+        )
+        .into_response();
+    }
+    next.run(request).await
 }
 
 /// One line per request: method, route, path, status, latency. Never the

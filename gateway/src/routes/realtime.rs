@@ -9,6 +9,8 @@
 //! reconnects, with `since` on a space stream.
 
 use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
@@ -31,6 +33,9 @@ use crate::{ApiError, CoreClient};
 
 /// Client messages are only ever control frames or small; refuse big ones.
 const MAX_INCOMING_BYTES: usize = 64 * 1024;
+/// Bytes of messages one client may leave unread (besides the count bound,
+/// `--ws-queue`): event messages can be up to about 1 MiB each.
+pub const MAX_UNREAD_BYTES: usize = 16 * 1024 * 1024;
 /// Pings find peers that vanished without closing.
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long a disconnected slow consumer gets to take its close frame.
@@ -134,6 +139,9 @@ async fn relay<M: Send + 'static>(
 ) {
     let (mut sink, mut incoming) = socket.split();
     let (outbox, mut outgoing) = mpsc::channel::<Message>(queue.max(1));
+    // Bytes queued and not yet written to the client.
+    let unread = Arc::new(AtomicUsize::new(0));
+    let unread_by_reader = unread.clone();
     let (abort, mut aborted) = oneshot::channel::<CloseFrame>();
     let reader = tokio::spawn(async move {
         let ending = loop {
@@ -142,7 +150,19 @@ async fn relay<M: Send + 'static>(
                     let Some(value) = render(message) else {
                         continue;
                     };
-                    match outbox.try_send(Message::Text(value.to_string().into())) {
+                    let text = value.to_string();
+                    let size = text.len();
+                    if unread_by_reader.load(Ordering::Acquire) + size > MAX_UNREAD_BYTES {
+                        break Ending::Now(CloseFrame {
+                            code: close_code::AGAIN,
+                            reason: format!(
+                                "slow consumer: more than {MAX_UNREAD_BYTES} bytes unread; reconnect"
+                            )
+                            .into(),
+                        });
+                    }
+                    unread_by_reader.fetch_add(size, Ordering::AcqRel);
+                    match outbox.try_send(Message::Text(text.into())) {
                         Ok(()) => {}
                         Err(mpsc::error::TrySendError::Full(_)) => {
                             break Ending::Now(CloseFrame {
@@ -194,9 +214,16 @@ async fn relay<M: Send + 'static>(
             message = outgoing.recv() => {
                 let Some(message) = message else { break };
                 let closing = matches!(message, Message::Close(_));
+                let size = match &message {
+                    Message::Text(text) => text.len(),
+                    _ => 0,
+                };
                 // A send to a stalled client may block; an abort still wins.
                 tokio::select! {
-                    sent = sink.send(message) => if sent.is_err() || closing { break },
+                    sent = sink.send(message) => {
+                        unread.fetch_sub(size, Ordering::AcqRel);
+                        if sent.is_err() || closing { break }
+                    },
                     frame = &mut aborted, if !abort_dropped => {
                         if let Ok(frame) = frame {
                             close_now(&mut sink, frame).await;
@@ -213,9 +240,21 @@ async fn relay<M: Send + 'static>(
                     let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
                     break;
                 }
+                // A message over the limit gets 1009 (too big), so the client
+                // learns why; other failures end the connection as it is.
+                Some(Err(error)) => {
+                    if is_too_big(error) {
+                        let frame = CloseFrame {
+                            code: close_code::SIZE,
+                            reason: format!("messages to the server are limited to {MAX_INCOMING_BYTES} bytes").into(),
+                        };
+                        close_now(&mut sink, frame).await;
+                    }
+                    break;
+                }
+                None => break,
                 // Pings are answered by the WebSocket layer; anything else
                 // from the client is ignored.
-                Some(Err(_)) | None => break,
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
@@ -226,6 +265,13 @@ async fn relay<M: Send + 'static>(
         }
     }
     reader.abort();
+}
+
+fn is_too_big(error: axum::Error) -> bool {
+    error
+        .into_inner()
+        .downcast_ref::<tungstenite::Error>()
+        .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
 }
 
 async fn close_now(

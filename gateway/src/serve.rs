@@ -1,0 +1,209 @@
+//! The HTTP server loop: axum's router on hyper, with the timeouts that
+//! `axum::serve` leaves out, so no connection is held for free:
+//! - headers must arrive within `HEADER_READ_TIMEOUT` (half-sent headers,
+//!   slowloris);
+//! - a connection on which nothing arrives for `READ_IDLE_TIMEOUT` while the
+//!   server waits to read is closed (idle keep-alive, a body shorter than its
+//!   Content-Length, a WebSocket whose client stopped answering pings);
+//! - HTTP/2 connections are pinged and dropped when the pings go unanswered.
+
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::service::TowerToHyperService;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+use tower::ServiceExt;
+
+/// How long a connection may keep the server waiting.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnectionTimeouts {
+    /// Time a client has to send a request's headers.
+    pub header_read: Duration,
+    /// Silence tolerated while the server waits for bytes. The default is
+    /// above the longest long poll (30 s) and the WebSocket ping interval
+    /// (30 s), so live clients never meet it.
+    pub read_idle: Duration,
+}
+
+impl Default for ConnectionTimeouts {
+    fn default() -> Self {
+        Self {
+            header_read: Duration::from_secs(10),
+            read_idle: Duration::from_secs(75),
+        }
+    }
+}
+const HTTP2_PING_EVERY: Duration = Duration::from_secs(20);
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+/// Largest request head (request line and headers) hyper buffers, and most
+/// header lines it parses. Both sit well above the limits the router
+/// enforces (`routes::MAX_URI_BYTES`, `routes::MAX_HEADER_BYTES`), so an
+/// oversized request gets its 414 or 431 as JSON from the router, not an
+/// empty one from hyper.
+const MAX_HEAD_BYTES: usize = 1024 * 1024;
+const MAX_HEADER_LINES: usize = 2000;
+
+/// Serves `app` until `stop` turns true, then lets requests in flight finish.
+pub async fn run(
+    listener: TcpListener,
+    app: Router,
+    timeouts: ConnectionTimeouts,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut builder = Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeouts.header_read)
+        .max_buf_size(MAX_HEAD_BYTES)
+        .max_headers(MAX_HEADER_LINES);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(HTTP2_PING_EVERY)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT)
+        // HTTP/2 WebSockets need the CONNECT protocol.
+        .enable_connect_protocol();
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (socket, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    // Out of descriptors, most likely: wait for some to close
+                    // rather than spin.
+                    tracing::warn!(%error, "accepting a connection failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stopped(&mut stop) => break,
+        };
+        let _ = socket.set_nodelay(true);
+        let app = app.clone();
+        let service = TowerToHyperService::new(tower::service_fn(
+            move |mut request: hyper::Request<Incoming>| {
+                request.extensions_mut().insert(ConnectInfo(remote));
+                app.clone().oneshot(request.map(Body::new))
+            },
+        ));
+        let connection = builder
+            .serve_connection_with_upgrades(
+                TokioIo::new(ReadIdle::new(socket, timeouts.read_idle)),
+                service,
+            )
+            .into_owned();
+        let connection = graceful.watch(connection);
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::debug!(%error, %remote, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|stopping| *stopping).await;
+}
+
+/// A socket whose pending reads fail with `TimedOut` after `limit` of
+/// silence.
+struct ReadIdle {
+    io: TcpStream,
+    limit: Duration,
+    timer: Pin<Box<Sleep>>,
+    armed: bool,
+}
+
+impl ReadIdle {
+    fn new(io: TcpStream, limit: Duration) -> Self {
+        Self {
+            io,
+            limit,
+            timer: Box::pin(tokio::time::sleep(limit)),
+            armed: false,
+        }
+    }
+}
+
+impl AsyncRead for ReadIdle {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.io).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                this.armed = false;
+                Poll::Ready(result)
+            }
+            Poll::Pending => {
+                if !this.armed {
+                    this.timer.as_mut().reset(Instant::now() + this.limit);
+                    this.armed = true;
+                }
+                match this.timer.as_mut().poll(cx) {
+                    Poll::Ready(()) => Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "nothing received for too long",
+                    ))),
+                    Poll::Pending => Poll::Pending,
+                }
+            }
+        }
+    }
+}
+
+impl AsyncWrite for ReadIdle {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+}
+
+/// The address a request came from, when the server loop recorded it.
+pub fn client_address(request: &axum::extract::Request) -> Option<SocketAddr> {
+    request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| *address)
+}
