@@ -13,7 +13,7 @@ pub mod guard;
 pub mod push;
 pub mod signing;
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,6 +28,9 @@ pub const USER_AGENT: &str = concat!("emit/", env!("CARGO_PKG_VERSION"), " (call
 /// How often the outbox is looked at when nothing is known to be due.
 const POLL_EVERY: Duration = Duration::from_millis(200);
 const TRIES_AT_ONCE: usize = 64;
+/// Tries one space may have in flight: a space whose receivers are slow
+/// waits for its own tries, never for the other spaces' share.
+const TRIES_AT_ONCE_PER_SPACE: usize = 8;
 /// Response bodies kept in `callback_failed` events.
 const MAX_RESPONSE_BODY_CHARS: usize = 1024;
 /// The longest `Retry-After` honoured.
@@ -141,28 +144,43 @@ impl Deliverer {
     pub async fn run(self, mut shutdown: watch::Receiver<bool>) {
         let this = Arc::new(self);
         let mut in_flight: HashSet<i64> = HashSet::new();
-        let mut tries: JoinSet<i64> = JoinSet::new();
+        let mut per_space: HashMap<String, usize> = HashMap::new();
+        let mut tries: JoinSet<(i64, String)> = JoinSet::new();
         loop {
             if *shutdown.borrow() {
                 break;
             }
             let room = TRIES_AT_ONCE.saturating_sub(tries.len());
             if room > 0 {
+                let in_flight_per_space: Vec<(String, u32)> = per_space
+                    .iter()
+                    .map(|(space, tries)| (space.clone(), *tries as u32))
+                    .collect();
                 match this
                     .store
-                    .due_callbacks(now_millis(), room as u32 * 2)
+                    .due_callbacks(
+                        now_millis(),
+                        room as u32 * 2,
+                        TRIES_AT_ONCE_PER_SPACE as u32,
+                        &in_flight_per_space,
+                    )
                     .await
                 {
                     Ok(due) => {
                         for entry in due {
-                            if tries.len() >= TRIES_AT_ONCE || !in_flight.insert(entry.id) {
+                            let space_tries = per_space.get(&entry.space_id).copied().unwrap_or(0);
+                            if tries.len() >= TRIES_AT_ONCE
+                                || space_tries >= TRIES_AT_ONCE_PER_SPACE
+                                || !in_flight.insert(entry.id)
+                            {
                                 continue;
                             }
+                            *per_space.entry(entry.space_id.clone()).or_default() += 1;
                             let this = this.clone();
                             tries.spawn(async move {
-                                let id = entry.id;
+                                let done = (entry.id, entry.space_id.clone());
                                 this.try_once(entry).await;
-                                id
+                                done
                             });
                         }
                     }
@@ -171,8 +189,14 @@ impl Deliverer {
             }
             tokio::select! {
                 Some(done) = tries.join_next(), if !tries.is_empty() => {
-                    if let Ok(id) = done {
+                    if let Ok((id, space)) = done {
                         in_flight.remove(&id);
+                        if let Some(tries) = per_space.get_mut(&space) {
+                            *tries -= 1;
+                            if *tries == 0 {
+                                per_space.remove(&space);
+                            }
+                        }
                     }
                 }
                 () = tokio::time::sleep(POLL_EVERY) => {}

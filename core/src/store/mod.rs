@@ -259,7 +259,16 @@ pub trait Store: Send + Sync + 'static {
     async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>>;
 
     /// Callbacks due at `now`, oldest first.
-    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>>;
+    /// Callbacks due by `now`, oldest first: at most `limit`, and at most
+    /// `per_space` of any one space counting the tries `in_flight` lists
+    /// (space, tries), so one space's backlog cannot fill the deliverer.
+    async fn due_callbacks(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+        per_space: u32,
+        in_flight: &[(String, u32)],
+    ) -> Result<Vec<OutboxEntry>>;
     /// Records a try as a `callback_sent`/`callback_failed` event on the job
     /// and reschedules or removes the outbox entry, atomically.
     async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()>;

@@ -208,12 +208,30 @@ impl Store for PostgresStore {
         }))
     }
 
-    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>> {
+    async fn due_callbacks(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+        per_space: u32,
+        in_flight: &[(String, u32)],
+    ) -> Result<Vec<OutboxEntry>> {
         // Claimed, not just read: another replica's deliverer skips them.
+        // Claimed entries are no longer due, so this core's tries in flight
+        // are counted from `in_flight`.
+        let (busy, tries): (Vec<&str>, Vec<i64>) = in_flight
+            .iter()
+            .map(|(space, tries)| (space.as_str(), i64::from(*tries)))
+            .unzip();
         let rows = sqlx::query(
-            "WITH due AS ( \
-                 SELECT id FROM callback_outbox WHERE next_at <= $1 \
-                 ORDER BY next_at, id LIMIT $2 FOR UPDATE SKIP LOCKED), \
+            "WITH ranked AS ( \
+                 SELECT id, space_id, ROW_NUMBER() OVER (PARTITION BY space_id ORDER BY next_at, id) AS space_rank \
+                 FROM callback_outbox WHERE next_at <= $1), \
+             due AS ( \
+                 SELECT o.id FROM callback_outbox o JOIN ranked r ON r.id = o.id \
+                 LEFT JOIN unnest($4::text[], $6::int8[]) AS busy(space_id, tries) \
+                     ON busy.space_id = r.space_id \
+                 WHERE r.space_rank + COALESCE(busy.tries, 0) <= $5 \
+                 ORDER BY o.next_at, o.id LIMIT $2 FOR UPDATE OF o SKIP LOCKED), \
              claimed AS ( \
                  UPDATE callback_outbox o SET next_at = $3 FROM due WHERE o.id = due.id \
                  RETURNING o.*) \
@@ -223,6 +241,9 @@ impl Store for PostgresStore {
         .bind(now)
         .bind(i64::from(limit))
         .bind(now + CALLBACK_CLAIM_MILLIS)
+        .bind(&busy)
+        .bind(i64::from(per_space))
+        .bind(&tries)
         .fetch_all(&self.reads)
         .await?;
         rows.iter().map(rows::outbox_entry).collect()

@@ -190,15 +190,27 @@ impl Store for SqliteStore {
         }))
     }
 
-    async fn due_callbacks(&self, now: UnixMillis, limit: u32) -> Result<Vec<OutboxEntry>> {
-        let rows = sqlx::query(
-            "SELECT o.*, s.webhook_secret FROM callback_outbox o JOIN spaces s ON s.id = o.space_id \
-             WHERE o.next_at <= ? ORDER BY o.next_at, o.id LIMIT ?",
-        )
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&self.reads)
-        .await?;
+    async fn due_callbacks(
+        &self,
+        now: UnixMillis,
+        limit: u32,
+        per_space: u32,
+        _in_flight: &[(String, u32)],
+    ) -> Result<Vec<OutboxEntry>> {
+        // Reads claim nothing here (one core): entries in flight are still
+        // due and are the oldest, so ranking them counts them already.
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM (SELECT o.*, s.webhook_secret, ROW_NUMBER() OVER \
+             (PARTITION BY o.space_id ORDER BY o.next_at, o.id) AS space_rank \
+             FROM callback_outbox o JOIN spaces s ON s.id = o.space_id WHERE o.next_at <= ",
+        );
+        select.push_bind(now);
+        select
+            .push(") WHERE space_rank <= ")
+            .push_bind(i64::from(per_space))
+            .push(" ORDER BY next_at, id LIMIT ")
+            .push_bind(i64::from(limit));
+        let rows = select.build().fetch_all(&self.reads).await?;
         rows.iter().map(rows::outbox_entry).collect()
     }
 
