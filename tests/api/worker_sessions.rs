@@ -536,3 +536,39 @@ async fn reports_on_a_session_count_against_the_keys_rate_limit() {
     }
     assert!(limited >= 150, "{limited} of 300 reports refused at 100/s");
 }
+
+#[tokio::test]
+async fn one_key_holds_a_bounded_number_of_sessions() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut sessions = Vec::new();
+    for _ in 0..100 {
+        sessions.push(
+            Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+                .await
+                .unwrap(),
+        );
+    }
+    let Err(refused) = Worker::open(&app, &space.worker, hello(&space, 1, &[])).await else {
+        panic!("the 101st session is refused");
+    };
+    assert_eq!(refused.code(), tonic::Code::ResourceExhausted);
+    // Another key of the same space is not affected.
+    let other = app.token(&space.id, &["jobs:worker"]).await;
+    Worker::open(&app, &other, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    // A closed session gives its slot back.
+    drop(sessions.pop());
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match Worker::open(&app, &space.worker, hello(&space, 1, &[])).await {
+            Ok(_) => break,
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::ResourceExhausted);
+                assert!(std::time::Instant::now() < deadline, "the slot came back");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}

@@ -1,4 +1,5 @@
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use emit_proto::v1 as pb;
 use emit_proto::v1::worker_service_server::WorkerService;
@@ -12,7 +13,7 @@ use tonic::{Request, Response, Status, Streaming};
 
 use super::convert::delivery;
 use super::principal;
-use crate::auth::{Authenticator, Scope};
+use crate::auth::{Authenticator, Principal, Scope};
 use crate::dispatch::{self, Hello, Report, WorkerInput, WorkerOutput};
 use crate::error::Error;
 use crate::job::machine::Command;
@@ -24,11 +25,15 @@ const SEND_AHEAD: usize = 64;
 /// How long a new worker stream may take to send its hello.
 const HELLO_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// Worker sessions one key may hold open on one core.
+pub const MAX_SESSIONS_PER_KEY: usize = 100;
+
 pub struct WorkersGrpc {
     auth: Arc<Authenticator>,
     jobs: Arc<JobsApi>,
     hub: EventHub,
     claims: dispatch::WakeClaims,
+    open: Arc<Mutex<HashMap<String, usize>>>,
 }
 
 impl WorkersGrpc {
@@ -38,8 +43,53 @@ impl WorkersGrpc {
             jobs,
             hub,
             claims: dispatch::WakeClaims::default(),
+            open: Arc::default(),
         }
     }
+
+    /// Takes one of the key's session slots, or refuses when it holds all.
+    fn take_slot(&self, who: &Principal) -> Result<Option<SessionSlot>, Status> {
+        let Principal::ApiKey(key) = who else {
+            return Ok(None);
+        };
+        let mut open = lock(&self.open);
+        let held = open.entry(key.token_id.clone()).or_default();
+        if *held >= MAX_SESSIONS_PER_KEY {
+            return Err(Error::Overrun(format!(
+                "this API key already holds {MAX_SESSIONS_PER_KEY} worker sessions on this server"
+            ))
+            .into());
+        }
+        *held += 1;
+        Ok(Some(SessionSlot {
+            open: self.open.clone(),
+            token_id: key.token_id.clone(),
+        }))
+    }
+}
+
+/// One of a key's session slots, given back when the session ends.
+struct SessionSlot {
+    open: Arc<Mutex<HashMap<String, usize>>>,
+    token_id: String,
+}
+
+impl Drop for SessionSlot {
+    fn drop(&mut self) {
+        let mut open = lock(&self.open);
+        if let Some(held) = open.get_mut(&self.token_id) {
+            *held = held.saturating_sub(1);
+            if *held == 0 {
+                open.remove(&self.token_id);
+            }
+        }
+    }
+}
+
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
 fn report(action: Action) -> Report {
@@ -176,13 +226,14 @@ impl WorkerService for WorkersGrpc {
         hello.validate()?;
         who.authorize_space(&hello.space_id, Scope::JobsPoll)?;
 
+        let slot = self.take_slot(&who)?;
         let (input, session_input) = mpsc::channel(SEND_AHEAD);
         let (session_output, mut outputs) = mpsc::channel(SEND_AHEAD);
         let (responses, stream) = mpsc::channel(SEND_AHEAD);
         tokio::spawn(forward(inbound, input));
         let revocation = self.auth.revocation(Some(&who));
         let claims = self.claims.for_space(&hello.space_id);
-        tokio::spawn(dispatch::run_session(
+        let session = dispatch::run_session(
             self.jobs.clone(),
             self.auth.clone(),
             self.hub.clone(),
@@ -192,7 +243,11 @@ impl WorkerService for WorkersGrpc {
             hello,
             session_input,
             session_output,
-        ));
+        );
+        tokio::spawn(async move {
+            session.await;
+            drop(slot);
+        });
         tokio::spawn(async move {
             while let Some(output) = outputs.recv().await {
                 let item = outbound(output);

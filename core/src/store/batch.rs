@@ -185,8 +185,13 @@ pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, wait
 /// Sends an operation's outcome once the batch's fate is known.
 type Finish = Box<dyn FnOnce(Option<&Error>) + Send>;
 
-fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (bool, Finish) {
-    let failed_in_database = matches!(result, Err(Error::Internal(_)));
+/// Returns, besides the finish, why the operation failed in the database
+/// (it then fails its batch), if it did.
+fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (Option<String>, Finish) {
+    let failed_in_database = match &result {
+        Err(Error::Internal(cause)) => Some(cause.to_string()),
+        _ => None,
+    };
     let finish: Finish = Box::new(move |batch_error| {
         let outcome = match (batch_error, result) {
             // Rolled back with the batch: the caller may safely retry.
@@ -243,8 +248,10 @@ async fn run_batch(
         }
         let (failed, finish) = execute(writer, op, &mut effects).await;
         finishes.push(finish);
-        if failed {
-            batch_error = Some(Error::internal("operation failed in the database"));
+        if let Some(cause) = failed {
+            batch_error = Some(Error::internal(format!(
+                "an operation failed in the database: {cause}"
+            )));
         }
     }
     let mut handoffs = Vec::new();
@@ -352,7 +359,11 @@ fn refuse(op: WriteOp) {
     }
 }
 
-async fn execute(writer: &mut impl Writer, op: WriteOp, effects: &mut Effects) -> (bool, Finish) {
+async fn execute(
+    writer: &mut impl Writer,
+    op: WriteOp,
+    effects: &mut Effects,
+) -> (Option<String>, Finish) {
     match op {
         WriteOp::CreateSpace {
             space,
@@ -439,7 +450,7 @@ async fn execute(writer: &mut impl Writer, op: WriteOp, effects: &mut Effects) -
             }
             finish(swept, reply)
         }
-        WriteOp::Wake => (false, Box::new(|_| {})),
+        WriteOp::Wake => (None, Box::new(|_| {})),
         WriteOp::AppendLogs {
             target,
             lines,

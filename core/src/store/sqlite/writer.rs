@@ -416,7 +416,13 @@ impl batch::Writer for SqliteWriter {
 
     async fn rollback(&mut self) {
         if let Err(error) = sqlx::query("ROLLBACK").execute(&mut self.conn).await {
-            tracing::warn!(%error, "rollback failed (the transaction may not have started)");
+            // SQLite ends the transaction itself when a statement fails for
+            // lack of disk or memory; nothing is left to roll back then.
+            if error.to_string().contains("no transaction is active") {
+                tracing::debug!("the failed transaction was already rolled back");
+            } else {
+                tracing::warn!(%error, "rollback failed (the transaction may not have started)");
+            }
         }
         self.heads.clear();
         self.dirty_spaces.clear();
