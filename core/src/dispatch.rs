@@ -322,7 +322,9 @@ pub async fn run_session(
     output: mpsc::Sender<WorkerOutput>,
 ) {
     let session_id = crate::ids::new_id();
-    let mut events = hub.subscribe(Topic::Space(hello.space_id.clone()));
+    // Only commits about jobs of its names: a job the session holds is one
+    // of them, and so is any job it could take.
+    let mut events = hub.subscribe_to_names(Topic::Space(hello.space_id.clone()), &hello.names);
     let (waiter, mut handed) =
         jobs.wait_for_jobs(&hello.space_id, hello.names.clone(), hello.capacity);
     let mut session = Session {
@@ -430,7 +432,10 @@ impl Session {
                     // Missed wake-ups only: look for work; cancellations of jobs
                     // lost meanwhile surface as refused reports.
                     Err(Ended::Overrun) => {
-                        *events = hub.subscribe(Topic::Space(self.hello.space_id.clone()));
+                        *events = hub.subscribe_to_names(
+                            Topic::Space(self.hello.space_id.clone()),
+                            &self.hello.names,
+                        );
                         self.want_jobs();
                     }
                     // The server is stopping: take no more work, let the worker

@@ -857,3 +857,65 @@ async fn revoking_a_key_closes_the_streams_it_holds_open() {
     }
     assert!(stays_quiet(&mut unaffected, Duration::from_millis(200)).await);
 }
+
+/// A replay is read in pages (256 events, or 4 MiB of data): a reconnect
+/// that missed more than a page of events, some of them near 1 MiB, gets
+/// every one in order, with exact counts, then the live events.
+#[tokio::test]
+async fn a_long_replay_arrives_whole_across_pages() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut stream = app.watch_space(&space.id, &space.producer, "").await;
+    let connected = next_json(&mut stream).await;
+    let instance = connected["streamInstanceId"].as_str().unwrap().to_owned();
+    drop(stream);
+
+    let big = "x".repeat(900 * 1024);
+    let big_job = app.create_job(&space, json!({ "name": "big" })).await;
+    app.poll_one(&space).await;
+    app.worker_call(&space, &big_job, "ack", Value::Null).await;
+    for percent in 0..10 {
+        let (status, _) = app
+            .worker_call(
+                &space,
+                &big_job,
+                "progress",
+                json!({ "percent": percent, "message": "m", "blob": big }),
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let jobs: Vec<Value> = (0..600).map(|_| json!({ "name": "bulk" })).collect();
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/spaces/{}/jobs", space.id),
+            &space.producer,
+            json!(jobs),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    // created, delivered, acked, 10 progress, 600 created.
+    let missed = 613;
+
+    let resume = format!("&since=0&streamInstanceId={instance}");
+    let mut stream = app.watch_space(&space.id, &space.producer, &resume).await;
+    let connected = next_json(&mut stream).await;
+    assert_eq!(connected["missed"], false, "{connected}");
+    let replayed = read_space_events(&mut stream, 0, missed).await;
+    let progress: Vec<&Value> = replayed
+        .iter()
+        .filter(|event| event["type"] == "progress")
+        .collect();
+    assert_eq!(progress.len(), 10);
+    assert!(
+        progress
+            .iter()
+            .all(|event| event["data"]["blob"].as_str().map(str::len) == Some(big.len())),
+        "progress data arrives whole"
+    );
+    let last = replayed.last().unwrap();
+    assert_eq!(counts_of(last)["pending"], 600);
+    assert_eq!(counts_of(last)["running"], 1);
+    app.create_job(&space, json!({ "name": "live" })).await;
+    read_space_events(&mut stream, missed as u64, 1).await;
+}

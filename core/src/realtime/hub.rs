@@ -8,7 +8,7 @@
 //! burst such as a bulk create of 1000 jobs is one queue entry, and a bound
 //! counts commits, not events.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -31,6 +31,21 @@ struct Slot {
     id: u64,
     queue: mpsc::Sender<Chunk>,
     overrun: Arc<AtomicBool>,
+    /// Only chunks with an event of a job of these names (space topics).
+    names: Option<HashSet<String>>,
+}
+
+impl Slot {
+    fn wants(&self, chunk_names: &HashSet<&str>) -> bool {
+        let Some(names) = &self.names else {
+            return true;
+        };
+        if names.len() < chunk_names.len() {
+            names.iter().any(|name| chunk_names.contains(name.as_str()))
+        } else {
+            chunk_names.iter().any(|name| names.contains(*name))
+        }
+    }
 }
 
 #[derive(Default)]
@@ -107,16 +122,39 @@ fn deliver(slots: &mut HashMap<String, Vec<Slot>>, key: &str, chunk: Chunk) {
     let Some(watchers) = slots.get_mut(key) else {
         return;
     };
-    watchers.retain(|slot| match slot.queue.try_send(chunk.clone()) {
+    let filtered = watchers.iter().any(|slot| slot.names.is_some());
+    let chunk_names: HashSet<&str> = if filtered {
+        chunk
+            .iter()
+            .filter_map(|event| match event {
+                LiveEvent::Job(event) => Some(event.job_name.as_str()),
+                _ => None,
+            })
+            .collect()
+    } else {
+        HashSet::new()
+    };
+    watchers.retain(|slot| {
+        // A watcher that wants none of it is not woken: idle worker
+        // sessions of other names cost a busy space nothing per commit.
+        if filtered && !slot.wants(&chunk_names) {
+            return true;
+        }
+        deliver_to(slot, &chunk)
+    });
+    if watchers.is_empty() {
+        slots.remove(key);
+    }
+}
+
+fn deliver_to(slot: &Slot, chunk: &Chunk) -> bool {
+    match slot.queue.try_send(chunk.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
             slot.overrun.store(true, Ordering::Release);
             false
         }
         Err(mpsc::error::TrySendError::Closed(_)) => false,
-    });
-    if watchers.is_empty() {
-        slots.remove(key);
     }
 }
 
@@ -143,6 +181,17 @@ impl EventHub {
 
     /// Starts queueing what is published for `topic` from now on.
     pub fn subscribe(&self, topic: Topic) -> Subscription {
+        self.subscribe_filtered(topic, None)
+    }
+
+    /// Like `subscribe`, but only commits with an event of a job named in
+    /// `names` (empty: any name) reach this subscription.
+    pub fn subscribe_to_names(&self, topic: Topic, names: &[String]) -> Subscription {
+        let names = (!names.is_empty()).then(|| names.iter().cloned().collect());
+        self.subscribe_filtered(topic, names)
+    }
+
+    fn subscribe_filtered(&self, topic: Topic, names: Option<HashSet<String>>) -> Subscription {
         let (queue, receiver) = mpsc::channel(self.shared.queue_capacity);
         let overrun = Arc::new(AtomicBool::new(false));
         let mut topics = self.shared.lock();
@@ -154,6 +203,7 @@ impl EventHub {
                 id,
                 queue,
                 overrun: overrun.clone(),
+                names,
             });
         }
         Subscription {
@@ -315,6 +365,34 @@ mod tests {
             at: 0,
             counts: None,
         }))
+    }
+
+    #[tokio::test]
+    async fn a_name_filtered_watcher_gets_only_commits_about_its_names() {
+        let (sender, receiver) = broadcast::channel(4);
+        let hub = EventHub::start(receiver, 2);
+        drop(sender);
+        let named = |name: &str| {
+            let LiveEvent::Job(event) = event("s1", "j1", 1) else {
+                unreachable!()
+            };
+            let mut event = (*event).clone();
+            event.job_name = name.into();
+            LiveEvent::Job(Arc::new(event))
+        };
+        let mut wants_a = hub.subscribe_to_names(Topic::Space("s1".into()), &["a".into()]);
+        let mut wants_any = hub.subscribe_to_names(Topic::Space("s1".into()), &[]);
+        // More commits of other names than the queue holds: the filtered
+        // watcher is neither woken nor cut loose by them.
+        for _ in 0..5 {
+            hub.route(&[named("b")]);
+        }
+        hub.route(&[named("b"), named("a")]);
+        let chunk = wants_a.recv().await.unwrap();
+        assert_eq!(chunk.len(), 2, "the whole commit, once it names a");
+        assert_eq!(wants_any.recv().await.unwrap().len(), 1);
+        assert_eq!(wants_any.recv().await.unwrap().len(), 1);
+        assert_eq!(wants_any.recv().await.unwrap_err(), Ended::Overrun);
     }
 
     #[tokio::test]

@@ -213,27 +213,29 @@ impl RealtimeApi {
             .stream_id
             .as_ref()
             .is_none_or(|id| *id == head.stream_id);
-        let mut pending = VecDeque::new();
+        let mut replay = None;
         let connected = match (since, log.missed_events) {
             (Some(since), Some(missed)) if same_stream => {
+                // The missed events came without their data: enough to work
+                // out the counts as of `since`. They are read whole, a page
+                // at a time, as the watcher takes them.
                 let mut counts = head.counts;
                 for event in missed.iter().rev() {
                     counts.undo(event);
                 }
-                let connected_counts = counts;
-                for mut event in missed {
-                    if event.changes_counts() {
-                        counts.apply(&event);
-                        event.counts = Some(counts);
-                    }
-                    pending.push_back(SpaceStreamItem::Event(Arc::new(event)));
-                }
+                replay = Some(Replay {
+                    space_id: space_id.to_owned(),
+                    after: since,
+                    upto: head.seq,
+                    counts,
+                    page: VecDeque::new(),
+                });
                 SpaceConnected {
                     space_id: space_id.to_owned(),
                     seq: since,
                     stream_id: head.stream_id,
                     missed: false,
-                    counts: connected_counts,
+                    counts,
                     at: now_millis(),
                 }
             }
@@ -246,9 +248,10 @@ impl RealtimeApi {
                 at: now_millis(),
             },
         };
-        pending.push_front(SpaceStreamItem::Connected(connected));
         Ok(SpaceWatch {
-            pending,
+            connected: Some(connected),
+            replay,
+            store: self.store.clone(),
             live: Live::new(subscription, self.hub.queue_capacity()),
             last_seq: head.seq,
         })
@@ -335,18 +338,69 @@ impl JobWatch {
 }
 
 pub struct SpaceWatch {
-    /// `connected`, then any replayed events.
-    pending: VecDeque<SpaceStreamItem>,
+    connected: Option<SpaceConnected>,
+    /// The events a reconnecting watcher missed, still to be sent.
+    replay: Option<Replay>,
+    store: Arc<dyn Store>,
     live: Live,
     last_seq: i64,
+}
+
+/// A replay read in pages (`Store::space_events`), so a watcher holds one
+/// page of events in memory, never the whole range.
+struct Replay {
+    space_id: String,
+    /// The last seq read so far.
+    after: i64,
+    upto: i64,
+    /// Counts as of `after`.
+    counts: StatusCounts,
+    page: VecDeque<JobEvent>,
+}
+
+impl Replay {
+    async fn next(&mut self, store: &dyn Store) -> Result<Option<JobEvent>> {
+        if self.page.is_empty() && self.after < self.upto {
+            self.page = store
+                .space_events(&self.space_id, self.after, self.upto)
+                .await?
+                .into();
+            if self
+                .page
+                .front()
+                .is_none_or(|event| event.seq != self.after + 1)
+            {
+                // Pruned meanwhile: the client must revalidate.
+                return Err(Error::Overrun(format!(
+                    "replay interrupted after seq {}; reconnect with since",
+                    self.after
+                )));
+            }
+        }
+        let Some(mut event) = self.page.pop_front() else {
+            return Ok(None);
+        };
+        self.after = event.seq;
+        if event.changes_counts() {
+            self.counts.apply(&event);
+            event.counts = Some(self.counts);
+        }
+        Ok(Some(event))
+    }
 }
 
 impl SpaceWatch {
     /// `connected` first, then the replay, then live events with consecutive
     /// sequence numbers. `Ok(None)` when the server is stopping.
     pub async fn next(&mut self) -> Result<Option<SpaceStreamItem>> {
-        if let Some(item) = self.pending.pop_front() {
-            return Ok(Some(item));
+        if let Some(connected) = self.connected.take() {
+            return Ok(Some(SpaceStreamItem::Connected(connected)));
+        }
+        if let Some(replay) = &mut self.replay {
+            match replay.next(&*self.store).await? {
+                Some(event) => return Ok(Some(SpaceStreamItem::Event(Arc::new(event)))),
+                None => self.replay = None,
+            }
         }
         loop {
             let Some(live) = self.live.next().await? else {

@@ -299,7 +299,7 @@ async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) 
             .apply(&target, Command::Release, &Fence::holding(job), now)
             .await
         {
-            Ok(job) => effects.touched.add(&job.space_id),
+            Ok(job) => effects.touched.add(&job.space_id, &job.name),
             Err(error @ Error::Internal(_)) => return Err(error),
             // It moved on meanwhile (timed out, killed): nothing to hand back.
             Err(_) => {}
@@ -399,13 +399,16 @@ async fn execute(
             reply,
         } => finish(writer.put_setting(&name, &value, write).await, reply),
         WriteOp::CreateJobs { jobs, reply } => {
-            let ready_in = jobs
+            let ready: Vec<(String, String)> = jobs
                 .iter()
-                .find(|job| job.status() == JobStatus::Pending)
-                .map(|job| job.space_id.clone());
+                .filter(|job| job.status() == JobStatus::Pending)
+                .map(|job| (job.space_id.clone(), job.name.clone()))
+                .collect();
             let created = writer.create_jobs(jobs).await;
-            if let (Ok(()), Some(space_id)) = (&created, ready_in) {
-                effects.touched.add(&space_id);
+            if created.is_ok() {
+                for (space_id, name) in &ready {
+                    effects.touched.add(space_id, name);
+                }
             }
             finish(created, reply)
         }
@@ -425,7 +428,7 @@ async fn execute(
                     outcome => {
                         if let Ok(job) = &outcome {
                             if job.status() == JobStatus::Pending {
-                                effects.touched.add(&job.space_id);
+                                effects.touched.add(&job.space_id, &job.name);
                             }
                             // The same test `dispatch` applies to the outcome.
                             ended |= fence
@@ -437,16 +440,19 @@ async fn execute(
                     }
                 }
             }
+            // The freed slot alone qualifies the waiter for this batch's
+            // fill; other waiters of the space have nothing new to take.
             if ended && let Some(waiter) = refill {
-                effects.touched.add(&waiter.space_id);
                 effects.freed.push(waiter);
             }
             finish(Ok(outcomes), reply)
         }
         WriteOp::FireDueTimers { now, limit, reply } => {
             let swept = writer.fire_due_timers(now, limit).await;
-            if swept.as_ref().is_ok_and(|sweep| sweep.fired > 0) {
-                effects.touched = Touched::All;
+            if let Ok(sweep) = &swept {
+                for (space_id, name) in &sweep.ready {
+                    effects.touched.add(space_id, name);
+                }
             }
             finish(swept, reply)
         }

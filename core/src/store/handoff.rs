@@ -11,7 +11,7 @@
 //! went away meanwhile leaves them with the writer, which hands them back
 //! (releases them) in its next batch.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
@@ -152,24 +152,26 @@ impl Waiters {
             .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
-    /// Takes the room of the waiters a batch should fill: those of the
-    /// `touched` spaces (or of every space), those that asked, and those
-    /// the batch `freed` slots for (a waiter once per slot). Waiters with
-    /// the same space and names are grouped, to be filled by one delivery.
+    /// Takes the room of the waiters a batch should fill: those whose name
+    /// filter matches a job the batch made ready in their space, those that
+    /// asked, and those the batch `freed` slots for (a waiter once per
+    /// slot). Waiters with the same space and names are grouped, to be
+    /// filled by one delivery. So a batch costs deliveries for what it made
+    /// ready, never for the idle waiters that could not take it.
     pub(super) fn take(&self, touched: &Touched, freed: &[Arc<Waiter>]) -> Vec<Fill> {
         if self.stopped.load(Ordering::Acquire) {
             return Vec::new();
         }
         let mut fills: Vec<Fill> = Vec::new();
         for (space_id, waiters) in self.lock().iter() {
-            let space_touched = match touched {
-                Touched::All => true,
-                Touched::Spaces(spaces) => spaces.iter().any(|touched| touched == space_id),
-            };
+            let ready = touched.ready_names(space_id);
             for waiter in waiters {
                 let asked = waiter.wanted.swap(false, Ordering::AcqRel);
                 let freed = freed.iter().filter(|w| Arc::ptr_eq(w, waiter)).count();
-                if !(space_touched || asked || freed > 0) || waiter.is_closed() {
+                let matches = ready.is_some_and(|ready| {
+                    waiter.names.is_empty() || waiter.names.iter().any(|name| ready.contains(name))
+                });
+                if !(matches || asked || freed > 0) || waiter.is_closed() {
                     continue;
                 }
                 let share = Share {
@@ -197,24 +199,30 @@ impl Waiters {
     }
 }
 
-/// Which spaces a batch made jobs ready in.
-pub(super) enum Touched {
-    Spaces(Vec<String>),
-    /// Not known (a timer sweep): look at every space.
-    All,
+/// The jobs a batch made ready: their names, by space.
+#[derive(Default)]
+pub(super) struct Touched {
+    spaces: HashMap<String, HashSet<String>>,
 }
 
 impl Touched {
     pub fn none() -> Self {
-        Self::Spaces(Vec::new())
+        Self::default()
     }
 
-    pub fn add(&mut self, space_id: &str) {
-        if let Self::Spaces(spaces) = self
-            && !spaces.iter().any(|space| space == space_id)
-        {
-            spaces.push(space_id.to_owned());
+    /// A job named `name` became ready in `space_id`.
+    pub fn add(&mut self, space_id: &str, name: &str) {
+        let names = match self.spaces.get_mut(space_id) {
+            Some(names) => names,
+            None => self.spaces.entry(space_id.to_owned()).or_default(),
+        };
+        if !names.contains(name) {
+            names.insert(name.to_owned());
         }
+    }
+
+    fn ready_names(&self, space_id: &str) -> Option<&HashSet<String>> {
+        self.spaces.get(space_id)
     }
 }
 
@@ -390,7 +398,9 @@ mod tests {
             let waiters = Waiters::default();
             let (waiter, _handed) = waiters.register("s", vec![], room);
             let freed = vec![waiter.clone(); freed];
-            let mut fills = waiters.take(&Touched::Spaces(vec!["s".into()]), &freed);
+            let mut touched = Touched::none();
+            touched.add("s", "a");
+            let mut fills = waiters.take(&touched, &freed);
             assert!(fills.len() <= 1);
             let handoffs = match fills.pop() {
                 Some(fill) => fill.share(jobs("s", ready)),
@@ -425,6 +435,35 @@ mod tests {
         assert_eq!(fill_once(0, 3, 1), (0, 2, 0));
         // No room, nothing freed: not filled.
         assert_eq!(fill_once(0, 0, 3), (0, 0, 0));
+    }
+
+    #[test]
+    fn a_batch_fills_only_the_waiters_that_can_take_what_it_made_ready() {
+        let waiters = Waiters::default();
+        // 2,000 idle waiters whose filters name jobs nobody makes ready.
+        let idle: Vec<_> = (0..2000)
+            .map(|i| waiters.register("s", vec![format!("other-{i}")], 1))
+            .collect();
+        let (named, _named_jobs) = waiters.register("s", vec!["a".into(), "b".into()], 1);
+        let (any, _any_jobs) = waiters.register("s", vec![], 1);
+        let (elsewhere, _elsewhere_jobs) = waiters.register("t", vec![], 1);
+        // Registering asks for a first look; that look is taken here.
+        let first = waiters.take(&Touched::none(), &[]);
+        assert_eq!(first.len(), 2003, "every new waiter is looked at once");
+        for fill in first {
+            for share in fill.shares {
+                share.waiter.add_room(share.room.into());
+            }
+        }
+
+        let mut touched = Touched::none();
+        touched.add("s", "a");
+        let fills = waiters.take(&touched, &[]);
+        let mut filled: Vec<&[String]> = fills.iter().map(|fill| fill.names.as_slice()).collect();
+        filled.sort();
+        assert_eq!(filled, [&[][..], &["a".to_owned(), "b".to_owned()][..]]);
+        assert!(fills.iter().all(|fill| fill.space_id == "s"));
+        drop((idle, named, any, elsewhere));
     }
 
     #[tokio::test]

@@ -86,12 +86,19 @@ pub struct SpaceHead {
 }
 
 /// What a reconnecting space stream missed.
+/// Most events one replay page holds.
+pub const REPLAY_PAGE_EVENTS: u32 = 256;
+/// Most event data one replay page holds (events carry up to 1 MiB each).
+pub const REPLAY_PAGE_BYTES: i64 = 4 * 1024 * 1024;
+
 #[derive(Clone, Debug)]
 pub struct SpaceLog {
     pub head: SpaceHead,
-    /// The events after the requested cursor up to `head.seq`, in order;
-    /// `None` when they cannot all be replayed (cursor ahead of the head,
-    /// too far behind, or events no longer retained).
+    /// The events after the requested cursor up to `head.seq`, in order,
+    /// without their `data` (enough to work out the counts as of the
+    /// cursor; `space_events` reads them whole, a page at a time); `None`
+    /// when they cannot all be replayed (cursor ahead of the head, too far
+    /// behind, or events no longer retained).
     pub missed_events: Option<Vec<JobEvent>>,
 }
 
@@ -182,9 +189,11 @@ pub enum CallbackOutcome {
 }
 
 /// What a timer sweep did.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Sweep {
     pub fired: usize,
+    /// (space, job name) of each job the sweep made ready.
+    pub ready: Vec<(String, String)>,
     /// The earliest deadline still ahead.
     pub next_due: Option<UnixMillis>,
 }
@@ -198,6 +207,10 @@ pub trait Store: Send + Sync + 'static {
     async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord>;
     /// The space's head and, when `after` is given, the events after it
     /// (at most `max_missed` of them), read at one instant.
+    /// A page of a space's events with `after < seq <= upto`, in order,
+    /// whole: at most `REPLAY_PAGE_EVENTS`, and no more than
+    /// `REPLAY_PAGE_BYTES` of data unless the first alone is larger.
+    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<JobEvent>>;
     async fn space_log(
         &self,
         space_id: &str,

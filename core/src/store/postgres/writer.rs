@@ -28,7 +28,9 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
-use crate::job::{EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, StoredLogLine};
+use crate::job::{
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StoredLogLine,
+};
 use crate::store::batch::{self, callback_try_event};
 use crate::store::rows;
 use crate::store::{
@@ -646,9 +648,13 @@ impl batch::Writer for PgWriter {
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
         .await?;
+        let mut ready = Vec::new();
         for row in &due {
             let job = rows::job(row)?;
-            self.transition_locked(&job, Command::Expire, now).await?;
+            let expired = self.transition_locked(&job, Command::Expire, now).await?;
+            if expired.status() == JobStatus::Pending {
+                ready.push((expired.space_id, expired.name));
+            }
         }
         let next_due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
@@ -657,6 +663,7 @@ impl batch::Writer for PgWriter {
         .await?;
         Ok(Sweep {
             fired: due.len(),
+            ready,
             next_due,
         })
     }

@@ -30,8 +30,9 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::store::{
-    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, SettingWrite,
-    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
+    REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store,
+    Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -146,6 +147,27 @@ impl Store for SqliteStore {
         self.writes.update_space(space_id, settings).await
     }
 
+    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<JobEvent>> {
+        // The running total of data sizes keeps a page within its bytes;
+        // the first event (whose total is its own size) is always taken, so
+        // a replay moves on.
+        let rows = sqlx::query(
+            "SELECT * FROM (SELECT page.*, SUM(COALESCE(LENGTH(page.data), 0)) OVER (ORDER BY page.seq) AS page_bytes \
+             FROM (SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+             WHERE e.space_id = ? AND e.seq > ? AND e.seq <= ? ORDER BY e.seq LIMIT ?) page) paged \
+             WHERE page_bytes <= ? OR page_bytes = COALESCE(LENGTH(data), 0) \
+             ORDER BY seq",
+        )
+        .bind(space_id)
+        .bind(after)
+        .bind(upto)
+        .bind(i64::from(REPLAY_PAGE_EVENTS))
+        .bind(REPLAY_PAGE_BYTES)
+        .fetch_all(&self.reads)
+        .await?;
+        rows.iter().map(rows::event).collect()
+    }
+
     async fn space_log(
         &self,
         space_id: &str,
@@ -168,8 +190,11 @@ impl Store for SqliteStore {
         };
         let missed_events = match after {
             Some(after) if after <= head.seq && head.seq - after <= i64::from(max_missed) => {
+                // Without data: a replay range may hold gigabytes of it.
                 let rows = sqlx::query(
-                    "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
+                    "SELECT e.seq, e.space_id, e.job_id, e.type, e.status, e.previous_status, \
+                     NULL AS data, e.created_at, j.name AS job_name \
+                     FROM job_events e JOIN jobs j ON j.id = e.job_id \
                      WHERE e.space_id = ? AND e.seq > ? AND e.seq <= ? ORDER BY e.seq",
                 )
                 .bind(space_id)

@@ -682,10 +682,15 @@ impl batch::Writer for SqliteWriter {
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
         .await?;
+        let mut ready = Vec::new();
         for row in &due {
             let job = rows::job(row)?;
-            self.transition(&job, Command::Expire, &Fence::default(), now)
+            let expired = self
+                .transition(&job, Command::Expire, &Fence::default(), now)
                 .await?;
+            if expired.status() == JobStatus::Pending {
+                ready.push((expired.space_id, expired.name));
+            }
         }
         let next_due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
@@ -694,6 +699,7 @@ impl batch::Writer for SqliteWriter {
         .await?;
         Ok(Sweep {
             fired: due.len(),
+            ready,
             next_due,
         })
     }
