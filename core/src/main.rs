@@ -173,6 +173,12 @@ enum SpaceCommand {
         /// The space's id.
         space_id: String,
     },
+    /// Issue a new public (jobs:read:progress) token; the old one stops
+    /// working at once.
+    RotatePublicToken {
+        /// The space's id.
+        space_id: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -469,6 +475,16 @@ async fn space(command: SpaceCommand, admin: AdminArgs) -> Result<(), AnyError> 
                 .map(space_json)
                 .collect();
             print_json(serde_json::Value::Array(spaces));
+        }
+        SpaceCommand::RotatePublicToken { space_id } => {
+            let response = client
+                .rotate_public_token(authorized(
+                    &admin,
+                    pb::RotatePublicTokenRequest { space_id },
+                )?)
+                .await
+                .map_err(call_failed(&admin))?;
+            print_json(space_json(response.into_inner().space.unwrap_or_default()));
         }
         SpaceCommand::Get { space_id } => {
             let response = client

@@ -140,3 +140,64 @@ async fn admin_calls_need_the_admin_key() {
     let (status, _) = app.request("GET", "/api/v1/spaces", None, None).await;
     assert_eq!(status, StatusCode::UNAUTHORIZED);
 }
+
+#[tokio::test]
+async fn a_revoked_public_token_leaves_the_space_without_one_until_rotated() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    let progress = format!("/api/v1/jobs/{job}/progress");
+    let space_path = format!("/api/v1/spaces/{}", space.id);
+    assert_eq!(app.get(&progress, &space.public_token).await.0, StatusCode::OK);
+
+    // Rotating revokes the old key (its stream ends) and shows the new one.
+    let mut watcher = app.watch_job(&job, &space.public_token).await;
+    let (status, rotated) = app
+        .post(&format!("{space_path}/public-token"), ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{rotated}");
+    let new_key = rotated["publicToken"].as_str().unwrap().to_owned();
+    assert_ne!(new_key, space.public_token);
+    assert_eq!(app.get(&space_path, ADMIN_KEY).await.1["publicToken"], new_key.as_str());
+    assert_eq!(
+        app.get(&progress, &space.public_token).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(app.get(&progress, &new_key).await.0, StatusCode::OK);
+    let close = crate::helpers::next_close(&mut watcher).await.expect("closed");
+    assert_eq!(u16::from(close.code), 1008);
+
+    // Revoking it like any token: the space no longer shows a dead key.
+    let (_, tokens) = app.get(&format!("{space_path}/tokens"), ADMIN_KEY).await;
+    let public = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|token| token["scopes"] == json!(["jobs:read:progress"]))
+        .expect("the public token is listed");
+    let (status, _) = app
+        .request(
+            "DELETE",
+            &format!("{space_path}/tokens/{}", public["id"].as_str().unwrap()),
+            Some(ADMIN_KEY),
+            None,
+        )
+        .await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert_eq!(app.get(&space_path, ADMIN_KEY).await.1["publicToken"], json!(null));
+    let (status, again) = app
+        .post(&format!("{space_path}/public-token"), ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let newest = again["publicToken"].as_str().unwrap();
+    assert_eq!(app.get(&progress, newest).await.0, StatusCode::OK);
+
+    let (status, _) = app
+        .post(
+            "/api/v1/spaces/01ARZ3NDEKTSV4RRFFQ69G5FAV/public-token",
+            ADMIN_KEY,
+            json!({}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}

@@ -102,6 +102,20 @@ impl AdminService for AdminGrpc {
         Ok(Response::new(pb::RotateWebhookSecretResponse { secret }))
     }
 
+    async fn rotate_public_token(
+        &self,
+        request: Request<pb::RotatePublicTokenRequest>,
+    ) -> Reply<pb::RotatePublicTokenResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let space = self
+            .admin
+            .rotate_public_token(&who, &request.get_ref().space_id)
+            .await?;
+        Ok(Response::new(pb::RotatePublicTokenResponse {
+            space: Some(space.into()),
+        }))
+    }
+
     async fn delete_webhook_secret(
         &self,
         request: Request<pb::DeleteWebhookSecretRequest>,

@@ -29,20 +29,13 @@ impl AdminApi {
         let space = SpaceRecord {
             id: new_id(),
             name,
-            public_token: public_key.clone(),
+            public_token: Some(public_key.clone()),
             stream_id: new_id(),
             anonymous_progress_streams: false,
             push: None,
             created_at: now,
         };
-        let token = TokenRecord {
-            id: new_id(),
-            space_id: space.id.clone(),
-            name: PUBLIC_TOKEN_NAME.to_owned(),
-            scopes: vec![Scope::JobsReadProgress.as_str().to_owned()],
-            key_hash: hash_key(&public_key),
-            created_at: now,
-        };
+        let token = public_token_record(&space.id, &public_key, now);
         self.store.create_space(space.clone(), token).await?;
         tracing::info!(space_id = %space.id, "space created");
         Ok(space)
@@ -162,11 +155,47 @@ impl AdminApi {
         Ok(())
     }
 
+    /// A new public (jobs:read:progress) token; the one before is revoked
+    /// in the same write, and its streams end on every core.
+    pub async fn rotate_public_token(
+        &self,
+        who: &Principal,
+        space_id: &str,
+    ) -> Result<SpaceRecord> {
+        who.require_admin()?;
+        if !is_well_formed(space_id) {
+            return Err(Error::NotFound("space"));
+        }
+        let key = generate_key()?;
+        let token = public_token_record(space_id, &key, now_millis());
+        let revoked = self
+            .store
+            .replace_public_token(space_id, &key, token, now_millis())
+            .await?;
+        if let Some(token_id) = &revoked {
+            self.auth.forget_token(token_id);
+        }
+        tracing::info!(space_id, "public token rotated");
+        self.find_space(space_id).await
+    }
+
     async fn find_space(&self, space_id: &str) -> Result<SpaceRecord> {
         self.store
             .get_space(space_id)
             .await?
             .ok_or(Error::NotFound("space"))
+    }
+}
+
+/// The token record of a space's public key.
+fn public_token_record(space_id: &str, key: &str, now: crate::clock::UnixMillis) -> TokenRecord {
+    TokenRecord {
+        id: new_id(),
+        space_id: space_id.to_owned(),
+        name: PUBLIC_TOKEN_NAME.to_owned(),
+        scopes: vec![Scope::JobsReadProgress.as_str().to_owned()],
+        key_hash: hash_key(key),
+        created_at: now,
     }
 }
 

@@ -63,6 +63,13 @@ pub enum WriteOp {
         now: UnixMillis,
         reply: Reply<bool>,
     },
+    ReplacePublicToken {
+        space_id: String,
+        key: String,
+        token: TokenRecord,
+        now: UnixMillis,
+        reply: Reply<Option<String>>,
+    },
     PutSetting {
         name: String,
         value: String,
@@ -136,6 +143,13 @@ pub trait Writer: Send {
         token_id: &str,
         now: UnixMillis,
     ) -> Result<bool>;
+    async fn replace_public_token(
+        &mut self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>>;
     async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
     -> Result<String>;
     async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()>;
@@ -351,6 +365,7 @@ fn refuse(op: WriteOp) {
         WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
         WriteOp::RevokeToken { reply, .. } => unavailable(reply),
         WriteOp::PutSetting { reply, .. } => unavailable(reply),
+        WriteOp::ReplacePublicToken { reply, .. } => unavailable(reply),
         WriteOp::Deliver { reply, .. } => unavailable(reply),
         WriteOp::Apply { reply, .. } => unavailable(reply),
         WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
@@ -398,6 +413,18 @@ async fn execute(
             write,
             reply,
         } => finish(writer.put_setting(&name, &value, write).await, reply),
+        WriteOp::ReplacePublicToken {
+            space_id,
+            key,
+            token,
+            now,
+            reply,
+        } => finish(
+            writer
+                .replace_public_token(&space_id, &key, token, now)
+                .await,
+            reply,
+        ),
         WriteOp::CreateJobs { jobs, reply } => {
             let ready: Vec<(String, String)> = jobs
                 .iter()
@@ -601,6 +628,24 @@ impl Writes {
         self.send(self.any(), |reply| WriteOp::RevokeToken {
             space_id,
             token_id,
+            now,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn replace_public_token(
+        &self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>> {
+        let (space_id, key) = (space_id.to_owned(), key.to_owned());
+        self.send(self.any(), |reply| WriteOp::ReplacePublicToken {
+            space_id,
+            key,
+            token,
             now,
             reply,
         })

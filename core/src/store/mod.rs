@@ -49,7 +49,8 @@ impl SettingWrite {
 pub struct SpaceRecord {
     pub id: String,
     pub name: String,
-    pub public_token: String,
+    /// None once revoked, until a new one is issued.
+    pub public_token: Option<String>,
     /// Identifies the space's event sequence (the space stream's
     /// `streamInstanceId`).
     pub stream_id: String,
@@ -222,6 +223,16 @@ pub trait Store: Send + Sync + 'static {
     async fn create_token(&self, token: TokenRecord) -> Result<()>;
     async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>>;
     /// Returns whether a live token was revoked.
+    /// Makes `key` (stored as `token`) the space's public token and revokes
+    /// the one before, atomically; returns the revoked token's id, if any.
+    /// Fails with NotFound when the space does not exist.
+    async fn replace_public_token(
+        &self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>>;
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool>;
     /// A live (not revoked) token by the hash of its key.
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;

@@ -135,7 +135,7 @@ pub fn space(row: &impl Columns) -> Result<SpaceRecord> {
     Ok(SpaceRecord {
         id: row.text("id")?,
         name: row.text("name")?,
-        public_token: row.text("public_token")?,
+        public_token: Some(row.text("public_token")?).filter(|key| !key.is_empty()),
         stream_id: row.text("stream_id")?,
         anonymous_progress_streams: row.flag("anonymous_progress_streams")?,
         push: match row.opt_text("push_url")? {

@@ -20,7 +20,7 @@ pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
     let space = SpaceRecord {
         id: space_id.clone(),
         name: "unit".into(),
-        public_token: new_id(),
+        public_token: Some(new_id()),
         stream_id: new_id(),
         anonymous_progress_streams: false,
         push: None,

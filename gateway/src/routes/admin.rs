@@ -20,6 +20,10 @@ pub fn router() -> Router<CoreClient> {
             get(get_space).patch(update_space),
         )
         .route(
+            "/api/v1/spaces/{space_id}/public-token",
+            post(rotate_public_token),
+        )
+        .route(
             "/api/v1/spaces/{space_id}/webhook-secret",
             post(rotate_webhook_secret).delete(delete_webhook_secret),
         )
@@ -77,6 +81,22 @@ async fn update_space(
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;
+    Ok(Json(json::space(space.unwrap_or_default())))
+}
+
+/// A new public token for the space; the one before stops working.
+async fn rotate_public_token(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::RotatePublicTokenRequest { space_id });
+    let space = core
+        .admin()
+        .rotate_public_token(request)
+        .await?
+        .into_inner()
+        .space;
     Ok(Json(json::space(space.unwrap_or_default())))
 }
 

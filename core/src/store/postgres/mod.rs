@@ -296,6 +296,18 @@ impl Store for PostgresStore {
         rows.iter().map(rows::token).collect()
     }
 
+    async fn replace_public_token(
+        &self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>> {
+        self.writes
+            .replace_public_token(space_id, key, token, now)
+            .await
+    }
+
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool> {
         self.writes.revoke_token(space_id, token_id, now).await
     }

@@ -261,6 +261,23 @@ impl Store for SqliteStore {
         rows.iter().map(rows::token).collect()
     }
 
+    async fn replace_public_token(
+        &self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>> {
+        let revoked = self
+            .writes
+            .replace_public_token(space_id, key, token, now)
+            .await?;
+        if let Some(token_id) = &revoked {
+            let _ = self.revoked.send(token_id.clone());
+        }
+        Ok(revoked)
+    }
+
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool> {
         let revoked = self.writes.revoke_token(space_id, token_id, now).await?;
         if revoked {

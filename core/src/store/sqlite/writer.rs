@@ -89,6 +89,30 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
+    /// A revoked public token leaves its space without one (shown as
+    /// absent) until a new one is issued.
+    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
+        let public: Option<String> =
+            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = ?")
+                .bind(space_id)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        let Some(public) = public.filter(|key| !key.is_empty()) else {
+            return Ok(());
+        };
+        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT key_hash FROM tokens WHERE id = ?")
+            .bind(token_id)
+            .fetch_optional(&mut self.conn)
+            .await?;
+        if hash.is_some_and(|hash| hash == crate::auth::hash_key(&public)) {
+            sqlx::query("UPDATE spaces SET public_token = '' WHERE id = ?")
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
+        Ok(())
+    }
+
     pub fn new(conn: SqliteConnection, published: broadcast::Sender<Arc<[LiveEvent]>>) -> Self {
         Self {
             conn,
@@ -551,7 +575,46 @@ impl batch::Writer for SqliteWriter {
         .bind(space_id)
         .execute(&mut self.conn)
         .await?;
-        Ok(revoked.rows_affected() == 1)
+        let revoked = revoked.rows_affected() == 1;
+        if revoked {
+            self.forget_public_token(space_id, token_id).await?;
+        }
+        Ok(revoked)
+    }
+
+    async fn replace_public_token(
+        &mut self,
+        space_id: &str,
+        key: &str,
+        token: TokenRecord,
+        now: UnixMillis,
+    ) -> Result<Option<String>> {
+        let current: Option<String> =
+            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = ?")
+                .bind(space_id)
+                .fetch_optional(&mut self.conn)
+                .await?;
+        let current = current.ok_or(Error::NotFound("space"))?;
+        let revoked: Option<String> = if current.is_empty() {
+            None
+        } else {
+            sqlx::query_scalar(
+                "UPDATE tokens SET revoked_at = ? WHERE space_id = ? AND key_hash = ? \
+                 AND revoked_at IS NULL RETURNING id",
+            )
+            .bind(now)
+            .bind(space_id)
+            .bind(&crate::auth::hash_key(&current)[..])
+            .fetch_optional(&mut self.conn)
+            .await?
+        };
+        self.insert_token(&token).await?;
+        sqlx::query("UPDATE spaces SET public_token = ? WHERE id = ?")
+            .bind(key)
+            .bind(space_id)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(revoked)
     }
 
     async fn put_setting(
