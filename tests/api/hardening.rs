@@ -292,3 +292,50 @@ async fn a_client_presenting_bad_keys_is_slowed_but_known_keys_from_it_are_not()
     assert!(limited > 0, "guessing is slowed");
     assert_eq!(app.get(&path, &space.producer).await.0, StatusCode::OK);
 }
+
+/// Text with NUL characters cannot be stored by PostgreSQL: accepted, it
+/// would fail the write batch it landed in, other tenants' writes with it.
+/// Every text field refuses it up front, on both backends alike.
+#[tokio::test]
+async fn text_with_nul_characters_is_refused_up_front() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let jobs = format!("/api/v1/spaces/{}/jobs", space.id);
+    for job in [
+        json!({ "name": "a\u{0}b" }),
+        json!({ "name": "a", "callbackUrl": "https://example.com/\u{0}" }),
+    ] {
+        let (status, body) = app.post(&jobs, &space.producer, job.clone()).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{job}: {body}");
+    }
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    let (status, body) = app
+        .post(
+            &format!("/api/v1/jobs/{job}/kill"),
+            &space.producer,
+            json!({ "reason": "x\u{0}" }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "ack", Value::Null).await;
+    for (action, body) in [
+        ("logs", json!({ "lines": [{ "level": "info", "message": "m\u{0}" }] })),
+        ("fail", json!({ "error": "e\u{0}" })),
+    ] {
+        let (status, answer) = app.worker_call(&space, &job, action, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{action}: {answer}");
+    }
+    for (path, body) in [
+        ("/api/v1/spaces".to_owned(), json!({ "name": "s\u{0}" })),
+        (
+            format!("/api/v1/spaces/{}/tokens", space.id),
+            json!({ "name": "t\u{0}", "scopes": ["jobs:read"] }),
+        ),
+    ] {
+        let (status, answer) = app.post(&path, crate::helpers::ADMIN_KEY, body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{path}: {answer}");
+    }
+    // The space still works.
+    app.create_job(&space, json!({ "name": "fine" })).await;
+}

@@ -100,6 +100,7 @@ fn build_job(
             field("name")
         )));
     }
+    check_text(&field("name"), &input.name)?;
     if let Some(payload) = &input.payload {
         check_json(&field("payload"), payload)?;
     }
@@ -190,7 +191,10 @@ pub fn check_webhook_target(
             && !rest.starts_with('?')
             && !rest.starts_with('#')
     });
-    if !has_host || url.len() > MAX_CALLBACK_URL_BYTES || url.chars().any(char::is_whitespace) {
+    if !has_host
+        || url.len() > MAX_CALLBACK_URL_BYTES
+        || url.chars().any(|c| c.is_whitespace() || c.is_control())
+    {
         return Err(Error::invalid(format!(
             "{} must be an absolute http or https URL of at most {MAX_CALLBACK_URL_BYTES} bytes",
             url_field
@@ -308,6 +312,7 @@ pub fn check_name_filter(names: &[String]) -> Result<()> {
                 "names[{index}] must be 1 to {MAX_NAME_CHARS} characters"
             )));
         }
+        check_text(&format!("names[{index}]"), name)?;
     }
     Ok(())
 }
@@ -377,6 +382,19 @@ pub fn check_error_text(error: &str) -> Result<()> {
             "error must be at most {MAX_ERROR_BYTES} bytes"
         )));
     }
+    check_text("error", error)
+}
+
+/// Text that is stored as text: no NUL characters, which PostgreSQL cannot
+/// store. Accepted, one would fail the whole write batch it landed in, and
+/// with it other callers' writes; refused here, it fails only its request,
+/// on either backend.
+pub fn check_text(field: &str, text: &str) -> Result<()> {
+    if text.contains('\0') {
+        return Err(Error::invalid(format!(
+            "{field} must not contain NUL characters"
+        )));
+    }
     Ok(())
 }
 
@@ -407,6 +425,7 @@ pub fn build_log_lines(lines: Vec<(String, String)>) -> Result<Vec<LogLine>> {
                     "lines[{index}].message must be at most {MAX_LOG_MESSAGE_BYTES} bytes"
                 )));
             }
+            check_text(&format!("lines[{index}].message"), &message)?;
             Ok(LogLine { level, message })
         })
         .collect()

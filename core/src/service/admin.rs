@@ -67,6 +67,9 @@ impl AdminApi {
                     target.url,
                     target.headers,
                 )?;
+                for (index, name) in target.names.iter().enumerate() {
+                    spec::check_text(&format!("push.names[{index}]"), name)?;
+                }
                 Some(Some(PushTarget {
                     url: checked.url,
                     names: target.names,
@@ -209,5 +212,6 @@ fn checked_name(name: &str) -> Result<String> {
             "name must be at most {MAX_NAME_CHARS} characters"
         )));
     }
+    spec::check_text("name", name)?;
     Ok(name.to_owned())
 }

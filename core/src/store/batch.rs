@@ -176,7 +176,15 @@ pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, wait
     // Jobs leased to waiters that were gone by the time the lease committed.
     let mut orphans: Vec<Job> = Vec::new();
     loop {
-        if orphans.is_empty() {
+        if !batch.is_empty() {
+            // Operations a failed batch never ran: they go first, with
+            // whatever else is waiting.
+            while batch.len() < MAX_BATCH
+                && let Ok(op) = ops.try_recv()
+            {
+                batch.push(op);
+            }
+        } else if orphans.is_empty() {
             if ops.recv_many(&mut batch, MAX_BATCH).await == 0 {
                 break;
             }
@@ -255,19 +263,29 @@ async fn run_batch(
     if batch_error.is_none() {
         batch_error = release(writer, &released, &mut effects).await.err();
     }
+    let mut not_run = Vec::new();
+    let mut failed_by_an_operation = false;
     for op in batch.drain(..) {
         if batch_error.is_some() {
-            refuse(op);
+            if failed_by_an_operation {
+                // One operation's failure is not theirs: they run in the
+                // next batch instead of failing with this one.
+                not_run.push(op);
+            } else {
+                refuse(op);
+            }
             continue;
         }
         let (failed, finish) = execute(writer, op, &mut effects).await;
         finishes.push(finish);
         if let Some(cause) = failed {
+            failed_by_an_operation = true;
             batch_error = Some(Error::internal(format!(
                 "an operation failed in the database: {cause}"
             )));
         }
     }
+    batch.extend(not_run);
     let mut handoffs = Vec::new();
     if batch_error.is_none() {
         match fill(writer, waiters, &effects).await {
