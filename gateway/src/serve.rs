@@ -2,9 +2,10 @@
 //! `axum::serve` leaves out, so no connection is held for free:
 //! - headers must arrive within `HEADER_READ_TIMEOUT` (half-sent headers,
 //!   slowloris);
-//! - a connection on which nothing arrives for `READ_IDLE_TIMEOUT` while the
-//!   server waits to read is closed (idle keep-alive, a body shorter than its
-//!   Content-Length, a WebSocket whose client stopped answering pings);
+//! - a connection on which no byte moves either way for the read-idle
+//!   timeout while the server waits to read is closed (idle keep-alive, a
+//!   body shorter than its Content-Length, a WebSocket whose client stopped
+//!   answering pings);
 //! - HTTP/2 connections are pinged and dropped when the pings go unanswered.
 
 use std::io;
@@ -121,8 +122,9 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|stopping| *stopping).await;
 }
 
-/// A socket whose pending reads fail with `TimedOut` after `limit` of
-/// silence.
+/// A socket whose pending reads fail with `TimedOut` after `limit` without
+/// progress either way: bytes received or sent restart the clock, so a slow
+/// but live download is never cut.
 struct ReadIdle {
     io: TcpStream,
     limit: Duration,
@@ -176,7 +178,11 @@ impl AsyncWrite for ReadIdle {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write(cx, buf)
+        let written = Pin::new(&mut self.io).poll_write(cx, buf);
+        if matches!(written, Poll::Ready(Ok(sent)) if sent > 0) {
+            self.armed = false;
+        }
+        written
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -192,7 +198,11 @@ impl AsyncWrite for ReadIdle {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+        let written = Pin::new(&mut self.io).poll_write_vectored(cx, bufs);
+        if matches!(written, Poll::Ready(Ok(sent)) if sent > 0) {
+            self.armed = false;
+        }
+        written
     }
 
     fn is_write_vectored(&self) -> bool {
