@@ -14,10 +14,10 @@ pub const ADMIN_KEY: &str = "emit_bench_admin_key_0123456789abcdef";
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
-#[path = "../core/tests/support/postgres.rs"]
+#[path = "../cli/tests/support/postgres.rs"]
 mod postgres;
 
-#[path = "../core/tests/support/ack_worker.rs"]
+#[path = "../cli/tests/support/ack_worker.rs"]
 pub mod ack_worker;
 
 /// Core and gateway on loopback, SQLite in `dir`, no rate limit.

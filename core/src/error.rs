@@ -87,8 +87,7 @@ impl From<sqlx::migrate::MigrateError> for Error {
     }
 }
 
-/// Metadata key carrying the seconds to wait after RESOURCE_EXHAUSTED.
-pub const RETRY_AFTER_METADATA: &str = "retry-after";
+pub use emit_proto::wire::RETRY_AFTER_METADATA;
 
 impl From<Error> for tonic::Status {
     fn from(error: Error) -> Self {

@@ -9,6 +9,7 @@ use emit_proto::v1::admin_service_server::AdminServiceServer;
 use emit_proto::v1::event_service_server::EventServiceServer;
 use emit_proto::v1::job_service_server::JobServiceServer;
 use emit_proto::v1::worker_service_server::WorkerServiceServer;
+use emit_proto::wire::MAX_MESSAGE_BYTES as MAX_GRPC_MESSAGE_BYTES;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -27,8 +28,6 @@ use crate::service::{AdminApi, JobsApi};
 use crate::store::{self, SettingWrite, Store};
 use crate::timers::{self, TimerWake};
 
-/// Messages carry job payloads (1 MiB each) in bulk; leave room for that.
-pub const MAX_GRPC_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 const MAX_CONCURRENT_STREAMS: u32 = 1 << 20;
 const ADMIN_KEY_SETTING: &str = "admin_key_sha256";
 

@@ -9,11 +9,10 @@ use axum::http::HeaderMap;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
 use emit_proto::v1::event_service_client::EventServiceClient;
 use emit_proto::v1::job_service_client::JobServiceClient;
+use emit_proto::wire::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
 const CHANNELS: usize = 4;
-/// Messages carry job payloads in bulk; must match the core's limit.
-const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
 /// Headers that carry the caller's credentials, forwarded to the core as is.
 const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
 /// Longest credential forwarded. Keys are 69 characters; a much longer one is

@@ -54,7 +54,7 @@ impl From<tonic::Status> for ApiError {
         };
         let retry_after = status
             .metadata()
-            .get("retry-after")
+            .get(emit_proto::wire::RETRY_AFTER_METADATA)
             .and_then(|value| HeaderValue::from_bytes(value.as_bytes()).ok());
         Self {
             status: http,

@@ -16,7 +16,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tonic::transport::Channel;
 
-#[path = "../../core/tests/support/postgres.rs"]
+#[path = "../../cli/tests/support/postgres.rs"]
 mod postgres;
 use postgres::PostgresDatabase;
 
