@@ -126,6 +126,9 @@ pub trait Writer: Send {
     async fn lock_ahead(&mut self, _job_ids: Vec<&str>) -> Result<()> {
         Ok(())
     }
+    /// Upkeep between batches, outside any transaction (SQLite: starting
+    /// the WAL over when it has grown).
+    async fn between_batches(&mut self) {}
     async fn close(self);
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()>;
@@ -196,6 +199,7 @@ pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, wait
             }
         }
         let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
+        writer.between_batches().await;
         if !committed && !orphans.is_empty() {
             // Not in a tight loop against a database that is down.
             tokio::time::sleep(Duration::from_millis(100)).await;

@@ -12,6 +12,7 @@
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use async_trait::async_trait;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
@@ -86,6 +87,8 @@ pub struct SqliteWriter {
     /// and log lines, broadcast after COMMIT.
     recorded: Vec<LiveEvent>,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
+    /// Set by the checkpoint task when the WAL has grown past its bound.
+    restart_wal: Arc<AtomicBool>,
 }
 
 impl SqliteWriter {
@@ -113,7 +116,11 @@ impl SqliteWriter {
         Ok(())
     }
 
-    pub fn new(conn: SqliteConnection, published: broadcast::Sender<Arc<[LiveEvent]>>) -> Self {
+    pub fn new(
+        conn: SqliteConnection,
+        published: broadcast::Sender<Arc<[LiveEvent]>>,
+        restart_wal: Arc<AtomicBool>,
+    ) -> Self {
         Self {
             conn,
             unwritten: HashMap::new(),
@@ -122,6 +129,7 @@ impl SqliteWriter {
             jobs: HashMap::new(),
             recorded: Vec::new(),
             published,
+            restart_wal,
         }
     }
 
@@ -460,6 +468,23 @@ impl batch::Writer for SqliteWriter {
             let published: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
             // No subscribers is fine: nobody is watching.
             let _ = self.published.send(published);
+        }
+    }
+
+    async fn between_batches(&mut self) {
+        if !self.restart_wal.swap(false, Ordering::AcqRel) {
+            return;
+        }
+        // No write is open here and this is the only writer, so the
+        // checkpoint waits for nothing but readers still on the WAL (short
+        // reads); the side task's PASSIVE runs left little to copy. The next
+        // transaction then starts the WAL over.
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(&mut self.conn)
+            .await
+        {
+            tracing::warn!(%error, "WAL restart checkpoint failed; trying again");
+            self.restart_wal.store(true, Ordering::Release);
         }
     }
 
