@@ -5,11 +5,13 @@
 //! than allowed to slow the others or the core.
 //!
 //! Queues hold chunks (the events of one commit for one job or space), so a
-//! burst such as a bulk create of 1000 jobs is one queue entry, and a bound
-//! counts commits, not events.
+//! burst such as a bulk create of 1000 jobs is one queue entry. A queue is
+//! bounded twice: in commits (`queue_capacity`) and in the bytes of event
+//! data its chunks hold (`MAX_QUEUED_BYTES`), since one event may carry a
+//! megabyte.
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc};
@@ -18,6 +20,27 @@ use crate::job::{JobEvent, JobStatus, LiveEvent};
 
 /// The events one commit published for one job or one space, in order.
 pub type Chunk = Arc<[LiveEvent]>;
+
+/// Event data one watcher's queue may hold. A chunk is always taken into an
+/// empty queue, whatever its size, so a watcher that keeps up is never cut
+/// loose for one large commit.
+pub const MAX_QUEUED_BYTES: usize = 32 * 1024 * 1024;
+/// What an event costs besides its data (ids, names, the allocation).
+const EVENT_OVERHEAD_BYTES: usize = 256;
+
+/// The bytes a chunk holds, as the byte bound counts them.
+fn chunk_bytes(chunk: &[LiveEvent]) -> usize {
+    chunk
+        .iter()
+        .map(|event| {
+            EVENT_OVERHEAD_BYTES
+                + match event {
+                    LiveEvent::Job(event) => event.data.as_ref().map_or(0, String::len),
+                    LiveEvent::Log(entry) => entry.line.message.len(),
+                }
+        })
+        .sum()
+}
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Topic {
@@ -31,6 +54,8 @@ struct Slot {
     id: u64,
     queue: mpsc::Sender<Chunk>,
     overrun: Arc<AtomicBool>,
+    /// Bytes of the chunks queued and not yet received.
+    queued_bytes: Arc<AtomicUsize>,
     /// Only chunks with an event of a job of these names (space topics).
     names: Option<HashSet<String>>,
 }
@@ -134,20 +159,27 @@ fn deliver(slots: &mut HashMap<String, Vec<Slot>>, key: &str, chunk: Chunk) {
     } else {
         HashSet::new()
     };
+    let bytes = chunk_bytes(&chunk);
     watchers.retain(|slot| {
         // A watcher that wants none of it is not woken: idle worker
         // sessions of other names cost a busy space nothing per commit.
         if filtered && !slot.wants(&chunk_names) {
             return true;
         }
-        deliver_to(slot, &chunk)
+        deliver_to(slot, &chunk, bytes)
     });
     if watchers.is_empty() {
         slots.remove(key);
     }
 }
 
-fn deliver_to(slot: &Slot, chunk: &Chunk) -> bool {
+fn deliver_to(slot: &Slot, chunk: &Chunk, bytes: usize) -> bool {
+    let queued = slot.queued_bytes.load(Ordering::Acquire);
+    if queued > 0 && queued.saturating_add(bytes) > MAX_QUEUED_BYTES {
+        slot.overrun.store(true, Ordering::Release);
+        return false;
+    }
+    slot.queued_bytes.fetch_add(bytes, Ordering::AcqRel);
     match slot.queue.try_send(chunk.clone()) {
         Ok(()) => true,
         Err(mpsc::error::TrySendError::Full(_)) => {
@@ -194,6 +226,7 @@ impl EventHub {
     fn subscribe_filtered(&self, topic: Topic, names: Option<HashSet<String>>) -> Subscription {
         let (queue, receiver) = mpsc::channel(self.shared.queue_capacity);
         let overrun = Arc::new(AtomicBool::new(false));
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let mut topics = self.shared.lock();
         let id = topics.next_id;
         topics.next_id += 1;
@@ -203,12 +236,14 @@ impl EventHub {
                 id,
                 queue,
                 overrun: overrun.clone(),
+                queued_bytes: queued_bytes.clone(),
                 names,
             });
         }
         Subscription {
             receiver,
             overrun,
+            queued_bytes,
             topic,
             id,
             shared: self.shared.clone(),
@@ -257,6 +292,7 @@ pub enum Ended {
 pub struct Subscription {
     receiver: mpsc::Receiver<Chunk>,
     overrun: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
     topic: Topic,
     id: u64,
     shared: Arc<Shared>,
@@ -267,7 +303,11 @@ impl Subscription {
     /// delivered first, then `Ended::Overrun`.
     pub async fn recv(&mut self) -> Result<Chunk, Ended> {
         match self.receiver.recv().await {
-            Some(chunk) => Ok(chunk),
+            Some(chunk) => {
+                self.queued_bytes
+                    .fetch_sub(chunk_bytes(&chunk), Ordering::AcqRel);
+                Ok(chunk)
+            }
             None if self.overrun.load(Ordering::Acquire) => Err(Ended::Overrun),
             None => Err(Ended::Closed),
         }
@@ -393,6 +433,34 @@ mod tests {
         assert_eq!(wants_any.recv().await.unwrap().len(), 1);
         assert_eq!(wants_any.recv().await.unwrap().len(), 1);
         assert_eq!(wants_any.recv().await.unwrap_err(), Ended::Overrun);
+    }
+
+    #[tokio::test]
+    async fn a_queue_is_bounded_in_bytes_too() {
+        let (sender, receiver) = broadcast::channel(4);
+        let hub = EventHub::start(receiver, 1000);
+        drop(sender);
+        let big = |seq: i64| {
+            let LiveEvent::Job(event) = event("s1", "j1", seq) else {
+                unreachable!()
+            };
+            let mut event = (*event).clone();
+            event.data = Some("x".repeat(MAX_QUEUED_BYTES / 4));
+            LiveEvent::Job(Arc::new(event))
+        };
+        let mut reader = hub.subscribe(Topic::Job("j1".into()));
+        let mut stalled = hub.subscribe(Topic::Job("j1".into()));
+        // One chunk larger than the bound still reaches an empty queue.
+        hub.route(&[big(1), big(2), big(3), big(4), big(5)]);
+        assert_eq!(reader.recv().await.unwrap().len(), 5);
+        // Four more quarters: the reader keeps up, the stalled one (still
+        // holding the first chunk) is cut loose well before 1000 commits.
+        for seq in 6..10 {
+            hub.route(&[big(seq)]);
+            assert_eq!(reader.recv().await.unwrap().len(), 1);
+        }
+        assert_eq!(stalled.recv().await.unwrap().len(), 5);
+        assert_eq!(stalled.recv().await.unwrap_err(), Ended::Overrun);
     }
 
     #[tokio::test]
