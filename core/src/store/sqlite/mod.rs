@@ -473,8 +473,191 @@ impl Store for SqliteStore {
 
 #[cfg(test)]
 mod tests {
+    use std::str::FromStr;
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+
+    use sqlx::ConnectOptions;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use tokio::sync::{broadcast, mpsc};
+
     use super::WAL_FILE_LIMIT_BYTES;
-    use crate::store::testing::{create, store_with_space};
+    use super::writer::SqliteWriter;
+    use crate::clock::UnixMillis;
+    use crate::error::{Error, Result};
+    use crate::job::machine::{Command, Fence};
+    use crate::job::{Job, LogLine};
+    use crate::store::batch::{self, Writer, Writes};
+    use crate::store::handoff::Waiters;
+    use crate::store::testing::{create, jobs, store_with_space};
+    use crate::store::{
+        CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Store,
+        Sweep, TokenRecord,
+    };
+
+    /// A real writer whose job creates fail, as a database error would,
+    /// when a job is named "poison".
+    struct Poisoned(SqliteWriter);
+
+    #[async_trait::async_trait]
+    impl Writer for Poisoned {
+        async fn begin(&mut self) -> Result<()> {
+            self.0.begin().await
+        }
+        async fn commit(&mut self) -> Result<()> {
+            self.0.commit().await
+        }
+        async fn rollback(&mut self) {
+            self.0.rollback().await
+        }
+        fn committed(&mut self) {
+            self.0.committed()
+        }
+        async fn close(self) {
+            self.0.close().await
+        }
+        async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
+            self.0.create_space(space, token).await
+        }
+        async fn update_space(&mut self, id: &str, settings: SpaceSettings) -> Result<SpaceRecord> {
+            self.0.update_space(id, settings).await
+        }
+        async fn set_webhook_secret(&mut self, id: &str, secret: Option<String>) -> Result<()> {
+            self.0.set_webhook_secret(id, secret).await
+        }
+        async fn record_callback_try(
+            &mut self,
+            attempt: CallbackTry,
+            now: UnixMillis,
+        ) -> Result<()> {
+            self.0.record_callback_try(attempt, now).await
+        }
+        async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
+            self.0.create_token(token).await
+        }
+        async fn revoke_token(
+            &mut self,
+            space: &str,
+            token: &str,
+            now: UnixMillis,
+        ) -> Result<bool> {
+            self.0.revoke_token(space, token, now).await
+        }
+        async fn replace_public_token(
+            &mut self,
+            space_id: &str,
+            key: &str,
+            token: TokenRecord,
+            now: UnixMillis,
+        ) -> Result<Option<String>> {
+            self.0.replace_public_token(space_id, key, token, now).await
+        }
+        async fn put_setting(
+            &mut self,
+            name: &str,
+            value: &str,
+            write: SettingWrite,
+        ) -> Result<String> {
+            self.0.put_setting(name, value, write).await
+        }
+        async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
+            if jobs.iter().any(|job| job.name == "poison") {
+                return Err(Error::internal("the disk is full"));
+            }
+            self.0.create_jobs(jobs).await
+        }
+        async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
+            self.0.deliver(request).await
+        }
+        async fn apply(
+            &mut self,
+            target: &JobTarget,
+            command: Command,
+            fence: &Fence,
+            now: UnixMillis,
+        ) -> Result<Job> {
+            self.0.apply(target, command, fence, now).await
+        }
+        async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+            self.0.fire_due_timers(now, limit).await
+        }
+        async fn append_logs(
+            &mut self,
+            target: &JobTarget,
+            lines: Vec<LogLine>,
+            now: UnixMillis,
+        ) -> Result<i64> {
+            self.0.append_logs(target, lines, now).await
+        }
+    }
+
+    fn named(space_id: &str, name: &str) -> Vec<Job> {
+        let mut made = jobs(space_id, 1);
+        made[0].name = name.into();
+        made
+    }
+
+    /// One operation's failure in the database rolls back its batch: the
+    /// operations that ran before it are answered "retry later", the
+    /// failing one gets its error, and the ones after it run in the next
+    /// batch instead of failing with it.
+    #[tokio::test]
+    async fn the_writes_after_a_failing_one_run_in_the_next_batch() {
+        let (store, space_id, dir) = store_with_space().await;
+        let url = format!("sqlite://{}/emit.db", dir.display());
+        let connection = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let writer = SqliteWriter::new(
+            connection,
+            broadcast::channel(16).0,
+            Arc::new(AtomicBool::new(false)),
+        );
+        let (sender, queue) = mpsc::channel(16);
+        let writes = Arc::new(Writes::new(vec![sender]));
+        let mut answers = Vec::new();
+        for (queued, name) in ["before", "poison", "after"].into_iter().enumerate() {
+            let (writes, batch) = (writes.clone(), named(&space_id, name));
+            let id = batch[0].id.clone();
+            answers.push((
+                id,
+                tokio::spawn(async move { writes.create_jobs(batch).await }),
+            ));
+            // One batch: every operation is queued before the writer runs.
+            while queue.len() <= queued {
+                tokio::task::yield_now().await;
+            }
+        }
+        tokio::spawn(batch::run(
+            Poisoned(writer),
+            queue,
+            Arc::new(Waiters::default()),
+        ));
+        let mut outcomes = Vec::new();
+        for (id, answer) in answers {
+            outcomes.push((id, answer.await.unwrap()));
+        }
+        assert!(
+            matches!(outcomes[0].1, Err(Error::Unavailable)),
+            "{:?}",
+            outcomes[0].1
+        );
+        assert!(
+            matches!(outcomes[1].1, Err(Error::Internal(_))),
+            "{:?}",
+            outcomes[1].1
+        );
+        assert!(outcomes[2].1.is_ok(), "{:?}", outcomes[2].1);
+        let stored = |id: String| {
+            let store = &store;
+            async move { store.job_snapshot(&id).await.unwrap().is_some() }
+        };
+        assert!(!stored(outcomes[0].0.clone()).await);
+        assert!(stored(outcomes[2].0.clone()).await);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 
     fn size(path: &std::path::Path) -> i64 {
         std::fs::metadata(path).map_or(0, |meta| meta.len() as i64)
