@@ -289,6 +289,19 @@ impl TestApp {
         created["id"].as_str().unwrap().to_owned()
     }
 
+    /// `count` jobs named `name` in one bulk create.
+    pub async fn create_bulk(&self, space: &Space, name: &str, count: usize) {
+        let jobs: Vec<Value> = (0..count).map(|_| json!({ "name": name })).collect();
+        let (status, created) = self
+            .post(
+                &format!("/api/v1/spaces/{}/jobs", space.id),
+                &space.producer,
+                json!(jobs),
+            )
+            .await;
+        assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+
     pub async fn poll(&self, space: &Space, body: Value) -> Vec<Value> {
         let (status, polled) = self
             .post(

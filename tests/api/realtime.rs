@@ -458,15 +458,7 @@ async fn space_stream_replays_what_a_reconnect_missed_even_across_a_restart() {
         assert_eq!(counts_of(&connected)["pending"], 5);
     }
     // Further behind than the replay limit (50): missed.
-    let jobs: Vec<Value> = (0..60).map(|_| json!({ "name": "bulk" })).collect();
-    let (status, _) = app
-        .post(
-            &format!("/api/v1/spaces/{}/jobs", space.id),
-            &space.producer,
-            json!(jobs),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    app.create_bulk(&space, "bulk", 60).await;
     let resume = format!("&since=7&streamInstanceId={instance}");
     let mut stream = app.watch_space(&space.id, &space.producer, &resume).await;
     let connected = next_json(&mut stream).await;
@@ -885,15 +877,7 @@ async fn a_long_replay_arrives_whole_across_pages() {
             .await;
         assert_eq!(status, StatusCode::OK);
     }
-    let jobs: Vec<Value> = (0..600).map(|_| json!({ "name": "bulk" })).collect();
-    let (status, _) = app
-        .post(
-            &format!("/api/v1/spaces/{}/jobs", space.id),
-            &space.producer,
-            json!(jobs),
-        )
-        .await;
-    assert_eq!(status, StatusCode::CREATED);
+    app.create_bulk(&space, "bulk", 600).await;
     // created, delivered, acked, 10 progress, 600 created.
     let missed = 613;
 
