@@ -294,7 +294,7 @@ fn describe(error: &(dyn std::error::Error + 'static)) -> String {
 /// (up to 32 MiB). From then on, request bodies of that size come from heap
 /// arenas that stay resident: a few 30 MiB bodies left the server 120 MiB
 /// larger for good. A fixed threshold keeps large buffers mapped, so they go
-/// back to the OS when freed (see `core/tests/decoding.rs`).
+/// back to the OS when freed (see `cli/tests/decoding.rs`).
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 fn keep_large_buffers_unmapped() {
@@ -317,7 +317,7 @@ async fn run(command: Command) -> Result<(), AnyError> {
         Command::Serve { core, gateway } => {
             // Both ports are taken before anything is stored, so a start that
             // cannot serve never generates (and loses) an admin key.
-            let http = emit_gateway::bind(&gateway.config(String::new())).await?;
+            let http = emit_gateway::bind(gateway.http_addr).await?;
             let mut core = emit_core::start(core.config()).await?;
             let gateway = http.serve(&gateway.config(format!("http://{}", core.grpc_addr)))?;
             announce_admin_key(&core, Some(gateway.http_addr));

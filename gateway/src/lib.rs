@@ -67,17 +67,17 @@ impl RunningGateway {
 pub async fn start(
     config: GatewayConfig,
 ) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
-    bind(&config).await?.serve(&config)
+    bind(config.http_addr).await?.serve(&config)
 }
 
 /// Binds the HTTP listener without serving yet, so `emit serve` can find a
 /// taken port before the core starts (and generates its admin key).
 pub async fn bind(
-    config: &GatewayConfig,
+    http_addr: SocketAddr,
 ) -> Result<BoundGateway, Box<dyn std::error::Error + Send + Sync>> {
-    let listener = TcpListener::bind(config.http_addr)
+    let listener = TcpListener::bind(http_addr)
         .await
-        .map_err(|error| format!("cannot listen for HTTP on {}: {error}", config.http_addr))?;
+        .map_err(|error| format!("cannot listen for HTTP on {http_addr}: {error}"))?;
     Ok(BoundGateway { listener })
 }
 
