@@ -505,9 +505,11 @@ async fn silent_receiver() -> (Arc<std::sync::atomic::AtomicUsize>, String) {
 async fn one_spaces_slow_receivers_do_not_hold_up_another_spaces_callbacks() {
     let app = TestApp::spawn_with(Options {
         callbacks: CallbackConfig {
+            // Tries to the silent receiver outlast the test: the noisy
+            // space's tries in flight can only be the ones it started.
             retry: RetryPolicy {
                 delays: vec![],
-                timeout: Duration::from_secs(5),
+                timeout: Duration::from_secs(120),
             },
             ..Options::default().callbacks
         },
@@ -537,7 +539,7 @@ async fn one_spaces_slow_receivers_do_not_hold_up_another_spaces_callbacks() {
     assert_eq!(receiver.received().len(), 1);
     let noisy_tries = accepted.load(std::sync::atomic::Ordering::SeqCst);
     assert!(
-        noisy_tries <= 16,
-        "the noisy space had {noisy_tries} tries in flight before the victim's was made"
+        noisy_tries <= 8,
+        "the noisy space had {noisy_tries} tries in flight when the victim's was made"
     );
 }
