@@ -66,14 +66,31 @@ pub struct PgWriter {
 }
 
 impl PgWriter {
-    /// A revoked public token leaves its space without one (shown as
-    /// absent) until a new one is issued.
-    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
-        let public: Option<String> =
+    /// Every replica ends the streams the revoked key holds open.
+    async fn announce_revocation(&mut self, token_id: &str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(super::relay::REVOCATIONS_CHANNEL)
+            .bind(token_id)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
+    /// The space's public key as stored: None without the space, empty once
+    /// revoked.
+    async fn public_key(&mut self, space_id: &str) -> Result<Option<String>> {
+        Ok(
             sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = $1")
                 .bind(space_id)
                 .fetch_optional(&mut self.conn)
-                .await?;
+                .await?,
+        )
+    }
+
+    /// A revoked public token leaves its space without one (shown as
+    /// absent) until a new one is issued.
+    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
+        let public = self.public_key(space_id).await?;
         let Some(public) = public.filter(|key| !key.is_empty()) else {
             return Ok(());
         };
@@ -532,12 +549,7 @@ impl batch::Writer for PgWriter {
             == 1;
         if revoked {
             self.forget_public_token(space_id, token_id).await?;
-            // Every replica ends the streams this key holds open.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::relay::REVOCATIONS_CHANNEL)
-                .bind(token_id)
-                .execute(&mut self.conn)
-                .await?;
+            self.announce_revocation(token_id).await?;
         }
         Ok(revoked)
     }
@@ -549,11 +561,7 @@ impl batch::Writer for PgWriter {
         token: TokenRecord,
         now: UnixMillis,
     ) -> Result<Option<String>> {
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = $1")
-                .bind(space_id)
-                .fetch_optional(&mut self.conn)
-                .await?;
+        let current = self.public_key(space_id).await?;
         let current = current.ok_or(Error::NotFound("space"))?;
         let revoked: Option<String> = if current.is_empty() {
             None
@@ -575,12 +583,7 @@ impl batch::Writer for PgWriter {
             .execute(&mut self.conn)
             .await?;
         if let Some(token_id) = &revoked {
-            // Every replica ends the streams this key holds open.
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::relay::REVOCATIONS_CHANNEL)
-                .bind(token_id)
-                .execute(&mut self.conn)
-                .await?;
+            self.announce_revocation(token_id).await?;
         }
         Ok(revoked)
     }

@@ -92,14 +92,21 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// A revoked public token leaves its space without one (shown as
-    /// absent) until a new one is issued.
-    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
-        let public: Option<String> =
+    /// The space's public key as stored: None without the space, empty once
+    /// revoked.
+    async fn public_key(&mut self, space_id: &str) -> Result<Option<String>> {
+        Ok(
             sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = ?")
                 .bind(space_id)
                 .fetch_optional(&mut self.conn)
-                .await?;
+                .await?,
+        )
+    }
+
+    /// A revoked public token leaves its space without one (shown as
+    /// absent) until a new one is issued.
+    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
+        let public = self.public_key(space_id).await?;
         let Some(public) = public.filter(|key| !key.is_empty()) else {
             return Ok(());
         };
@@ -614,11 +621,7 @@ impl batch::Writer for SqliteWriter {
         token: TokenRecord,
         now: UnixMillis,
     ) -> Result<Option<String>> {
-        let current: Option<String> =
-            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = ?")
-                .bind(space_id)
-                .fetch_optional(&mut self.conn)
-                .await?;
+        let current = self.public_key(space_id).await?;
         let current = current.ok_or(Error::NotFound("space"))?;
         let revoked: Option<String> = if current.is_empty() {
             None
