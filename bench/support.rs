@@ -36,6 +36,7 @@ async fn start_core(database_url: String) -> Result<RunningCore, AnyError> {
         rate_limit: RateLimit(NonZeroU32::new(0)),
         streams: Default::default(),
         callbacks: Default::default(),
+        retention: Default::default(),
     })
     .await?)
 }

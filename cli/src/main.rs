@@ -10,6 +10,7 @@ use clap::{Args, Parser, Subcommand};
 use emit_core::auth::RateLimit;
 use emit_core::callbacks::CallbackConfig;
 use emit_core::realtime::StreamLimits;
+use emit_core::retention::{RetentionConfig, RetentionPolicy};
 use emit_core::{CoreConfig, Secret};
 use emit_gateway::GatewayConfig;
 use emit_proto::v1 as pb;
@@ -74,6 +75,22 @@ enum Command {
         #[command(flatten)]
         admin: AdminArgs,
     },
+    /// Operate on one job (over the core's gRPC job API, with the admin key
+    /// or a key with the matching scope).
+    Job {
+        #[command(subcommand)]
+        command: JobCommand,
+        #[command(flatten)]
+        admin: AdminArgs,
+    },
+    /// Copy a running server's SQLite database to PATH, consistently, while
+    /// it serves (PostgreSQL: use pg_dump, see the README).
+    Backup {
+        /// Where the copy goes; must not exist yet.
+        path: std::path::PathBuf,
+        #[command(flatten)]
+        database: DatabaseArgs,
+    },
     /// Recover access: replace the stored admin key.
     AdminKey {
         #[command(subcommand)]
@@ -105,6 +122,42 @@ struct CoreArgs {
     /// link-local addresses.
     #[arg(long, env = "EMIT_CALLBACK_ALLOW_PRIVATE")]
     callback_allow_private: bool,
+    /// How long completed jobs are kept before they are deleted with their
+    /// events and logs: seconds, or 90s, 15m, 12h, 7d; 0 keeps them forever.
+    /// A space may set its own.
+    #[arg(long, env = "EMIT_RETAIN_COMPLETED", default_value = "7d", value_parser = parse_age)]
+    retain_completed: u64,
+    /// How long dead jobs are kept (as --retain-completed).
+    #[arg(long, env = "EMIT_RETAIN_DEAD", default_value = "30d", value_parser = parse_age)]
+    retain_dead: u64,
+    /// How long killed jobs are kept (as --retain-completed).
+    #[arg(long, env = "EMIT_RETAIN_KILLED", default_value = "7d", value_parser = parse_age)]
+    retain_killed: u64,
+    /// How often the retention sweeper looks for expired jobs.
+    #[arg(long, env = "EMIT_RETENTION_SWEEP", default_value = "30s", value_parser = parse_age)]
+    retention_sweep: u64,
+}
+
+/// An age: whole seconds, or a number with a unit s, m, h or d.
+fn parse_age(text: &str) -> Result<u64, String> {
+    let text = text.trim();
+    let (number, unit) = match text.char_indices().last() {
+        Some((at, unit)) if unit.is_ascii_alphabetic() => (&text[..at], unit),
+        _ => (text, 's'),
+    };
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(format!("unknown unit '{unit}' (use s, m, h or d)")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| format!("'{text}' is not an age like 30, 90s, 15m, 12h or 7d"))?;
+    number
+        .checked_mul(scale)
+        .ok_or_else(|| format!("'{text}' is too long an age"))
 }
 
 #[derive(Args)]
@@ -179,6 +232,27 @@ enum SpaceCommand {
         /// The space's id.
         space_id: String,
     },
+    /// Set how long the space keeps finished jobs: an age (30, 90s, 15m,
+    /// 12h, 7d), 0 for forever, or `default` for the server's.
+    SetRetention {
+        /// The space's id.
+        space_id: String,
+        #[arg(long, value_parser = parse_retention_age)]
+        completed: Option<RetentionAge>,
+        #[arg(long, value_parser = parse_retention_age)]
+        dead: Option<RetentionAge>,
+        #[arg(long, value_parser = parse_retention_age)]
+        killed: Option<RetentionAge>,
+    },
+}
+
+type RetentionAge = pb::retention_age::Age;
+
+fn parse_retention_age(text: &str) -> Result<RetentionAge, String> {
+    if text == "default" {
+        return Ok(RetentionAge::ServerDefault(true));
+    }
+    parse_age(text).map(RetentionAge::Seconds)
 }
 
 #[derive(Subcommand)]
@@ -211,6 +285,23 @@ enum TokenCommand {
 }
 
 #[derive(Subcommand)]
+enum JobCommand {
+    /// Show a job.
+    Get { job_id: String },
+    /// Stop a job and mark it killed.
+    Kill {
+        job_id: String,
+        /// Why, kept on the job.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Run a dead or killed job again, with a fresh set of attempts.
+    Retry { job_id: String },
+    /// Delete a completed, dead or killed job with its events and logs.
+    Delete { job_id: String },
+}
+
+#[derive(Subcommand)]
 enum AdminKeyCommand {
     /// Generate a new admin key, store it in place of the old one and print
     /// it once. Restart the server (every core) afterwards.
@@ -235,6 +326,14 @@ impl CoreArgs {
             callbacks: CallbackConfig {
                 allow_private: self.callback_allow_private,
                 ..CallbackConfig::default()
+            },
+            retention: RetentionConfig {
+                policy: RetentionPolicy {
+                    completed: self.retain_completed,
+                    dead: self.retain_dead,
+                    killed: self.retain_killed,
+                },
+                sweep_every: Duration::from_secs(self.retention_sweep.max(1)),
             },
         }
     }
@@ -347,6 +446,11 @@ async fn run(command: Command) -> Result<(), AnyError> {
         }
         Command::Space { command, admin } => space(command, admin).await?,
         Command::Token { command, admin } => token(command, admin).await?,
+        Command::Job { command, admin } => job(command, admin).await?,
+        Command::Backup { path, database } => {
+            emit_core::store::sqlite::backup(&database.database_url, &path).await?;
+            println!("Backed up {} to {}", database.database_url, path.display());
+        }
         Command::AdminKey {
             command: AdminKeyCommand::Reset { database },
         } => {
@@ -398,6 +502,10 @@ async fn shutdown_signal() {
 async fn admin_client(
     admin: &AdminArgs,
 ) -> Result<AdminServiceClient<tonic::transport::Channel>, AnyError> {
+    Ok(AdminServiceClient::new(core_channel(admin).await?))
+}
+
+async fn core_channel(admin: &AdminArgs) -> Result<tonic::transport::Channel, AnyError> {
     let endpoint = tonic::transport::Endpoint::from_shared(admin.core_url.clone())
         .map_err(|error| format!("invalid --core-url {}: {error}", admin.core_url))?
         .connect_timeout(Duration::from_secs(5));
@@ -408,7 +516,7 @@ async fn admin_client(
             describe(&error)
         )
     })?;
-    Ok(AdminServiceClient::new(channel))
+    Ok(channel)
 }
 
 /// A refusal or failure of an admin call, saying where and why.
@@ -450,7 +558,85 @@ fn print_json(value: serde_json::Value) {
 }
 
 fn space_json(space: pb::Space) -> serde_json::Value {
-    serde_json::json!({ "id": space.id, "name": space.name, "publicToken": space.public_token })
+    let retention = space.retention.map(|retention| {
+        serde_json::json!({
+            "completed": retention.completed_seconds,
+            "dead": retention.dead_seconds,
+            "killed": retention.killed_seconds,
+        })
+    });
+    serde_json::json!({
+        "id": space.id,
+        "name": space.name,
+        "publicToken": space.public_token,
+        "retention": retention,
+    })
+}
+
+fn job_json(job: Option<pb::Job>) -> serde_json::Value {
+    let job = job.unwrap_or_default();
+    let status = pb::JobStatus::try_from(job.status)
+        .map(|status| {
+            status
+                .as_str_name()
+                .trim_start_matches("JOB_STATUS_")
+                .to_lowercase()
+        })
+        .unwrap_or_default();
+    serde_json::json!({
+        "id": job.id,
+        "spaceId": job.space_id,
+        "name": job.name,
+        "status": status,
+        "attemptNumber": job.attempt_number,
+        "maxRetries": job.max_retries,
+        "error": job.last_error,
+    })
+}
+
+async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
+    let channel = core_channel(&admin).await?;
+    let mut client = emit_proto::v1::job_service_client::JobServiceClient::new(channel);
+    let job = match command {
+        JobCommand::Get { job_id } => {
+            let request = authorized(&admin, pb::GetJobRequest { job_id })?;
+            client
+                .get_job(request)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner()
+                .job
+        }
+        JobCommand::Kill { job_id, reason } => {
+            let request = authorized(&admin, pb::KillJobRequest { job_id, reason })?;
+            client
+                .kill_job(request)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner()
+                .job
+        }
+        JobCommand::Retry { job_id } => {
+            let request = authorized(&admin, pb::RetryJobRequest { job_id })?;
+            client
+                .retry_job(request)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner()
+                .job
+        }
+        JobCommand::Delete { job_id } => {
+            let request = authorized(&admin, pb::DeleteJobRequest { job_id })?;
+            client
+                .delete_job(request)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner()
+                .job
+        }
+    };
+    print_json(job_json(job));
+    Ok(())
 }
 
 async fn space(command: SpaceCommand, admin: AdminArgs) -> Result<(), AnyError> {
@@ -482,6 +668,29 @@ async fn space(command: SpaceCommand, admin: AdminArgs) -> Result<(), AnyError> 
                     &admin,
                     pb::RotatePublicTokenRequest { space_id },
                 )?)
+                .await
+                .map_err(call_failed(&admin))?;
+            print_json(space_json(response.into_inner().space.unwrap_or_default()));
+        }
+        SpaceCommand::SetRetention {
+            space_id,
+            completed,
+            dead,
+            killed,
+        } => {
+            let age =
+                |age: Option<RetentionAge>| age.map(|age| pb::RetentionAge { age: Some(age) });
+            let request = pb::UpdateSpaceRequest {
+                space_id,
+                retention: Some(pb::RetentionChange {
+                    completed: age(completed),
+                    dead: age(dead),
+                    killed: age(killed),
+                }),
+                ..Default::default()
+            };
+            let response = client
+                .update_space(authorized(&admin, request)?)
                 .await
                 .map_err(call_failed(&admin))?;
             print_json(space_json(response.into_inner().space.unwrap_or_default()));

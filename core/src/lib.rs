@@ -10,6 +10,7 @@ pub mod grpc;
 pub mod ids;
 pub mod job;
 pub mod realtime;
+pub mod retention;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -24,6 +24,7 @@ use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
+use crate::retention::{self, RetentionConfig};
 use crate::service::{AdminApi, JobsApi};
 use crate::store::{self, SettingWrite, Store};
 use crate::timers::{self, TimerWake};
@@ -52,6 +53,7 @@ pub struct CoreConfig {
     pub rate_limit: RateLimit,
     pub streams: StreamLimits,
     pub callbacks: CallbackConfig,
+    pub retention: RetentionConfig,
 }
 
 pub struct RunningCore {
@@ -62,6 +64,7 @@ pub struct RunningCore {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
     callbacks: JoinHandle<()>,
+    retention: JoinHandle<()>,
     jobs: Arc<JobsApi>,
 }
 
@@ -86,6 +89,7 @@ impl RunningCore {
         }
         let _ = self.timers.await;
         let _ = self.callbacks.await;
+        let _ = self.retention.await;
     }
 
     /// Resolves when the server stops on its own (a fatal error).
@@ -116,13 +120,23 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let wake = Arc::new(TimerWake::default());
     let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
     let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone(), hub.clone()));
-    let admin = Arc::new(AdminApi::new(store.clone(), auth.clone()));
+    config.retention.policy.check()?;
+    let admin = Arc::new(AdminApi::new(
+        store.clone(),
+        auth.clone(),
+        config.retention.policy,
+    ));
     let realtime = Arc::new(RealtimeApi::new(store.clone(), hub.clone(), config.streams));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
     let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
     let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
+    let retention = tokio::spawn(retention::sweep(
+        store.clone(),
+        config.retention,
+        shutdown_rx.clone(),
+    ));
     let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
     tokio::spawn(notifier.run(store.own_commits(), shutdown_rx.clone()));
 
@@ -195,6 +209,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         server,
         timers,
         callbacks,
+        retention,
         jobs,
     })
 }

@@ -52,6 +52,7 @@ enum Kind {
     Complete,
     Fail,
     Kill,
+    Retry,
     Expire,
     Release,
 }
@@ -101,7 +102,10 @@ impl Model {
     }
 
     fn apply(&mut self, kind: &Kind, fence: &Fence, lease: &str, now: i64) -> Result<(), Refusal> {
-        let worker_report = !matches!(kind, Kind::Deliver | Kind::Kill | Kind::Expire);
+        let worker_report = !matches!(
+            kind,
+            Kind::Deliver | Kind::Kill | Kind::Retry | Kind::Expire
+        );
         if worker_report {
             if fence
                 .attempt_number
@@ -149,6 +153,12 @@ impl Model {
                 self.lease = None;
                 self.due = None;
             }
+            // An operator's retry starts the attempts over, ready at once.
+            (Dead | Killed, Kind::Retry) => {
+                self.status = Pending;
+                self.attempt = 0;
+                self.due = Some(now);
+            }
             _ => return Err(Refusal::Conflict),
         }
         Ok(())
@@ -184,6 +194,7 @@ fn command(kind: &Kind, lease: &str) -> Command {
             error: "boom".into(),
         },
         Kind::Kill => Command::Kill { reason: None },
+        Kind::Retry => Command::Retry,
         Kind::Expire => Command::Expire,
         Kind::Release => Command::Release,
     }
@@ -200,6 +211,7 @@ fn step() -> impl Strategy<Value = Step> {
         2 => Just(Kind::Complete),
         2 => Just(Kind::Fail),
         1 => Just(Kind::Kill),
+        1 => Just(Kind::Retry),
         3 => Just(Kind::Expire),
         1 => Just(Kind::Release),
     ];

@@ -232,6 +232,11 @@ pub fn space(space: pb::Space) -> Value {
             "names": push.names,
             "headers": push.headers,
         })),
+        "retention": space.retention.map(|retention| json!({
+            "completed": retention.completed_seconds,
+            "dead": retention.dead_seconds,
+            "killed": retention.killed_seconds,
+        })),
         "createdAt": iso(space.created_at),
     })
 }
@@ -294,6 +299,23 @@ impl<'a> Fields<'a> {
     /// The field, with JSON `null` read as absent.
     pub fn get(&self, field: &str) -> Option<&'a Value> {
         self.object?.get(field).filter(|value| !value.is_null())
+    }
+
+    /// The field as sent, JSON `null` included (where null means something).
+    pub fn raw(&self, field: &str) -> Option<&'a Value> {
+        self.object?.get(field)
+    }
+
+    /// A whole number of at least 0.
+    pub fn u64(&self, field: &str) -> Result<Option<u64>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(number)) if number.as_u64().is_some() => Ok(number.as_u64()),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be a whole number of at least 0",
+                self.name(field)
+            ))),
+        }
     }
 
     pub fn bool(&self, field: &str) -> Result<Option<bool>, ApiError> {

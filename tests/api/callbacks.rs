@@ -543,3 +543,38 @@ async fn one_spaces_slow_receivers_do_not_hold_up_another_spaces_callbacks() {
         "the noisy space had {noisy_tries} tries in flight when the victim's was made"
     );
 }
+
+#[tokio::test]
+async fn a_retried_job_calls_back_again_when_it_next_ends() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (receiver, url) = Receiver::start(vec![]).await;
+    let job = app
+        .create_job(
+            &space,
+            json!({ "name": "once", "maxRetries": 0, "callbackUrl": url }),
+        )
+        .await;
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "fail", json!({ "error": "boom" }))
+        .await;
+    callback_events(&app, &space, &job, 1).await;
+
+    let (status, retried) = app
+        .post(&format!("/api/v1/jobs/{job}/retry"), ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "complete", json!({ "result": 7 }))
+        .await;
+    callback_events(&app, &space, &job, 2).await;
+    let bodies: Vec<Value> = receiver
+        .received()
+        .iter()
+        .map(|(_, body)| serde_json::from_str(body).unwrap())
+        .collect();
+    assert_eq!(bodies.len(), 2, "{bodies:?}");
+    assert_eq!(bodies[0]["status"], "dead");
+    assert_eq!(bodies[1]["status"], "completed");
+    assert_eq!(bodies[1]["result"], 7);
+}

@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use emit_core::auth::RateLimit;
 use emit_core::callbacks::{CallbackConfig, RetryPolicy};
+use emit_core::retention::RetentionConfig;
 use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, RunningCore, Secret};
 use emit_gateway::{ConnectionTimeouts, GatewayConfig, RunningGateway};
@@ -73,6 +74,7 @@ pub struct TestApp {
     ws_queue: usize,
     timeouts: ConnectionTimeouts,
     callbacks: CallbackConfig,
+    retention: RetentionConfig,
     core: Option<RunningCore>,
     gateway: Option<RunningGateway>,
 }
@@ -84,6 +86,7 @@ pub struct Options {
     pub ws_queue: usize,
     pub timeouts: ConnectionTimeouts,
     pub callbacks: CallbackConfig,
+    pub retention: RetentionConfig,
 }
 
 impl Default for Options {
@@ -101,6 +104,7 @@ impl Default for Options {
                     timeout: Duration::from_secs(1),
                 },
             },
+            retention: RetentionConfig::default(),
         }
     }
 }
@@ -142,6 +146,7 @@ impl TestApp {
             ws_queue: options.ws_queue,
             timeouts: options.timeouts,
             callbacks: options.callbacks,
+            retention: options.retention,
             core: None,
             gateway: None,
         };
@@ -162,6 +167,7 @@ impl TestApp {
             rate_limit: self.rate_limit,
             streams: self.streams,
             callbacks: self.callbacks.clone(),
+            retention: self.retention,
         })
         .await
         .expect("core starts");

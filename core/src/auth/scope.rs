@@ -16,6 +16,10 @@ pub enum Scope {
     JobsFail,
     JobsKeepalive,
     JobsKill,
+    /// An operator's retry of a dead or killed job.
+    JobsRetry,
+    /// An operator's delete of a finished job.
+    JobsDelete,
     JobsReadProgress,
     /// Live feeds only: the space stream and job streams, with full data
     /// (websockets.txt's "Dashboard live feed"); no REST reads.
@@ -23,7 +27,7 @@ pub enum Scope {
 }
 
 impl Scope {
-    pub const ALL: [Scope; 12] = [
+    pub const ALL: [Scope; 14] = [
         Self::JobsCreate,
         Self::JobsRead,
         Self::JobsPoll,
@@ -34,6 +38,8 @@ impl Scope {
         Self::JobsFail,
         Self::JobsKeepalive,
         Self::JobsKill,
+        Self::JobsRetry,
+        Self::JobsDelete,
         Self::JobsReadProgress,
         Self::JobsReadSpace,
     ];
@@ -50,6 +56,8 @@ impl Scope {
             Self::JobsFail => "jobs:fail",
             Self::JobsKeepalive => "jobs:keepalive",
             Self::JobsKill => "jobs:kill",
+            Self::JobsRetry => "jobs:retry",
+            Self::JobsDelete => "jobs:delete",
             Self::JobsReadProgress => "jobs:read:progress",
             Self::JobsReadSpace => "jobs:read:space",
         }

@@ -6,8 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::principal;
 use crate::auth::Authenticator;
+use crate::retention::RetentionChange;
 use crate::service::AdminApi;
-use crate::store::{PushTarget, SpaceSettings};
+use crate::store::{PushTarget, SpaceRecord, SpaceSettings};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -19,6 +20,33 @@ pub struct AdminGrpc {
 impl AdminGrpc {
     pub fn new(auth: Arc<Authenticator>, admin: Arc<AdminApi>) -> Self {
         Self { auth, admin }
+    }
+
+    /// The space as shown, with the retention in force for it.
+    fn space(&self, space: SpaceRecord) -> pb::Space {
+        let retention = self.admin.retention_of(&space);
+        let mut shown: pb::Space = space.into();
+        shown.retention = Some(pb::Retention {
+            completed_seconds: retention.completed,
+            dead_seconds: retention.dead,
+            killed_seconds: retention.killed,
+        });
+        shown
+    }
+}
+
+/// A retention change as asked; an absent status is left as it is.
+fn retention_change(change: pb::RetentionChange) -> RetentionChange {
+    let age = |age: Option<pb::RetentionAge>| {
+        age.and_then(|age| age.age).map(|age| match age {
+            pb::retention_age::Age::Seconds(seconds) => Some(seconds),
+            pb::retention_age::Age::ServerDefault(_) => None,
+        })
+    };
+    RetentionChange {
+        completed: age(change.completed),
+        dead: age(change.dead),
+        killed: age(change.killed),
     }
 }
 
@@ -34,7 +62,7 @@ impl AdminService for AdminGrpc {
             .create_space(&who, &request.get_ref().name)
             .await?;
         Ok(Response::new(pb::CreateSpaceResponse {
-            space: Some(space.into()),
+            space: Some(self.space(space)),
         }))
     }
 
@@ -45,7 +73,7 @@ impl AdminService for AdminGrpc {
         let who = principal(&self.auth, request.metadata()).await?;
         let spaces = self.admin.list_spaces(&who).await?;
         Ok(Response::new(pb::ListSpacesResponse {
-            spaces: spaces.into_iter().map(Into::into).collect(),
+            spaces: spaces.into_iter().map(|space| self.space(space)).collect(),
         }))
     }
 
@@ -59,7 +87,7 @@ impl AdminService for AdminGrpc {
             .get_space(&who, &request.get_ref().space_id)
             .await?;
         Ok(Response::new(pb::GetSpaceResponse {
-            space: Some(space.into()),
+            space: Some(self.space(space)),
         }))
     }
 
@@ -80,13 +108,15 @@ impl AdminService for AdminGrpc {
                 })),
                 (false, None) => None,
             },
+            retention: None,
         };
+        let retention = request.retention.map(retention_change);
         let space = self
             .admin
-            .update_space(&who, &request.space_id, settings)
+            .update_space(&who, &request.space_id, settings, retention)
             .await?;
         Ok(Response::new(pb::UpdateSpaceResponse {
-            space: Some(space.into()),
+            space: Some(self.space(space)),
         }))
     }
 
@@ -112,7 +142,7 @@ impl AdminService for AdminGrpc {
             .rotate_public_token(&who, &request.get_ref().space_id)
             .await?;
         Ok(Response::new(pb::RotatePublicTokenResponse {
-            space: Some(space.into()),
+            space: Some(self.space(space)),
         }))
     }
 

@@ -260,6 +260,8 @@ impl From<SpaceRecord> for pb::Space {
                     .map(|(name, _)| (name, "***".to_owned()))
                     .collect(),
             }),
+            // Only the admin service knows the server's ages.
+            retention: None,
         }
     }
 }

@@ -273,4 +273,26 @@ impl JobService for JobsGrpc {
             job: Some(job.into()),
         }))
     }
+
+    async fn retry_job(
+        &self,
+        request: Request<pb::RetryJobRequest>,
+    ) -> Reply<pb::RetryJobResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let job = self.jobs.retry(&who, &request.get_ref().job_id).await?;
+        Ok(Response::new(pb::RetryJobResponse {
+            job: Some(job.into()),
+        }))
+    }
+
+    async fn delete_job(
+        &self,
+        request: Request<pb::DeleteJobRequest>,
+    ) -> Reply<pb::DeleteJobResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let job = self.jobs.delete(&who, &request.get_ref().job_id).await?;
+        Ok(Response::new(pb::DeleteJobResponse {
+            job: Some(job.into()),
+        }))
+    }
 }

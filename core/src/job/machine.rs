@@ -45,6 +45,9 @@ pub enum Command {
     Kill {
         reason: Option<String>,
     },
+    /// An operator's second chance for a dead or killed job: pending again
+    /// at once, with a fresh set of attempts.
+    Retry,
     /// The state's timer came due.
     Expire,
     /// The worker holding a delivered job went away before acking: the job
@@ -64,6 +67,7 @@ impl Command {
             Self::Complete { .. } => "complete",
             Self::Fail { .. } => "fail",
             Self::Kill { .. } => "kill",
+            Self::Retry => "retry",
             Self::Expire => "expire",
             Self::Release => "release",
         }
@@ -72,7 +76,7 @@ impl Command {
     fn is_worker_report(&self) -> bool {
         !matches!(
             self,
-            Self::Deliver { .. } | Self::Kill { .. } | Self::Expire
+            Self::Deliver { .. } | Self::Kill { .. } | Self::Retry | Self::Expire
         )
     }
 }
@@ -194,6 +198,19 @@ pub fn apply(
             next.kill_reason = reason.clone();
             let data = serde_json::json!({ "reason": reason }).to_string();
             record(&next, EventKind::Killed, Some(data));
+        }
+        (JobState::Dead | JobState::Killed, Command::Retry) => {
+            // The outcome of the last run goes; its error stays readable in
+            // the events. The callback, if any, fires again at the next end.
+            next.state = JobState::Pending { available_at: now };
+            next.attempt_number = 0;
+            next.delivered_at = None;
+            next.started_at = None;
+            next.completed_at = None;
+            next.result = None;
+            next.kill_reason = None;
+            let data = serde_json::json!({ "attemptNumber": 0, "manual": true });
+            record(&next, EventKind::Retried, Some(data.to_string()));
         }
         (state, command) => {
             return Err(Error::Conflict(format!(
@@ -478,5 +495,23 @@ mod tests {
         .unwrap();
         assert_eq!(killed.job.status(), JobStatus::Killed);
         assert_eq!(killed.events[0].data.as_deref(), Some(r#"{"reason":"no"}"#));
+    }
+
+    #[test]
+    fn an_operator_retry_gives_a_dead_or_killed_job_fresh_attempts() {
+        let mut dead = job(JobState::Dead);
+        dead.attempt_number = 1;
+        dead.completed_at = Some(5);
+        dead.last_error = Some("boom".into());
+        let retried = run(&dead, Command::Retry, 9).unwrap();
+        assert_eq!(retried.job.state, JobState::Pending { available_at: 9 });
+        assert_eq!(retried.job.attempt_number, 0);
+        assert_eq!(retried.job.completed_at, None);
+        assert_eq!(retried.events[0].kind, EventKind::Retried);
+        assert_eq!(retried.events[0].previous_status, Some(JobStatus::Dead));
+        let killed = run(&retried.job, Command::Kill { reason: None }, 10).unwrap();
+        assert!(run(&killed.job, Command::Retry, 11).is_ok());
+        let error = run(&job(JobState::Completed), Command::Retry, 1).unwrap_err();
+        assert_eq!(error.to_string(), "cannot retry a completed job");
     }
 }

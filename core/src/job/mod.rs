@@ -369,6 +369,12 @@ impl StatusCounts {
         self.0[event.status as usize] += 1;
     }
 
+    /// Counts after a job in `status` was deleted.
+    pub fn forget(&mut self, status: JobStatus) {
+        let slot = &mut self.0[status as usize];
+        *slot = slot.saturating_sub(1);
+    }
+
     /// Counts before `event`, given the counts after it.
     pub fn undo(&mut self, event: &JobEvent) {
         if !event.changes_counts() {

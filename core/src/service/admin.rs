@@ -5,6 +5,7 @@ use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::spec;
+use crate::retention::{RetentionChange, RetentionOverrides, RetentionPolicy};
 use crate::store::{PushTarget, SpaceRecord, SpaceSettings, Store, TokenRecord};
 
 const MAX_NAME_CHARS: usize = 200;
@@ -13,11 +14,26 @@ pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
 pub struct AdminApi {
     store: Arc<dyn Store>,
     auth: Arc<Authenticator>,
+    /// The server's retention, which spaces may override.
+    retention: RetentionPolicy,
 }
 
 impl AdminApi {
-    pub fn new(store: Arc<dyn Store>, auth: Arc<Authenticator>) -> Self {
-        Self { store, auth }
+    pub fn new(
+        store: Arc<dyn Store>,
+        auth: Arc<Authenticator>,
+        retention: RetentionPolicy,
+    ) -> Self {
+        Self {
+            store,
+            auth,
+            retention,
+        }
+    }
+
+    /// How long the space's finished jobs are kept.
+    pub fn retention_of(&self, space: &SpaceRecord) -> RetentionPolicy {
+        self.retention.with(&space.retention)
     }
 
     /// Every space is born with its public `jobs:read:progress` token.
@@ -33,6 +49,7 @@ impl AdminApi {
             stream_id: new_id(),
             anonymous_progress_streams: false,
             push: None,
+            retention: RetentionOverrides::default(),
             created_at: now,
         };
         let token = public_token_record(&space.id, &public_key, now);
@@ -56,9 +73,16 @@ impl AdminApi {
         who: &Principal,
         space_id: &str,
         settings: SpaceSettings,
+        retention: Option<RetentionChange>,
     ) -> Result<SpaceRecord> {
         who.require_admin()?;
         let mut settings = settings;
+        if let Some(change) = retention {
+            let current = self.find_space(space_id).await?;
+            let overrides = change.applied_to(current.retention);
+            overrides.check()?;
+            settings.retention = Some(overrides);
+        }
         settings.push = match settings.push.take() {
             Some(Some(target)) => {
                 let checked = spec::check_webhook_target(

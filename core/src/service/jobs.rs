@@ -279,6 +279,21 @@ impl JobsApi {
             .await
     }
 
+    /// Pending again at once, with a fresh set of attempts.
+    pub async fn retry(&self, who: &Principal, job_id: &str) -> Result<Job> {
+        let target = target(job_id, who.authorize_job(Scope::JobsRetry)?)?;
+        self.transition(&target, Command::Retry, &Fence::default())
+            .await
+    }
+
+    /// Deletes a finished job; returns it as it was.
+    pub async fn delete(&self, who: &Principal, job_id: &str) -> Result<Job> {
+        let target = target(job_id, who.authorize_job(Scope::JobsDelete)?)?;
+        let job = self.store.delete_job(&target).await?;
+        tracing::info!(job_id = %job.id, space_id = %job.space_id, "job deleted");
+        Ok(job)
+    }
+
     pub async fn append_logs(
         &self,
         who: &Principal,
@@ -423,7 +438,7 @@ fn report_scope(command: &Command) -> Result<Scope> {
         Command::Kill { .. } => Scope::JobsKill,
         // Handing back a delivery one holds is part of polling.
         Command::Release => Scope::JobsPoll,
-        Command::Deliver { .. } | Command::Expire => {
+        Command::Deliver { .. } | Command::Retry | Command::Expire => {
             return Err(Error::invalid("not a worker report"));
         }
     })

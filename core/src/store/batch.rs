@@ -22,6 +22,7 @@ use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
+use crate::retention::Expired;
 use crate::store::{
     CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord,
     SpaceSettings, Step, Sweep, TokenRecord,
@@ -99,6 +100,14 @@ pub enum WriteOp {
         limit: u32,
         reply: Reply<Sweep>,
     },
+    DeleteJob {
+        target: JobTarget,
+        reply: Reply<Job>,
+    },
+    Prune {
+        expired: Expired,
+        reply: Reply<u32>,
+    },
     AppendLogs {
         target: JobTarget,
         lines: Vec<LogLine>,
@@ -165,6 +174,10 @@ pub trait Writer: Send {
         now: UnixMillis,
     ) -> Result<Job>;
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep>;
+    /// Deletes a finished job (see `Store::delete_job`).
+    async fn delete_job(&mut self, target: &JobTarget) -> Result<Job>;
+    /// Deletes expired jobs (see `Store::prune`).
+    async fn prune(&mut self, expired: &Expired) -> Result<u32>;
     async fn append_logs(
         &mut self,
         target: &JobTarget,
@@ -392,6 +405,8 @@ fn refuse(op: WriteOp) {
         WriteOp::Apply { reply, .. } => unavailable(reply),
         WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
         WriteOp::AppendLogs { reply, .. } => unavailable(reply),
+        WriteOp::DeleteJob { reply, .. } => unavailable(reply),
+        WriteOp::Prune { reply, .. } => unavailable(reply),
         WriteOp::Wake => {}
     }
 }
@@ -505,6 +520,8 @@ async fn execute(
             }
             finish(swept, reply)
         }
+        WriteOp::DeleteJob { target, reply } => finish(writer.delete_job(&target).await, reply),
+        WriteOp::Prune { expired, reply } => finish(writer.prune(&expired).await, reply),
         WriteOp::Wake => (None, Box::new(|_| {})),
         WriteOp::AppendLogs {
             target,
@@ -731,6 +748,21 @@ impl Writes {
             reply,
         })
         .await
+    }
+
+    pub async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
+        let target = target.clone();
+        self.send(self.for_job(&target.job_id), |reply| WriteOp::DeleteJob {
+            target,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn prune(&self, expired: &Expired) -> Result<u32> {
+        let expired = expired.clone();
+        self.send(self.any(), |reply| WriteOp::Prune { expired, reply })
+            .await
     }
 
     pub async fn append_logs(

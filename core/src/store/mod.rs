@@ -5,6 +5,7 @@
 //! enforces the same state machine.
 
 mod batch;
+mod forget;
 pub mod handoff;
 pub mod postgres;
 mod rows;
@@ -25,6 +26,7 @@ use crate::job::machine::{Command, Fence};
 use crate::job::{
     Job, JobEvent, JobStatus, LiveEvent, LogLevel, LogLine, StatusCounts, StoredLogLine,
 };
+use crate::retention::{Expired, RetentionOverrides};
 
 /// What `put_setting` does when the setting exists already.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +59,8 @@ pub struct SpaceRecord {
     /// Whether job streams of this space may be opened without a token.
     pub anonymous_progress_streams: bool,
     pub push: Option<PushTarget>,
+    /// The space's own retention ages, over the server's.
+    pub retention: RetentionOverrides,
     pub created_at: UnixMillis,
 }
 
@@ -75,6 +79,8 @@ pub struct SpaceSettings {
     pub anonymous_progress_streams: Option<bool>,
     /// `Some(None)` removes the push target.
     pub push: Option<Option<PushTarget>>,
+    /// Replaces the space's retention overrides.
+    pub retention: Option<RetentionOverrides>,
 }
 
 /// A space's event sequence as of one instant: its last event and the job
@@ -266,6 +272,14 @@ pub trait Store: Send + Sync + 'static {
         now: UnixMillis,
         refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>>;
+    /// Deletes a finished job with its events, logs and callbacks, and
+    /// returns it as it was. NotFound without it; Conflict unless finished.
+    async fn delete_job(&self, target: &JobTarget) -> Result<Job>;
+    /// Deletes up to `expired.limit` expired jobs (those whose callback is
+    /// still due are kept until it is delivered or given up); returns how
+    /// many. Each job is deleted, and counted off its space, once, however
+    /// many replicas prune at the same time.
+    async fn prune(&self, expired: &Expired) -> Result<u32>;
     /// Workers waiting for jobs, which write batches lease ready jobs to.
     fn waiters(&self) -> &Waiters;
     /// Makes the writer fill the waiters that asked (`Waiter::want`) soon.

@@ -11,6 +11,7 @@ use crate::job::{
     BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
     StatusCounts, StoredLogLine,
 };
+use crate::retention::RetentionOverrides;
 use crate::store::{OutboxEntry, PushTarget, SpaceRecord, TokenRecord};
 
 /// Typed column access, the little each mapper needs from a row.
@@ -57,6 +58,11 @@ fn corrupt(what: &str) -> Error {
 
 fn status(text: &str) -> Result<JobStatus> {
     JobStatus::parse(text).ok_or_else(|| corrupt("status"))
+}
+
+/// A row's `status` column.
+pub fn status_column(row: &impl Columns) -> Result<JobStatus> {
+    status(&row.text("status")?)
 }
 
 fn u32_column(row: &impl Columns, column: &str) -> Result<u32> {
@@ -159,8 +165,22 @@ pub fn space(row: &impl Columns) -> Result<SpaceRecord> {
             }
             None => None,
         },
+        retention: match row.opt_text("retention")? {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("retention"))?,
+            None => RetentionOverrides::default(),
+        },
         created_at: row.int("created_at")?,
     })
+}
+
+/// A space's retention overrides as stored: NULL when it has none.
+pub fn retention_column(overrides: &RetentionOverrides) -> Result<Option<String>> {
+    if overrides.is_empty() {
+        return Ok(None);
+    }
+    serde_json::to_string(overrides)
+        .map(Some)
+        .map_err(Error::internal)
 }
 
 /// The `count_*` columns of a space row.

@@ -52,7 +52,28 @@ async fn create_space(
     ))
 }
 
-/// Settings beyond the reference service: `anonymousProgressStreams`.
+/// `"retention": {"completed": 3600, "dead": 0, "killed": null}`: seconds per
+/// finished status, 0 keeping jobs forever, null going back to the server's
+/// age; a status left out stays as it is.
+fn retention_change(value: &Value) -> Result<pb::RetentionChange, ApiError> {
+    let fields = Fields::of(value, "retention")?;
+    let age = |status: &str| -> Result<Option<pb::RetentionAge>, ApiError> {
+        let age = match fields.raw(status) {
+            None => return Ok(None),
+            Some(Value::Null) => pb::retention_age::Age::ServerDefault(true),
+            Some(_) => pb::retention_age::Age::Seconds(fields.u64(status)?.unwrap_or_default()),
+        };
+        Ok(Some(pb::RetentionAge { age: Some(age) }))
+    };
+    Ok(pb::RetentionChange {
+        completed: age("completed")?,
+        dead: age("dead")?,
+        killed: age("killed")?,
+    })
+}
+
+/// Settings beyond the reference service: `anonymousProgressStreams`,
+/// `push`, `retention`.
 async fn update_space(
     State(core): State<CoreClient>,
     headers: HeaderMap,
@@ -73,11 +94,16 @@ async fn update_space(
         }
         None => None,
     };
+    let retention = match fields.get("retention") {
+        Some(value) => Some(retention_change(value)?),
+        None => None,
+    };
     let message = pb::UpdateSpaceRequest {
         space_id,
         anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
         push,
         remove_push,
+        retention,
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;

@@ -1,4 +1,5 @@
-//! Producers and monitors: create, list, get, progress, logs, kill.
+//! Producers, monitors and operators: create, list, get, progress, logs,
+//! kill, retry, delete.
 
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -19,7 +20,7 @@ pub fn router() -> Router<CoreClient> {
             "/api/v1/spaces/{space_id}/jobs",
             post(create_jobs).get(list_jobs),
         )
-        .route("/api/v1/jobs/{job_id}", get(get_job))
+        .route("/api/v1/jobs/{job_id}", get(get_job).delete(delete_job))
         .route(
             "/api/v1/jobs/{job_id}/progress",
             get(get_progress).post(super::workers::progress),
@@ -29,6 +30,7 @@ pub fn router() -> Router<CoreClient> {
             get(list_logs).post(append_logs),
         )
         .route("/api/v1/jobs/{job_id}/kill", post(kill_job))
+        .route("/api/v1/jobs/{job_id}/retry", post(retry_job))
 }
 
 async fn create_jobs(
@@ -194,4 +196,28 @@ async fn kill_job(
     let request = with_credentials(&headers, pb::KillJobRequest { job_id, reason });
     let job = core.jobs().kill_job(request).await?.into_inner().job;
     Ok(Json(json::job_detail(job.unwrap_or_default())))
+}
+
+/// An operator's retry: the dead or killed job is pending again.
+async fn retry_job(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::RetryJobRequest { job_id });
+    let job = core.jobs().retry_job(request).await?.into_inner().job;
+    Ok(Json(json::job_detail(job.unwrap_or_default())))
+}
+
+/// Deletes a finished job; answers with the job as it was.
+async fn delete_job(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(job_id): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let request = with_credentials(&headers, pb::DeleteJobRequest { job_id });
+    let job = core.jobs().delete_job(request).await?.into_inner().job;
+    let mut body = json::job_detail(job.unwrap_or_default());
+    body["deleted"] = Value::Bool(true);
+    Ok(Json(body))
 }

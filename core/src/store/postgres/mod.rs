@@ -25,6 +25,7 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
+use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
     REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store,
@@ -401,6 +402,14 @@ impl Store for PostgresStore {
         refill: Option<Arc<Waiter>>,
     ) -> Result<Vec<Result<Job>>> {
         self.writes.apply(target, steps, now, refill).await
+    }
+
+    async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
+        self.writes.delete_job(target).await
+    }
+
+    async fn prune(&self, expired: &Expired) -> Result<u32> {
+        self.writes.prune(expired).await
     }
 
     fn waiters(&self) -> &Waiters {

@@ -31,7 +31,9 @@ use crate::job::machine::{self, Command, Fence};
 use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StoredLogLine,
 };
+use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
+use crate::store::forget::{self, Forgotten};
 use crate::store::rows;
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
@@ -63,6 +65,9 @@ pub struct PgWriter {
     /// Only a shortcut for the read: the update stays conditional, and a job
     /// that changed anyway (a timer sweep in the same batch) is read again.
     locked: HashMap<String, Job>,
+    /// Jobs the open transaction deleted, taken off their spaces' counts at
+    /// commit (under the space rows' locks, like every count change).
+    forgotten: Vec<Forgotten>,
 }
 
 impl PgWriter {
@@ -119,6 +124,7 @@ impl PgWriter {
             recorded: Vec::new(),
             pending: None,
             locked: HashMap::new(),
+            forgotten: Vec::new(),
         }
     }
 
@@ -257,7 +263,7 @@ impl PgWriter {
     /// Numbers the batch's events under the locked space rows, writes them
     /// and the new heads, and tells the other replicas.
     async fn flush(&mut self) -> Result<()> {
-        if self.recorded.is_empty() {
+        if self.recorded.is_empty() && self.forgotten.is_empty() {
             return Ok(());
         }
         let mut space_ids: Vec<&str> = self
@@ -267,6 +273,7 @@ impl PgWriter {
                 Recorded::Event(event) => Some(event.space_id.as_str()),
                 Recorded::Log(_) => None,
             })
+            .chain(self.forgotten.iter().map(|job| job.space_id.as_str()))
             .collect();
         space_ids.sort_unstable();
         space_ids.dedup();
@@ -282,6 +289,11 @@ impl PgWriter {
                 let id: String = row.try_get("id")?;
                 let seq: i64 = row.try_get("event_seq")?;
                 heads.insert(id, (seq, rows::space_counts(row)?));
+            }
+        }
+        for job in self.forgotten.drain(..) {
+            if let Some((_, counts)) = heads.get_mut(&job.space_id) {
+                counts.forget(job.status);
             }
         }
         let mut published = Vec::with_capacity(self.recorded.len());
@@ -423,6 +435,7 @@ impl batch::Writer for PgWriter {
         }
         self.recorded.clear();
         self.locked.clear();
+        self.forgotten.clear();
         if let Some((commit, _)) = self.pending.take() {
             self.relay.unstash(commit);
         }
@@ -481,6 +494,13 @@ impl batch::Writer for PgWriter {
             .bind(space_id)
             .execute(&mut self.conn)
             .await?;
+        }
+        if let Some(retention) = settings.retention {
+            sqlx::query("UPDATE spaces SET retention = $1 WHERE id = $2")
+                .bind(rows::retention_column(&retention)?)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
         }
         let row = sqlx::query("SELECT * FROM spaces WHERE id = $1")
             .bind(space_id)
@@ -737,6 +757,35 @@ impl batch::Writer for PgWriter {
             ready,
             next_due,
         })
+    }
+
+    async fn delete_job(&mut self, target: &JobTarget) -> Result<Job> {
+        let job = self.load(target).await?;
+        let unwritten = self.recorded.iter().any(|recorded| match recorded {
+            Recorded::Event(event) => event.job_id == job.id,
+            Recorded::Log(_) => false,
+        });
+        if unwritten {
+            // Its events of this batch are written at commit: they would
+            // outlive the delete.
+            return Err(Error::Conflict(
+                "the job changed while it was being deleted; try again".into(),
+            ));
+        }
+        let (job, forgotten) = forget::delete_one::<Postgres>(&mut self.conn, job).await?;
+        self.forgotten.extend(forgotten);
+        Ok(job)
+    }
+
+    async fn prune(&mut self, expired: &Expired) -> Result<u32> {
+        // SKIP LOCKED: replicas pruning at once take different jobs, and a
+        // job another writer holds (an operator's retry) is left to it.
+        let ids =
+            forget::expired::<Postgres>(&mut self.conn, expired, "FOR UPDATE SKIP LOCKED").await?;
+        let forgotten = forget::delete_finished::<Postgres>(&mut self.conn, &ids).await?;
+        let deleted = forgotten.len() as u32;
+        self.forgotten.extend(forgotten);
+        Ok(deleted)
     }
 
     async fn append_logs(

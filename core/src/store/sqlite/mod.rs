@@ -31,6 +31,7 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
+use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
     REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store,
@@ -114,6 +115,46 @@ impl SqliteStore {
             _stop_checkpoints: stop_checkpoints,
         })
     }
+}
+
+/// Writes a consistent copy of the database `url` names to `path` while a
+/// server may be using it: `VACUUM INTO` reads one snapshot (WAL readers
+/// never block the writer, nor it them) and writes a compact, standalone
+/// database file, which is restored by putting it in the original's place
+/// while the server is stopped.
+pub async fn backup(url: &str, path: &std::path::Path) -> Result<()> {
+    if !url.starts_with("sqlite:") {
+        return Err(Error::invalid(
+            "emit backup copies SQLite databases; back PostgreSQL up with pg_dump (see the README)",
+        ));
+    }
+    if path.exists() {
+        return Err(Error::invalid(format!(
+            "{} exists already; name a new file",
+            path.display()
+        )));
+    }
+    let target = path
+        .to_str()
+        .ok_or_else(|| Error::invalid("the backup path must be valid UTF-8"))?;
+    let options = SqliteConnectOptions::from_str(url)
+        .map_err(|error| Error::invalid(format!("invalid sqlite URL: {error}")))?
+        .read_only(true)
+        .busy_timeout(Duration::from_secs(10))
+        .disable_statement_logging();
+    if !options.get_filename().exists() {
+        return Err(Error::invalid(format!(
+            "there is no database at {}",
+            options.get_filename().display()
+        )));
+    }
+    let mut connection = options.connect().await?;
+    sqlx::query("VACUUM INTO ?")
+        .bind(target)
+        .execute(&mut connection)
+        .await?;
+    connection.close().await?;
+    Ok(())
 }
 
 /// Copies the WAL back into the database file now and then, alongside the
@@ -416,6 +457,14 @@ impl Store for SqliteStore {
         self.writes.apply(target, steps, now, refill).await
     }
 
+    async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
+        self.writes.delete_job(target).await
+    }
+
+    async fn prune(&self, expired: &Expired) -> Result<u32> {
+        self.writes.prune(expired).await
+    }
+
     fn waiters(&self) -> &Waiters {
         &self.waiters
     }
@@ -580,6 +629,12 @@ mod tests {
         }
         async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
             self.0.fire_due_timers(now, limit).await
+        }
+        async fn delete_job(&mut self, target: &JobTarget) -> Result<Job> {
+            self.0.delete_job(target).await
+        }
+        async fn prune(&mut self, expired: &crate::retention::Expired) -> Result<u32> {
+            self.0.prune(expired).await
         }
         async fn append_logs(
             &mut self,

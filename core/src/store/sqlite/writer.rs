@@ -27,7 +27,9 @@ use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
     StoredLogLine,
 };
+use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
+use crate::store::forget::{self, Forgotten};
 use crate::store::rows;
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
@@ -291,6 +293,26 @@ impl SqliteWriter {
         Ok(head)
     }
 
+    /// Whether this batch recorded events of the job that are not written
+    /// yet (they would outlive a delete).
+    fn has_unwritten_events(&self, job_id: &str) -> bool {
+        self.recorded.iter().any(|recorded| match recorded {
+            LiveEvent::Job(event) => event.job_id == job_id,
+            LiveEvent::Log(_) => false,
+        })
+    }
+
+    /// Takes deleted jobs off their spaces' counts.
+    async fn count_off(&mut self, forgotten: Vec<Forgotten>) -> Result<()> {
+        for job in forgotten {
+            let mut head = self.head(&job.space_id).await?;
+            head.counts.forget(job.status);
+            self.heads.insert(job.space_id.clone(), head);
+            self.dirty_spaces.insert(job.space_id);
+        }
+        Ok(())
+    }
+
     /// Writes every staged job row, each conditional on the row being as it
     /// was read.
     async fn write_jobs(&mut self) -> Result<()> {
@@ -541,6 +563,13 @@ impl batch::Writer for SqliteWriter {
             .bind(space_id)
             .execute(&mut self.conn)
             .await?;
+        }
+        if let Some(retention) = settings.retention {
+            sqlx::query("UPDATE spaces SET retention = ? WHERE id = ?")
+                .bind(rows::retention_column(&retention)?)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
         }
         let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
             .bind(space_id)
@@ -793,6 +822,30 @@ impl batch::Writer for SqliteWriter {
             ready,
             next_due,
         })
+    }
+
+    async fn delete_job(&mut self, target: &JobTarget) -> Result<Job> {
+        // The delete below must see this batch's transitions.
+        self.write_jobs().await?;
+        let job = self.load(target).await?;
+        if self.has_unwritten_events(&job.id) {
+            return Err(Error::Conflict(
+                "the job changed while it was being deleted; try again".into(),
+            ));
+        }
+        let (job, forgotten) = forget::delete_one::<Sqlite>(&mut self.conn, job).await?;
+        self.count_off(forgotten).await?;
+        Ok(job)
+    }
+
+    async fn prune(&mut self, expired: &Expired) -> Result<u32> {
+        // Jobs this batch finished are younger than any age: nothing staged
+        // can be among them.
+        let ids = forget::expired::<Sqlite>(&mut self.conn, expired, "").await?;
+        let forgotten = forget::delete_finished::<Sqlite>(&mut self.conn, &ids).await?;
+        let deleted = forgotten.len() as u32;
+        self.count_off(forgotten).await?;
+        Ok(deleted)
     }
 
     async fn append_logs(

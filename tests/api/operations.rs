@@ -1,0 +1,229 @@
+//! Operator actions and retention: retry, delete, and the pruning of
+//! finished jobs, against the real server.
+
+use std::time::{Duration, Instant};
+
+use emit_core::retention::{RetentionConfig, RetentionPolicy};
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, Options, Space, TestApp, event_types, next_json};
+
+/// A job that ran once and failed for good.
+async fn dead_job(app: &TestApp, space: &Space) -> String {
+    let job = app
+        .create_job(space, json!({ "name": "fragile", "maxRetries": 0 }))
+        .await;
+    app.poll_one(space).await;
+    let (status, failed) = app
+        .worker_call(space, &job, "fail", json!({ "error": "boom" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{failed}");
+    assert_eq!(failed["status"], "dead");
+    job
+}
+
+/// The counts a space stream opens with.
+async fn counts(app: &TestApp, space: &Space) -> Value {
+    let mut stream = app.watch_space(&space.id, &space.producer, "").await;
+    let connected = next_json(&mut stream).await;
+    connected["counts"].clone()
+}
+
+#[tokio::test]
+async fn a_dead_job_is_retried_with_a_fresh_set_of_attempts() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = dead_job(&app, &space).await;
+
+    // The scope is its own: the producer's key (create, read, kill) lacks it.
+    let path = format!("/api/v1/jobs/{job}/retry");
+    let (status, refused) = app.post(&path, &space.producer, json!({})).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let operator = app.token(&space.id, &["jobs:read", "jobs:retry"]).await;
+    let (status, retried) = app.post(&path, &operator, json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{retried}");
+    assert_eq!(retried["status"], "pending");
+    assert_eq!(retried["attemptNumber"], 0);
+    let events = event_types(&app.job(&space, &job).await);
+    assert_eq!(events.last().map(String::as_str), Some("retried"));
+
+    // It runs again like a new job, and can die and be retried again.
+    let delivered = app.poll_one(&space).await;
+    assert_eq!(delivered["id"], job.as_str());
+    assert_eq!(delivered["attemptNumber"], 0);
+    let (status, done) = app
+        .worker_call(&space, &job, "complete", json!({ "result": "ok" }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{done}");
+
+    // Only dead and killed jobs are retried.
+    let (status, conflict) = app.post(&path, &operator, json!({})).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert_eq!(conflict["error"], "cannot retry a completed job");
+    let (status, missing) = app
+        .post("/api/v1/jobs/01JUNKJUNKJUNKJUNKJUNKJUNK/retry", ADMIN_KEY, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{missing}");
+}
+
+#[tokio::test]
+async fn a_finished_job_is_deleted_with_its_events_and_logs() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = dead_job(&app, &space).await;
+    let running = app.create_job(&space, json!({ "name": "busy" })).await;
+    let (status, _) = app
+        .post(
+            &format!("/api/v1/jobs/{job}/logs"),
+            &space.worker,
+            json!({ "lines": [{ "level": "info", "message": "hello" }] }),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+
+    let operator = app.token(&space.id, &["jobs:read", "jobs:delete"]).await;
+    let delete = |id: &str| format!("/api/v1/jobs/{id}");
+    let (status, refused) = app
+        .request("DELETE", &delete(&job), Some(&space.producer), None)
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{refused}");
+    let (status, conflict) = app
+        .request("DELETE", &delete(&running), Some(&operator), None)
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT, "{conflict}");
+    assert!(
+        conflict["error"].as_str().unwrap().contains("kill it first"),
+        "{conflict}"
+    );
+
+    let before = counts(&app, &space).await;
+    assert_eq!((before["dead"].as_u64(), before["pending"].as_u64()), (Some(1), Some(1)));
+    let (status, deleted) = app
+        .request("DELETE", &delete(&job), Some(&operator), None)
+        .await;
+    assert_eq!(status, StatusCode::OK, "{deleted}");
+    assert_eq!((deleted["deleted"].as_bool(), deleted["status"].as_str()), (Some(true), Some("dead")));
+    let (status, _) = app.get(&delete(&job), &space.producer).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .get(&format!("/api/v1/jobs/{job}/logs"), &space.producer)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, again) = app
+        .request("DELETE", &delete(&job), Some(&operator), None)
+        .await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "{again}");
+    // The space's counts lose it, and nothing else.
+    let after = counts(&app, &space).await;
+    assert_eq!((after["dead"].as_u64(), after["pending"].as_u64()), (Some(0), Some(1)));
+    let (_, listed) = app
+        .get(&format!("/api/v1/spaces/{}/jobs", space.id), &space.producer)
+        .await;
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+}
+
+/// Polls until every job in `ids` is gone (bounded).
+async fn wait_until_pruned(app: &TestApp, space: &Space, ids: &[String]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for id in ids {
+        loop {
+            let (status, _) = app.get(&format!("/api/v1/jobs/{id}"), &space.producer).await;
+            if status == StatusCode::NOT_FOUND {
+                break;
+            }
+            assert!(Instant::now() < deadline, "job {id} was never pruned");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn retention_prunes_finished_jobs_by_age_and_status() {
+    let app = TestApp::spawn_with(Options {
+        retention: RetentionConfig {
+            policy: RetentionPolicy {
+                completed: 1,
+                dead: 0,
+                killed: 1,
+            },
+            sweep_every: Duration::from_millis(100),
+        },
+        ..Options::default()
+    })
+    .await;
+    let space = app.create_space().await;
+    let (status, shown) = app.get(&format!("/api/v1/spaces/{}", space.id), ADMIN_KEY).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["retention"], json!({ "completed": 1, "dead": 0, "killed": 1 }));
+    // A second space keeps its completed jobs forever.
+    let keeper = app.create_space().await;
+    let (status, set) = app
+        .patch_space(&keeper.id, ADMIN_KEY, json!({ "retention": { "completed": 0 } }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{set}");
+    assert_eq!(set["retention"], json!({ "completed": 0, "dead": 0, "killed": 1 }));
+
+    let mut stream = app.watch_space(&space.id, &space.producer, "").await;
+    let connected = next_json(&mut stream).await;
+    let cursor = format!(
+        "&since={}&streamInstanceId={}",
+        connected["seq"],
+        connected["streamInstanceId"].as_str().unwrap()
+    );
+    drop(stream);
+
+    // Finished before any job of the first space: older than all of them.
+    let kept = app.create_job(&keeper, json!({ "name": "kept" })).await;
+    app.poll_one(&keeper).await;
+    app.worker_call(&keeper, &kept, "complete", json!({})).await;
+    let mut finished = Vec::new();
+    for _ in 0..3 {
+        let job = app.create_job(&space, json!({ "name": "short" })).await;
+        app.poll_one(&space).await;
+        app.worker_call(&space, &job, "complete", json!({})).await;
+        finished.push(job);
+    }
+    let killed = app.create_job(&space, json!({ "name": "stopped" })).await;
+    let (status, _) = app
+        .post(&format!("/api/v1/jobs/{killed}/kill"), &space.producer, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    finished.push(killed);
+    let dead = dead_job(&app, &space).await;
+    let waiting = app.create_job(&space, json!({ "name": "waiting" })).await;
+
+    wait_until_pruned(&app, &space, &finished).await;
+    // Dead jobs are kept forever here; unfinished ones are never pruned.
+    assert_eq!(app.job(&space, &dead).await["status"], "dead");
+    assert_eq!(app.job(&space, &waiting).await["status"], "pending");
+    // Counts stay exact.
+    let now = counts(&app, &space).await;
+    assert_eq!(
+        (now["completed"].as_u64(), now["killed"].as_u64(), now["dead"].as_u64(), now["pending"].as_u64()),
+        (Some(0), Some(0), Some(1), Some(1)),
+        "{now}"
+    );
+    // A reconnect across pruned events cannot be replayed: it is told so.
+    let mut stream = app.watch_space(&space.id, &space.producer, &cursor).await;
+    let resumed = next_json(&mut stream).await;
+    assert_eq!(resumed["missed"], true, "{resumed}");
+    assert_eq!(resumed["counts"], now);
+
+    // The space that keeps its jobs still has its completed one, older than
+    // those pruned; back on the server's age, it goes too.
+    assert_eq!(app.job(&keeper, &kept).await["status"], "completed");
+    let (status, later) = app
+        .patch_space(&keeper.id, ADMIN_KEY, json!({ "retention": { "completed": null } }))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{later}");
+    assert_eq!(later["retention"]["completed"], 1);
+    wait_until_pruned(&app, &keeper, &[kept]).await;
+
+    // Ages are checked.
+    let (status, refused) = app
+        .patch_space(&keeper.id, ADMIN_KEY, json!({ "retention": { "dead": -1 } }))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
+    assert_eq!(refused["error"], "retention.dead must be a whole number of at least 0");
+}
