@@ -125,16 +125,16 @@ struct CoreArgs {
     /// How long completed jobs are kept before they are deleted with their
     /// events and logs: seconds, or 90s, 15m, 12h, 7d; 0 keeps them forever.
     /// A space may set its own.
-    #[arg(long, env = "EMIT_RETAIN_COMPLETED", default_value = "7d", value_parser = parse_age)]
+    #[arg(long, env = "EMIT_RETAIN_COMPLETED", default_value = "7d", value_parser = parse_age, value_name = "AGE")]
     retain_completed: u64,
     /// How long dead jobs are kept (as --retain-completed).
-    #[arg(long, env = "EMIT_RETAIN_DEAD", default_value = "30d", value_parser = parse_age)]
+    #[arg(long, env = "EMIT_RETAIN_DEAD", default_value = "30d", value_parser = parse_age, value_name = "AGE")]
     retain_dead: u64,
     /// How long killed jobs are kept (as --retain-completed).
-    #[arg(long, env = "EMIT_RETAIN_KILLED", default_value = "7d", value_parser = parse_age)]
+    #[arg(long, env = "EMIT_RETAIN_KILLED", default_value = "7d", value_parser = parse_age, value_name = "AGE")]
     retain_killed: u64,
     /// How often the retention sweeper looks for expired jobs.
-    #[arg(long, env = "EMIT_RETENTION_SWEEP", default_value = "30s", value_parser = parse_age)]
+    #[arg(long, env = "EMIT_RETENTION_SWEEP", default_value = "30s", value_parser = parse_age, value_name = "AGE")]
     retention_sweep: u64,
 }
 
@@ -237,10 +237,13 @@ enum SpaceCommand {
     SetRetention {
         /// The space's id.
         space_id: String,
+        /// How long completed jobs are kept.
         #[arg(long, value_parser = parse_retention_age)]
         completed: Option<RetentionAge>,
+        /// How long dead jobs are kept.
         #[arg(long, value_parser = parse_retention_age)]
         dead: Option<RetentionAge>,
+        /// How long killed jobs are kept.
         #[arg(long, value_parser = parse_retention_age)]
         killed: Option<RetentionAge>,
     },
@@ -287,18 +290,28 @@ enum TokenCommand {
 #[derive(Subcommand)]
 enum JobCommand {
     /// Show a job.
-    Get { job_id: String },
+    Get {
+        /// The job's id.
+        job_id: String,
+    },
     /// Stop a job and mark it killed.
     Kill {
+        /// The job's id.
         job_id: String,
         /// Why, kept on the job.
         #[arg(long)]
         reason: Option<String>,
     },
     /// Run a dead or killed job again, with a fresh set of attempts.
-    Retry { job_id: String },
+    Retry {
+        /// The job's id.
+        job_id: String,
+    },
     /// Delete a completed, dead or killed job with its events and logs.
-    Delete { job_id: String },
+    Delete {
+        /// The job's id.
+        job_id: String,
+    },
 }
 
 #[derive(Subcommand)]

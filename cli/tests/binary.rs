@@ -354,7 +354,13 @@ async fn logs_are_plain_or_json_and_log_each_request_without_its_query() {
 
 #[tokio::test]
 async fn every_flag_and_subcommand_has_help() {
-    let cases: [(&[&str], &[&str]); 4] = [
+    let cases: [(&[&str], &[&str]); 7] = [
+        (&["job", "retry", "--help"], &["fresh set of attempts"]),
+        (
+            &["space", "set-retention", "--help"],
+            &["How long dead jobs are kept"],
+        ),
+        (&["backup", "--help"], &["Where the copy goes"]),
         (
             &["serve", "--help"],
             &[
@@ -389,4 +395,126 @@ async fn every_flag_and_subcommand_has_help() {
             }
         }
     }
+}
+
+/// The job CLI works on one job, and `emit backup` copies a serving
+/// database consistently (creates keep landing while it runs); a server
+/// started on the copy has everything created before the backup began.
+#[tokio::test]
+async fn the_job_cli_operates_on_jobs_and_a_backup_taken_while_serving_restores() {
+    let (dir, database_url) = scratch_database("backup");
+    let client = reqwest::Client::new();
+    let key = support::ADMIN_KEY;
+    let server = Process::serve(&database_url, Some(key), &[]);
+    server.wait_http_ready(&client).await;
+    let space = cli(&server, key, &["space", "create", "kept"]);
+    let space_id = space["id"].as_str().unwrap().to_owned();
+    let jobs_url = format!("{}/api/v1/spaces/{space_id}/jobs", server.url);
+    let batch: Vec<_> = (0..200)
+        .map(|n| serde_json::json!({ "name": format!("j{n}") }))
+        .collect();
+    let created = support::post_json(&client, &jobs_url, key, &serde_json::json!(batch))
+        .await
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let ids: Vec<String> = created
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect();
+
+    // One job through kill, retry, kill and delete from the command line.
+    let killed = cli(
+        &server,
+        key,
+        &["job", "kill", &ids[0], "--reason", "by hand"],
+    );
+    assert_eq!(killed["status"], "killed");
+    let retried = cli(&server, key, &["job", "retry", &ids[0]]);
+    assert_eq!(
+        (
+            retried["status"].as_str(),
+            retried["attemptNumber"].as_u64()
+        ),
+        (Some("pending"), Some(0))
+    );
+    cli(&server, key, &["job", "kill", &ids[0]]);
+    let deleted = cli(&server, key, &["job", "delete", &ids[0]]);
+    assert_eq!(deleted["id"], ids[0].as_str());
+    let shown = cli(&server, key, &["job", "get", &ids[1]]);
+    assert_eq!(shown["status"], "pending");
+    let retention = cli(
+        &server,
+        key,
+        &[
+            "space",
+            "set-retention",
+            &space_id,
+            "--completed",
+            "12h",
+            "--dead",
+            "0",
+        ],
+    );
+    assert_eq!(retention["retention"]["completed"], 43_200);
+    assert_eq!(retention["retention"]["dead"], 0);
+
+    // Creates keep landing while the backup runs.
+    let load = {
+        let (client, url) = (client.clone(), jobs_url.clone());
+        tokio::spawn(async move {
+            for n in 0..200 {
+                let body = serde_json::json!({ "name": format!("during{n}") });
+                let response = support::post_json(&client, &url, key, &body).await.unwrap();
+                assert_eq!(response.status(), 201);
+            }
+        })
+    };
+    let copy = dir.join("copy.db");
+    let backup = run_to_exit(
+        &[
+            "backup",
+            copy.to_str().unwrap(),
+            "--database-url",
+            &database_url,
+        ],
+        &[],
+    )
+    .await;
+    assert!(backup.status.success(), "{}", text(&backup.stderr));
+    load.await.unwrap();
+    let again = run_to_exit(
+        &[
+            "backup",
+            copy.to_str().unwrap(),
+            "--database-url",
+            &database_url,
+        ],
+        &[],
+    )
+    .await;
+    assert!(
+        !again.status.success(),
+        "an existing file is never overwritten"
+    );
+    assert!(
+        text(&again.stderr).contains("exists already"),
+        "{}",
+        text(&again.stderr)
+    );
+
+    // Restore: a server on the copy reads everything back.
+    let restored = Process::serve(&format!("sqlite://{}", copy.display()), Some(key), &[]);
+    restored.wait_http_ready(&client).await;
+    let restored_space = cli(&restored, key, &["space", "get", &space_id]);
+    assert_eq!(restored_space["retention"]["completed"], 43_200);
+    for id in &ids[1..] {
+        let job = cli(&restored, key, &["job", "get", id]);
+        assert_eq!(job["status"], "pending", "{id}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -227,3 +227,66 @@ async fn retention_prunes_finished_jobs_by_age_and_status() {
     assert_eq!(status, StatusCode::BAD_REQUEST, "{refused}");
     assert_eq!(refused["error"], "retention.dead must be a whole number of at least 0");
 }
+
+/// Replicas pruning the same backlog at once: each job is deleted by one of
+/// them, so the deletions they report add up to the backlog exactly and the
+/// space's counts end exact. PostgreSQL is where several replicas write
+/// (SQLite has one writer); on SQLite the same pruning runs from one store.
+#[tokio::test]
+async fn replicas_pruning_at_once_delete_each_job_once() {
+    use emit_core::job::JobStatus;
+    use emit_core::retention::Expired;
+
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    const JOBS: usize = 300;
+    app.create_bulk(&space, "batch", JOBS).await;
+    let mut done = 0;
+    while done < JOBS {
+        for job in app.poll(&space, json!({ "count": 50 })).await {
+            let id = job["id"].as_str().unwrap();
+            let (status, _) = app.worker_call(&space, id, "complete", json!({})).await;
+            assert_eq!(status, StatusCode::OK);
+            done += 1;
+        }
+    }
+    let replicas = if crate::BACKEND == crate::helpers::Backend::Postgres { 3 } else { 1 };
+    let mut stores = Vec::new();
+    for _ in 0..replicas {
+        let store = emit_core::store::open(&app.database_url(), Duration::from_secs(10))
+            .await
+            .expect("a replica's store opens");
+        stores.push(store);
+    }
+    let expired = Expired {
+        space_id: space.id.clone(),
+        status: JobStatus::Completed,
+        // Everything finished so far.
+        before: emit_core::clock::now_millis() + 1,
+        limit: 16,
+    };
+    let pruners = stores.into_iter().map(|store| {
+        let expired = expired.clone();
+        tokio::spawn(async move {
+            let mut deleted = 0;
+            loop {
+                let pruned = store.prune(&expired).await.expect("prune");
+                deleted += pruned;
+                if pruned == 0 {
+                    return deleted;
+                }
+            }
+        })
+    });
+    let mut total = 0;
+    for pruner in pruners.collect::<Vec<_>>() {
+        total += pruner.await.unwrap();
+    }
+    assert_eq!(total as usize, JOBS);
+    let now = counts(&app, &space).await;
+    assert_eq!(now["completed"], 0, "{now}");
+    let (_, listed) = app
+        .get(&format!("/api/v1/spaces/{}/jobs", space.id), &space.producer)
+        .await;
+    assert_eq!(listed, json!([]));
+}

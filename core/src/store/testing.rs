@@ -24,6 +24,7 @@ pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
         stream_id: new_id(),
         anonymous_progress_streams: false,
         push: None,
+        retention: Default::default(),
         created_at: now_millis(),
     };
     let token = TokenRecord {
