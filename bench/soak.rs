@@ -3,9 +3,11 @@
 //! WAL and database file sizes printed every few seconds, and their peaks at
 //! the end.
 //!
-//!     cargo run --release --example soak -- [JOBS]
+//!     cargo run --release --example soak -- [JOBS] [RETAIN_SECONDS]
 //!
-//! (default 200,000).
+//! (default 200,000 jobs; with RETAIN_SECONDS, completed jobs are deleted
+//! that long after they complete, swept every second, and the database
+//! size stops growing once retention applies).
 
 mod support;
 
@@ -15,9 +17,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
+use emit_core::retention::RetentionConfig;
 use serde_json::json;
 use support::ack_worker::{Heard, ack_and_complete_all};
-use support::{AnyError, create_space, start_server};
+use support::{AnyError, create_space, start_server_with};
 
 const PRODUCERS: usize = 4;
 const BATCH: usize = 100;
@@ -33,8 +36,14 @@ async fn main() -> Result<(), AnyError> {
         .map(|a| a.parse())
         .transpose()?
         .unwrap_or(200_000);
+    let retain: Option<u64> = std::env::args().nth(2).map(|a| a.parse()).transpose()?;
+    let mut retention = RetentionConfig::default();
+    if let Some(seconds) = retain {
+        retention.policy.completed = seconds;
+        retention.sweep_every = Duration::from_secs(1);
+    }
     let dir = std::env::temp_dir().join(format!("emit-soak-{}", std::process::id()));
-    let (core, gateway) = start_server(&dir.display().to_string()).await?;
+    let (core, gateway) = start_server_with(&dir.display().to_string(), retention).await?;
     let base = format!("http://{}/api/v1", gateway.http_addr);
     let grpc = format!("http://{}", core.grpc_addr);
     let http = reqwest::Client::new();

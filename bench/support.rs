@@ -22,12 +22,27 @@ pub mod ack_worker;
 
 /// Core and gateway on loopback, SQLite in `dir`, no rate limit.
 pub async fn start_server(dir: &str) -> Result<(RunningCore, RunningGateway), AnyError> {
-    let core = start_core(format!("sqlite://{dir}/emit.db")).await?;
+    start_server_with(dir, Default::default()).await
+}
+
+/// `start_server` with the given retention.
+pub async fn start_server_with(
+    dir: &str,
+    retention: emit_core::retention::RetentionConfig,
+) -> Result<(RunningCore, RunningGateway), AnyError> {
+    let core = start_core_with(format!("sqlite://{dir}/emit.db"), retention).await?;
     let gateway = start_gateway(&core).await?;
     Ok((core, gateway))
 }
 
 async fn start_core(database_url: String) -> Result<RunningCore, AnyError> {
+    start_core_with(database_url, Default::default()).await
+}
+
+async fn start_core_with(
+    database_url: String,
+    retention: emit_core::retention::RetentionConfig,
+) -> Result<RunningCore, AnyError> {
     Ok(emit_core::start(CoreConfig {
         grpc_addr: "127.0.0.1:0".parse()?,
         database_url,
@@ -36,7 +51,7 @@ async fn start_core(database_url: String) -> Result<RunningCore, AnyError> {
         rate_limit: RateLimit(NonZeroU32::new(0)),
         streams: Default::default(),
         callbacks: Default::default(),
-        retention: Default::default(),
+        retention,
     })
     .await?)
 }

@@ -23,8 +23,8 @@ use crate::store::Store;
 /// The statuses retention applies to.
 pub const FINISHED: [JobStatus; 3] = [JobStatus::Completed, JobStatus::Dead, JobStatus::Killed];
 
-/// Most jobs one sweeper write deletes: small enough that the batch it rides
-/// in stays short.
+/// Most jobs one sweeper write deletes; the writer prunes fewer when the
+/// batch it rides in is small (see `store::batch`).
 pub const PRUNE_BATCH: u32 = 256;
 
 /// Longest age that can be set: 100 years, far past any need, and well
@@ -166,13 +166,24 @@ pub async fn sweep(
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
+        let mut more = false;
         match sweep_once(&*store, config.policy, now_millis()).await {
-            Ok(0) => {}
-            Ok(deleted) => tracing::info!(deleted, "retention: deleted finished jobs"),
+            Ok(pass) => {
+                if pass.deleted > 0 {
+                    tracing::info!(deleted = pass.deleted, "retention: deleted finished jobs");
+                }
+                more = pass.more;
+            }
             Err(error) => tracing::warn!(%error, "retention sweep failed; trying again later"),
         }
+        // A pass that stopped short goes on at once.
+        let pause = if more {
+            Duration::ZERO
+        } else {
+            config.sweep_every
+        };
         tokio::select! {
-            _ = tokio::time::sleep(config.sweep_every) => {}
+            _ = tokio::time::sleep(pause) => {}
             _ = shutdown.changed() => return,
         }
         if *shutdown.borrow() {
@@ -181,13 +192,25 @@ pub async fn sweep(
     }
 }
 
-/// One pass over every space; returns how many jobs it deleted.
+/// What one sweeper pass did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Pass {
+    pub deleted: u64,
+    /// Some space had more expired jobs than one pass deletes.
+    pub more: bool,
+}
+
+/// Prune calls one pass makes per space and status, so that one space's
+/// backlog does not hold up the others'.
+const CALLS_PER_PASS: usize = 64;
+
+/// One pass over every space.
 pub async fn sweep_once(
     store: &dyn Store,
     policy: RetentionPolicy,
     now: UnixMillis,
-) -> Result<u64> {
-    let mut deleted = 0;
+) -> Result<Pass> {
+    let mut pass = Pass::default();
     for space in store.list_spaces().await? {
         let ages = policy.with(&space.retention);
         for status in FINISHED {
@@ -201,17 +224,24 @@ pub async fn sweep_once(
                 before: now - (age * 1000) as i64,
                 limit: PRUNE_BATCH,
             };
-            // Batch after batch: other writes go between them.
+            // Batch after batch, as the writer finds room, until none is
+            // left or the space has had its share of this pass.
+            let mut calls = 0;
             loop {
                 let pruned = store.prune(&expired).await?;
-                deleted += u64::from(pruned);
-                if pruned < expired.limit {
+                pass.deleted += u64::from(pruned);
+                if pruned == 0 {
+                    break;
+                }
+                calls += 1;
+                if calls == CALLS_PER_PASS {
+                    pass.more = true;
                     break;
                 }
             }
         }
     }
-    Ok(deleted)
+    Ok(pass)
 }
 
 #[cfg(test)]

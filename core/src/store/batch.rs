@@ -186,30 +186,81 @@ pub trait Writer: Send {
     ) -> Result<i64>;
 }
 
+/// How long the writer must have had nothing to do before background work
+/// runs in a batch of its own: work arriving meanwhile never waits on it.
+const IDLE_BEFORE_BACKGROUND: Duration = Duration::from_millis(20);
+/// Jobs pruned by a background batch of its own.
+const ALONE_PRUNE: u32 = 32;
+/// Fewest jobs pruned alongside other operations.
+const RIDING_PRUNE_MIN: u32 = 1;
+
+/// One writer's inboxes: operations, and background work (retention's
+/// pruning), which rides along with batches in proportion to their size or
+/// runs when the writer is idle, so it never stalls the work callers wait
+/// on and still keeps pace with any load.
+#[derive(Clone)]
+pub struct Inbox {
+    ops: mpsc::Sender<WriteOp>,
+    background: mpsc::Sender<WriteOp>,
+}
+
+/// The writer's side of an `Inbox`.
+pub struct Queues {
+    pub ops: mpsc::Receiver<WriteOp>,
+    background: mpsc::Receiver<WriteOp>,
+}
+
+/// A writer's inbox holding up to `capacity` operations.
+pub fn inbox(capacity: usize) -> (Inbox, Queues) {
+    let (ops, ops_queue) = mpsc::channel(capacity);
+    // One sweeper call at a time per store: it waits for each.
+    let (background, background_queue) = mpsc::channel(4);
+    (
+        Inbox { ops, background },
+        Queues {
+            ops: ops_queue,
+            background: background_queue,
+        },
+    )
+}
+
 /// Runs batches until every sender is gone.
-pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, waiters: Arc<Waiters>) {
+pub async fn run(mut writer: impl Writer, queues: Queues, waiters: Arc<Waiters>) {
+    let Queues {
+        mut ops,
+        mut background,
+    } = queues;
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Jobs leased to waiters that were gone by the time the lease committed.
     let mut orphans: Vec<Job> = Vec::new();
     loop {
-        if !batch.is_empty() {
-            // Operations a failed batch never ran: they go first, with
-            // whatever else is waiting.
+        if !batch.is_empty() || !orphans.is_empty() {
+            // Operations a failed batch never ran go first, with whatever
+            // else is waiting.
             while batch.len() < MAX_BATCH
                 && let Ok(op) = ops.try_recv()
             {
                 batch.push(op);
-            }
-        } else if orphans.is_empty() {
-            if ops.recv_many(&mut batch, MAX_BATCH).await == 0 {
-                break;
             }
         } else {
-            while batch.len() < MAX_BATCH
-                && let Ok(op) = ops.try_recv()
-            {
-                batch.push(op);
+            tokio::select! {
+                biased;
+                received = ops.recv_many(&mut batch, MAX_BATCH) => {
+                    if received == 0 {
+                        break;
+                    }
+                }
+                Some(mut op) = idle_then(&mut background) => {
+                    size_prune(&mut op, ALONE_PRUNE);
+                    batch.push(op);
+                }
             }
+        }
+        // Background work rides along, sized by the batch's own work.
+        let alone = batch.len() == 1 && matches!(batch[0], WriteOp::Prune { .. });
+        if !alone && let Ok(mut op) = background.try_recv() {
+            size_prune(&mut op, weight(&batch).max(RIDING_PRUNE_MIN));
+            batch.push(op);
         }
         let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
         writer.between_batches().await;
@@ -219,6 +270,30 @@ pub async fn run(mut writer: impl Writer, mut ops: mpsc::Receiver<WriteOp>, wait
         }
     }
     writer.close().await;
+}
+
+/// Background work, once the writer has been idle a while.
+async fn idle_then(background: &mut mpsc::Receiver<WriteOp>) -> Option<WriteOp> {
+    tokio::time::sleep(IDLE_BEFORE_BACKGROUND).await;
+    background.recv().await
+}
+
+/// The work a batch does, counted in jobs: a bulk create counts each job.
+fn weight(batch: &[WriteOp]) -> u32 {
+    batch
+        .iter()
+        .map(|op| match op {
+            WriteOp::CreateJobs { jobs, .. } => jobs.len() as u32,
+            _ => 1,
+        })
+        .sum()
+}
+
+/// Caps a prune at `jobs` jobs.
+fn size_prune(op: &mut WriteOp, jobs: u32) {
+    if let WriteOp::Prune { expired, .. } = op {
+        expired.limit = expired.limit.min(jobs);
+    }
 }
 
 /// Sends an operation's outcome once the batch's fate is known.
@@ -576,12 +651,12 @@ pub fn callback_try_event(attempt: &CallbackTry, job: &Job) -> EventDraft {
 /// (a worker that sends progress and then completion without waiting in
 /// between sees them applied in that order); the rest are spread evenly.
 pub struct Writes {
-    writers: Vec<mpsc::Sender<WriteOp>>,
+    writers: Vec<Inbox>,
     next: std::sync::atomic::AtomicUsize,
 }
 
 impl Writes {
-    pub fn new(writers: Vec<mpsc::Sender<WriteOp>>) -> Self {
+    pub fn new(writers: Vec<Inbox>) -> Self {
         assert!(!writers.is_empty(), "a store has at least one writer");
         Self {
             writers,
@@ -603,6 +678,7 @@ impl Writes {
     async fn send<T>(&self, writer: usize, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
         let (reply, outcome) = oneshot::channel();
         self.writers[writer]
+            .ops
             .send(op(reply))
             .await
             .map_err(|_| Error::Unavailable)?;
@@ -738,7 +814,7 @@ impl Writes {
     /// Makes a writer run a batch soon, without waiting for it.
     pub fn wake(&self) {
         // A full queue has a batch coming anyway.
-        let _ = self.writers[self.any()].try_send(WriteOp::Wake);
+        let _ = self.writers[self.any()].ops.try_send(WriteOp::Wake);
     }
 
     pub async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
@@ -759,10 +835,20 @@ impl Writes {
         .await
     }
 
+    /// Background work: it runs alongside other writes or when the writer
+    /// is idle, and may prune fewer jobs than `expired.limit`.
     pub async fn prune(&self, expired: &Expired) -> Result<u32> {
-        let expired = expired.clone();
-        self.send(self.any(), |reply| WriteOp::Prune { expired, reply })
+        let (reply, outcome) = oneshot::channel();
+        let op = WriteOp::Prune {
+            expired: expired.clone(),
+            reply,
+        };
+        self.writers[self.any()]
+            .background
+            .send(op)
             .await
+            .map_err(|_| Error::Unavailable)?;
+        outcome.await.map_err(|_| Error::Unavailable)?
     }
 
     pub async fn append_logs(

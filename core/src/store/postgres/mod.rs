@@ -13,7 +13,7 @@ use std::time::Duration;
 use async_trait::async_trait;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Postgres, QueryBuilder, Row};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use self::relay::{Outlets, Relay};
 use self::writer::PgWriter;
@@ -81,7 +81,7 @@ impl PostgresStore {
         let mut writers = Vec::with_capacity(WRITERS);
         for _ in 0..WRITERS {
             let connection = options.connect().await?;
-            let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+            let (writes, queue) = batch::inbox(WRITE_QUEUE);
             let writer = PgWriter::new(connection, relay.clone(), own_commits.clone());
             tokio::spawn(batch::run(writer, queue, waiters.clone()));
             writers.push(writes);

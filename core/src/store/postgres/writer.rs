@@ -778,14 +778,33 @@ impl batch::Writer for PgWriter {
     }
 
     async fn prune(&mut self, expired: &Expired) -> Result<u32> {
-        // SKIP LOCKED: replicas pruning at once take different jobs, and a
-        // job another writer holds (an operator's retry) is left to it.
-        let ids =
-            forget::expired::<Postgres>(&mut self.conn, expired, "FOR UPDATE SKIP LOCKED").await?;
-        let forgotten = forget::delete_finished::<Postgres>(&mut self.conn, &ids).await?;
-        let deleted = forgotten.len() as u32;
-        self.forgotten.extend(forgotten);
-        Ok(deleted)
+        // One statement. SKIP LOCKED: replicas pruning at once take
+        // different jobs, and a job another writer holds (an operator's
+        // retry) is left to it.
+        let pick = forget::expired_ids(expired.status, "$1", "$2", "$3");
+        let mut sql = format!("WITH doomed AS ({pick} FOR UPDATE SKIP LOCKED)");
+        for table in forget::DEPENDENTS {
+            sql.push_str(&format!(
+                ", gone_{table} AS (DELETE FROM {table} WHERE job_id IN (SELECT id FROM doomed))"
+            ));
+        }
+        sql.push_str(
+            " DELETE FROM jobs WHERE id IN (SELECT id FROM doomed) RETURNING space_id, status",
+        );
+        let deleted = sqlx::query(&sql)
+            .bind(&expired.space_id)
+            .bind(expired.before)
+            .bind(i64::from(expired.limit))
+            .fetch_all(&mut self.conn)
+            .await?;
+        let before = self.forgotten.len();
+        for row in &deleted {
+            self.forgotten.push(Forgotten {
+                space_id: row.try_get("space_id")?,
+                status: rows::status_column(row)?,
+            });
+        }
+        Ok((self.forgotten.len() - before) as u32)
     }
 
     async fn append_logs(

@@ -21,7 +21,7 @@ use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, QueryBuilder, Row, Sqlite};
-use tokio::sync::{broadcast, mpsc, oneshot};
+use tokio::sync::{broadcast, oneshot};
 
 use self::writer::SqliteWriter;
 use super::batch::{self, Writes};
@@ -99,7 +99,7 @@ impl SqliteStore {
             .connect_with(options.read_only(true))
             .await?;
         let (published, _) = broadcast::channel(PUBLISH_BUFFER);
-        let (writes, queue) = mpsc::channel(WRITE_QUEUE);
+        let (writes, queue) = batch::inbox(WRITE_QUEUE);
         let waiters = Arc::new(Waiters::default());
         tokio::spawn(batch::run(
             SqliteWriter::new(write_connection, published.clone(), restart_wal),
@@ -670,7 +670,7 @@ mod tests {
             broadcast::channel(16).0,
             Arc::new(AtomicBool::new(false)),
         );
-        let (sender, queue) = mpsc::channel(16);
+        let (sender, queue) = batch::inbox(16);
         let writes = Arc::new(Writes::new(vec![sender]));
         let mut answers = Vec::new();
         for (queued, name) in ["before", "poison", "after"].into_iter().enumerate() {
@@ -681,7 +681,7 @@ mod tests {
                 tokio::spawn(async move { writes.create_jobs(batch).await }),
             ));
             // One batch: every operation is queued before the writer runs.
-            while queue.len() <= queued {
+            while queue.ops.len() <= queued {
                 tokio::task::yield_now().await;
             }
         }

@@ -840,12 +840,35 @@ impl batch::Writer for SqliteWriter {
 
     async fn prune(&mut self, expired: &Expired) -> Result<u32> {
         // Jobs this batch finished are younger than any age: nothing staged
-        // can be among them.
-        let ids = forget::expired::<Sqlite>(&mut self.conn, expired, "").await?;
-        let forgotten = forget::delete_finished::<Sqlite>(&mut self.conn, &ids).await?;
-        let deleted = forgotten.len() as u32;
+        // can be among them. One round trip (statements run in order, each
+        // taking its own bound values): every statement picks the same jobs,
+        // since this writer is the only one.
+        let pick = forget::expired_ids(expired.status, "?", "?", "?");
+        let mut sql = String::new();
+        for table in forget::DEPENDENTS {
+            sql.push_str(&format!("DELETE FROM {table} WHERE job_id IN ({pick}); "));
+        }
+        sql.push_str(&format!(
+            "DELETE FROM jobs WHERE id IN ({pick}) RETURNING space_id, status"
+        ));
+        let mut query = sqlx::query(&sql);
+        for _ in 0..=forget::DEPENDENTS.len() {
+            query = query
+                .bind(&expired.space_id)
+                .bind(expired.before)
+                .bind(i64::from(expired.limit));
+        }
+        let deleted = query.fetch_all(&mut self.conn).await?;
+        let mut forgotten = Vec::with_capacity(deleted.len());
+        for row in &deleted {
+            forgotten.push(Forgotten {
+                space_id: row.try_get("space_id")?,
+                status: rows::status_column(row)?,
+            });
+        }
+        let count = forgotten.len() as u32;
         self.count_off(forgotten).await?;
-        Ok(deleted)
+        Ok(count)
     }
 
     async fn append_logs(
