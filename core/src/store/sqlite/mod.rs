@@ -528,7 +528,7 @@ mod tests {
 
     use sqlx::ConnectOptions;
     use sqlx::sqlite::SqliteConnectOptions;
-    use tokio::sync::{broadcast, mpsc};
+    use tokio::sync::broadcast;
 
     use super::WAL_FILE_LIMIT_BYTES;
     use super::writer::SqliteWriter;
