@@ -9,6 +9,7 @@ pub mod error;
 pub mod grpc;
 pub mod ids;
 pub mod job;
+pub mod metrics;
 pub mod realtime;
 pub mod retention;
 pub mod server;

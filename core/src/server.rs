@@ -22,7 +22,8 @@ use crate::auth::{
 use crate::callbacks::push::PushNotifier;
 use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
-use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, WorkersGrpc};
+use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, MeteredLayer, WorkersGrpc};
+use crate::metrics::CoreMetrics;
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
 use crate::retention::{self, RetentionConfig};
 use crate::service::{AdminApi, JobsApi};
@@ -121,10 +122,15 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
     let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone(), hub.clone()));
     config.retention.policy.check()?;
+    let metrics = Arc::new(CoreMetrics::new(
+        store.writer_metrics(),
+        auth.rate_limited(),
+    ));
     let admin = Arc::new(AdminApi::new(
         store.clone(),
         auth.clone(),
         config.retention.policy,
+        metrics.clone(),
     ));
     let realtime = Arc::new(RealtimeApi::new(store.clone(), hub.clone(), config.streams));
 
@@ -139,6 +145,11 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     ));
     let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
     tokio::spawn(notifier.run(store.own_commits(), shutdown_rx.clone()));
+    tokio::spawn(
+        metrics
+            .clone()
+            .follow(store.own_commits(), shutdown_rx.clone()),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;
@@ -160,10 +171,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         .build_v1alpha()
         .map_err(Error::internal)?;
 
-    let workers_service =
-        WorkerServiceServer::new(WorkersGrpc::new(auth.clone(), jobs.clone(), hub.clone()))
-            .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
-            .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
+    let workers_service = WorkerServiceServer::new(WorkersGrpc::new(
+        auth.clone(),
+        jobs.clone(),
+        hub.clone(),
+        metrics.clone(),
+    ))
+    .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
+    .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let jobs_service = JobServiceServer::new(JobsGrpc::new(auth.clone(), jobs.clone()))
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
@@ -190,6 +205,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .layer(tower::util::MapResponseLayer::new(
                 undecodable_is_invalid_argument,
             ))
+            .layer(MeteredLayer(metrics))
             .add_service(health_service)
             .add_service(reflection)
             .add_service(reflection_v1alpha)

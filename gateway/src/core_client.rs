@@ -12,6 +12,8 @@ use emit_proto::v1::job_service_client::JobServiceClient;
 use emit_proto::wire::MAX_MESSAGE_BYTES;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::metrics::GatewayMetrics;
+
 const CHANNELS: usize = 4;
 /// Headers that carry the caller's credentials, forwarded to the core as is.
 const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
@@ -28,6 +30,7 @@ pub struct CoreClient {
     channels: Arc<[Channel]>,
     next: Arc<AtomicUsize>,
     stream_queue: usize,
+    metrics: Arc<GatewayMetrics>,
 }
 
 impl CoreClient {
@@ -42,7 +45,13 @@ impl CoreClient {
             channels,
             next: Arc::new(AtomicUsize::new(0)),
             stream_queue,
+            metrics: Arc::default(),
         })
+    }
+
+    /// The gateway's own metrics (not job state: counters of its traffic).
+    pub fn metrics(&self) -> &Arc<GatewayMetrics> {
+        &self.metrics
     }
 
     fn channel(&self) -> Channel {

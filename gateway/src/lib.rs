@@ -7,6 +7,7 @@ mod core_client;
 mod error;
 mod extract;
 mod json;
+pub mod metrics;
 mod routes;
 mod serve;
 

@@ -13,6 +13,7 @@ mod helpers;
 mod lifecycle;
 mod list;
 mod logs;
+mod metrics;
 mod operations;
 mod polyglot;
 mod realtime;

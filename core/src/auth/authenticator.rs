@@ -12,6 +12,8 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use super::{ApiKey, KeyHash, Principal, hash_key, parse_scopes};
+use prometheus_client::metrics::counter::Counter;
+
 use crate::error::{Error, Result};
 use crate::store::Store;
 
@@ -63,6 +65,8 @@ pub struct Authenticator {
     /// caller repeating a bad key costs the database nothing.
     unknown: Mutex<HashMap<KeyHash, Instant>>,
     limiter: Option<DefaultKeyedRateLimiter<String>>,
+    /// Requests the rate limit refused, for metrics.
+    rate_limited: Counter,
 }
 
 impl Authenticator {
@@ -76,7 +80,13 @@ impl Authenticator {
             limiter: rate_limit
                 .0
                 .map(|per_second| RateLimiter::keyed(quota(per_second))),
+            rate_limited: Counter::default(),
         }
+    }
+
+    /// Counts the requests the rate limit refuses.
+    pub fn rate_limited(&self) -> Counter {
+        self.rate_limited.clone()
     }
 
     pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal> {
@@ -195,6 +205,7 @@ impl Authenticator {
         limiter
             .check_key(&token_id.to_owned())
             .map_err(|not_until| {
+                self.rate_limited.inc();
                 let wait = not_until.wait_time_from(governor::clock::Clock::now(
                     &governor::clock::DefaultClock::default(),
                 ));

@@ -198,4 +198,13 @@ impl AdminService for AdminGrpc {
             .await?;
         Ok(Response::new(pb::RevokeTokenResponse {}))
     }
+
+    async fn get_metrics(
+        &self,
+        request: Request<pb::GetMetricsRequest>,
+    ) -> Reply<pb::GetMetricsResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let text = self.admin.metrics(&who).await?;
+        Ok(Response::new(pb::GetMetricsResponse { text }))
+    }
 }

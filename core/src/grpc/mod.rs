@@ -5,11 +5,13 @@ mod admin;
 mod convert;
 mod events;
 mod jobs;
+mod metered;
 mod workers;
 
 pub use admin::AdminGrpc;
 pub use events::EventsGrpc;
 pub use jobs::JobsGrpc;
+pub use metered::MeteredLayer;
 pub use workers::WorkersGrpc;
 
 use tonic::metadata::MetadataMap;

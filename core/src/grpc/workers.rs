@@ -17,6 +17,7 @@ use crate::auth::{Authenticator, Principal, Scope};
 use crate::dispatch::{self, Hello, Report, WorkerInput, WorkerOutput};
 use crate::error::Error;
 use crate::job::machine::Command;
+use crate::metrics::CoreMetrics;
 use crate::realtime::EventHub;
 use crate::service::JobsApi;
 
@@ -34,16 +35,23 @@ pub struct WorkersGrpc {
     hub: EventHub,
     claims: dispatch::WakeClaims,
     open: Arc<Mutex<HashMap<String, usize>>>,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl WorkersGrpc {
-    pub fn new(auth: Arc<Authenticator>, jobs: Arc<JobsApi>, hub: EventHub) -> Self {
+    pub fn new(
+        auth: Arc<Authenticator>,
+        jobs: Arc<JobsApi>,
+        hub: EventHub,
+        metrics: Arc<CoreMetrics>,
+    ) -> Self {
         Self {
             auth,
             jobs,
             hub,
             claims: dispatch::WakeClaims::default(),
             open: Arc::default(),
+            metrics,
         }
     }
 
@@ -244,9 +252,10 @@ impl WorkerService for WorkersGrpc {
             session_input,
             session_output,
         );
+        let counted = self.metrics.session_opened();
         tokio::spawn(async move {
             session.await;
-            drop(slot);
+            drop((slot, counted));
         });
         tokio::spawn(async move {
             while let Some(output) = outputs.recv().await {

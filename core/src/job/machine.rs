@@ -117,6 +117,14 @@ pub fn apply(
     let mut next = job.clone();
     next.updated_at = now;
     let mut events = Vec::with_capacity(1);
+    let took_ms = match (&job.state, &command) {
+        (JobState::Pending { available_at }, Command::Deliver { .. }) => Some(now - available_at),
+        (
+            JobState::Running { .. },
+            Command::Complete { .. } | Command::Fail { .. } | Command::Expire,
+        ) => job.started_at.map(|started| now - started),
+        _ => None,
+    };
     let mut record = |next: &Job, kind: EventKind, data: Option<String>| {
         let status = next.status();
         events.push(EventDraft {
@@ -124,6 +132,7 @@ pub fn apply(
             status,
             previous_status: (status != previous).then_some(previous),
             data,
+            took_ms,
         });
     };
 
@@ -293,6 +302,7 @@ pub fn created_event(state: &JobState) -> EventDraft {
         status: state.status(),
         previous_status: None,
         data: None,
+        took_ms: None,
     }
 }
 

@@ -314,6 +314,8 @@ pub struct EventDraft {
     pub status: JobStatus,
     pub previous_status: Option<JobStatus>,
     pub data: Option<String>,
+    /// See `JobEvent::took_ms`.
+    pub took_ms: Option<i64>,
 }
 
 /// An event as recorded.
@@ -331,6 +333,10 @@ pub struct JobEvent {
     /// The space's job counts right after this event; set by the store on
     /// live events that change them (see `changes_counts`).
     pub counts: Option<StatusCounts>,
+    /// For metrics, on the live events of the replica that wrote them (not
+    /// stored): a delivery's time since the job became ready, an attempt's
+    /// end's time since it started running.
+    pub took_ms: Option<i64>,
 }
 
 impl JobEvent {

@@ -404,6 +404,7 @@ mod tests {
             data: None,
             at: 0,
             counts: None,
+            took_ms: None,
         }))
     }
 

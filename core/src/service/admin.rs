@@ -5,6 +5,7 @@ use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::spec;
+use crate::metrics::CoreMetrics;
 use crate::retention::{RetentionChange, RetentionOverrides, RetentionPolicy};
 use crate::store::{PushTarget, SpaceRecord, SpaceSettings, Store, TokenRecord};
 
@@ -16,6 +17,7 @@ pub struct AdminApi {
     auth: Arc<Authenticator>,
     /// The server's retention, which spaces may override.
     retention: RetentionPolicy,
+    metrics: Arc<CoreMetrics>,
 }
 
 impl AdminApi {
@@ -23,12 +25,20 @@ impl AdminApi {
         store: Arc<dyn Store>,
         auth: Arc<Authenticator>,
         retention: RetentionPolicy,
+        metrics: Arc<CoreMetrics>,
     ) -> Self {
         Self {
             store,
             auth,
             retention,
+            metrics,
         }
+    }
+
+    /// This core's metrics, as Prometheus scrapes them.
+    pub async fn metrics(&self, who: &Principal) -> Result<String> {
+        who.require_admin()?;
+        self.metrics.render(&*self.store).await
     }
 
     /// How long the space's finished jobs are kept.

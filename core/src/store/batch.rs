@@ -22,6 +22,7 @@ use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
+use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
     CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord,
@@ -225,7 +226,12 @@ pub fn inbox(capacity: usize) -> (Inbox, Queues) {
 }
 
 /// Runs batches until every sender is gone.
-pub async fn run(mut writer: impl Writer, queues: Queues, waiters: Arc<Waiters>) {
+pub async fn run(
+    mut writer: impl Writer,
+    queues: Queues,
+    waiters: Arc<Waiters>,
+    metrics: WriterMetrics,
+) {
     let Queues {
         mut ops,
         mut background,
@@ -262,7 +268,14 @@ pub async fn run(mut writer: impl Writer, queues: Queues, waiters: Arc<Waiters>)
             size_prune(&mut op, weight(&batch).max(RIDING_PRUNE_MIN));
             batch.push(op);
         }
+        let (operations, started) = (batch.len(), std::time::Instant::now());
         let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
+        if committed {
+            metrics.batch_ops.observe(operations as f64);
+            metrics
+                .commit_seconds
+                .observe(started.elapsed().as_secs_f64());
+        }
         writer.between_batches().await;
         if !committed && !orphans.is_empty() {
             // Not in a tight loop against a database that is down.
@@ -642,6 +655,7 @@ pub fn callback_try_event(attempt: &CallbackTry, job: &Job) -> EventDraft {
         status: job.status(),
         previous_status: None,
         data: Some(data.to_string()),
+        took_ms: None,
     }
 }
 

@@ -26,6 +26,7 @@ use crate::job::machine::{Command, Fence};
 use crate::job::{
     Job, JobEvent, JobStatus, LiveEvent, LogLevel, LogLine, StatusCounts, StoredLogLine,
 };
+use crate::metrics::WriterMetrics;
 use crate::retention::{Expired, RetentionOverrides};
 
 /// What `put_setting` does when the setting exists already.
@@ -282,6 +283,8 @@ pub trait Store: Send + Sync + 'static {
     async fn prune(&self, expired: &Expired) -> Result<u32>;
     /// Workers waiting for jobs, which write batches lease ready jobs to.
     fn waiters(&self) -> &Waiters;
+    /// What the writers measure of their batches.
+    fn writer_metrics(&self) -> WriterMetrics;
     /// Makes the writer fill the waiters that asked (`Waiter::want`) soon.
     fn wake_writer(&self);
     /// Fires up to `limit` timers due at `now`.

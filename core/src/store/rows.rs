@@ -134,6 +134,7 @@ pub fn event(row: &impl Columns) -> Result<JobEvent> {
         data: row.opt_text("data")?,
         at: row.int("created_at")?,
         counts: None,
+        took_ms: None,
     })
 }
 

@@ -12,7 +12,7 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request};
+use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{StatusCode, Uri};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -36,7 +36,7 @@ pub fn router(core: CoreClient) -> Router {
             auth_failures::limit,
         ))
         .layer(middleware::from_fn(refuse_oversized_heads))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(core.clone(), log_request))
         .with_state(core)
 }
 
@@ -72,9 +72,9 @@ async fn refuse_oversized_heads(request: Request, next: Next) -> Response {
     next.run(request).await
 }
 
-/// One line per request: method, route, path, status, latency. Never the
-/// query string: it may carry `?token=`.
-async fn log_request(request: Request, next: Next) -> Response {
+/// One line per request: method, route, path, status, latency (never the
+/// query string: it may carry `?token=`); and the request metrics.
+async fn log_request(State(core): State<CoreClient>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_owned();
@@ -91,6 +91,12 @@ async fn log_request(request: Request, next: Next) -> Response {
         status = response.status().as_u16(),
         latency_ms = format_args!("{:.2}", started.elapsed().as_secs_f64() * 1000.0),
         "request"
+    );
+    core.metrics().request(
+        method.as_str(),
+        route.as_deref().unwrap_or("-"),
+        response.status().as_u16(),
+        started.elapsed().as_secs_f64(),
     );
     response
 }

@@ -86,10 +86,13 @@ async fn watch_job(
     let upstream = core.events().watch_job(request).await?.into_inner();
     let upgrade = upgrade_required(upgrade)?;
     let queue = core.stream_queue();
-    Ok(upgrade.on_upgrade(move |socket| {
+    let subscriber = core.metrics().subscribed();
+    Ok(upgrade.on_upgrade(move |socket| async move {
         relay(socket, upstream, queue, |response: pb::WatchJobResponse| {
             response.message.map(json::job_stream_message)
         })
+        .await;
+        drop(subscriber);
     }))
 }
 
@@ -113,13 +116,16 @@ async fn watch_space(
     let upstream = core.events().watch_space(request).await?.into_inner();
     let upgrade = upgrade_required(upgrade)?;
     let queue = core.stream_queue();
-    Ok(upgrade.on_upgrade(move |socket| {
+    let subscriber = core.metrics().subscribed();
+    Ok(upgrade.on_upgrade(move |socket| async move {
         relay(
             socket,
             upstream,
             queue,
             |response: pb::WatchSpaceResponse| response.message.map(json::space_stream_message),
         )
+        .await;
+        drop(subscriber);
     }))
 }
 

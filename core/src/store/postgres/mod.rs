@@ -25,6 +25,7 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
+use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
@@ -46,6 +47,7 @@ pub struct PostgresStore {
     reads: PgPool,
     writes: Writes,
     waiters: Arc<Waiters>,
+    writer_metrics: WriterMetrics,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
@@ -79,14 +81,21 @@ impl PostgresStore {
 
         let waiters = Arc::new(Waiters::default());
         let mut writers = Vec::with_capacity(WRITERS);
+        let writer_metrics = WriterMetrics::default();
         for _ in 0..WRITERS {
             let connection = options.connect().await?;
             let (writes, queue) = batch::inbox(WRITE_QUEUE);
             let writer = PgWriter::new(connection, relay.clone(), own_commits.clone());
-            tokio::spawn(batch::run(writer, queue, waiters.clone()));
+            tokio::spawn(batch::run(
+                writer,
+                queue,
+                waiters.clone(),
+                writer_metrics.clone(),
+            ));
             writers.push(writes);
         }
         Ok(Self {
+            writer_metrics,
             reads,
             writes: Writes::new(writers),
             waiters,
@@ -410,6 +419,10 @@ impl Store for PostgresStore {
 
     async fn prune(&self, expired: &Expired) -> Result<u32> {
         self.writes.prune(expired).await
+    }
+
+    fn writer_metrics(&self) -> WriterMetrics {
+        self.writer_metrics.clone()
     }
 
     fn waiters(&self) -> &Waiters {

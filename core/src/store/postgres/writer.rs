@@ -257,6 +257,7 @@ impl PgWriter {
             data: draft.data,
             at: now,
             counts: None,
+            took_ms: draft.took_ms,
         }));
     }
 

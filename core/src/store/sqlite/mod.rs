@@ -31,6 +31,7 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
+use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
@@ -53,6 +54,7 @@ pub struct SqliteStore {
     reads: SqlitePool,
     writes: Writes,
     waiters: Arc<Waiters>,
+    writer_metrics: WriterMetrics,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
     _stop_checkpoints: oneshot::Sender<()>,
@@ -101,12 +103,15 @@ impl SqliteStore {
         let (published, _) = broadcast::channel(PUBLISH_BUFFER);
         let (writes, queue) = batch::inbox(WRITE_QUEUE);
         let waiters = Arc::new(Waiters::default());
+        let writer_metrics = WriterMetrics::default();
         tokio::spawn(batch::run(
             SqliteWriter::new(write_connection, published.clone(), restart_wal),
             queue,
             waiters.clone(),
+            writer_metrics.clone(),
         ));
         Ok(Self {
+            writer_metrics,
             reads,
             writes: Writes::new(vec![writes]),
             waiters,
@@ -465,6 +470,10 @@ impl Store for SqliteStore {
         self.writes.prune(expired).await
     }
 
+    fn writer_metrics(&self) -> WriterMetrics {
+        self.writer_metrics.clone()
+    }
+
     fn waiters(&self) -> &Waiters {
         &self.waiters
     }
@@ -689,6 +698,7 @@ mod tests {
             Poisoned(writer),
             queue,
             Arc::new(Waiters::default()),
+            Default::default(),
         ));
         let mut outcomes = Vec::new();
         for (id, answer) in answers {

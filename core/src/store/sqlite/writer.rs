@@ -265,6 +265,7 @@ impl SqliteWriter {
             data: draft.data,
             at: now,
             counts: None,
+            took_ms: draft.took_ms,
         };
         head.seq = event.seq;
         if event.changes_counts() {
