@@ -261,6 +261,28 @@ pub fn log_line(line: pb::StoredLogLine) -> Value {
 
 // ---- JSON -> protobuf ----------------------------------------------------
 
+/// An RFC 3339 instant, named `field` in the error.
+pub fn parse_timestamp(field: &str, text: &str) -> Result<prost_types::Timestamp, ApiError> {
+    let at = DateTime::parse_from_rfc3339(text)
+        .map_err(|_| ApiError::bad_request(format!("{field} must be an ISO 8601 timestamp")))?;
+    Ok(prost_types::Timestamp {
+        seconds: at.timestamp(),
+        nanos: at.timestamp_subsec_nanos() as i32,
+    })
+}
+
+/// A job status by its name, named `field` in the error; empty: none.
+pub fn status_filter(field: &str, text: Option<&str>) -> Result<pb::JobStatus, ApiError> {
+    match text.filter(|text| !text.is_empty()) {
+        None => Ok(pb::JobStatus::Unspecified),
+        Some(text) => parse_status(text).ok_or_else(|| {
+            ApiError::bad_request(format!(
+                "{field} must be one of scheduled, pending, delivered, running, completed, dead, killed"
+            ))
+        }),
+    }
+}
+
 /// Reads fields of one JSON object, naming them in errors as `prefix.field`.
 pub struct Fields<'a> {
     prefix: String,
@@ -368,16 +390,7 @@ impl<'a> Fields<'a> {
         let Some(text) = self.string(field)? else {
             return Ok(None);
         };
-        let at = DateTime::parse_from_rfc3339(&text).map_err(|_| {
-            ApiError::bad_request(format!(
-                "{} must be an ISO 8601 timestamp",
-                self.name(field)
-            ))
-        })?;
-        Ok(Some(prost_types::Timestamp {
-            seconds: at.timestamp(),
-            nanos: at.timestamp_subsec_nanos() as i32,
-        }))
+        parse_timestamp(&self.name(field), &text).map(Some)
     }
 
     /// Any JSON value, as text.

@@ -202,14 +202,13 @@ async fn a_grpc_worker_runs_the_whole_lifecycle() {
             pb::ListJobsRequest {
                 space_id: space.id.clone(),
                 status: pb::JobStatus::Completed as i32,
-                limit: None,
-                offset: 0,
+                ..Default::default()
             },
         ))
         .await
         .unwrap()
         .into_inner();
-    assert_eq!(listed.jobs.len(), 1);
+    assert_eq!((listed.jobs.len(), listed.total), (1, 1));
 }
 
 #[tokio::test]

@@ -290,3 +290,105 @@ async fn replicas_pruning_at_once_delete_each_job_once() {
         .await;
     assert_eq!(listed, json!([]));
 }
+
+#[tokio::test]
+async fn listings_filter_by_name_and_creation_time_with_a_total_and_a_stable_cursor() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    app.create_bulk(&space, "a", 5).await;
+    app.create_bulk(&space, "b", 3).await;
+    let list = |query: String| {
+        let url = format!("{}/api/v1/spaces/{}/jobs?{query}", app.base, space.id);
+        let request = app.http.get(url).header("x-api-key", &space.producer);
+        async move {
+            let response = request.send().await.unwrap();
+            let status = response.status();
+            let total = response
+                .headers()
+                .get("x-total-count")
+                .map(|total| total.to_str().unwrap().parse::<u64>().unwrap());
+            (status, total, response.json::<Value>().await.unwrap())
+        }
+    };
+    let (status, total, page) = list("name=a&limit=2".into()).await;
+    assert_eq!((status, total), (StatusCode::OK, Some(5)), "{page}");
+    let page = page.as_array().unwrap().clone();
+    assert_eq!(page.len(), 2);
+    assert!(page.iter().all(|job| job["name"] == "a"));
+    // A job arriving meanwhile does not shift the next page.
+    app.create_job(&space, json!({ "name": "a" })).await;
+    let last = page[1]["id"].as_str().unwrap();
+    let (_, total, next) = list(format!("name=a&limit=2&beforeId={last}")).await;
+    assert_eq!(total, Some(6));
+    let next = next.as_array().unwrap();
+    assert_eq!(next.len(), 2);
+    assert!(next.iter().all(|job| job["id"].as_str().unwrap() < last));
+
+    let (_, total, _) = list("createdAfter=2999-01-01T00:00:00Z".into()).await;
+    assert_eq!(total, Some(0));
+    let (_, total, _) = list("createdBefore=2999-01-01T00:00:00Z&status=pending".into()).await;
+    assert_eq!(total, Some(9));
+    let (status, _, error) = list("createdAfter=yesterday".into()).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"], "createdAfter must be an ISO 8601 timestamp");
+}
+
+#[tokio::test]
+async fn bulk_actions_count_first_act_in_bounded_batches_and_record_each_job() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    app.create_bulk(&space, "keep", 2).await;
+    app.create_bulk(&space, "batch", 5).await;
+    let operator = app
+        .token(&space.id, &["jobs:read", "jobs:kill", "jobs:retry", "jobs:delete"])
+        .await;
+    let path = format!("/api/v1/spaces/{}/jobs/bulk", space.id);
+    let bulk = |body: Value| app.post(&path, &operator, body);
+
+    let (status, counted) = bulk(json!({ "action": "kill", "filter": { "name": "batch" }, "dryRun": true })).await;
+    assert_eq!(status, StatusCode::OK, "{counted}");
+    assert_eq!(counted, json!({ "matched": 5, "applied": 0, "skipped": 0, "more": false }));
+    let (_, killed) = bulk(json!({ "action": "kill", "filter": { "name": "batch" } })).await;
+    assert_eq!((killed["applied"].as_u64(), killed["skipped"].as_u64()), (Some(5), Some(0)));
+    let (_, retried) = bulk(json!({ "action": "retry", "filter": { "status": "killed" } })).await;
+    assert_eq!(retried["applied"], 5);
+    let (_, listed) = app
+        .get(&format!("/api/v1/spaces/{}/jobs?name=batch", space.id), &space.producer)
+        .await;
+    for job in listed.as_array().unwrap() {
+        let events = event_types(&app.job(&space, job["id"].as_str().unwrap()).await);
+        assert_eq!(events, ["created", "killed", "retried"], "each job has its own events");
+    }
+    // Pending jobs cannot be deleted: skipped, not failed.
+    let (_, skipped) = bulk(json!({ "action": "delete", "filter": { "name": "batch" } })).await;
+    assert_eq!((skipped["applied"].as_u64(), skipped["skipped"].as_u64()), (Some(0), Some(5)));
+
+    // Bounded: two at a time until none is left.
+    bulk(json!({ "action": "kill", "filter": { "name": "batch" } })).await;
+    let mut rounds = Vec::new();
+    loop {
+        let (status, round) = bulk(json!({ "action": "delete", "filter": { "name": "batch", "status": "killed" }, "limit": 2 })).await;
+        assert_eq!(status, StatusCode::OK, "{round}");
+        rounds.push(round["applied"].as_u64().unwrap());
+        if round["more"] == false {
+            break;
+        }
+    }
+    assert_eq!(rounds, [2, 2, 1]);
+    let (_, left) = app
+        .get(&format!("/api/v1/spaces/{}/jobs", space.id), &space.producer)
+        .await;
+    assert_eq!(left.as_array().unwrap().len(), 2, "only the other jobs are left");
+
+    // Each action needs its scope; bad input is named.
+    let (status, _) = app
+        .post(&path, &space.producer, json!({ "action": "delete" }))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    let (status, error) = bulk(json!({ "action": "explode" })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(error["error"], "action must be one of retry, kill, delete");
+    let (status, error) = bulk(json!({ "action": "kill", "filter": { "status": "sleeping" } })).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(error["error"].as_str().unwrap().starts_with("filter.status must be one of"));
+}

@@ -7,9 +7,11 @@ use tonic::{Request, Response, Status};
 use super::convert::{self, delivery, status_from_proto};
 use super::principal;
 use crate::auth::Authenticator;
-use crate::clock::to_timestamp;
+use crate::clock::{from_timestamp, to_timestamp};
+use crate::error::Error;
 use crate::job::machine::Command;
-use crate::service::{JobsApi, ListLimits};
+use crate::service::{BulkAction, JobsApi, ListLimits};
+use crate::store::JobFilter;
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -68,14 +70,22 @@ impl JobService for JobsGrpc {
     ) -> Reply<pb::ListJobsResponse> {
         let who = principal(&self.auth, request.metadata()).await?;
         let request = request.into_inner();
-        let limits = ListLimits {
+        let filter = JobFilter {
+            space_id: request.space_id,
             status: status_from_proto(request.status)?,
+            name: request.name,
+            created_from: request.created_after.as_ref().map(from_timestamp),
+            created_until: request.created_before.as_ref().map(from_timestamp),
+            before_id: request.before_id,
+        };
+        let limits = ListLimits {
             limit: request.limit,
             offset: request.offset,
         };
-        let jobs = self.jobs.list(&who, &request.space_id, limits).await?;
+        let (jobs, total) = self.jobs.list(&who, filter, limits).await?;
         Ok(Response::new(pb::ListJobsResponse {
             jobs: jobs.into_iter().map(Into::into).collect(),
+            total,
         }))
     }
 
@@ -293,6 +303,41 @@ impl JobService for JobsGrpc {
         let job = self.jobs.delete(&who, &request.get_ref().job_id).await?;
         Ok(Response::new(pb::DeleteJobResponse {
             job: Some(job.into()),
+        }))
+    }
+
+    async fn bulk_jobs(
+        &self,
+        request: Request<pb::BulkJobsRequest>,
+    ) -> Reply<pb::BulkJobsResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let action = match pb::BulkAction::try_from(request.action) {
+            Ok(pb::BulkAction::Retry) => BulkAction::Retry,
+            Ok(pb::BulkAction::Kill) => BulkAction::Kill,
+            Ok(pb::BulkAction::Delete) => BulkAction::Delete,
+            _ => {
+                return Err(Error::invalid("action must be one of retry, kill, delete").into());
+            }
+        };
+        let given = request.filter.unwrap_or_default();
+        let filter = JobFilter {
+            space_id: request.space_id,
+            status: status_from_proto(given.status)?,
+            name: given.name,
+            created_from: given.created_after.as_ref().map(from_timestamp),
+            created_until: given.created_before.as_ref().map(from_timestamp),
+            before_id: None,
+        };
+        let outcome = self
+            .jobs
+            .bulk(&who, filter, action, request.dry_run, request.limit)
+            .await?;
+        Ok(Response::new(pb::BulkJobsResponse {
+            matched: outcome.matched,
+            applied: outcome.applied,
+            skipped: outcome.skipped,
+            more: outcome.more,
         }))
     }
 }

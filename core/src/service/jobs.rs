@@ -10,10 +10,10 @@ use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
-use crate::job::{Job, JobEvent, JobStatus, LogLevel, StoredLogLine};
+use crate::job::{Job, JobEvent, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic, Woke};
 use crate::store::handoff::{Handed, Waiter};
-use crate::store::{DeliverRequest, JobQuery, JobTarget, LogQuery, Step, Store};
+use crate::store::{DeliverRequest, JobFilter, JobQuery, JobTarget, LogQuery, Step, Store};
 use crate::timers::TimerWake;
 
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
@@ -28,9 +28,38 @@ pub const DEFAULT_LOG_LIMIT: u32 = 100;
 pub const MAX_LOG_LIMIT: u32 = 1000;
 
 pub struct ListLimits {
-    pub status: Option<JobStatus>,
     pub limit: Option<u32>,
     pub offset: u32,
+}
+
+/// Most jobs one bulk call acts on.
+pub const MAX_BULK: u32 = 1000;
+
+/// What a bulk call does to each job it matches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BulkAction {
+    Retry,
+    Kill,
+    Delete,
+}
+
+impl BulkAction {
+    fn scope(self) -> Scope {
+        match self {
+            Self::Retry => Scope::JobsRetry,
+            Self::Kill => Scope::JobsKill,
+            Self::Delete => Scope::JobsDelete,
+        }
+    }
+}
+
+/// What a bulk call did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct BulkOutcome {
+    pub matched: u64,
+    pub applied: u64,
+    pub skipped: u64,
+    pub more: bool,
 }
 
 pub struct JobsApi {
@@ -79,26 +108,115 @@ impl JobsApi {
         Ok(jobs)
     }
 
+    /// A page of the filter's jobs, newest first, and how many it matches.
     pub async fn list(
         &self,
         who: &Principal,
-        space_id: &str,
+        filter: JobFilter,
         limits: ListLimits,
-    ) -> Result<Vec<Job>> {
-        who.authorize_space(space_id, Scope::JobsRead)?;
+    ) -> Result<(Vec<Job>, u64)> {
+        who.authorize_space(&filter.space_id, Scope::JobsRead)?;
+        check_filter(&filter)?;
         let limit = limits.limit.unwrap_or(DEFAULT_LIST_LIMIT);
         if !(1..=MAX_LIST_LIMIT).contains(&limit) {
             return Err(Error::invalid(format!(
                 "limit must be between 1 and {MAX_LIST_LIMIT}"
             )));
         }
+        let total = self
+            .store
+            .count_jobs(&JobFilter {
+                before_id: None,
+                ..filter.clone()
+            })
+            .await?;
         let query = JobQuery {
-            space_id: space_id.to_owned(),
-            status: limits.status,
+            filter,
             limit,
             offset: limits.offset,
         };
-        self.store.list_jobs(&query).await
+        Ok((self.store.list_jobs(&query).await?, total))
+    }
+
+    /// Retries, kills or deletes up to `limit` of the filter's jobs, newest
+    /// first, one job at a time (each gets its own events, as if done one by
+    /// one); or only counts them (`dry_run`).
+    pub async fn bulk(
+        &self,
+        who: &Principal,
+        filter: JobFilter,
+        action: BulkAction,
+        dry_run: bool,
+        limit: Option<u32>,
+    ) -> Result<BulkOutcome> {
+        who.authorize_space(&filter.space_id, Scope::JobsRead)?;
+        who.authorize_space(&filter.space_id, action.scope())?;
+        check_filter(&filter)?;
+        let limit = limit.unwrap_or(MAX_BULK);
+        if !(1..=MAX_BULK).contains(&limit) {
+            return Err(Error::invalid(format!(
+                "limit must be between 1 and {MAX_BULK}"
+            )));
+        }
+        let matched = self.store.count_jobs(&filter).await?;
+        let mut outcome = BulkOutcome {
+            matched,
+            ..BulkOutcome::default()
+        };
+        if dry_run {
+            return Ok(outcome);
+        }
+        let mut cursor = filter.clone();
+        let mut done = 0;
+        while done < limit {
+            let page = self
+                .store
+                .list_jobs(&JobQuery {
+                    filter: cursor.clone(),
+                    limit: (limit - done).min(MAX_LIST_LIMIT),
+                    offset: 0,
+                })
+                .await?;
+            let Some(last) = page.last() else {
+                break;
+            };
+            cursor.before_id = Some(last.id.clone());
+            for job in page {
+                done += 1;
+                let target = JobTarget {
+                    job_id: job.id,
+                    space_id: Some(filter.space_id.clone()),
+                };
+                let applied = match action {
+                    BulkAction::Retry => self
+                        .transition(&target, Command::Retry, &Fence::default())
+                        .await
+                        .map(drop),
+                    BulkAction::Kill => self
+                        .transition(&target, Command::Kill { reason: None }, &Fence::default())
+                        .await
+                        .map(drop),
+                    BulkAction::Delete => self.store.delete_job(&target).await.map(drop),
+                };
+                match applied {
+                    Ok(()) => outcome.applied += 1,
+                    Err(Error::Conflict(_) | Error::NotFound(_)) => outcome.skipped += 1,
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        outcome.more = done == limit
+            && !self
+                .store
+                .list_jobs(&JobQuery {
+                    filter: cursor,
+                    limit: 1,
+                    offset: 0,
+                })
+                .await?
+                .is_empty();
+        tracing::info!(space_id = %filter.space_id, ?action, applied = outcome.applied, skipped = outcome.skipped, "bulk action");
+        Ok(outcome)
     }
 
     pub async fn get(&self, who: &Principal, job_id: &str) -> Result<(Job, Vec<JobEvent>)> {
@@ -442,6 +560,13 @@ fn report_scope(command: &Command) -> Result<Scope> {
             return Err(Error::invalid("not a worker report"));
         }
     })
+}
+
+fn check_filter(filter: &JobFilter) -> Result<()> {
+    if let Some(name) = &filter.name {
+        spec::check_text("name", name)?;
+    }
+    Ok(())
 }
 
 /// Ids that cannot exist are not found, without a database read.

@@ -7,4 +7,4 @@ mod admin;
 mod jobs;
 
 pub use admin::AdminApi;
-pub use jobs::{JobsApi, ListLimits, MAX_POLL_COUNT};
+pub use jobs::{BulkAction, BulkOutcome, JobsApi, ListLimits, MAX_POLL_COUNT};

@@ -5,6 +5,7 @@
 //! enforces the same state machine.
 
 mod batch;
+mod filter;
 mod forget;
 pub mod handoff;
 pub mod postgres;
@@ -135,10 +136,25 @@ pub struct JobTarget {
     pub space_id: Option<String>,
 }
 
-#[derive(Clone, Debug)]
-pub struct JobQuery {
+/// Which jobs of a space a listing, count or bulk action addresses.
+#[derive(Clone, Debug, Default)]
+pub struct JobFilter {
     pub space_id: String,
     pub status: Option<JobStatus>,
+    pub name: Option<String>,
+    /// Created at or after this instant.
+    pub created_from: Option<UnixMillis>,
+    /// Created before this instant.
+    pub created_until: Option<UnixMillis>,
+    /// Only jobs older than this one (ids sort by creation): a cursor that
+    /// stays right while jobs are added and removed.
+    pub before_id: Option<String>,
+}
+
+/// A page of a filter's jobs, newest first.
+#[derive(Clone, Debug)]
+pub struct JobQuery {
+    pub filter: JobFilter,
     pub limit: u32,
     pub offset: u32,
 }
@@ -253,6 +269,8 @@ pub trait Store: Send + Sync + 'static {
     /// NotFound when the space does not exist.
     async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()>;
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
+    /// How many jobs the filter matches.
+    async fn count_jobs(&self, filter: &JobFilter) -> Result<u64>;
     async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>>;
     async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>>;
     /// The job and the last event sequence number of its space, read at one

@@ -31,6 +31,7 @@ pub fn router() -> Router<CoreClient> {
         )
         .route("/api/v1/jobs/{job_id}/kill", post(kill_job))
         .route("/api/v1/jobs/{job_id}/retry", post(retry_job))
+        .route("/api/v1/spaces/{space_id}/jobs/bulk", post(bulk_jobs))
 }
 
 async fn create_jobs(
@@ -58,31 +59,91 @@ async fn list_jobs(
     headers: HeaderMap,
     Path(space_id): Path<String>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<(HeaderMap, Json<Value>), ApiError> {
     let params = query_params(&uri)?;
-    let status = match params.get("status").filter(|status| !status.is_empty()) {
-        None => pb::JobStatus::Unspecified,
-        Some(text) => json::parse_status(text).ok_or_else(|| {
-            ApiError::bad_request(
-                "status must be one of scheduled, pending, delivered, running, completed, dead, killed",
-            )
-        })?,
+    let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
+    let instant = |name: &str| {
+        param(name)
+            .map(|text| json::parse_timestamp(name, text))
+            .transpose()
     };
     let request = pb::ListJobsRequest {
         space_id,
-        status: status as i32,
+        status: json::status_filter("status", param("status").map(String::as_str))? as i32,
         limit: integer_param(&params, "limit")?
             .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX)),
         offset: integer_param(&params, "offset")?
             .map_or(0, |offset| u32::try_from(offset).unwrap_or(u32::MAX)),
+        name: param("name").cloned(),
+        created_after: instant("createdAfter")?,
+        created_before: instant("createdBefore")?,
+        before_id: param("beforeId").cloned(),
     };
-    let jobs = core
+    let listed = core
         .jobs()
         .list_jobs(with_credentials(&headers, request))
         .await?
-        .into_inner()
-        .jobs;
-    Ok(Json(jobs.into_iter().map(json::job_summary).collect()))
+        .into_inner();
+    // The body stays the reference's array; the filter's total rides in a
+    // header.
+    let mut response_headers = HeaderMap::new();
+    response_headers.insert("x-total-count", listed.total.into());
+    Ok((
+        response_headers,
+        Json(listed.jobs.into_iter().map(json::job_summary).collect()),
+    ))
+}
+
+/// `{"action": "retry"|"kill"|"delete", "filter": {"status", "name",
+/// "createdAfter", "createdBefore"}, "dryRun": false, "limit": 1000}`.
+async fn bulk_jobs(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let fields = Fields::of(&body, "")?;
+    let action = match fields.string("action")?.as_deref() {
+        Some("retry") => pb::BulkAction::Retry,
+        Some("kill") => pb::BulkAction::Kill,
+        Some("delete") => pb::BulkAction::Delete,
+        _ => {
+            return Err(ApiError::bad_request(
+                "action must be one of retry, kill, delete",
+            ));
+        }
+    };
+    let filter = match fields.get("filter") {
+        Some(value) => {
+            let filter = Fields::of(value, "filter")?;
+            let status = filter.string("status")?;
+            pb::JobFilter {
+                status: json::status_filter("filter.status", status.as_deref())? as i32,
+                name: filter.string("name")?,
+                created_after: filter.timestamp("createdAfter")?,
+                created_before: filter.timestamp("createdBefore")?,
+            }
+        }
+        None => pb::JobFilter::default(),
+    };
+    let request = pb::BulkJobsRequest {
+        space_id,
+        action: action as i32,
+        filter: Some(filter),
+        dry_run: fields.bool("dryRun")?.unwrap_or(false),
+        limit: fields.u32("limit")?,
+    };
+    let outcome = core
+        .jobs()
+        .bulk_jobs(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(json!({
+        "matched": outcome.matched,
+        "applied": outcome.applied,
+        "skipped": outcome.skipped,
+        "more": outcome.more,
+    })))
 }
 
 async fn get_job(

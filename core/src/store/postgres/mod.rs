@@ -19,7 +19,7 @@ use self::relay::{Outlets, Relay};
 use self::writer::PgWriter;
 use super::batch::{self, Writes};
 use super::handoff::{Waiter, Waiters};
-use super::rows;
+use super::{filter, rows};
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
@@ -28,9 +28,9 @@ use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobQuery, JobTarget, LogQuery, OutboxEntry, REPLAY_PAGE_BYTES,
-    REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store,
-    Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogQuery, OutboxEntry,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord,
+    SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 8;
@@ -348,11 +348,8 @@ impl Store for PostgresStore {
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM jobs WHERE space_id = ");
-        select.push_bind(&query.space_id);
-        if let Some(status) = query.status {
-            select.push(" AND status = ").push_bind(status.as_str());
-        }
+        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM jobs WHERE TRUE");
+        filter::push_conditions(&mut select, &query.filter);
         select
             .push(" ORDER BY id DESC LIMIT ")
             .push_bind(i64::from(query.limit))
@@ -360,6 +357,13 @@ impl Store for PostgresStore {
             .push_bind(i64::from(query.offset));
         let rows = select.build().fetch_all(&self.reads).await?;
         rows.iter().map(rows::job).collect()
+    }
+
+    async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+        let mut select = QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM jobs WHERE TRUE");
+        filter::push_conditions(&mut select, filter);
+        let count: i64 = select.build_query_scalar().fetch_one(&self.reads).await?;
+        Ok(count.max(0) as u64)
     }
 
     async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
