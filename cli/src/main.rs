@@ -289,6 +289,32 @@ enum TokenCommand {
 
 #[derive(Subcommand)]
 enum JobCommand {
+    /// List a space's jobs, newest first.
+    List {
+        /// The space's id.
+        space_id: String,
+        /// Only jobs in this status.
+        #[arg(long)]
+        status: Option<String>,
+        /// Only jobs with this name.
+        #[arg(long)]
+        name: Option<String>,
+        /// Most jobs shown (1 to 100).
+        #[arg(long, default_value_t = 50)]
+        limit: u32,
+        /// `table` or `json`.
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Follow a space's events as they happen (the space stream), until
+    /// interrupted.
+    Tail {
+        /// The space's id.
+        space_id: String,
+        /// `table` (one line per event) or `json` (one object per line).
+        #[arg(long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
     /// Show a job.
     Get {
         /// The job's id.
@@ -312,6 +338,12 @@ enum JobCommand {
         /// The job's id.
         job_id: String,
     },
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Output {
+    Table,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -609,8 +641,126 @@ fn job_json(job: Option<pb::Job>) -> serde_json::Value {
 
 async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
     let channel = core_channel(&admin).await?;
-    let mut client = emit_proto::v1::job_service_client::JobServiceClient::new(channel);
+    let mut client = emit_proto::v1::job_service_client::JobServiceClient::new(channel.clone());
     let job = match command {
+        JobCommand::List {
+            space_id,
+            status,
+            name,
+            limit,
+            output,
+        } => {
+            let status = match status.as_deref() {
+                None => pb::JobStatus::Unspecified,
+                Some(text) => {
+                    pb::JobStatus::from_str_name(&format!("JOB_STATUS_{}", text.to_uppercase()))
+                        .ok_or_else(|| format!("unknown status {text:?}"))?
+                }
+            };
+            let request = pb::ListJobsRequest {
+                space_id,
+                status: status as i32,
+                limit: Some(limit),
+                name,
+                ..Default::default()
+            };
+            let listed = client
+                .list_jobs(authorized(&admin, request)?)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner();
+            let jobs: Vec<_> = listed
+                .jobs
+                .into_iter()
+                .map(|job| job_json(Some(job)))
+                .collect();
+            match output {
+                Output::Json => {
+                    print_json(serde_json::json!({ "jobs": jobs, "total": listed.total }))
+                }
+                Output::Table => {
+                    println!(
+                        "{:<26}  {:<24}  {:<9}  {:>7}  ERROR",
+                        "ID", "NAME", "STATUS", "ATTEMPT"
+                    );
+                    for job in &jobs {
+                        println!(
+                            "{:<26}  {:<24}  {:<9}  {:>7}  {}",
+                            job["id"].as_str().unwrap_or_default(),
+                            job["name"].as_str().unwrap_or_default(),
+                            job["status"].as_str().unwrap_or_default(),
+                            job["attemptNumber"],
+                            job["error"].as_str().unwrap_or_default(),
+                        );
+                    }
+                    println!("{} of {} shown", jobs.len(), listed.total);
+                }
+            }
+            return Ok(());
+        }
+        JobCommand::Tail { space_id, output } => {
+            let mut events = emit_proto::v1::event_service_client::EventServiceClient::new(channel);
+            let request = pb::WatchSpaceRequest {
+                space_id,
+                ..Default::default()
+            };
+            let mut stream = events
+                .watch_space(authorized(&admin, request)?)
+                .await
+                .map_err(call_failed(&admin))?
+                .into_inner();
+            while let Some(message) = stream.message().await.map_err(call_failed(&admin))? {
+                let event = match message.message {
+                    Some(pb::watch_space_response::Message::Event(event)) => event,
+                    Some(pb::watch_space_response::Message::Connected(connected)) => {
+                        match output {
+                            Output::Json => println!(
+                                "{}",
+                                serde_json::json!({ "type": "connected", "seq": connected.seq })
+                            ),
+                            Output::Table => println!(
+                                "# following space {} from seq {}",
+                                connected.space_id, connected.seq
+                            ),
+                        }
+                        continue;
+                    }
+                    None => continue,
+                };
+                let kind = pb::JobEventType::try_from(event.r#type)
+                    .map(|kind| {
+                        kind.as_str_name()
+                            .trim_start_matches("JOB_EVENT_TYPE_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                let status = pb::JobStatus::try_from(event.status)
+                    .map(|status| {
+                        status
+                            .as_str_name()
+                            .trim_start_matches("JOB_STATUS_")
+                            .to_lowercase()
+                    })
+                    .unwrap_or_default();
+                match output {
+                    Output::Json => println!(
+                        "{}",
+                        serde_json::json!({
+                            "seq": event.seq,
+                            "type": kind,
+                            "jobId": event.job_id,
+                            "name": event.job_name,
+                            "status": status,
+                        })
+                    ),
+                    Output::Table => println!(
+                        "{:>8}  {:<16}  {:<26}  {:<24}  {status}",
+                        event.seq, kind, event.job_id, event.job_name
+                    ),
+                }
+            }
+            return Ok(());
+        }
         JobCommand::Get { job_id } => {
             let request = authorized(&admin, pb::GetJobRequest { job_id })?;
             client
