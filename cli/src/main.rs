@@ -122,6 +122,10 @@ struct CoreArgs {
     /// link-local addresses.
     #[arg(long, env = "EMIT_CALLBACK_ALLOW_PRIVATE")]
     callback_allow_private: bool,
+    /// The dashboard's public base URL (e.g. https://emit.example.com), for
+    /// links to jobs in Slack notifications.
+    #[arg(long, env = "EMIT_PUBLIC_URL")]
+    public_url: Option<String>,
     /// How long completed jobs are kept before they are deleted with their
     /// events and logs: seconds, or 90s, 15m, 12h, 7d; 0 keeps them forever.
     /// A space may set its own.
@@ -370,6 +374,7 @@ impl CoreArgs {
             },
             callbacks: CallbackConfig {
                 allow_private: self.callback_allow_private,
+                public_url: self.public_url,
                 ..CallbackConfig::default()
             },
             retention: RetentionConfig {

@@ -20,6 +20,7 @@ use crate::auth::{
     hash_to_hex,
 };
 use crate::callbacks::push::PushNotifier;
+use crate::callbacks::slack::{SlackConfig, SlackNotifier};
 use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, MeteredLayer, WorkersGrpc};
@@ -143,6 +144,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         config.retention,
         shutdown_rx.clone(),
     ));
+    let slack = SlackNotifier::new(
+        store.clone(),
+        SlackConfig {
+            public_url: config.callbacks.public_url.clone(),
+            allow_private: config.callbacks.allow_private,
+        },
+    )?;
+    tokio::spawn(slack.run(shutdown_rx.clone()));
     let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
     tokio::spawn(notifier.run(store.own_commits(), shutdown_rx.clone()));
     tokio::spawn(

@@ -232,6 +232,10 @@ pub fn space(space: pb::Space) -> Value {
             "names": push.names,
             "headers": push.headers,
         })),
+        "slack": space.slack.map(|slack| json!({
+            "url": slack.url,
+            "events": slack.events,
+        })),
         "retention": space.retention.map(|retention| json!({
             "completed": retention.completed_seconds,
             "dead": retention.dead_seconds,

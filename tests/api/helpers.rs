@@ -103,6 +103,7 @@ impl Default for Options {
                     delays: vec![Duration::from_millis(100), Duration::from_millis(200)],
                     timeout: Duration::from_secs(1),
                 },
+                public_url: Some("https://emit.example".into()),
             },
             retention: RetentionConfig::default(),
         }

@@ -18,5 +18,6 @@ mod operations;
 mod polyglot;
 mod realtime;
 mod restart;
+mod slack;
 mod timers;
 mod worker_sessions;

@@ -12,6 +12,7 @@
 pub mod guard;
 pub mod push;
 pub mod signing;
+pub mod slack;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -117,6 +118,8 @@ pub struct CallbackConfig {
     /// Development and tests only: let callbacks reach private addresses.
     pub allow_private: bool,
     pub retry: RetryPolicy,
+    /// The dashboard's public base URL, for links in Slack notifications.
+    pub public_url: Option<String>,
 }
 
 pub struct Deliverer {

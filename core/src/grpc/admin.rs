@@ -8,7 +8,7 @@ use super::principal;
 use crate::auth::Authenticator;
 use crate::retention::RetentionChange;
 use crate::service::AdminApi;
-use crate::store::{PushTarget, SpaceRecord, SpaceSettings};
+use crate::store::{PushTarget, SlackTarget, SpaceRecord, SpaceSettings};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -109,6 +109,12 @@ impl AdminService for AdminGrpc {
                 (false, None) => None,
             },
             retention: None,
+            slack: request.slack.map(|slack| {
+                (!slack.url.is_empty()).then_some(SlackTarget {
+                    url: slack.url,
+                    events: slack.events,
+                })
+            }),
         };
         let retention = request.retention.map(retention_change);
         let space = self

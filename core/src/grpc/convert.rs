@@ -262,6 +262,10 @@ impl From<SpaceRecord> for pb::Space {
             }),
             // Only the admin service knows the server's ages.
             retention: None,
+            slack: space.slack.map(|slack| pb::SlackSettings {
+                url: crate::callbacks::slack::masked(&slack.url),
+                events: slack.events,
+            }),
         }
     }
 }

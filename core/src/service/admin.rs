@@ -7,7 +7,9 @@ use crate::ids::{is_well_formed, new_id};
 use crate::job::spec;
 use crate::metrics::CoreMetrics;
 use crate::retention::{RetentionChange, RetentionOverrides, RetentionPolicy};
-use crate::store::{PushTarget, SpaceRecord, SpaceSettings, Store, TokenRecord};
+use crate::store::{
+    PushTarget, SLACK_EVENTS, SlackTarget, SpaceRecord, SpaceSettings, Store, TokenRecord,
+};
 
 const MAX_NAME_CHARS: usize = 200;
 pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
@@ -60,6 +62,7 @@ impl AdminApi {
             anonymous_progress_streams: false,
             push: None,
             retention: RetentionOverrides::default(),
+            slack: None,
             created_at: now,
         };
         let token = public_token_record(&space.id, &public_key, now);
@@ -87,6 +90,32 @@ impl AdminApi {
     ) -> Result<SpaceRecord> {
         who.require_admin()?;
         let mut settings = settings;
+        if let Some(Some(slack)) = &settings.slack {
+            let checked = spec::check_webhook_target(
+                "slack.url",
+                "slack.headers",
+                slack.url.clone(),
+                vec![],
+            )?;
+            if slack.events.is_empty() {
+                return Err(Error::invalid(format!(
+                    "slack.events must name at least one of {}",
+                    SLACK_EVENTS.join(", ")
+                )));
+            }
+            for (index, event) in slack.events.iter().enumerate() {
+                if !SLACK_EVENTS.contains(&event.as_str()) {
+                    return Err(Error::invalid(format!(
+                        "slack.events[{index}] must be one of {}",
+                        SLACK_EVENTS.join(", ")
+                    )));
+                }
+            }
+            settings.slack = Some(Some(SlackTarget {
+                url: checked.url,
+                events: slack.events.clone(),
+            }));
+        }
         if let Some(change) = retention {
             let current = self.find_space(space_id).await?;
             let overrides = change.applied_to(current.retention);
@@ -112,7 +141,11 @@ impl AdminApi {
             }
             other => other,
         };
+        let slack_on = matches!(settings.slack, Some(Some(_)));
         let space = self.store.update_space(space_id, settings).await?;
+        if slack_on {
+            crate::callbacks::slack::start_from_now(&*self.store, space_id).await?;
+        }
         tracing::info!(
             space_id,
             anonymous_progress_streams = space.anonymous_progress_streams,

@@ -31,20 +31,40 @@ use crate::metrics::WriterMetrics;
 use crate::retention::{Expired, RetentionOverrides};
 
 /// What `put_setting` does when the setting exists already.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SettingWrite {
     /// Keep the stored value (first writer wins, across replicas too).
     KeepExisting,
     /// Overwrite it.
     Replace,
+    /// Overwrite it only if it still holds this value (compare and set:
+    /// the value returned says who won).
+    ReplaceIf(String),
 }
 
 impl SettingWrite {
-    /// The `ON CONFLICT (name)` action; both backends speak it alike.
-    pub(crate) fn on_conflict(self) -> &'static str {
+    /// The statement, with the name as `$1`, the value as `$2` and any
+    /// expected value as `$3`; both backends speak it alike.
+    pub(crate) fn statement(&self) -> &'static str {
         match self {
-            Self::KeepExisting => "DO NOTHING",
-            Self::Replace => "DO UPDATE SET value = excluded.value",
+            Self::KeepExisting => {
+                "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING"
+            }
+            Self::Replace => {
+                "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value"
+            }
+            Self::ReplaceIf(_) => {
+                "INSERT INTO settings (name, value) VALUES ($1, $2) \
+                 ON CONFLICT (name) DO UPDATE SET value = excluded.value WHERE settings.value = $3"
+            }
+        }
+    }
+
+    pub(crate) fn expected(&self) -> Option<&str> {
+        match self {
+            Self::ReplaceIf(expected) => Some(expected),
+            _ => None,
         }
     }
 }
@@ -63,8 +83,28 @@ pub struct SpaceRecord {
     pub push: Option<PushTarget>,
     /// The space's own retention ages, over the server's.
     pub retention: RetentionOverrides,
+    /// Where Slack notifications go, and which.
+    pub slack: Option<SlackTarget>,
     pub created_at: UnixMillis,
 }
+
+/// A Slack Incoming Webhook and the job events it is told of.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlackTarget {
+    pub url: String,
+    /// Of `SLACK_EVENTS`.
+    pub events: Vec<String>,
+}
+
+/// The events a Slack target may choose.
+pub const SLACK_EVENTS: [&str; 6] = [
+    "created",
+    "started",
+    "completed",
+    "failed",
+    "dead",
+    "killed",
+];
 
 /// Where a space's push wake-ups go.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -83,6 +123,8 @@ pub struct SpaceSettings {
     pub push: Option<Option<PushTarget>>,
     /// Replaces the space's retention overrides.
     pub retention: Option<RetentionOverrides>,
+    /// `Some(None)` turns Slack notifications off.
+    pub slack: Option<Option<SlackTarget>>,
 }
 
 /// A space's event sequence as of one instant: its last event and the job

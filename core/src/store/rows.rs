@@ -12,7 +12,7 @@ use crate::job::{
     StatusCounts, StoredLogLine,
 };
 use crate::retention::RetentionOverrides;
-use crate::store::{OutboxEntry, PushTarget, SpaceRecord, TokenRecord};
+use crate::store::{OutboxEntry, PushTarget, SlackTarget, SpaceRecord, TokenRecord};
 
 /// Typed column access, the little each mapper needs from a row.
 pub trait Columns {
@@ -166,12 +166,35 @@ pub fn space(row: &impl Columns) -> Result<SpaceRecord> {
             }
             None => None,
         },
+        slack: match row.opt_text("slack_url")? {
+            Some(url) => Some(SlackTarget {
+                url,
+                events: match row.opt_text("slack_events")? {
+                    Some(text) => {
+                        serde_json::from_str(&text).map_err(|_| corrupt("slack_events"))?
+                    }
+                    None => Vec::new(),
+                },
+            }),
+            None => None,
+        },
         retention: match row.opt_text("retention")? {
             Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("retention"))?,
             None => RetentionOverrides::default(),
         },
         created_at: row.int("created_at")?,
     })
+}
+
+/// A space's Slack columns: URL and events, NULL when off.
+pub fn slack_columns(slack: Option<&SlackTarget>) -> Result<(Option<String>, Option<String>)> {
+    let Some(target) = slack else {
+        return Ok((None, None));
+    };
+    Ok((
+        Some(target.url.clone()),
+        Some(serde_json::to_string(&target.events).map_err(Error::internal)?),
+    ))
 }
 
 /// A space's retention overrides as stored: NULL when it has none.

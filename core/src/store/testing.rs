@@ -25,6 +25,7 @@ pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
         anonymous_progress_streams: false,
         push: None,
         retention: Default::default(),
+        slack: None,
         created_at: now_millis(),
     };
     let token = TokenRecord {

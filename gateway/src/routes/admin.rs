@@ -72,8 +72,8 @@ fn retention_change(value: &Value) -> Result<pb::RetentionChange, ApiError> {
     })
 }
 
-/// Settings beyond the reference service: `anonymousProgressStreams`,
-/// `push`, `retention`.
+/// Space settings: `slack` (the reference's Slack notifications),
+/// `anonymousProgressStreams`, `push`, `retention`.
 async fn update_space(
     State(core): State<CoreClient>,
     headers: HeaderMap,
@@ -98,12 +98,25 @@ async fn update_space(
         Some(value) => Some(retention_change(value)?),
         None => None,
     };
+    // `"slack": null` or an empty URL turns Slack notifications off.
+    let slack = match body.get("slack") {
+        Some(Value::Null) => Some(pb::SlackSettings::default()),
+        Some(value) => {
+            let slack = Fields::of(value, "slack")?;
+            Some(pb::SlackSettings {
+                url: slack.string("url")?.unwrap_or_default(),
+                events: slack.strings("events")?.unwrap_or_default(),
+            })
+        }
+        None => None,
+    };
     let message = pb::UpdateSpaceRequest {
         space_id,
         anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
         push,
         remove_push,
         retention,
+        slack,
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;

@@ -503,6 +503,15 @@ impl batch::Writer for PgWriter {
                 .execute(&mut self.conn)
                 .await?;
         }
+        if let Some(slack) = settings.slack {
+            let (url, events) = rows::slack_columns(slack.as_ref())?;
+            sqlx::query("UPDATE spaces SET slack_url = $1, slack_events = $2 WHERE id = $3")
+                .bind(url)
+                .bind(events)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
         let row = sqlx::query("SELECT * FROM spaces WHERE id = $1")
             .bind(space_id)
             .fetch_one(&mut self.conn)
@@ -615,14 +624,11 @@ impl batch::Writer for PgWriter {
         value: &str,
         write: SettingWrite,
     ) -> Result<String> {
-        sqlx::query(&format!(
-            "INSERT INTO settings (name, value) VALUES ($1, $2) ON CONFLICT (name) {}",
-            write.on_conflict()
-        ))
-        .bind(name)
-        .bind(value)
-        .execute(&mut self.conn)
-        .await?;
+        let mut statement = sqlx::query(write.statement()).bind(name).bind(value);
+        if let Some(expected) = write.expected() {
+            statement = statement.bind(expected);
+        }
+        statement.execute(&mut self.conn).await?;
         let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
             .bind(name)
             .fetch_one(&mut self.conn)

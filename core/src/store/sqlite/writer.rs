@@ -572,6 +572,15 @@ impl batch::Writer for SqliteWriter {
                 .execute(&mut self.conn)
                 .await?;
         }
+        if let Some(slack) = settings.slack {
+            let (url, events) = rows::slack_columns(slack.as_ref())?;
+            sqlx::query("UPDATE spaces SET slack_url = ?, slack_events = ? WHERE id = ?")
+                .bind(url)
+                .bind(events)
+                .bind(space_id)
+                .execute(&mut self.conn)
+                .await?;
+        }
         let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
             .bind(space_id)
             .fetch_one(&mut self.conn)
@@ -681,14 +690,11 @@ impl batch::Writer for SqliteWriter {
         value: &str,
         write: SettingWrite,
     ) -> Result<String> {
-        sqlx::query(&format!(
-            "INSERT INTO settings (name, value) VALUES (?, ?) ON CONFLICT (name) {}",
-            write.on_conflict()
-        ))
-        .bind(name)
-        .bind(value)
-        .execute(&mut self.conn)
-        .await?;
+        let mut statement = sqlx::query(write.statement()).bind(name).bind(value);
+        if let Some(expected) = write.expected() {
+            statement = statement.bind(expected);
+        }
+        statement.execute(&mut self.conn).await?;
         let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
             .bind(name)
             .fetch_one(&mut self.conn)
