@@ -262,11 +262,14 @@ pub async fn run(
                 }
             }
         }
-        // Background work rides along, sized by the batch's own work.
+        // Background work rides along, sized by the batch's own work. It
+        // runs first: nothing of the batch is staged yet, so it cannot
+        // delete a job another operation of the batch is changing (a later
+        // operation on a job it deleted finds none).
         let alone = batch.len() == 1 && matches!(batch[0], WriteOp::Prune { .. });
         if !alone && let Ok(mut op) = background.try_recv() {
             size_prune(&mut op, weight(&batch).max(RIDING_PRUNE_MIN));
-            batch.push(op);
+            batch.insert(0, op);
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
         let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;

@@ -10,6 +10,7 @@ mod forget;
 pub mod handoff;
 pub mod postgres;
 mod rows;
+mod space_settings;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;

@@ -34,11 +34,11 @@ use crate::job::{
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
-use crate::store::rows;
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
     TokenRecord,
 };
+use crate::store::{rows, space_settings};
 
 /// PostgreSQL accepts 65535 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 3000;
@@ -476,47 +476,7 @@ impl batch::Writer for PgWriter {
         space_id: &str,
         settings: SpaceSettings,
     ) -> Result<SpaceRecord> {
-        self.require_space(space_id).await?;
-        if let Some(allowed) = settings.anonymous_progress_streams {
-            sqlx::query("UPDATE spaces SET anonymous_progress_streams = $1 WHERE id = $2")
-                .bind(allowed)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        if let Some(push) = settings.push {
-            let (url, names, headers) = rows::push_columns(push.as_ref())?;
-            sqlx::query(
-                "UPDATE spaces SET push_url = $1, push_names = $2, push_headers = $3 WHERE id = $4",
-            )
-            .bind(url)
-            .bind(names)
-            .bind(headers)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        }
-        if let Some(retention) = settings.retention {
-            sqlx::query("UPDATE spaces SET retention = $1 WHERE id = $2")
-                .bind(rows::retention_column(&retention)?)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        if let Some(slack) = settings.slack {
-            let (url, events) = rows::slack_columns(slack.as_ref())?;
-            sqlx::query("UPDATE spaces SET slack_url = $1, slack_events = $2 WHERE id = $3")
-                .bind(url)
-                .bind(events)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        let row = sqlx::query("SELECT * FROM spaces WHERE id = $1")
-            .bind(space_id)
-            .fetch_one(&mut self.conn)
-            .await?;
-        rows::space(&row)
+        space_settings::update::<Postgres>(&mut self.conn, space_id, settings).await
     }
 
     async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {

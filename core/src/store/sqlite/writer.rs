@@ -30,11 +30,11 @@ use crate::job::{
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
-use crate::store::rows;
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
     TokenRecord,
 };
+use crate::store::{rows, space_settings};
 
 /// SQLite accepts 32766 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 1000;
@@ -545,47 +545,7 @@ impl batch::Writer for SqliteWriter {
         space_id: &str,
         settings: SpaceSettings,
     ) -> Result<SpaceRecord> {
-        self.require_space(space_id).await?;
-        if let Some(allowed) = settings.anonymous_progress_streams {
-            sqlx::query("UPDATE spaces SET anonymous_progress_streams = ? WHERE id = ?")
-                .bind(allowed)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        if let Some(push) = settings.push {
-            let (url, names, headers) = rows::push_columns(push.as_ref())?;
-            sqlx::query(
-                "UPDATE spaces SET push_url = ?, push_names = ?, push_headers = ? WHERE id = ?",
-            )
-            .bind(url)
-            .bind(names)
-            .bind(headers)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        }
-        if let Some(retention) = settings.retention {
-            sqlx::query("UPDATE spaces SET retention = ? WHERE id = ?")
-                .bind(rows::retention_column(&retention)?)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        if let Some(slack) = settings.slack {
-            let (url, events) = rows::slack_columns(slack.as_ref())?;
-            sqlx::query("UPDATE spaces SET slack_url = ?, slack_events = ? WHERE id = ?")
-                .bind(url)
-                .bind(events)
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        let row = sqlx::query("SELECT * FROM spaces WHERE id = ?")
-            .bind(space_id)
-            .fetch_one(&mut self.conn)
-            .await?;
-        rows::space(&row)
+        space_settings::update::<Sqlite>(&mut self.conn, space_id, settings).await
     }
 
     async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
@@ -846,8 +806,8 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn prune(&mut self, expired: &Expired) -> Result<u32> {
-        // Jobs this batch finished are younger than any age: nothing staged
-        // can be among them. One round trip (statements run in order, each
+        // The batch runs it first (see `batch::run`), so nothing is staged
+        // or recorded yet that it could delete. One round trip (statements run in order, each
         // taking its own bound values): every statement picks the same jobs,
         // since this writer is the only one.
         let pick = forget::expired_ids(expired.status, "?", "?", "?");
