@@ -192,6 +192,10 @@ pub trait Writer: Send {
 const IDLE_BEFORE_BACKGROUND: Duration = Duration::from_millis(20);
 /// Jobs pruned by a background batch of its own.
 const ALONE_PRUNE: u32 = 32;
+/// Background work waits for a batch that dispatches nothing (reports,
+/// timers), which a caller is not waiting on to get a job; past this wait
+/// it rides along with any batch, so it keeps pace under any load.
+const BACKGROUND_OVERDUE: Duration = Duration::from_millis(100);
 /// Fewest jobs pruned alongside other operations.
 const RIDING_PRUNE_MIN: u32 = 1;
 
@@ -239,6 +243,8 @@ pub async fn run(
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Jobs leased to waiters that were gone by the time the lease committed.
     let mut orphans: Vec<Job> = Vec::new();
+    // When background work last ran.
+    let mut background_since = std::time::Instant::now();
     loop {
         if !batch.is_empty() || !orphans.is_empty() {
             // Operations a failed batch never ran go first, with whatever
@@ -267,9 +273,22 @@ pub async fn run(
         // delete a job another operation of the batch is changing (a later
         // operation on a job it deleted finds none).
         let alone = batch.len() == 1 && matches!(batch[0], WriteOp::Prune { .. });
-        if !alone && let Ok(mut op) = background.try_recv() {
+        let dispatching = batch.iter().any(|op| {
+            matches!(
+                op,
+                WriteOp::CreateJobs { .. } | WriteOp::Deliver { .. } | WriteOp::Wake
+            )
+        });
+        let overdue = background_since.elapsed() >= BACKGROUND_OVERDUE;
+        if !alone
+            && (!dispatching || overdue)
+            && let Ok(mut op) = background.try_recv()
+        {
             size_prune(&mut op, weight(&batch).max(RIDING_PRUNE_MIN));
             batch.insert(0, op);
+        }
+        if alone || batch.iter().any(|op| matches!(op, WriteOp::Prune { .. })) {
+            background_since = std::time::Instant::now();
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
         let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
