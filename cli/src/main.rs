@@ -31,6 +31,11 @@ struct Cli {
     /// (one object per line). The filter is RUST_LOG (default `info`).
     #[arg(long, env = "EMIT_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
     log_format: LogFormat,
+    /// Send traces (OpenTelemetry, OTLP over gRPC) to this collector, e.g.
+    /// http://127.0.0.1:4317; W3C `traceparent` is followed from REST
+    /// callers through the gateway and the core to the store.
+    #[arg(long, env = "EMIT_OTLP_ENDPOINT", global = true)]
+    otlp_endpoint: Option<String>,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -400,28 +405,78 @@ fn main() {
 
 async fn async_main() {
     let cli = Cli::parse();
-    init_logging(cli.log_format);
-    if let Err(error) = run(cli.command).await {
+    let traces = match init_logging(cli.log_format, cli.otlp_endpoint.as_deref()) {
+        Ok(traces) => traces,
+        Err(error) => {
+            eprintln!("error: {}", describe(&*error));
+            std::process::exit(1);
+        }
+    };
+    let outcome = run(cli.command).await;
+    if let Some(traces) = traces
+        && let Err(error) = traces.shutdown()
+    {
+        eprintln!("warning: traces not all sent: {error}");
+    }
+    if let Err(error) = outcome {
         eprintln!("error: {}", describe(&*error));
         std::process::exit(1);
     }
 }
 
-fn init_logging(format: LogFormat) {
+/// Logs to stderr and, with an OTLP endpoint, traces to the collector;
+/// returns the trace pipeline, to be flushed at exit.
+fn init_logging(
+    format: LogFormat,
+    otlp_endpoint: Option<&str>,
+) -> Result<Option<opentelemetry_sdk::trace::SdkTracerProvider>, AnyError> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => logs.json().init(),
+    let logs = tracing_subscriber::fmt::layer().with_writer(std::io::stderr);
+    let logs = match format {
+        LogFormat::Json => logs.json().boxed(),
         LogFormat::Text => {
             // Colour codes only for a person at a terminal, never into
             // journald or a file.
             let colour = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none();
-            logs.with_ansi(colour).init()
+            logs.with_ansi(colour).boxed()
         }
-    }
+    };
+    let (traces, provider) = match otlp_endpoint {
+        Some(endpoint) => {
+            use opentelemetry::trace::TracerProvider;
+            use opentelemetry_otlp::WithExportConfig;
+            let exporter = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint)
+                .build()
+                .map_err(|error| format!("invalid --otlp-endpoint {endpoint}: {error}"))?;
+            let provider = opentelemetry_sdk::trace::SdkTracerProvider::builder()
+                .with_batch_exporter(exporter)
+                .with_resource(
+                    opentelemetry_sdk::Resource::builder()
+                        .with_service_name("emit")
+                        .build(),
+                )
+                .build();
+            opentelemetry::global::set_text_map_propagator(
+                opentelemetry_sdk::propagation::TraceContextPropagator::new(),
+            );
+            let layer = tracing_opentelemetry::layer().with_tracer(provider.tracer("emit"));
+            (Some(layer), Some(provider))
+        }
+        None => (None, None),
+    };
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(logs)
+        .with(traces)
+        .init();
+    Ok(provider)
 }
 
 /// An error with its causes, `outer: inner: innermost`, each said once.

@@ -100,5 +100,6 @@ pub fn with_credentials<T>(headers: &HeaderMap, message: T) -> tonic::Request<T>
             set_credential(&mut request, name, value);
         }
     }
+    crate::tracing_context::inject(&mut request);
     request
 }

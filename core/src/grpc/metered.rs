@@ -1,5 +1,7 @@
-//! A tower layer counting gRPC requests by method and status code, and
-//! timing them to their response headers (for streams: to the stream's
+//! A tower layer around every gRPC request: a span (`grpc request`) whose
+//! parent is the caller's W3C trace context (`traceparent` metadata, as the
+//! gateway sends it), and metrics: requests counted by method and status
+//! code, timed to their response headers (for streams: to the stream's
 //! start). The code is read from the headers, where tonic puts it for every
 //! refusal (trailers-only responses); a response that starts normally
 //! counts as OK.
@@ -12,6 +14,8 @@ use std::time::Instant;
 
 use tonic::codegen::http;
 use tower::{Layer, Service};
+use tracing::Instrument;
+use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use crate::metrics::{CoreMetrics, GrpcLabels, GrpcMethod};
 
@@ -52,33 +56,53 @@ where
         let method = request.uri().path().to_owned();
         let started = Instant::now();
         let metrics = self.metrics.clone();
-        let response = self.inner.call(request);
-        Box::pin(async move {
-            let response = response.await?;
-            let code = response
-                .headers()
-                .get("grpc-status")
-                .and_then(|code| code.to_str().ok())
-                .unwrap_or("0")
-                .to_owned();
-            // Paths nobody serves are answered UNIMPLEMENTED and counted
-            // under one label, so callers cannot grow the label set.
-            let method = if code == "12" {
-                "unknown".to_owned()
-            } else {
-                method
-            };
-            metrics
-                .grpc_seconds
-                .get_or_create(&GrpcMethod {
-                    method: method.clone(),
-                })
-                .observe(started.elapsed().as_secs_f64());
-            metrics
-                .grpc_requests
-                .get_or_create(&GrpcLabels { method, code })
-                .inc();
-            Ok(response)
-        })
+        let span = tracing::info_span!("grpc request", method = %method);
+        let parent = opentelemetry::global::get_text_map_propagator(|propagator| {
+            propagator.extract(&Headers(request.headers()))
+        });
+        let _ = span.set_parent(parent);
+        let response = span.in_scope(|| self.inner.call(request));
+        Box::pin(
+            async move {
+                let response = response.await?;
+                let code = response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|code| code.to_str().ok())
+                    .unwrap_or("0")
+                    .to_owned();
+                // Paths nobody serves are answered UNIMPLEMENTED and counted
+                // under one label, so callers cannot grow the label set.
+                let method = if code == "12" {
+                    "unknown".to_owned()
+                } else {
+                    method
+                };
+                metrics
+                    .grpc_seconds
+                    .get_or_create(&GrpcMethod {
+                        method: method.clone(),
+                    })
+                    .observe(started.elapsed().as_secs_f64());
+                metrics
+                    .grpc_requests
+                    .get_or_create(&GrpcLabels { method, code })
+                    .inc();
+                Ok(response)
+            }
+            .instrument(span),
+        )
+    }
+}
+
+struct Headers<'a>(&'a http::HeaderMap);
+
+impl opentelemetry::propagation::Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|name| name.as_str()).collect()
     }
 }

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use tokio::sync::{mpsc, oneshot};
+use tracing::Instrument;
 
 use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
 use crate::clock::{UnixMillis, now_millis};
@@ -117,6 +118,30 @@ pub enum WriteOp {
     },
     /// Runs a batch, to fill the waiters that asked for it.
     Wake,
+}
+
+impl WriteOp {
+    /// What the operation is, for traces.
+    fn name(&self) -> &'static str {
+        match self {
+            Self::CreateSpace { .. } => "create_space",
+            Self::UpdateSpace { .. } => "update_space",
+            Self::SetWebhookSecret { .. } => "set_webhook_secret",
+            Self::RecordCallbackTry { .. } => "record_callback_try",
+            Self::CreateToken { .. } => "create_token",
+            Self::RevokeToken { .. } => "revoke_token",
+            Self::ReplacePublicToken { .. } => "replace_public_token",
+            Self::PutSetting { .. } => "put_setting",
+            Self::CreateJobs { .. } => "create_jobs",
+            Self::Deliver { .. } => "deliver",
+            Self::Apply { .. } => "apply",
+            Self::FireDueTimers { .. } => "fire_due_timers",
+            Self::DeleteJob { .. } => "delete_job",
+            Self::Prune { .. } => "prune",
+            Self::AppendLogs { .. } => "append_logs",
+            Self::Wake => "wake",
+        }
+    }
 }
 
 /// One backend's writer connection: the transaction boundaries and the
@@ -713,12 +738,20 @@ impl Writes {
 
     async fn send<T>(&self, writer: usize, op: impl FnOnce(Reply<T>) -> WriteOp) -> Result<T> {
         let (reply, outcome) = oneshot::channel();
-        self.writers[writer]
-            .ops
-            .send(op(reply))
-            .await
-            .map_err(|_| Error::Unavailable)?;
-        outcome.await.map_err(|_| Error::Unavailable)?
+        let op = op(reply);
+        // The caller's trace reaches the store: queueing, the batch and
+        // its commit are this span.
+        let span = tracing::info_span!("store write", op = op.name());
+        async {
+            self.writers[writer]
+                .ops
+                .send(op)
+                .await
+                .map_err(|_| Error::Unavailable)?;
+            outcome.await.map_err(|_| Error::Unavailable)?
+        }
+        .instrument(span)
+        .await
     }
 
     pub async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {

@@ -11,6 +11,8 @@ use std::collections::HashMap;
 
 use std::time::Instant;
 
+use tracing::Instrument;
+
 use axum::Router;
 use axum::extract::{DefaultBodyLimit, MatchedPath, Query, Request, State};
 use axum::http::{StatusCode, Uri};
@@ -82,7 +84,13 @@ async fn log_request(State(core): State<CoreClient>, request: Request, next: Nex
         .extensions()
         .get::<MatchedPath>()
         .map(|route| route.as_str().to_owned());
-    let response = next.run(request).await;
+    let span = tracing::info_span!(
+        "http request",
+        method = %method,
+        route = route.as_deref().unwrap_or("-"),
+    );
+    crate::tracing_context::follow_caller(&span, request.headers());
+    let response = next.run(request).instrument(span).await;
     tracing::info!(
         target: "emit::http",
         %method,
