@@ -143,3 +143,31 @@ async fn a_burst_becomes_one_digest() {
     assert_eq!(texts.len(), 2, "{texts:?}");
     assert!(texts[1].contains("*after*"), "{texts:?}");
 }
+
+#[tokio::test]
+async fn a_slow_webhook_holds_up_only_its_own_space() {
+    let app = TestApp::spawn().await;
+    let (slow_space, quick_space) = (app.create_space().await, app.create_space().await);
+    // A webhook that accepts the connection and never answers (the post
+    // times out after 10 s).
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_url = format!("http://{}/services/T0/B0/secret", silent.local_addr().unwrap());
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((connection, _)) = silent.accept().await {
+            held.push(connection);
+        }
+    });
+    let (quick, quick_url) = Slack::start(vec![]).await;
+    turn_on(&app, &slow_space, &silent_url, json!(["created"])).await;
+    turn_on(&app, &quick_space, &quick_url, json!(["created"])).await;
+    app.create_job(&slow_space, json!({ "name": "stuck" })).await;
+    app.create_job(&quick_space, json!({ "name": "first" })).await;
+    quick.accepted(1).await;
+    // While the slow post still hangs, the quick space keeps being told.
+    let started = Instant::now();
+    app.create_job(&quick_space, json!({ "name": "second" })).await;
+    let texts = quick.accepted(2).await;
+    assert!(texts[1].contains("*second*"), "{texts:?}");
+    assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+}

@@ -11,7 +11,7 @@
 //! space's Slack. Delivery is at least once: a core that dies between a
 //! post and saving its cursor posts those events again.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -27,6 +27,8 @@ use crate::store::{SettingWrite, SlackTarget, SpaceRecord, Store};
 
 /// How often spaces are looked at.
 const TICK: Duration = Duration::from_secs(1);
+/// Spaces told at once.
+const SPACES_AT_ONCE: usize = 16;
 /// How long a core holds a space's notifications without renewing.
 const LEASE: Duration = Duration::from_secs(30);
 /// Events read per look at a space.
@@ -79,13 +81,21 @@ pub async fn start_from_now(store: &dyn Store, space_id: &str) -> Result<()> {
 }
 
 pub struct SlackNotifier {
+    sender: Arc<Sender>,
+    /// Spaces not to look at before the instant (backoff, Retry-After).
+    paused: HashMap<String, (Instant, Duration)>,
+    /// One task per space being told, and those spaces.
+    telling: tokio::task::JoinSet<(String, std::result::Result<(), Option<Duration>>)>,
+    busy: HashSet<String>,
+}
+
+/// What tells one space's Slack; shared by the spaces told at once.
+struct Sender {
     store: Arc<dyn Store>,
     client: reqwest::Client,
     config: SlackConfig,
     /// This core, as a lease holder.
     owner: String,
-    /// Spaces not to look at before the instant (backoff, Retry-After).
-    paused: HashMap<String, (Instant, Duration)>,
 }
 
 /// A space's cursor and who holds it: `owner|until|seq`.
@@ -116,11 +126,15 @@ impl SlackNotifier {
             allow_private: config.allow_private,
         };
         Ok(Self {
-            store,
-            client: guard::client(policy, TIMEOUT)?,
-            config,
-            owner: new_id(),
+            sender: Arc::new(Sender {
+                store,
+                client: guard::client(policy, TIMEOUT)?,
+                config,
+                owner: new_id(),
+            }),
             paused: HashMap::new(),
+            telling: tokio::task::JoinSet::new(),
+            busy: HashSet::new(),
         })
     }
 
@@ -136,40 +150,63 @@ impl SlackNotifier {
         }
     }
 
+    /// Starts telling each space's Slack what is new, up to
+    /// `SPACES_AT_ONCE` spaces at a time and one task per space: a slow or
+    /// broken webhook holds up only its own space.
     async fn look(&mut self) -> Result<()> {
-        for space in self.store.list_spaces().await? {
+        while let Some(joined) = self.telling.try_join_next() {
+            if let Ok((space_id, outcome)) = joined {
+                self.busy.remove(&space_id);
+                self.settle(space_id, outcome);
+            }
+        }
+        for space in self.sender.store.list_spaces().await? {
+            if self.busy.len() >= SPACES_AT_ONCE {
+                break;
+            }
             let Some(target) = space.slack.clone() else {
                 continue;
             };
-            if self
+            let paused = self
                 .paused
                 .get(&space.id)
-                .is_some_and(|(until, _)| Instant::now() < *until)
-            {
+                .is_some_and(|(until, _)| Instant::now() < *until);
+            if paused || !self.busy.insert(space.id.clone()) {
                 continue;
             }
-            match self.notify(&space, &target).await {
-                Ok(()) => {
-                    self.paused.remove(&space.id);
-                }
-                Err(wait) => {
-                    let backoff = self
-                        .paused
-                        .get(&space.id)
-                        .map_or(TICK, |(_, last)| (*last * 2).min(MAX_BACKOFF));
-                    let wait = wait.unwrap_or(backoff);
-                    self.paused
-                        .insert(space.id.clone(), (Instant::now() + wait, backoff));
-                }
-            }
+            let sender = self.sender.clone();
+            self.telling.spawn(async move {
+                let outcome = sender.notify(&space, &target).await;
+                (space.id, outcome)
+            });
         }
         Ok(())
     }
 
+    /// Backs a space off after a failed try, or clears its backoff.
+    fn settle(&mut self, space_id: String, outcome: std::result::Result<(), Option<Duration>>) {
+        match outcome {
+            Ok(()) => {
+                self.paused.remove(&space_id);
+            }
+            Err(wait) => {
+                let backoff = self
+                    .paused
+                    .get(&space_id)
+                    .map_or(TICK, |(_, last)| (*last * 2).min(MAX_BACKOFF));
+                let wait = wait.unwrap_or(backoff);
+                self.paused
+                    .insert(space_id, (Instant::now() + wait, backoff));
+            }
+        }
+    }
+}
+
+impl Sender {
     /// Tells the space's Slack what happened since its cursor. `Err`: try
     /// later, after the given wait if Slack named one.
     async fn notify(
-        &mut self,
+        &self,
         space: &SpaceRecord,
         target: &SlackTarget,
     ) -> std::result::Result<(), Option<Duration>> {
@@ -202,6 +239,11 @@ impl SlackNotifier {
         if cursor.owner != self.owner && cursor.until > now {
             return Ok(());
         }
+        // Nothing new: no write (the lease is taken only to work).
+        let head = self.head(&space.id).await.map_err(failed)?;
+        if head <= cursor.seq {
+            return Ok(());
+        }
         // Take (or renew) the lease; whoever's write lands first holds it.
         let mut held = Cursor {
             owner: self.owner.clone(),
@@ -216,7 +258,6 @@ impl SlackNotifier {
         if won != held.text() {
             return Ok(());
         }
-        let head = self.head(&space.id).await.map_err(failed)?;
         let mut events = Vec::new();
         let mut after = held.seq;
         while after < head && events.len() < MAX_EVENTS_PER_LOOK {
