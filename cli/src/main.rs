@@ -87,6 +87,10 @@ enum Command {
         command: JobCommand,
         #[command(flatten)]
         admin: AdminArgs,
+        /// `table` or `json` (one object per line for `tail`); the default
+        /// is a table for `list` and `tail`, JSON for the others.
+        #[arg(long, value_enum, global = true)]
+        output: Option<Output>,
     },
     /// Copy a running server's SQLite database to PATH, consistently, while
     /// it serves (PostgreSQL: use pg_dump, see the README).
@@ -311,18 +315,12 @@ enum JobCommand {
         /// Most jobs shown (1 to 100).
         #[arg(long, default_value_t = 50)]
         limit: u32,
-        /// `table` or `json`.
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// Follow a space's events as they happen (the space stream), until
     /// interrupted.
     Tail {
         /// The space's id.
         space_id: String,
-        /// `table` (one line per event) or `json` (one object per line).
-        #[arg(long, value_enum, default_value_t = Output::Table)]
-        output: Output,
     },
     /// Show a job.
     Get {
@@ -551,7 +549,11 @@ async fn run(command: Command) -> Result<(), AnyError> {
         }
         Command::Space { command, admin } => space(command, admin).await?,
         Command::Token { command, admin } => token(command, admin).await?,
-        Command::Job { command, admin } => job(command, admin).await?,
+        Command::Job {
+            command,
+            admin,
+            output,
+        } => job(command, admin, output).await?,
         Command::Backup { path, database } => {
             emit_core::store::sqlite::backup(&database.database_url, &path).await?;
             println!("Backed up {} to {}", database.database_url, path.display());
@@ -699,7 +701,11 @@ fn job_json(job: Option<pb::Job>) -> serde_json::Value {
     })
 }
 
-async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
+async fn job(
+    command: JobCommand,
+    admin: AdminArgs,
+    output: Option<Output>,
+) -> Result<(), AnyError> {
     let channel = core_channel(&admin).await?;
     let mut client = emit_proto::v1::job_service_client::JobServiceClient::new(channel.clone());
     let job = match command {
@@ -708,8 +714,8 @@ async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
             status,
             name,
             limit,
-            output,
         } => {
+            let output = output.unwrap_or(Output::Table);
             let status = match status.as_deref() {
                 None => pb::JobStatus::Unspecified,
                 Some(text) => {
@@ -758,7 +764,8 @@ async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
             }
             return Ok(());
         }
-        JobCommand::Tail { space_id, output } => {
+        JobCommand::Tail { space_id } => {
+            let output = output.unwrap_or(Output::Table);
             let mut events = emit_proto::v1::event_service_client::EventServiceClient::new(channel);
             let request = pb::WatchSpaceRequest {
                 space_id,
@@ -858,7 +865,20 @@ async fn job(command: JobCommand, admin: AdminArgs) -> Result<(), AnyError> {
                 .job
         }
     };
-    print_json(job_json(job));
+    let job = job_json(job);
+    match output.unwrap_or(Output::Json) {
+        Output::Json => print_json(job),
+        Output::Table => {
+            if let Some(fields) = job.as_object() {
+                for (field, value) in fields {
+                    let value = value
+                        .as_str()
+                        .map_or_else(|| value.to_string(), str::to_owned);
+                    println!("{field:<14} {value}");
+                }
+            }
+        }
+    }
     Ok(())
 }
 

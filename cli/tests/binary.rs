@@ -447,6 +447,18 @@ async fn the_job_cli_operates_on_jobs_and_a_backup_taken_while_serving_restores(
     assert_eq!(deleted["id"], ids[0].as_str());
     let shown = cli(&server, key, &["job", "get", &ids[1]]);
     assert_eq!(shown["status"], "pending");
+    let table = Command::new(env!("CARGO_BIN_EXE_emit"))
+        .args(["job", "get", &ids[1], "--output", "table"])
+        .args(["--core-url", grpc_url(&server), "--admin-key", key])
+        .output()
+        .unwrap();
+    let table = text(&table.stdout);
+    assert!(
+        table
+            .lines()
+            .any(|line| line.starts_with("status") && line.ends_with("pending")),
+        "{table}"
+    );
     let retention = cli(
         &server,
         key,
