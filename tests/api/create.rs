@@ -266,3 +266,29 @@ async fn jobs_cannot_be_created_in_a_space_that_does_not_exist() {
         (StatusCode::NOT_FOUND, json!({ "error": "space not found" }))
     );
 }
+
+#[tokio::test]
+async fn the_largest_bulk_create_is_stored_whole() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let jobs = Value::Array(
+        (0..1000)
+            .map(|n| json!({ "name": "bulk", "payload": { "n": n } }))
+            .collect(),
+    );
+    let (status, created) = app
+        .post(&format!("/api/v1/spaces/{}/jobs", space.id), &space.producer, jobs)
+        .await;
+    assert_eq!(status, StatusCode::CREATED);
+    assert_eq!(created.as_array().unwrap().len(), 1000);
+    let listed = app
+        .http
+        .get(format!("{}/api/v1/spaces/{}/jobs?limit=1", app.base, space.id))
+        .header("x-api-key", &space.producer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(listed.headers()["x-total-count"], "1000");
+    let last = created[999]["id"].as_str().unwrap();
+    assert_eq!(app.job(&space, last).await["payload"], json!({ "n": 999 }));
+}

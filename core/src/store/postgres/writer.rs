@@ -41,8 +41,13 @@ use crate::store::{
 use crate::store::{rows, space_settings};
 
 /// PostgreSQL accepts 65535 bound parameters per statement.
-const JOB_ROWS_PER_INSERT: usize = 3000;
-const EVENT_ROWS_PER_INSERT: usize = 7000;
+const MAX_BIND_PARAMETERS: usize = 65_535;
+
+/// Rows of `columns` values one multi-row INSERT can carry: a whole
+/// 1,000-job create is one statement.
+const fn rows_per_insert(columns: usize) -> usize {
+    MAX_BIND_PARAMETERS / columns
+}
 /// A job changed by another writer between our read and our update is read
 /// and decided again, this many times at most.
 const TRANSITION_ATTEMPTS: usize = 8;
@@ -335,7 +340,7 @@ impl PgWriter {
                 LiveEvent::Log(_) => None,
             })
             .collect();
-        for chunk in events.chunks(EVENT_ROWS_PER_INSERT / 9) {
+        for chunk in events.chunks(rows_per_insert(9)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, counts, created_at) ",
             );
@@ -601,7 +606,7 @@ impl batch::Writer for PgWriter {
         if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
             self.require_space(&space_id).await?;
         }
-        for chunk in jobs.chunks(JOB_ROWS_PER_INSERT / 18) {
+        for chunk in jobs.chunks(rows_per_insert(18)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
@@ -793,7 +798,7 @@ impl batch::Writer for PgWriter {
                 .fetch_one(&mut self.conn)
                 .await?;
         let mut seq = last;
-        for chunk in lines.chunks(EVENT_ROWS_PER_INSERT / 5) {
+        for chunk in lines.chunks(rows_per_insert(5)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO job_logs (job_id, seq, level, message, created_at) ",
             );
