@@ -644,6 +644,14 @@ fn call_failed(admin: &AdminArgs) -> impl Fn(tonic::Status) -> AnyError + '_ {
     }
 }
 
+/// The core's answer to a call, or what it refused, naming the core.
+async fn answer<T>(
+    admin: &AdminArgs,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> Result<T, AnyError> {
+    Ok(call.await.map_err(call_failed(admin))?.into_inner())
+}
+
 fn authorized<T>(admin: &AdminArgs, message: T) -> Result<tonic::Request<T>, AnyError> {
     let key = admin
         .admin_key
@@ -830,39 +838,19 @@ async fn job(
         }
         JobCommand::Get { job_id } => {
             let request = authorized(&admin, pb::GetJobRequest { job_id })?;
-            client
-                .get_job(request)
-                .await
-                .map_err(call_failed(&admin))?
-                .into_inner()
-                .job
+            answer(&admin, client.get_job(request)).await?.job
         }
         JobCommand::Kill { job_id, reason } => {
             let request = authorized(&admin, pb::KillJobRequest { job_id, reason })?;
-            client
-                .kill_job(request)
-                .await
-                .map_err(call_failed(&admin))?
-                .into_inner()
-                .job
+            answer(&admin, client.kill_job(request)).await?.job
         }
         JobCommand::Retry { job_id } => {
             let request = authorized(&admin, pb::RetryJobRequest { job_id })?;
-            client
-                .retry_job(request)
-                .await
-                .map_err(call_failed(&admin))?
-                .into_inner()
-                .job
+            answer(&admin, client.retry_job(request)).await?.job
         }
         JobCommand::Delete { job_id } => {
             let request = authorized(&admin, pb::DeleteJobRequest { job_id })?;
-            client
-                .delete_job(request)
-                .await
-                .map_err(call_failed(&admin))?
-                .into_inner()
-                .job
+            answer(&admin, client.delete_job(request)).await?.job
         }
     };
     let job = job_json(job);

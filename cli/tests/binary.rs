@@ -12,6 +12,11 @@ fn grpc_url(server: &Process) -> &str {
 
 /// Runs `emit ARGS` against the server and parses its JSON output.
 fn cli(server: &Process, admin_key: &str, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&cli_text(server, admin_key, args)).expect("cli prints JSON")
+}
+
+/// Runs `emit ARGS` against the server, expecting success; its output.
+fn cli_text(server: &Process, admin_key: &str, args: &[&str]) -> String {
     let output = Command::new(env!("CARGO_BIN_EXE_emit"))
         .args(args)
         .args(["--core-url", grpc_url(server), "--admin-key", admin_key])
@@ -22,7 +27,7 @@ fn cli(server: &Process, admin_key: &str, args: &[&str]) -> serde_json::Value {
         "emit {args:?}: {}",
         String::from_utf8_lossy(&output.stderr)
     );
-    serde_json::from_slice(&output.stdout).expect("cli prints JSON")
+    String::from_utf8_lossy(&output.stdout).into_owned()
 }
 
 #[tokio::test]
@@ -447,18 +452,65 @@ async fn the_job_cli_operates_on_jobs_and_a_backup_taken_while_serving_restores(
     assert_eq!(deleted["id"], ids[0].as_str());
     let shown = cli(&server, key, &["job", "get", &ids[1]]);
     assert_eq!(shown["status"], "pending");
-    let table = Command::new(env!("CARGO_BIN_EXE_emit"))
-        .args(["job", "get", &ids[1], "--output", "table"])
-        .args(["--core-url", grpc_url(&server), "--admin-key", key])
-        .output()
-        .unwrap();
-    let table = text(&table.stdout);
+    let table = cli_text(&server, key, &["job", "get", &ids[1], "--output", "table"]);
     assert!(
         table
             .lines()
             .any(|line| line.starts_with("status") && line.ends_with("pending")),
         "{table}"
     );
+    let listed = cli(
+        &server,
+        key,
+        &["job", "list", &space_id, "--name", "j7", "--output", "json"],
+    );
+    assert_eq!(listed["total"], 1);
+    assert_eq!(listed["jobs"][0]["id"], ids[7].as_str());
+    let table = cli_text(
+        &server,
+        key,
+        &[
+            "job", "list", &space_id, "--status", "pending", "--limit", "3",
+        ],
+    );
+    assert!(table.starts_with("ID"), "{table}");
+    assert!(table.contains("3 of 199 shown"), "{table}");
+
+    // `tail` follows the space stream: a job created once it follows shows up.
+    let mut tail = tokio::process::Command::new(env!("CARGO_BIN_EXE_emit"))
+        .args(["job", "tail", &space_id, "--output", "json"])
+        .args(["--core-url", grpc_url(&server), "--admin-key", key])
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines =
+        tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(tail.stdout.take().unwrap()));
+    let mut next_line = async || {
+        let line = tokio::time::timeout(std::time::Duration::from_secs(10), lines.next_line())
+            .await
+            .expect("tail prints a line")
+            .unwrap()
+            .unwrap();
+        serde_json::from_str::<serde_json::Value>(&line).unwrap()
+    };
+    assert_eq!(next_line().await["type"], "connected");
+    let tailed = support::post_json(
+        &client,
+        &jobs_url,
+        key,
+        &serde_json::json!({ "name": "tailed" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(tailed.status(), 201);
+    let event = next_line().await;
+    assert_eq!(
+        (event["type"].as_str(), event["name"].as_str()),
+        (Some("created"), Some("tailed"))
+    );
+    tail.kill().await.unwrap();
+
     let retention = cli(
         &server,
         key,
@@ -487,28 +539,16 @@ async fn the_job_cli_operates_on_jobs_and_a_backup_taken_while_serving_restores(
         })
     };
     let copy = dir.join("copy.db");
-    let backup = run_to_exit(
-        &[
-            "backup",
-            copy.to_str().unwrap(),
-            "--database-url",
-            &database_url,
-        ],
-        &[],
-    )
-    .await;
+    let backup_args = [
+        "backup",
+        copy.to_str().unwrap(),
+        "--database-url",
+        &database_url,
+    ];
+    let backup = run_to_exit(&backup_args, &[]).await;
     assert!(backup.status.success(), "{}", text(&backup.stderr));
     load.await.unwrap();
-    let again = run_to_exit(
-        &[
-            "backup",
-            copy.to_str().unwrap(),
-            "--database-url",
-            &database_url,
-        ],
-        &[],
-    )
-    .await;
+    let again = run_to_exit(&backup_args, &[]).await;
     assert!(
         !again.status.success(),
         "an existing file is never overwritten"
