@@ -16,4 +16,7 @@ pub mod wire {
     pub const MAX_MESSAGE_BYTES: usize = 64 * 1024 * 1024;
     /// Metadata key of the seconds to wait after RESOURCE_EXHAUSTED.
     pub const RETRY_AFTER_METADATA: &str = "retry-after";
+    /// Metadata key of a dashboard session's token (the gateway reads it
+    /// from the browser's cookie). A key, when one is presented too, wins.
+    pub const SESSION_METADATA: &str = "x-emit-session";
 }

@@ -9,7 +9,7 @@ use axum::http::HeaderMap;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
 use emit_proto::v1::event_service_client::EventServiceClient;
 use emit_proto::v1::job_service_client::JobServiceClient;
-use emit_proto::wire::MAX_MESSAGE_BYTES;
+use emit_proto::wire::{MAX_MESSAGE_BYTES, SESSION_METADATA};
 use tonic::transport::{Channel, Endpoint};
 
 use crate::metrics::GatewayMetrics;
@@ -92,13 +92,17 @@ pub fn set_credential<T>(request: &mut tonic::Request<T>, name: &'static str, va
     request.metadata_mut().insert(name, value);
 }
 
-/// A gRPC request carrying the caller's credentials.
+/// A gRPC request carrying the caller's credentials: its key headers, and
+/// the dashboard session from its cookie (the core prefers a key).
 pub fn with_credentials<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
     let mut request = tonic::Request::new(message);
     for name in CREDENTIAL_HEADERS {
         if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
             set_credential(&mut request, name, value);
         }
+    }
+    if let Some(session) = crate::session::token(headers) {
+        set_credential(&mut request, SESSION_METADATA, session);
     }
     crate::tracing_context::inject(&mut request);
     request

@@ -20,7 +20,7 @@ pub fn iso(timestamp: Option<prost_types::Timestamp>) -> Value {
 
 /// Embeds JSON text; text the core stored was validated, so a parse failure
 /// means corruption and is shown as a string rather than dropped.
-fn embedded(text: Option<String>) -> Value {
+pub fn embedded(text: Option<String>) -> Value {
     match text {
         Some(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
         None => Value::Null,

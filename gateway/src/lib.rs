@@ -10,6 +10,7 @@ mod json;
 pub mod metrics;
 mod routes;
 mod serve;
+mod session;
 mod tracing_context;
 
 use std::net::SocketAddr;

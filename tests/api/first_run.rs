@@ -1,5 +1,5 @@
 //! What a newcomer meets first: JSON errors for unknown routes and methods,
-//! a landing page, the reference docs' own stream snippets, the live-feed
+//! the dashboard page at the root, the reference docs' own stream snippets, the live-feed
 //! scope, and WebSocket closes that end cleanly.
 
 use futures_util::SinkExt;
@@ -12,7 +12,7 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use crate::helpers::{TestApp, next_close, next_json};
 
 #[tokio::test]
-async fn unknown_routes_and_methods_answer_json_errors_and_the_root_a_page() {
+async fn unknown_routes_and_methods_answer_json_errors_and_the_root_the_dashboard() {
     let app = TestApp::spawn().await;
     let (status, body) = app
         .request("GET", "/api/v1/nothing-here?token=secret", None, None)
@@ -35,7 +35,8 @@ async fn unknown_routes_and_methods_answer_json_errors_and_the_root_a_page() {
             .unwrap()
             .starts_with("text/html")
     );
-    assert!(root.text().await.unwrap().contains("/api/v1"));
+    let page = root.text().await.unwrap();
+    assert!(page.contains("/dashboard/app.js") && page.contains("/api/v1"));
 }
 
 /// space-stream.txt's Python snippet prints `event['jobName']` and

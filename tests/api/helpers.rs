@@ -151,7 +151,7 @@ impl TestApp {
             core: None,
             gateway: None,
         };
-        app.start().await;
+        app.start(loopback(), loopback()).await;
         app
     }
 
@@ -159,9 +159,9 @@ impl TestApp {
         self.database.url()
     }
 
-    async fn start(&mut self) {
+    async fn start(&mut self, grpc_addr: SocketAddr, http_addr: SocketAddr) {
         let core = emit_core::start(CoreConfig {
-            grpc_addr: loopback(),
+            grpc_addr,
             database_url: self.database_url(),
             database_wait: Duration::from_secs(30),
             admin_key: Some(Secret(ADMIN_KEY.into())),
@@ -173,7 +173,7 @@ impl TestApp {
         .await
         .expect("core starts");
         let gateway = emit_gateway::start(GatewayConfig {
-            http_addr: loopback(),
+            http_addr,
             core_url: format!("http://{}", core.grpc_addr),
             stream_queue: self.ws_queue,
             timeouts: self.timeouts,
@@ -200,7 +200,20 @@ impl TestApp {
         self.stop().await;
         // Let the writer task finish and close the database.
         tokio::time::sleep(Duration::from_millis(100)).await;
-        self.start().await;
+        self.start(loopback(), loopback()).await;
+    }
+
+    /// Stops the server and starts it again on the same database and the
+    /// same ports, as a restarted deployment would be (clients reconnect).
+    #[allow(dead_code)]
+    pub async fn restart_in_place(&mut self) {
+        let (grpc, http) = match (&self.core, &self.gateway) {
+            (Some(core), Some(gateway)) => (core.grpc_addr, gateway.http_addr),
+            _ => panic!("the server is running"),
+        };
+        self.stop().await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        self.start(grpc, http).await;
     }
 
     pub async fn grpc_jobs(&self) -> JobServiceClient<Channel> {

@@ -74,3 +74,26 @@ async fn jobs_are_listed_newest_first_with_filters_and_paging() {
     let (status, _) = app.get(&format!("{path}?offset=-1"), &space.producer).await;
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
+
+/// `include=progress` adds each job's latest progress to the list (the
+/// dashboard shows it); without it the items are the reference's.
+#[tokio::test]
+async fn listed_jobs_carry_their_progress_only_when_asked() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "ack", json!({})).await;
+    let (status, _) = app
+        .worker_call(&space, &job, "progress", json!({ "percent": 30, "message": "a third" }))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let path = format!("/api/v1/spaces/{}/jobs", space.id);
+    let (_, plain) = app.get(&path, &space.producer).await;
+    assert!(plain[0].get("progress").is_none(), "{plain}");
+    let (_, with) = app
+        .get(&format!("{path}?include=progress"), &space.producer)
+        .await;
+    assert_eq!(with[0]["progress"]["percent"], 30);
+    assert_eq!(with[0]["progress"]["message"], "a third");
+}

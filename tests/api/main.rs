@@ -6,3 +6,6 @@
 const BACKEND: helpers::Backend = helpers::Backend::Sqlite;
 
 include!("suite.rs");
+
+// Browser flows run once, on this binary's backend (see the module).
+mod dashboard_browser;

@@ -5,6 +5,7 @@ mod admin;
 mod auth;
 mod callbacks;
 mod create;
+mod dashboard;
 mod dispatch;
 mod first_run;
 mod hardening;

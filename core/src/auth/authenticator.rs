@@ -11,7 +11,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
-use super::{ApiKey, KeyHash, Principal, hash_key, parse_scopes};
+use super::{ApiKey, KeyHash, Principal, Scope, generate_key, hash_key, parse_scopes};
+use crate::clock::{UnixMillis, now_millis};
+use crate::store::{SessionRecord, SessionWrite};
 use prometheus_client::metrics::counter::Counter;
 
 use crate::error::{Error, Result};
@@ -36,6 +38,28 @@ impl Revocation {
         }
     }
 }
+
+/// What a caller presented: a key (API key or the admin key), or the token
+/// of a dashboard session the gateway read from its cookie.
+#[derive(Clone, Copy, Debug)]
+pub enum Credential<'a> {
+    Key(&'a str),
+    Session(&'a str),
+}
+
+/// A session just opened: its token (shown once, to the browser) and what
+/// it may do.
+pub struct OpenedSession {
+    pub token: String,
+    pub principal: Principal,
+    pub expires_at: UnixMillis,
+}
+
+/// How long a dashboard session lasts from sign-in.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 60 * 60);
+/// Session tokens look like keys with another prefix, so a session token
+/// pasted where a key belongs is plainly not one.
+const SESSION_PREFIX: &str = "emitsession_";
 
 const CACHE_TTL: Duration = Duration::from_secs(2);
 const CACHE_CAPACITY: usize = 100_000;
@@ -89,12 +113,32 @@ impl Authenticator {
         self.rate_limited.clone()
     }
 
-    pub async fn authenticate(&self, presented: Option<&str>) -> Result<Principal> {
-        let key = presented.ok_or(Error::Unauthenticated("missing API key"))?;
+    pub async fn authenticate(&self, presented: Option<Credential<'_>>) -> Result<Principal> {
+        match presented.ok_or(Error::Unauthenticated("missing API key"))? {
+            Credential::Key(key) => self.authenticate_key(key).await,
+            Credential::Session(token) => {
+                let session = self.find_session(token).await?;
+                // A space key's session is a read-only view of its space.
+                match self.principal_of(session.key_hash).await? {
+                    Principal::ApiKey(key) => Ok(Principal::ApiKey(Arc::new(ApiKey {
+                        token_id: key.token_id.clone(),
+                        space_id: key.space_id.clone(),
+                        scopes: key.scopes.read_only(),
+                    }))),
+                    admin => Ok(admin),
+                }
+            }
+        }
+    }
+
+    async fn authenticate_key(&self, key: &str) -> Result<Principal> {
         if key.len() > MAX_KEY_BYTES {
             return Err(Error::Unauthenticated("invalid API key"));
         }
-        let hash = hash_key(key);
+        self.principal_of(hash_key(key)).await
+    }
+
+    async fn principal_of(&self, hash: KeyHash) -> Result<Principal> {
         if bool::from(hash.ct_eq(&self.admin_key_hash)) {
             return Ok(Principal::Admin);
         }
@@ -104,6 +148,81 @@ impl Authenticator {
         };
         self.check_rate(&api_key.token_id)?;
         Ok(Principal::ApiKey(api_key))
+    }
+
+    /// Signs a browser in with `presented`, which must be a key (the admin
+    /// key, or a space key that may read jobs); returns the session's token
+    /// and what it may do. The token is stored only as its SHA-256.
+    pub async fn open_session(&self, presented: Option<Credential<'_>>) -> Result<OpenedSession> {
+        let key = match presented.ok_or(Error::Unauthenticated("missing API key"))? {
+            Credential::Key(key) => key,
+            Credential::Session(_) => {
+                return Err(Error::invalid("sign in with an API key, not a session"));
+            }
+        };
+        let principal = self.authenticate_key(key).await?;
+        if let Principal::ApiKey(api_key) = &principal {
+            api_key.scopes.require(Scope::JobsRead)?;
+        }
+        let token = generate_key()?.replacen("emit_", SESSION_PREFIX, 1);
+        let now = now_millis();
+        let session = SessionRecord {
+            id_hash: hash_key(&token),
+            key_hash: hash_key(key),
+            created_at: now,
+            expires_at: now + SESSION_TTL.as_millis() as i64,
+        };
+        let expires_at = session.expires_at;
+        self.store
+            .write_session(SessionWrite::Open(session))
+            .await?;
+        let principal = match principal {
+            Principal::ApiKey(key) => Principal::ApiKey(Arc::new(ApiKey {
+                token_id: key.token_id.clone(),
+                space_id: key.space_id.clone(),
+                scopes: key.scopes.read_only(),
+            })),
+            admin => admin,
+        };
+        Ok(OpenedSession {
+            token,
+            principal,
+            expires_at,
+        })
+    }
+
+    /// When the session `presented` ends (it must be a live session).
+    pub async fn session_expiry(&self, presented: Option<Credential<'_>>) -> Result<UnixMillis> {
+        match presented {
+            Some(Credential::Session(token)) => Ok(self.find_session(token).await?.expires_at),
+            _ => Err(Error::invalid("this call needs a session")),
+        }
+    }
+
+    /// Signs the session `presented` out, on every replica at once (each
+    /// use reads the session from the database).
+    pub async fn close_session(&self, presented: Option<Credential<'_>>) -> Result<()> {
+        let Some(Credential::Session(token)) = presented else {
+            return Err(Error::invalid("this call needs a session"));
+        };
+        let id_hash = hash_key(token);
+        self.store
+            .write_session(SessionWrite::Close { id_hash })
+            .await?;
+        Ok(())
+    }
+
+    /// Sessions are read from the database on every use, not cached, so a
+    /// sign-out takes effect on every replica at once.
+    async fn find_session(&self, token: &str) -> Result<SessionRecord> {
+        let expired = Error::Unauthenticated("session expired or signed out");
+        if token.len() > MAX_KEY_BYTES {
+            return Err(expired);
+        }
+        self.store
+            .find_session(&hash_key(token), now_millis())
+            .await?
+            .ok_or(expired)
     }
 
     /// Counts one more request of an already authenticated caller against

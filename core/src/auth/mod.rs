@@ -6,7 +6,9 @@ mod authenticator;
 mod keys;
 mod scope;
 
-pub use authenticator::{Authenticator, RateLimit, Revocation};
+pub use authenticator::{
+    Authenticator, Credential, OpenedSession, RateLimit, Revocation, SESSION_TTL,
+};
 pub use keys::{
     KeyHash, MIN_ADMIN_KEY_CHARS, check_admin_key, generate_key, hash_from_hex, hash_key,
     hash_to_hex, presented_key,

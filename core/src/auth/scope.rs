@@ -117,6 +117,26 @@ impl ScopeSet {
         }
     }
 
+    /// The scopes held, by name.
+    pub fn names(self) -> Vec<&'static str> {
+        Scope::ALL
+            .into_iter()
+            .filter(|scope| self.0 & scope.bit() != 0)
+            .map(Scope::as_str)
+            .collect()
+    }
+
+    /// The read scopes of this set only: what a dashboard session of a
+    /// space key may do (a read-only view of its space).
+    pub fn read_only(self) -> Self {
+        let read = Self::of(&[
+            Scope::JobsRead,
+            Scope::JobsReadSpace,
+            Scope::JobsReadProgress,
+        ]);
+        Self(self.0 & read.0)
+    }
+
     pub fn require(self, scope: Scope) -> Result<()> {
         if self.allows(scope) {
             Ok(())

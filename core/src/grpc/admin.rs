@@ -4,8 +4,9 @@ use emit_proto::v1 as pb;
 use emit_proto::v1::admin_service_server::AdminService;
 use tonic::{Request, Response, Status};
 
-use super::principal;
-use crate::auth::Authenticator;
+use super::{presented, principal};
+use crate::auth::{Authenticator, Principal};
+use crate::clock::{UnixMillis, to_timestamp};
 use crate::retention::RetentionChange;
 use crate::service::AdminApi;
 use crate::store::{PushTarget, SlackTarget, SpaceRecord, SpaceSettings};
@@ -212,5 +213,60 @@ impl AdminService for AdminGrpc {
         let who = principal(&self.auth, request.metadata()).await?;
         let text = self.admin.metrics(&who).await?;
         Ok(Response::new(pb::GetMetricsResponse { text }))
+    }
+
+    async fn start_dashboard_session(
+        &self,
+        request: Request<pb::StartDashboardSessionRequest>,
+    ) -> Reply<pb::StartDashboardSessionResponse> {
+        let opened = self
+            .auth
+            .open_session(presented(request.metadata()))
+            .await?;
+        Ok(Response::new(pb::StartDashboardSessionResponse {
+            token: opened.token,
+            session: Some(session_info(&opened.principal, opened.expires_at)),
+        }))
+    }
+
+    async fn get_dashboard_session(
+        &self,
+        request: Request<pb::GetDashboardSessionRequest>,
+    ) -> Reply<pb::GetDashboardSessionResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let expires_at = self
+            .auth
+            .session_expiry(presented(request.metadata()))
+            .await?;
+        Ok(Response::new(pb::GetDashboardSessionResponse {
+            session: Some(session_info(&who, expires_at)),
+        }))
+    }
+
+    async fn end_dashboard_session(
+        &self,
+        request: Request<pb::EndDashboardSessionRequest>,
+    ) -> Reply<pb::EndDashboardSessionResponse> {
+        self.auth
+            .close_session(presented(request.metadata()))
+            .await?;
+        Ok(Response::new(pb::EndDashboardSessionResponse {}))
+    }
+}
+
+fn session_info(who: &Principal, expires_at: UnixMillis) -> pb::DashboardSession {
+    let expires_at = Some(to_timestamp(expires_at));
+    match who {
+        Principal::Admin => pb::DashboardSession {
+            admin: true,
+            expires_at,
+            ..Default::default()
+        },
+        Principal::ApiKey(key) => pb::DashboardSession {
+            admin: false,
+            space_id: key.space_id.clone(),
+            scopes: key.scopes.names().into_iter().map(str::to_owned).collect(),
+            expires_at,
+        },
     }
 }

@@ -11,7 +11,7 @@ use crate::clock::{from_timestamp, to_timestamp};
 use crate::error::Error;
 use crate::job::machine::Command;
 use crate::service::{BulkAction, JobsApi, ListLimits};
-use crate::store::JobFilter;
+use crate::store::{JobFilter, LogCursor};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -217,13 +217,17 @@ impl JobService for JobsGrpc {
     ) -> Reply<pb::ListLogsResponse> {
         let who = principal(&self.auth, request.metadata()).await?;
         let request = request.into_inner();
-        let after = i64::try_from(request.after_seq).unwrap_or(i64::MAX);
+        let seq = |seq: u64| i64::try_from(seq).unwrap_or(i64::MAX);
+        let cursor = match request.before_seq {
+            Some(before) => LogCursor::Before(seq(before)),
+            None => LogCursor::After(seq(request.after_seq)),
+        };
         let lines = self
             .jobs
             .logs(
                 &who,
                 &request.job_id,
-                after,
+                cursor,
                 request.level.as_deref(),
                 request.query,
                 request.limit,

@@ -16,12 +16,20 @@ pub use workers::WorkersGrpc;
 
 use tonic::metadata::MetadataMap;
 
-use crate::auth::{Authenticator, Principal, presented_key};
+use emit_proto::wire::SESSION_METADATA;
+
+use crate::auth::{Authenticator, Credential, Principal, presented_key};
 use crate::error::Result;
 
-fn presented(metadata: &MetadataMap) -> Option<&str> {
+fn presented(metadata: &MetadataMap) -> Option<Credential<'_>> {
     let header = |name: &str| metadata.get(name).and_then(|value| value.to_str().ok());
     presented_key(header("x-api-key"), header("authorization"))
+        .map(Credential::Key)
+        .or_else(|| {
+            header(SESSION_METADATA)
+                .filter(|token| !token.is_empty())
+                .map(Credential::Session)
+        })
 }
 
 async fn principal(auth: &Authenticator, metadata: &MetadataMap) -> Result<Principal> {

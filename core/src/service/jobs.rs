@@ -13,7 +13,9 @@ use crate::job::spec::{self, JobInput};
 use crate::job::{Job, JobEvent, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic, Woke};
 use crate::store::handoff::{Handed, Waiter};
-use crate::store::{DeliverRequest, JobFilter, JobQuery, JobTarget, LogQuery, Step, Store};
+use crate::store::{
+    DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, Step, Store,
+};
 use crate::timers::TimerWake;
 
 pub const DEFAULT_LIST_LIMIT: u32 = 50;
@@ -427,7 +429,7 @@ impl JobsApi {
         &self,
         who: &Principal,
         job_id: &str,
-        after_seq: i64,
+        cursor: LogCursor,
         level: Option<&str>,
         text: Option<String>,
         limit: Option<u32>,
@@ -448,7 +450,7 @@ impl JobsApi {
         }
         let job = self.find(&target).await?;
         let query = LogQuery {
-            after_seq,
+            cursor,
             level,
             text: text.filter(|text| !text.is_empty()),
             limit,

@@ -26,8 +26,8 @@ use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord,
-    SpaceSettings, Step, Sweep, TokenRecord,
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite,
+    SpaceRecord, SpaceSettings, Step, Sweep, TokenRecord,
 };
 
 /// Most operations committed together.
@@ -72,6 +72,10 @@ pub enum WriteOp {
         token: TokenRecord,
         now: UnixMillis,
         reply: Reply<Option<String>>,
+    },
+    Session {
+        write: SessionWrite,
+        reply: Reply<bool>,
     },
     PutSetting {
         name: String,
@@ -132,6 +136,7 @@ impl WriteOp {
             Self::RevokeToken { .. } => "revoke_token",
             Self::ReplacePublicToken { .. } => "replace_public_token",
             Self::PutSetting { .. } => "put_setting",
+            Self::Session { .. } => "session",
             Self::CreateJobs { .. } => "create_jobs",
             Self::Deliver { .. } => "deliver",
             Self::Apply { .. } => "apply",
@@ -190,6 +195,7 @@ pub trait Writer: Send {
     ) -> Result<Option<String>>;
     async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
     -> Result<String>;
+    async fn write_session(&mut self, write: &SessionWrite) -> Result<bool>;
     async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()>;
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
     async fn apply(
@@ -535,6 +541,7 @@ fn refuse(op: WriteOp) {
         WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
         WriteOp::RevokeToken { reply, .. } => unavailable(reply),
         WriteOp::PutSetting { reply, .. } => unavailable(reply),
+        WriteOp::Session { reply, .. } => unavailable(reply),
         WriteOp::ReplacePublicToken { reply, .. } => unavailable(reply),
         WriteOp::Deliver { reply, .. } => unavailable(reply),
         WriteOp::Apply { reply, .. } => unavailable(reply),
@@ -585,6 +592,7 @@ async fn execute(
             write,
             reply,
         } => finish(writer.put_setting(&name, &value, write).await, reply),
+        WriteOp::Session { write, reply } => finish(writer.write_session(&write).await, reply),
         WriteOp::ReplacePublicToken {
             space_id,
             key,
@@ -850,6 +858,11 @@ impl Writes {
             reply,
         })
         .await
+    }
+
+    pub async fn write_session(&self, write: SessionWrite) -> Result<bool> {
+        self.send(self.any(), |reply| WriteOp::Session { write, reply })
+            .await
     }
 
     pub async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {

@@ -10,10 +10,13 @@ mod forget;
 pub mod handoff;
 pub mod postgres;
 mod rows;
+mod sessions;
 mod space_settings;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
+
+pub use self::sessions::{MAX_SESSIONS_PER_KEY, SessionRecord, SessionWrite};
 
 use std::sync::Arc;
 
@@ -213,10 +216,30 @@ pub struct DeliverRequest {
 
 #[derive(Clone, Debug)]
 pub struct LogQuery {
-    pub after_seq: i64,
+    pub cursor: LogCursor,
     pub level: Option<LogLevel>,
     pub text: Option<String>,
     pub limit: u32,
+}
+
+/// Where a page of log lines starts. Either way the page is in `seq` order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LogCursor {
+    /// The oldest lines after this sequence number (tailing forward).
+    After(i64),
+    /// The newest lines before this sequence number (paging back).
+    Before(i64),
+}
+
+impl LogCursor {
+    /// The condition and order of the page's query; the caller reverses a
+    /// `Before` page, read newest first.
+    pub fn sql(self) -> (&'static str, i64, &'static str) {
+        match self {
+            Self::After(seq) => (" AND seq > ", seq, " ORDER BY seq LIMIT "),
+            Self::Before(seq) => (" AND seq < ", seq, " ORDER BY seq DESC LIMIT "),
+        }
+    }
 }
 
 /// A callback waiting in the outbox.
@@ -302,6 +325,16 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool>;
     /// A live (not revoked) token by the hash of its key.
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;
+
+    /// Stores or ends a dashboard session; returns whether one was stored
+    /// or ended.
+    async fn write_session(&self, write: SessionWrite) -> Result<bool>;
+    /// The unexpired session whose token hashes to `id_hash`.
+    async fn find_session(
+        &self,
+        id_hash: &KeyHash,
+        now: UnixMillis,
+    ) -> Result<Option<SessionRecord>>;
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` (unless the setting exists and `write` keeps it);

@@ -1,22 +1,9 @@
-//! What answers when no route does: the landing page at `/`, and
-//! `{"error": ...}` for unknown paths and methods, like every other route.
+//! What answers when no route does: `{"error": ...}` for unknown paths and
+//! methods, like every other route.
 
-use axum::Router;
 use axum::http::{Method, StatusCode, Uri};
-use axum::response::Html;
-use axum::routing::get;
 
-use crate::{ApiError, CoreClient};
-
-const HOME: &str = include_str!("../../assets/home.html");
-
-pub fn router() -> Router<CoreClient> {
-    Router::new().route("/", get(home))
-}
-
-async fn home() -> Html<&'static str> {
-    Html(HOME)
-}
+use crate::ApiError;
 
 /// Names the path only: a query string may carry `?token=`.
 pub async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -85,13 +85,20 @@ async fn list_jobs(
         .await?
         .into_inner();
     // The body stays the reference's array; the filter's total rides in a
-    // header.
+    // header. `include=progress` adds each job's latest progress (the
+    // dashboard's list shows it).
+    let with_progress = param("include").is_some_and(|include| include == "progress");
     let mut response_headers = HeaderMap::new();
     response_headers.insert("x-total-count", listed.total.into());
-    Ok((
-        response_headers,
-        Json(listed.jobs.into_iter().map(json::job_summary).collect()),
-    ))
+    let jobs = listed.jobs.into_iter().map(|job| {
+        let progress = with_progress.then(|| json::embedded(job.progress_json.clone()));
+        let mut summary = json::job_summary(job);
+        if let Some(progress) = progress {
+            summary["progress"] = progress;
+        }
+        summary
+    });
+    Ok((response_headers, Json(jobs.collect())))
 }
 
 /// `{"action": "retry"|"kill"|"delete", "filter": {"status", "name",
@@ -229,6 +236,7 @@ async fn list_logs(
     let request = pb::ListLogsRequest {
         job_id,
         after_seq: integer_param(&params, "after")?.unwrap_or(0),
+        before_seq: integer_param(&params, "before")?,
         level: params.get("level").cloned(),
         query: params.get("q").cloned(),
         limit: integer_param(&params, "limit")?
@@ -241,10 +249,19 @@ async fn list_logs(
         .into_inner()
         .lines;
     let next_after = lines.last().map(|line| line.seq);
-    Ok(Json(json!({
+    // With `before`, the cursor for the page of older lines still.
+    let next_before = params
+        .contains_key("before")
+        .then(|| lines.first().map(|line| line.seq))
+        .flatten();
+    let mut page = json!({
         "lines": lines.into_iter().map(json::log_line).collect::<Vec<_>>(),
         "nextAfter": next_after,
-    })))
+    });
+    if let Some(next_before) = next_before {
+        page["nextBefore"] = json!(next_before);
+    }
+    Ok(Json(page))
 }
 
 async fn kill_job(

@@ -1,6 +1,7 @@
 //! The REST routes, one module per resource, merged once.
 
 mod admin;
+mod dashboard;
 mod fallback;
 mod health;
 mod jobs;
@@ -25,13 +26,14 @@ use crate::{ApiError, CoreClient, MAX_BODY_BYTES};
 pub fn router(core: CoreClient) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(dashboard::router())
         .merge(admin::router())
         .merge(jobs::router())
         .merge(workers::router())
         .merge(realtime::router())
-        .merge(fallback::router())
         .fallback(fallback::no_route)
         .method_not_allowed_fallback(fallback::method_not_allowed)
+        .layer(middleware::from_fn(crate::session::guard))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
             AuthFailures::default(),

@@ -34,9 +34,9 @@ use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogQuery, OutboxEntry,
-    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, SettingWrite, SpaceHead, SpaceLog, SpaceRecord,
-    SpaceSettings, Step, Store, Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, OutboxEntry,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, SessionRecord, SessionWrite, SettingWrite, SpaceHead,
+    SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -379,6 +379,18 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::token).transpose()
     }
 
+    async fn write_session(&self, write: SessionWrite) -> Result<bool> {
+        self.writes.write_session(write).await
+    }
+
+    async fn find_session(
+        &self,
+        id_hash: &KeyHash,
+        now: UnixMillis,
+    ) -> Result<Option<SessionRecord>> {
+        super::sessions::find::<Sqlite, _>(&self.reads, id_hash, now).await
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
@@ -502,7 +514,8 @@ impl Store for SqliteStore {
     async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
         let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM job_logs WHERE job_id = ");
         select.push_bind(job_id);
-        select.push(" AND seq > ").push_bind(query.after_seq);
+        let (condition, seq, order) = query.cursor.sql();
+        select.push(condition).push_bind(seq);
         if let Some(level) = query.level {
             select.push(" AND level = ").push_bind(level.as_str());
         }
@@ -512,11 +525,16 @@ impl Store for SqliteStore {
                 .push_bind(rows::like_pattern(text))
                 .push(" ESCAPE '\\'");
         }
-        select
-            .push(" ORDER BY seq LIMIT ")
-            .push_bind(i64::from(query.limit));
+        select.push(order).push_bind(i64::from(query.limit));
         let rows = select.build().fetch_all(&self.reads).await?;
-        rows.iter().map(rows::log_line).collect()
+        let mut lines = rows
+            .iter()
+            .map(rows::log_line)
+            .collect::<Result<Vec<_>>>()?;
+        if matches!(query.cursor, LogCursor::Before(_)) {
+            lines.reverse();
+        }
+        Ok(lines)
     }
 
     fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
@@ -553,8 +571,8 @@ mod tests {
     use crate::store::handoff::Waiters;
     use crate::store::testing::{create, jobs, store_with_space};
     use crate::store::{
-        CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Store,
-        Sweep, TokenRecord,
+        CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite, SpaceRecord,
+        SpaceSettings, Store, Sweep, TokenRecord,
     };
 
     /// A real writer whose job creates fail, as a database error would,
@@ -621,6 +639,9 @@ mod tests {
             write: SettingWrite,
         ) -> Result<String> {
             self.0.put_setting(name, value, write).await
+        }
+        async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
+            self.0.write_session(write).await
         }
         async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
             if jobs.iter().any(|job| job.name == "poison") {

@@ -31,8 +31,8 @@ use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
 use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, SettingWrite, SpaceRecord, SpaceSettings, Sweep,
-    TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite, SpaceRecord, SpaceSettings,
+    Sweep, TokenRecord,
 };
 use crate::store::{rows, space_settings};
 
@@ -660,6 +660,10 @@ impl batch::Writer for SqliteWriter {
             .fetch_one(&mut self.conn)
             .await?;
         Ok(stored)
+    }
+
+    async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
+        super::super::sessions::write::<Sqlite>(&mut self.conn, write).await
     }
 
     async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
