@@ -20,7 +20,7 @@ const PAGE = 50;
 // Rows the live job list keeps; older ones are dropped and paged back in.
 const MAX_ROWS = 500;
 // Messages arriving within this window are rendered together.
-const COALESCE_MS = 50;
+const COALESCE_MS = 16;
 
 let session = null;
 let teardown = [];
