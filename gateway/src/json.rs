@@ -54,9 +54,11 @@ fn event_type_name(event_type: i32) -> String {
         .to_ascii_lowercase()
 }
 
-/// A job as the list endpoint shows it.
+/// A job as the list endpoint shows it: the reference's fields, and
+/// `priority` when the job has one.
 pub fn job_summary(job: pb::Job) -> Value {
-    json!({
+    let priority = job.priority;
+    let mut summary = json!({
         "id": job.id,
         "spaceId": job.space_id,
         "name": job.name,
@@ -71,12 +73,17 @@ pub fn job_summary(job: pb::Job) -> Value {
         "result": embedded(job.result_json),
         "createdAt": iso(job.created_at),
         "updatedAt": iso(job.updated_at),
-    })
+    });
+    if priority != 0 {
+        summary["priority"] = priority.into();
+    }
+    summary
 }
 
 /// A job with everything the core knows of it (get job, worker calls).
 pub fn job_detail(job: pb::Job) -> Value {
     let extra = json!({
+        "priority": job.priority,
         "scheduledFor": iso(job.scheduled_for),
         "progress": embedded(job.progress_json.clone()),
         "checkpoint": embedded(job.checkpoint_json.clone()),
@@ -207,8 +214,10 @@ fn now() -> Option<prost_types::Timestamp> {
     Some(std::time::SystemTime::now().into())
 }
 
+/// A job handed to a worker; `priority` when the job has one.
 pub fn delivery(job: pb::Delivery) -> Value {
-    json!({
+    let priority = job.priority;
+    let mut delivery = json!({
         "id": job.id,
         "name": job.name,
         "payload": embedded(job.payload_json),
@@ -218,7 +227,11 @@ pub fn delivery(job: pb::Delivery) -> Value {
         "createdAt": iso(job.created_at),
         "checkpoint": embedded(job.checkpoint_json),
         "leaseId": job.lease_id,
-    })
+    });
+    if priority != 0 {
+        delivery["priority"] = priority.into();
+    }
+    delivery
 }
 
 pub fn space(space: pb::Space) -> Value {
@@ -366,6 +379,22 @@ impl<'a> Fields<'a> {
         }
     }
 
+    /// Signed whole numbers; out-of-range values saturate so the core's
+    /// range check reports them with the documented bounds.
+    pub fn i32(&self, field: &str) -> Result<Option<i32>, ApiError> {
+        match self.get(field) {
+            None => Ok(None),
+            Some(Value::Number(number)) if number.as_i64().is_some() => Ok(number
+                .as_i64()
+                .map(|value| value.clamp(i64::from(i32::MIN), i64::from(i32::MAX)) as i32)),
+            Some(Value::Number(number)) if number.as_u64().is_some() => Ok(Some(i32::MAX)),
+            Some(_) => Err(ApiError::bad_request(format!(
+                "{} must be an integer",
+                self.name(field)
+            ))),
+        }
+    }
+
     /// Whole numbers; out-of-range values saturate so the core's range check
     /// reports them with the documented bounds.
     pub fn u32(&self, field: &str) -> Result<Option<u32>, ApiError> {
@@ -501,6 +530,7 @@ fn job_spec(value: &Value, index: usize) -> Result<pb::JobSpec, ApiError> {
         callback_url: fields.string("callbackUrl")?,
         callback_headers: fields.string_map("callbackHeaders")?,
         retry_backoff,
+        priority: fields.i32("priority")?,
     })
 }
 

@@ -140,6 +140,18 @@ async fn every_invalid_field_is_named_in_a_400() {
             "jobs[0].maxRetries must be an integer",
         ),
         (
+            json!({ "name": "a", "priority": 1001 }),
+            "jobs[0].priority must be between -1000 and 1000",
+        ),
+        (
+            json!({ "name": "a", "priority": -5000000000_i64 }),
+            "jobs[0].priority must be between -1000 and 1000",
+        ),
+        (
+            json!({ "name": "a", "priority": "high" }),
+            "jobs[0].priority must be an integer",
+        ),
+        (
             json!({ "name": "a", "timeoutSeconds": 0 }),
             "jobs[0].timeoutSeconds must be between 1 and 86400",
         ),

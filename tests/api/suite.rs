@@ -17,6 +17,7 @@ mod logs;
 mod metrics;
 mod operations;
 mod polyglot;
+mod priority;
 mod realtime;
 mod restart;
 mod slack;

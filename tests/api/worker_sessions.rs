@@ -572,3 +572,33 @@ async fn one_key_holds_a_bounded_number_of_sessions() {
         }
     }
 }
+
+/// A session is handed the ready job of the highest priority first, even
+/// when a backlog was created before it.
+#[tokio::test]
+async fn a_session_gets_the_highest_priority_ready_job_first() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    app.create_bulk(&space, "bulk", 50).await;
+    let urgent = app
+        .create_job(&space, json!({ "name": "urgent", "priority": 100 }))
+        .await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 1, &[]))
+        .await
+        .unwrap();
+    let first = worker.assignment().await;
+    assert_eq!((first.id.as_str(), first.priority), (urgent.as_str(), 100));
+    worker.report(&first.id, complete(json!({}))).await;
+    // While the session is busy, a later urgent job still jumps the queue.
+    let second_urgent = app
+        .create_job(&space, json!({ "name": "urgent", "priority": 5 }))
+        .await;
+    let next = worker.assignment().await;
+    if next.id != second_urgent {
+        // The completion's commit may have leased the next job before the
+        // second urgent one existed; the one after must be it.
+        assert_eq!(next.name, "bulk");
+        worker.report(&next.id, complete(json!({}))).await;
+        assert_eq!(worker.assignment().await.id, second_urgent);
+    }
+}

@@ -92,6 +92,7 @@ impl From<Job> for pb::Job {
                 max_delay_seconds: backoff.max_delay_seconds,
             }),
             kill_reason: job.kill_reason,
+            priority: job.priority,
         }
     }
 }
@@ -108,6 +109,7 @@ pub fn delivery(job: Job) -> pb::Delivery {
         created_at: Some(to_timestamp(job.created_at)),
         delivered_at: job.delivered_at.map(to_timestamp),
         checkpoint_json: job.checkpoint,
+        priority: job.priority,
     }
 }
 
@@ -232,6 +234,7 @@ impl From<pb::JobSpec> for JobInput {
                 delay_seconds: backoff.delay_seconds,
                 max_delay_seconds: backoff.max_delay_seconds,
             }),
+            priority: spec.priority,
         }
     }
 }

@@ -296,12 +296,13 @@ pub fn initial_state(scheduled_for: Option<UnixMillis>, now: UnixMillis) -> JobS
     }
 }
 
-pub fn created_event(state: &JobState) -> EventDraft {
+/// The `created` event; it names the job's priority when one was set.
+pub fn created_event(job: &Job) -> EventDraft {
     EventDraft {
         kind: EventKind::Created,
-        status: state.status(),
+        status: job.state.status(),
         previous_status: None,
-        data: None,
+        data: (job.priority != 0).then(|| format!(r#"{{"priority":{}}}"#, job.priority)),
         took_ms: None,
     }
 }
@@ -332,6 +333,7 @@ mod tests {
             kill_reason: None,
             callback: None,
             retry_backoff: None,
+            priority: 0,
             created_at: 0,
             updated_at: 0,
         }

@@ -227,6 +227,8 @@ pub struct Job {
     pub kill_reason: Option<String>,
     pub callback: Option<Callback>,
     pub retry_backoff: Option<RetryBackoff>,
+    /// Higher is dispatched first (`spec::PRIORITY_RANGE`).
+    pub priority: i32,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
 }

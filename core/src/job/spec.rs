@@ -23,6 +23,8 @@ pub const MAX_NAME_FILTER: usize = 100;
 /// Deepest nesting of arrays and objects in submitted JSON (what REST's
 /// parser allows, so gRPC callers meet the same limit).
 pub const MAX_JSON_DEPTH: usize = 127;
+/// Dispatch priorities a job may have; 0 unless set.
+pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 
 /// Headers a callback may not set: they belong to the connection or framing
 /// and overriding them would break or smuggle the request.
@@ -52,6 +54,7 @@ pub struct JobInput {
     pub callback_url: Option<String>,
     pub callback_headers: Vec<(String, String)>,
     pub retry_backoff: Option<BackoffInput>,
+    pub priority: Option<i32>,
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -133,6 +136,15 @@ fn build_job(
         .retry_backoff
         .map(|backoff| build_backoff(&field("retryBackoff"), backoff))
         .transpose()?;
+    let priority = input.priority.unwrap_or(0);
+    if !PRIORITY_RANGE.contains(&priority) {
+        return Err(Error::invalid(format!(
+            "{} must be between {} and {}",
+            field("priority"),
+            PRIORITY_RANGE.start(),
+            PRIORITY_RANGE.end()
+        )));
+    }
     let state = machine::initial_state(input.scheduled_for, now);
     Ok(Job {
         id,
@@ -154,6 +166,7 @@ fn build_job(
         kill_reason: None,
         callback,
         retry_backoff,
+        priority,
         created_at: now,
         updated_at: now,
     })

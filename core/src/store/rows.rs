@@ -115,6 +115,7 @@ pub fn job(row: &impl Columns) -> Result<Job> {
         kill_reason: row.opt_text("kill_reason")?,
         callback,
         retry_backoff,
+        priority: i32::try_from(row.int("priority")?).map_err(|_| corrupt("priority"))?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
     })

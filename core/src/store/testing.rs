@@ -55,6 +55,7 @@ pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {
             callback_url: None,
             callback_headers: vec![],
             retry_backoff: None,
+            priority: None,
         })
         .collect();
     spec::build_jobs(space_id, inputs, now_millis(), new_id).unwrap()

@@ -610,11 +610,11 @@ impl batch::Writer for PgWriter {
         if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
             self.require_space(&space_id).await?;
         }
-        for chunk in jobs.chunks(rows_per_insert(18)) {
+        for chunk in jobs.chunks(rows_per_insert(19)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
-                 backoff_kind, backoff_delay, backoff_max, created_at, updated_at) ",
+                 backoff_kind, backoff_delay, backoff_max, priority, created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut row, job| {
                 let backoff = job.retry_backoff;
@@ -634,13 +634,14 @@ impl batch::Writer for PgWriter {
                     .push_bind(backoff.map(|b| b.kind.as_str()))
                     .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
                     .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
+                    .push_bind(i64::from(job.priority))
                     .push_bind(job.created_at)
                     .push_bind(job.updated_at);
             });
             insert.build().execute(&mut self.conn).await?;
         }
         for job in &jobs {
-            self.record(job, machine::created_event(&job.state), job.created_at);
+            self.record(job, machine::created_event(job), job.created_at);
         }
         Ok(())
     }
@@ -660,7 +661,7 @@ impl batch::Writer for PgWriter {
                 .push(")");
         }
         select
-            .push(" ORDER BY due_at, id LIMIT ")
+            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
             .push_bind(i64::from(request.count))
             .push(" FOR UPDATE SKIP LOCKED");
         let candidates = select.build().fetch_all(&mut self.conn).await?;

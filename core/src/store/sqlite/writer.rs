@@ -675,7 +675,7 @@ impl batch::Writer for SqliteWriter {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
-                 backoff_kind, backoff_delay, backoff_max, created_at, updated_at) ",
+                 backoff_kind, backoff_delay, backoff_max, priority, created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut row, job| {
                 let backoff = job.retry_backoff;
@@ -695,13 +695,14 @@ impl batch::Writer for SqliteWriter {
                     .push_bind(backoff.map(|b| b.kind.as_str()))
                     .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
                     .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
+                    .push_bind(i64::from(job.priority))
                     .push_bind(job.created_at)
                     .push_bind(job.updated_at);
             });
             insert.build().execute(&mut self.conn).await?;
         }
         for job in &jobs {
-            self.record(job, machine::created_event(&job.state), job.created_at)
+            self.record(job, machine::created_event(job), job.created_at)
                 .await?;
         }
         Ok(())
@@ -736,7 +737,7 @@ impl batch::Writer for SqliteWriter {
                 .push("))");
         }
         select
-            .push(" ORDER BY due_at, id LIMIT ")
+            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
             .push_bind(i64::from(request.count));
         let candidates = select.build().fetch_all(&mut self.conn).await?;
         let mut delivered = Vec::with_capacity(candidates.len());
