@@ -531,6 +531,8 @@ fn job_spec(value: &Value, index: usize) -> Result<pb::JobSpec, ApiError> {
         callback_headers: fields.string_map("callbackHeaders")?,
         retry_backoff,
         priority: fields.i32("priority")?,
+        idempotency_key: fields.string("idempotencyKey")?,
+        idempotency_window_seconds: fields.u32("idempotencyWindowSeconds")?,
     })
 }
 

@@ -9,6 +9,7 @@ mod dashboard;
 mod dispatch;
 mod first_run;
 mod hardening;
+mod idempotency;
 mod grpc;
 mod helpers;
 mod lifecycle;

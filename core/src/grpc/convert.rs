@@ -235,6 +235,8 @@ impl From<pb::JobSpec> for JobInput {
                 max_delay_seconds: backoff.max_delay_seconds,
             }),
             priority: spec.priority,
+            idempotency_key: spec.idempotency_key,
+            idempotency_window_seconds: spec.idempotency_window_seconds,
         }
     }
 }

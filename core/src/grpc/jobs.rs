@@ -58,7 +58,8 @@ impl JobService for JobsGrpc {
             .into_iter()
             .map(|job| pb::JobRef {
                 id: job.id,
-                space_id: job.space_id,
+                space_id: request.space_id.clone(),
+                replayed: job.replayed,
             })
             .collect();
         Ok(Response::new(pb::CreateJobsResponse { jobs }))

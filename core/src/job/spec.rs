@@ -3,6 +3,8 @@
 //! the field as the REST API spells it (`jobs[0].maxRetries`), for gRPC too.
 
 use super::{BackoffKind, Callback, Job, LogLevel, LogLine, RetryBackoff, machine};
+use sha2::{Digest, Sha256};
+
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 
@@ -23,6 +25,13 @@ pub const MAX_NAME_FILTER: usize = 100;
 /// Deepest nesting of arrays and objects in submitted JSON (what REST's
 /// parser allows, so gRPC callers meet the same limit).
 pub const MAX_JSON_DEPTH: usize = 127;
+/// Longest idempotency key, in characters.
+pub const MAX_IDEMPOTENCY_KEY_CHARS: usize = 255;
+/// How long a create's idempotency key holds unless it says otherwise.
+pub const DEFAULT_IDEMPOTENCY_WINDOW_SECONDS: u32 = 24 * 60 * 60;
+/// The longest window a create may ask for: 7 days, the shortest default
+/// retention of finished jobs, so a replay finds its job.
+pub const MAX_IDEMPOTENCY_WINDOW_SECONDS: u32 = 7 * 24 * 60 * 60;
 /// Dispatch priorities a job may have; 0 unless set.
 pub const PRIORITY_RANGE: std::ops::RangeInclusive<i32> = -1000..=1000;
 
@@ -55,6 +64,36 @@ pub struct JobInput {
     pub callback_headers: Vec<(String, String)>,
     pub retry_backoff: Option<BackoffInput>,
     pub priority: Option<i32>,
+    pub idempotency_key: Option<String>,
+    pub idempotency_window_seconds: Option<u32>,
+}
+
+/// One job's idempotency key, as its create claims it.
+#[derive(Clone, Debug)]
+pub struct IdempotencyClaim {
+    /// The job's index in its create request.
+    pub index: usize,
+    pub key: String,
+    /// SHA-256 of what the create asked for, to tell a retry of the same
+    /// create from a different create reusing the key.
+    pub request_hash: [u8; 32],
+    pub expires_at: UnixMillis,
+}
+
+/// The jobs a create request makes, and the keys it claims for them.
+#[derive(Clone, Debug, Default)]
+pub struct NewJobs {
+    pub jobs: Vec<Job>,
+    pub claims: Vec<IdempotencyClaim>,
+}
+
+impl From<Vec<Job>> for NewJobs {
+    fn from(jobs: Vec<Job>) -> Self {
+        Self {
+            jobs,
+            claims: Vec::new(),
+        }
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default)]
@@ -64,13 +103,14 @@ pub struct BackoffInput {
     pub max_delay_seconds: u32,
 }
 
-/// Validates a create request and builds the jobs it creates.
+/// Validates a create request and builds the jobs it creates, with the
+/// idempotency keys it claims.
 pub fn build_jobs(
     space_id: &str,
     inputs: Vec<JobInput>,
     now: UnixMillis,
     mut new_id: impl FnMut() -> String,
-) -> Result<Vec<Job>> {
+) -> Result<NewJobs> {
     if inputs.is_empty() {
         return Err(Error::invalid("at least one job is required"));
     }
@@ -79,11 +119,77 @@ pub fn build_jobs(
             "at most {MAX_JOBS_PER_REQUEST} jobs can be created per request"
         )));
     }
-    inputs
-        .into_iter()
-        .enumerate()
-        .map(|(index, input)| build_job(index, space_id, input, now, new_id()))
-        .collect()
+    let mut built = NewJobs::default();
+    for (index, input) in inputs.into_iter().enumerate() {
+        if let Some(claim) = idempotency_claim(index, &input, now)? {
+            built.claims.push(claim);
+        }
+        built
+            .jobs
+            .push(build_job(index, space_id, input, now, new_id())?);
+    }
+    Ok(built)
+}
+
+/// The claim of a job's idempotency key, if it has one. The request hash
+/// covers every field of the job as submitted, the key's window aside.
+fn idempotency_claim(
+    index: usize,
+    input: &JobInput,
+    now: UnixMillis,
+) -> Result<Option<IdempotencyClaim>> {
+    let field = |name: &str| format!("jobs[{index}].{name}");
+    let Some(key) = &input.idempotency_key else {
+        if input.idempotency_window_seconds.is_some() {
+            return Err(Error::invalid(format!(
+                "{} requires {}",
+                field("idempotencyWindowSeconds"),
+                field("idempotencyKey")
+            )));
+        }
+        return Ok(None);
+    };
+    let chars = key.chars().count();
+    if !(1..=MAX_IDEMPOTENCY_KEY_CHARS).contains(&chars) {
+        return Err(Error::invalid(format!(
+            "{} must be 1 to {MAX_IDEMPOTENCY_KEY_CHARS} characters",
+            field("idempotencyKey")
+        )));
+    }
+    check_text(&field("idempotencyKey"), key)?;
+    let window = input
+        .idempotency_window_seconds
+        .unwrap_or(DEFAULT_IDEMPOTENCY_WINDOW_SECONDS);
+    if !(1..=MAX_IDEMPOTENCY_WINDOW_SECONDS).contains(&window) {
+        return Err(Error::invalid(format!(
+            "{} must be between 1 and {MAX_IDEMPOTENCY_WINDOW_SECONDS}",
+            field("idempotencyWindowSeconds")
+        )));
+    }
+    let backoff = input.retry_backoff.map(|backoff| {
+        serde_json::json!([
+            backoff.kind.map(BackoffKind::as_str),
+            backoff.delay_seconds,
+            backoff.max_delay_seconds
+        ])
+    });
+    let described = serde_json::json!([
+        input.name,
+        input.payload,
+        input.max_retries,
+        input.timeout_seconds,
+        input.scheduled_for,
+        input.callback_url,
+        input.callback_headers,
+        backoff,
+        input.priority,
+    ]);
+    Ok(Some(IdempotencyClaim {
+        index,
+        key: key.clone(),
+        request_hash: Sha256::digest(described.to_string().as_bytes()).into(),
+        expires_at: now + i64::from(window) * 1000,
+    }))
 }
 
 fn build_job(
@@ -456,7 +562,7 @@ mod tests {
     }
 
     fn build(inputs: Vec<JobInput>) -> Result<Vec<Job>> {
-        build_jobs("S", inputs, 1_000, || "id".into())
+        build_jobs("S", inputs, 1_000, || "id".into()).map(|built| built.jobs)
     }
 
     fn message(inputs: Vec<JobInput>) -> String {

@@ -34,6 +34,14 @@ pub struct ListLimits {
     pub offset: u32,
 }
 
+/// One job of a create request, as the create answers it.
+pub struct CreatedJob {
+    pub id: String,
+    /// An idempotency key matched an earlier identical create: `id` is the
+    /// job that one made.
+    pub replayed: bool,
+}
+
 /// Most jobs one bulk call acts on.
 pub const MAX_BULK: u32 = 1000;
 
@@ -101,13 +109,36 @@ impl JobsApi {
         who: &Principal,
         space_id: &str,
         inputs: Vec<JobInput>,
-    ) -> Result<Vec<Job>> {
+    ) -> Result<Vec<CreatedJob>> {
         who.authorize_space(space_id, Scope::JobsCreate)?;
         let now = now_millis();
-        let jobs = spec::build_jobs(space_id, inputs, now, new_id)?;
-        self.store.create_jobs(jobs.clone()).await?;
-        self.note_deadlines(&jobs);
-        Ok(jobs)
+        let new = spec::build_jobs(space_id, inputs, now, new_id)?;
+        let mut created: Vec<CreatedJob> = new
+            .jobs
+            .iter()
+            .map(|job| CreatedJob {
+                id: job.id.clone(),
+                replayed: false,
+            })
+            .collect();
+        let jobs = new.jobs.clone();
+        let replays = self.store.create_jobs(new).await?;
+        for replay in replays {
+            if let Some(job) = created.get_mut(replay.index) {
+                *job = CreatedJob {
+                    id: replay.job_id,
+                    replayed: true,
+                };
+            }
+        }
+        let made: Vec<Job> = jobs
+            .into_iter()
+            .zip(&created)
+            .filter(|(_, created)| !created.replayed)
+            .map(|(job, _)| job)
+            .collect();
+        self.note_deadlines(&made);
+        Ok(created)
     }
 
     /// A page of the filter's jobs, newest first, and how many it matches.

@@ -22,11 +22,12 @@ use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
 use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
+use crate::job::spec::NewJobs;
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite,
+    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite,
     SpaceRecord, SpaceSettings, Step, Sweep, TokenRecord,
 };
 
@@ -84,8 +85,8 @@ pub enum WriteOp {
         reply: Reply<String>,
     },
     CreateJobs {
-        jobs: Vec<Job>,
-        reply: Reply<()>,
+        new: NewJobs,
+        reply: Reply<Vec<Replay>>,
     },
     Deliver {
         request: DeliverRequest,
@@ -161,9 +162,11 @@ pub trait Writer: Send {
     /// Runs after a committed batch's replies went out.
     fn committed(&mut self);
     /// Locks and reads, in one statement, the jobs the batch's operations
-    /// name, so that each operation needs no read of its own. A writer that
-    /// is the only one (SQLite) has no use for it.
-    async fn lock_ahead(&mut self, _job_ids: Vec<&str>) -> Result<()> {
+    /// name, so that each operation needs no read of its own; then locks
+    /// the idempotency keys its creates claim, `(space, key)`. Both in one
+    /// global order, so concurrent writers cannot deadlock on them. A writer
+    /// that is the only one (SQLite) has no use for it.
+    async fn lock_ahead(&mut self, _job_ids: Vec<&str>, _keys: Vec<(&str, &str)>) -> Result<()> {
         Ok(())
     }
     /// Upkeep between batches, outside any transaction (SQLite: starting
@@ -196,7 +199,7 @@ pub trait Writer: Send {
     async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
     -> Result<String>;
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool>;
-    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()>;
+    async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>>;
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
     async fn apply(
         &mut self,
@@ -349,7 +352,7 @@ fn weight(batch: &[WriteOp]) -> u32 {
     batch
         .iter()
         .map(|op| match op {
-            WriteOp::CreateJobs { jobs, .. } => jobs.len() as u32,
+            WriteOp::CreateJobs { new, .. } => new.jobs.len() as u32,
             _ => 1,
         })
         .sum()
@@ -416,7 +419,20 @@ async fn run_batch(
                 _ => None,
             }))
             .collect();
-        batch_error = writer.lock_ahead(named).await.err();
+        let keys = batch
+            .iter()
+            .filter_map(|op| match op {
+                WriteOp::CreateJobs { new, .. } => Some(new),
+                _ => None,
+            })
+            .flat_map(|new| {
+                let space_id = new.jobs.first().map_or("", |job| job.space_id.as_str());
+                new.claims
+                    .iter()
+                    .map(move |claim| (space_id, claim.key.as_str()))
+            })
+            .collect();
+        batch_error = writer.lock_ahead(named, keys).await.err();
     }
     if batch_error.is_none() {
         batch_error = release(writer, &released, &mut effects).await.err();
@@ -536,8 +552,8 @@ fn refuse(op: WriteOp) {
         WriteOp::CreateSpace { reply, .. }
         | WriteOp::CreateToken { reply, .. }
         | WriteOp::SetWebhookSecret { reply, .. }
-        | WriteOp::RecordCallbackTry { reply, .. }
-        | WriteOp::CreateJobs { reply, .. } => unavailable(reply),
+        | WriteOp::RecordCallbackTry { reply, .. } => unavailable(reply),
+        WriteOp::CreateJobs { reply, .. } => unavailable(reply),
         WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
         WriteOp::RevokeToken { reply, .. } => unavailable(reply),
         WriteOp::PutSetting { reply, .. } => unavailable(reply),
@@ -605,16 +621,20 @@ async fn execute(
                 .await,
             reply,
         ),
-        WriteOp::CreateJobs { jobs, reply } => {
-            let ready: Vec<(String, String)> = jobs
+        WriteOp::CreateJobs { new, reply } => {
+            let ready: Vec<(usize, String, String)> = new
+                .jobs
                 .iter()
-                .filter(|job| job.status() == JobStatus::Pending)
-                .map(|job| (job.space_id.clone(), job.name.clone()))
+                .enumerate()
+                .filter(|(_, job)| job.status() == JobStatus::Pending)
+                .map(|(index, job)| (index, job.space_id.clone(), job.name.clone()))
                 .collect();
-            let created = writer.create_jobs(jobs).await;
-            if created.is_ok() {
-                for (space_id, name) in &ready {
-                    effects.touched.add(space_id, name);
+            let created = writer.create_jobs(new).await;
+            if let Ok(replays) = &created {
+                for (index, space_id, name) in &ready {
+                    if !replays.iter().any(|replay| replay.index == *index) {
+                        effects.touched.add(space_id, name);
+                    }
                 }
             }
             finish(created, reply)
@@ -865,8 +885,8 @@ impl Writes {
             .await
     }
 
-    pub async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
-        self.send(self.any(), |reply| WriteOp::CreateJobs { jobs, reply })
+    pub async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>> {
+        self.send(self.any(), |reply| WriteOp::CreateJobs { new, reply })
             .await
     }
 

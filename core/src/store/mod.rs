@@ -8,6 +8,7 @@ mod batch;
 mod filter;
 mod forget;
 pub mod handoff;
+mod idempotency;
 pub mod postgres;
 mod rows;
 mod sessions;
@@ -16,6 +17,7 @@ pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;
 
+pub use self::idempotency::Replay;
 pub use self::sessions::{MAX_SESSIONS_PER_KEY, SessionRecord, SessionWrite};
 
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
+use crate::job::spec::NewJobs;
 use crate::job::{
     Job, JobEvent, JobStatus, LiveEvent, LogLevel, LogLine, StatusCounts, StoredLogLine,
 };
@@ -343,7 +346,11 @@ pub trait Store: Send + Sync + 'static {
 
     /// Persists new jobs (and their `created` events) atomically; fails with
     /// NotFound when the space does not exist.
-    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()>;
+    /// Idempotency keys are claimed in the same write: a job whose key an
+    /// identical create holds is not made again but returned as a replay;
+    /// a key held by a different create fails the whole write with
+    /// Conflict.
+    async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>>;
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
     /// How many jobs the filter matches.
     async fn count_jobs(&self, filter: &JobFilter) -> Result<u64>;

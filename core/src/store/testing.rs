@@ -56,16 +56,20 @@ pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {
             callback_headers: vec![],
             retry_backoff: None,
             priority: None,
+            idempotency_key: None,
+            idempotency_window_seconds: None,
         })
         .collect();
-    spec::build_jobs(space_id, inputs, now_millis(), new_id).unwrap()
+    spec::build_jobs(space_id, inputs, now_millis(), new_id)
+        .unwrap()
+        .jobs
 }
 
 /// Stores `count` ready jobs; returns their ids in order.
 pub async fn create(store: &(impl Store + ?Sized), space_id: &str, count: usize) -> Vec<String> {
     let jobs = jobs(space_id, count);
     let ids = jobs.iter().map(|job| job.id.clone()).collect();
-    store.create_jobs(jobs).await.unwrap();
+    store.create_jobs(jobs.into()).await.unwrap();
     ids
 }
 

@@ -39,19 +39,46 @@ async fn create_jobs(
     headers: HeaderMap,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let (jobs, single) = json::job_specs(&body)?;
+) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+    let (mut jobs, single) = json::job_specs(&body)?;
+    // The `Idempotency-Key` header keys a single create that names none.
+    if let (true, Some(job)) = (single, jobs.first_mut())
+        && job.idempotency_key.is_none()
+    {
+        job.idempotency_key = headers
+            .get("idempotency-key")
+            .map(|value| {
+                value.to_str().map(str::to_owned).map_err(|_| {
+                    ApiError::bad_request("the Idempotency-Key header must be visible ASCII")
+                })
+            })
+            .transpose()?;
+    }
     let request = with_credentials(&headers, pb::CreateJobsRequest { space_id, jobs });
     let created = core.jobs().create_jobs(request).await?.into_inner().jobs;
-    let mut refs = created
-        .into_iter()
-        .map(|job| json!({ "id": job.id, "spaceId": job.space_id }));
+    let replayed = !created.is_empty() && created.iter().all(|job| job.replayed);
+    // `replayed` appears only on replays, so a create without a key answers
+    // exactly the reference's `{id, spaceId}`.
+    let mut refs = created.into_iter().map(|job| {
+        let mut reference = json!({ "id": job.id, "spaceId": job.space_id });
+        if job.replayed {
+            reference["replayed"] = Value::Bool(true);
+        }
+        reference
+    });
     let body = if single {
         refs.next().unwrap_or(Value::Null)
     } else {
         Value::Array(refs.collect())
     };
-    Ok((StatusCode::CREATED, Json(body)))
+    let mut response_headers = HeaderMap::new();
+    if replayed {
+        response_headers.insert(
+            "idempotent-replayed",
+            axum::http::HeaderValue::from_static("true"),
+        );
+    }
+    Ok((StatusCode::CREATED, response_headers, Json(body)))
 }
 
 async fn list_jobs(

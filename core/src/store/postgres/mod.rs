@@ -24,13 +24,14 @@ use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
+use crate::job::spec::NewJobs;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, OutboxEntry,
-    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, SessionRecord, SessionWrite, SettingWrite, SpaceHead,
-    SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, SessionRecord, SessionWrite, SettingWrite,
+    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 8;
@@ -355,8 +356,8 @@ impl Store for PostgresStore {
         self.writes.put_setting(name, value, write).await
     }
 
-    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
-        self.writes.create_jobs(jobs).await
+    async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>> {
+        self.writes.create_jobs(new).await
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {

@@ -28,15 +28,19 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
+use sha2::{Digest, Sha256};
+
+use crate::job::spec::NewJobs;
 use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StoredLogLine,
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
+use crate::store::idempotency;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite, SpaceRecord, SpaceSettings,
-    Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
+    SpaceSettings, Sweep, TokenRecord,
 };
 use crate::store::{rows, space_settings};
 
@@ -76,6 +80,34 @@ pub struct PgWriter {
 }
 
 impl PgWriter {
+    /// Takes a transaction-scoped advisory lock per idempotency key, in the
+    /// order of their hashes. Without it two batches claiming the same two
+    /// keys in opposite orders deadlocked (each claim waits on the other's
+    /// uncommitted insert), failing both batches.
+    async fn lock_keys(&mut self, keys: Vec<(&str, &str)>) -> Result<()> {
+        let mut hashes: Vec<i64> = keys
+            .into_iter()
+            .map(|(space_id, key)| {
+                let digest = Sha256::new()
+                    .chain_update(space_id.as_bytes())
+                    .chain_update([0])
+                    .chain_update(key.as_bytes())
+                    .finalize();
+                let mut first = [0u8; 8];
+                first.copy_from_slice(&digest[..8]);
+                i64::from_be_bytes(first)
+            })
+            .collect();
+        hashes.sort_unstable();
+        hashes.dedup();
+        // `unnest` yields the array in order, so the locks are taken in it.
+        sqlx::query("SELECT pg_advisory_xact_lock(hash) FROM unnest($1::bigint[]) AS hash")
+            .bind(&hashes)
+            .execute(&mut self.conn)
+            .await?;
+        Ok(())
+    }
+
     /// Every replica ends the streams the revoked key holds open.
     async fn announce_revocation(&mut self, token_id: &str) -> Result<()> {
         sqlx::query("SELECT pg_notify($1, $2)")
@@ -408,7 +440,10 @@ impl batch::Writer for PgWriter {
         Ok(())
     }
 
-    async fn lock_ahead(&mut self, mut job_ids: Vec<&str>) -> Result<()> {
+    async fn lock_ahead(&mut self, mut job_ids: Vec<&str>, keys: Vec<(&str, &str)>) -> Result<()> {
+        if !keys.is_empty() {
+            self.lock_keys(keys).await?;
+        }
         if job_ids.is_empty() {
             return Ok(());
         }
@@ -605,10 +640,25 @@ impl batch::Writer for PgWriter {
         super::super::sessions::write::<Postgres>(&mut self.conn, write).await
     }
 
-    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
+    async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
+        let NewJobs { mut jobs, claims } = new;
         // A create request addresses one space.
-        if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
-            self.require_space(&space_id).await?;
+        let Some((space_id, now)) = jobs
+            .first()
+            .map(|job| (job.space_id.clone(), job.created_at))
+        else {
+            return Ok(Vec::new());
+        };
+        self.require_space(&space_id).await?;
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let replays =
+            idempotency::claim::<Postgres>(&mut self.conn, &space_id, &claims, &ids, now).await?;
+        if !replays.is_empty() {
+            let mut index = 0;
+            jobs.retain(|_| {
+                index += 1;
+                !replays.iter().any(|replay| replay.index == index - 1)
+            });
         }
         for chunk in jobs.chunks(rows_per_insert(19)) {
             let mut insert = QueryBuilder::<Postgres>::new(
@@ -643,7 +693,7 @@ impl batch::Writer for PgWriter {
         for job in &jobs {
             self.record(job, machine::created_event(job), job.created_at);
         }
-        Ok(())
+        Ok(replays)
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {

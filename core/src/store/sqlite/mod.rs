@@ -30,13 +30,14 @@ use super::{filter, rows};
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::job::spec::NewJobs;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::{
     CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, OutboxEntry,
-    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, SessionRecord, SessionWrite, SettingWrite, SpaceHead,
-    SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, SessionRecord, SessionWrite, SettingWrite,
+    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -404,8 +405,8 @@ impl Store for SqliteStore {
         self.writes.put_setting(name, value, write).await
     }
 
-    async fn create_jobs(&self, jobs: Vec<Job>) -> Result<()> {
-        self.writes.create_jobs(jobs).await
+    async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>> {
+        self.writes.create_jobs(new).await
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
@@ -566,12 +567,13 @@ mod tests {
     use crate::clock::UnixMillis;
     use crate::error::{Error, Result};
     use crate::job::machine::{Command, Fence};
+    use crate::job::spec::NewJobs;
     use crate::job::{Job, LogLine};
     use crate::store::batch::{self, Writer, Writes};
     use crate::store::handoff::Waiters;
     use crate::store::testing::{create, jobs, store_with_space};
     use crate::store::{
-        CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite, SpaceRecord,
+        CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
         SpaceSettings, Store, Sweep, TokenRecord,
     };
 
@@ -643,11 +645,11 @@ mod tests {
         async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
             self.0.write_session(write).await
         }
-        async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
-            if jobs.iter().any(|job| job.name == "poison") {
+        async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
+            if new.jobs.iter().any(|job| job.name == "poison") {
                 return Err(Error::internal("the disk is full"));
             }
-            self.0.create_jobs(jobs).await
+            self.0.create_jobs(new).await
         }
         async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
             self.0.deliver(request).await
@@ -712,7 +714,7 @@ mod tests {
             let id = batch[0].id.clone();
             answers.push((
                 id,
-                tokio::spawn(async move { writes.create_jobs(batch).await }),
+                tokio::spawn(async move { writes.create_jobs(batch.into()).await }),
             ));
             // One batch: every operation is queued before the writer runs.
             while queue.ops.len() <= queued {

@@ -23,6 +23,7 @@ use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
+use crate::job::spec::NewJobs;
 use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
     StoredLogLine,
@@ -30,9 +31,10 @@ use crate::job::{
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
+use crate::store::idempotency;
 use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, SessionWrite, SettingWrite, SpaceRecord, SpaceSettings,
-    Sweep, TokenRecord,
+    CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
+    SpaceSettings, Sweep, TokenRecord,
 };
 use crate::store::{rows, space_settings};
 
@@ -666,10 +668,25 @@ impl batch::Writer for SqliteWriter {
         super::super::sessions::write::<Sqlite>(&mut self.conn, write).await
     }
 
-    async fn create_jobs(&mut self, jobs: Vec<Job>) -> Result<()> {
+    async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
+        let NewJobs { mut jobs, claims } = new;
         // A create request addresses one space.
-        if let Some(space_id) = jobs.first().map(|job| job.space_id.clone()) {
-            self.require_space(&space_id).await?;
+        let Some((space_id, now)) = jobs
+            .first()
+            .map(|job| (job.space_id.clone(), job.created_at))
+        else {
+            return Ok(Vec::new());
+        };
+        self.require_space(&space_id).await?;
+        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+        let replays =
+            idempotency::claim::<Sqlite>(&mut self.conn, &space_id, &claims, &ids, now).await?;
+        if !replays.is_empty() {
+            let mut index = 0;
+            jobs.retain(|_| {
+                index += 1;
+                !replays.iter().any(|replay| replay.index == index - 1)
+            });
         }
         for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
@@ -705,7 +722,7 @@ impl batch::Writer for SqliteWriter {
             self.record(job, machine::created_event(job), job.created_at)
                 .await?;
         }
-        Ok(())
+        Ok(replays)
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
