@@ -350,9 +350,15 @@ async function route() {
 
 // ---- Home and spaces -----------------------------------------------------
 
+// Space settings are the admin's: a read-only session knows its space by id.
+async function space(spaceId) {
+  if (session.admin) return (await api("GET", `/api/v1/spaces/${encodeURIComponent(spaceId)}`)).data;
+  return { id: spaceId, name: `Space ${spaceId}` };
+}
+
 async function spaces() {
   if (session.admin) return (await api("GET", "/api/v1/spaces")).data;
-  return [(await api("GET", `/api/v1/spaces/${encodeURIComponent(session.spaceId)}`)).data];
+  return [await space(session.spaceId)];
 }
 
 function countsList(spaceId, counts, selected) {
@@ -429,7 +435,7 @@ async function spacesView(view) {
 async function jobsView(view, spaceId, params) {
   const status = params.get("status") || "";
   const name = params.get("name") || "";
-  const space = (await api("GET", `/api/v1/spaces/${encodeURIComponent(spaceId)}`)).data;
+  const { name: spaceName } = await space(spaceId);
   const base = `#/spaces/${encodeURIComponent(spaceId)}/jobs`;
   const live = h("span", { class: "live", id: "live", text: "Connecting" });
   const counts = h("div", {}, countsList(spaceId, null, status));
@@ -476,7 +482,7 @@ async function jobsView(view, spaceId, params) {
       ? "No jobs match this filter. Clear it, or wait: matching jobs appear here as they are created."
       : "No jobs yet. Create one with POST /api/v1/spaces/" + spaceId + "/jobs; it appears here at once.");
   const older = h("button", { id: "older", hidden: true, text: "Load older jobs" });
-  view.append(h("div", { class: "row", style: "justify-content:space-between" }, h("h1", { text: space.name }), live),
+  view.append(h("div", { class: "row", style: "justify-content:space-between" }, h("h1", { text: spaceName }), live),
     counts, filter, find, table, empty, h("p", {}, older));
 
   // id -> { row, job }; `cursor` is the oldest row's id (paging back).
@@ -998,7 +1004,29 @@ async function settingsView(view, spaceId) {
       h("button", { class: "primary", type: "submit", text: "Save Slack settings" }),
       slack.url ? h("button", { type: "button", class: "danger", onclick: () => save({ slack: null }, "Slack notifications turned off"), text: "Turn off" }) : null));
 
-  view.append(h("h1", { text: `Settings · ${space.name}` }), pushForm, anonymousForm, secretCard, slackForm);
+  // Retention of finished jobs, in days (0 keeps them; empty: the server's default).
+  const kept = space.retention || {};
+  const days = (seconds) => (seconds === undefined || seconds === null ? "" : String(seconds / 86400));
+  const ages = ["completed", "dead", "killed"].map((status) => h("input", {
+    id: `retain-${status}`, type: "number", min: "0", step: "any", value: days(kept[status]), "data-status": status,
+  }));
+  const retentionForm = h("form", {
+    class: "card", id: "retention",
+    onsubmit: (event) => {
+      event.preventDefault();
+      const retention = {};
+      for (const input of ages) {
+        retention[input.dataset.status] = input.value === "" ? null : Math.round(Number(input.value) * 86400);
+      }
+      save({ retention }, "Retention saved");
+    },
+  },
+    h("h2", { text: "Retention of finished jobs" }),
+    h("p", { class: "hint", text: "Finished jobs are deleted this many days after they end, with their events and logs. 0 keeps them; empty uses the server's default. Shown: the retention in force." }),
+    h("div", { class: "row" }, ages.map((input) => h("div", {}, h("label", { for: input.id, text: `${input.dataset.status} (days)` }), input))),
+    h("p", {}, h("button", { type: "submit", text: "Save retention" })));
+
+  view.append(h("h1", { text: `Settings · ${space.name}` }), pushForm, anonymousForm, secretCard, slackForm, retentionForm);
 }
 
 window.addEventListener("hashchange", route);

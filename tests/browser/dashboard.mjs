@@ -234,6 +234,11 @@ try {
   await page.locator("#rotate-secret").click();
   const secret = await page.locator("#webhook-secret [data-secret]").textContent();
   check(secret.startsWith("whsec_"), "the signing secret is shown once");
+  await page.fill("#retain-completed", "2");
+  await page.fill("#retain-dead", "");
+  await page.getByRole("button", { name: "Save retention" }).click();
+  await until("retention saved", async () =>
+    (await rest("GET", `/api/v1/spaces/${spaceId}`, ADMIN)).body.retention?.completed === 2 * 86400);
   await shot(page, "settings");
 
   // --- Home: every space with live counts. ---
@@ -266,6 +271,11 @@ try {
   await page.click("button[type=submit]");
   await page.getByText("Read-only view of one space").waitFor();
   check(await page.getByRole("link", { name: "Tokens" }).count() === 0, "no Tokens page for a read-only session");
+  await page.getByRole("link", { name: "Home" }).click();
+  await until("its space's live counts on Home", async () =>
+    (await page.locator(`[data-space="${spaceId}"] [data-count="pending"] b`).textContent()) === "5");
+  await page.getByRole("link", { name: "Jobs" }).click();
+  await until("its jobs", async () => (await rowCount(page)) === 6);
   await page.goto(`${BASE}/#/jobs/${created[0]}`);
   await page.getByRole("heading", { name: /send-email/ }).waitFor();
   check(await page.locator("#kill").count() === 0, "no Kill button in a read-only view");
