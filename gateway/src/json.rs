@@ -249,6 +249,8 @@ pub fn space(space: pb::Space) -> Value {
             "url": slack.url,
             "events": slack.events,
         })),
+        "paused": space.paused,
+        "pausedNames": space.paused_names,
         "retention": space.retention.map(|retention| json!({
             "completed": retention.completed_seconds,
             "dead": retention.dead_seconds,

@@ -17,6 +17,7 @@ mod list;
 mod logs;
 mod metrics;
 mod operations;
+mod pause;
 mod polyglot;
 mod priority;
 mod realtime;

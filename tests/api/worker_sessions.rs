@@ -602,3 +602,25 @@ async fn a_session_gets_the_highest_priority_ready_job_first() {
         assert_eq!(worker.assignment().await.id, second_urgent);
     }
 }
+
+/// A session of a paused space is handed nothing; a resume hands it the
+/// jobs the pause held.
+#[tokio::test]
+async fn a_session_gets_nothing_while_its_space_is_paused() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let pause = format!("/api/v1/spaces/{}/pause", space.id);
+    let (status, _) = app.post(&pause, crate::helpers::ADMIN_KEY, json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    let job = app.create_job(&space, json!({ "name": "held" })).await;
+    let mut worker = Worker::open(&app, &space.worker, hello(&space, 2, &[]))
+        .await
+        .unwrap();
+    worker
+        .expect_quiet(Duration::from_millis(1500), "a paused space hands out nothing")
+        .await;
+    let resume = format!("/api/v1/spaces/{}/resume", space.id);
+    let (status, _) = app.post(&resume, crate::helpers::ADMIN_KEY, json!({})).await;
+    assert_eq!(status, reqwest::StatusCode::OK);
+    assert_eq!(worker.assignment().await.id, job);
+}

@@ -12,12 +12,12 @@ use subtle::ConstantTimeEq;
 use tokio::sync::broadcast;
 
 use super::{ApiKey, KeyHash, Principal, Scope, generate_key, hash_key, parse_scopes};
-use crate::clock::{UnixMillis, now_millis};
-use crate::store::{SessionRecord, SessionWrite};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::store::Store;
+use crate::store::{SessionRecord, SessionWrite};
 
 /// Waits for one key's revocation.
 pub struct Revocation {
@@ -118,15 +118,9 @@ impl Authenticator {
             Credential::Key(key) => self.authenticate_key(key).await,
             Credential::Session(token) => {
                 let session = self.find_session(token).await?;
-                // A space key's session is a read-only view of its space.
-                match self.principal_of(session.key_hash).await? {
-                    Principal::ApiKey(key) => Ok(Principal::ApiKey(Arc::new(ApiKey {
-                        token_id: key.token_id.clone(),
-                        space_id: key.space_id.clone(),
-                        scopes: key.scopes.read_only(),
-                    }))),
-                    admin => Ok(admin),
-                }
+                Ok(session_principal(
+                    self.principal_of(session.key_hash).await?,
+                ))
             }
         }
     }
@@ -176,17 +170,9 @@ impl Authenticator {
         self.store
             .write_session(SessionWrite::Open(session))
             .await?;
-        let principal = match principal {
-            Principal::ApiKey(key) => Principal::ApiKey(Arc::new(ApiKey {
-                token_id: key.token_id.clone(),
-                space_id: key.space_id.clone(),
-                scopes: key.scopes.read_only(),
-            })),
-            admin => admin,
-        };
         Ok(OpenedSession {
             token,
-            principal,
+            principal: session_principal(principal),
             expires_at,
         })
     }
@@ -336,6 +322,19 @@ impl Authenticator {
 
     fn lock_cache(&self) -> std::sync::MutexGuard<'_, HashMap<KeyHash, (Arc<ApiKey>, Instant)>> {
         lock(&self.cache)
+    }
+}
+
+/// What a session of the key `principal` may do: a space key's session is
+/// a read-only view of its space; the admin's may do everything.
+fn session_principal(principal: Principal) -> Principal {
+    match principal {
+        Principal::ApiKey(key) => Principal::ApiKey(Arc::new(ApiKey {
+            token_id: key.token_id.clone(),
+            space_id: key.space_id.clone(),
+            scopes: key.scopes.read_only(),
+        })),
+        admin => admin,
     }
 }
 

@@ -9,7 +9,7 @@ use crate::auth::{Authenticator, Principal};
 use crate::clock::{UnixMillis, to_timestamp};
 use crate::retention::RetentionChange;
 use crate::service::AdminApi;
-use crate::store::{PushTarget, SlackTarget, SpaceRecord, SpaceSettings};
+use crate::store::{PushTarget, SlackTarget, SpaceRecord, SpaceSettings, WHOLE_SPACE};
 
 type Reply<T> = Result<Response<T>, Status>;
 
@@ -23,16 +23,23 @@ impl AdminGrpc {
         Self { auth, admin }
     }
 
-    /// The space as shown, with the retention in force for it.
-    fn space(&self, space: SpaceRecord) -> pb::Space {
+    /// The space as shown, with the retention in force for it and its
+    /// pauses.
+    async fn space(&self, space: SpaceRecord) -> Result<pb::Space, Status> {
         let retention = self.admin.retention_of(&space);
+        let pauses = self.admin.pauses(&space.id).await?;
         let mut shown: pb::Space = space.into();
         shown.retention = Some(pb::Retention {
             completed_seconds: retention.completed,
             dead_seconds: retention.dead,
             killed_seconds: retention.killed,
         });
-        shown
+        shown.paused = pauses.iter().any(|name| name == WHOLE_SPACE);
+        shown.paused_names = pauses
+            .into_iter()
+            .filter(|name| name != WHOLE_SPACE)
+            .collect();
+        Ok(shown)
     }
 }
 
@@ -63,7 +70,7 @@ impl AdminService for AdminGrpc {
             .create_space(&who, &request.get_ref().name)
             .await?;
         Ok(Response::new(pb::CreateSpaceResponse {
-            space: Some(self.space(space)),
+            space: Some(self.space(space).await?),
         }))
     }
 
@@ -73,9 +80,11 @@ impl AdminService for AdminGrpc {
     ) -> Reply<pb::ListSpacesResponse> {
         let who = principal(&self.auth, request.metadata()).await?;
         let spaces = self.admin.list_spaces(&who).await?;
-        Ok(Response::new(pb::ListSpacesResponse {
-            spaces: spaces.into_iter().map(|space| self.space(space)).collect(),
-        }))
+        let mut shown = Vec::with_capacity(spaces.len());
+        for space in spaces {
+            shown.push(self.space(space).await?);
+        }
+        Ok(Response::new(pb::ListSpacesResponse { spaces: shown }))
     }
 
     async fn get_space(
@@ -88,7 +97,7 @@ impl AdminService for AdminGrpc {
             .get_space(&who, &request.get_ref().space_id)
             .await?;
         Ok(Response::new(pb::GetSpaceResponse {
-            space: Some(self.space(space)),
+            space: Some(self.space(space).await?),
         }))
     }
 
@@ -123,7 +132,7 @@ impl AdminService for AdminGrpc {
             .update_space(&who, &request.space_id, settings, retention)
             .await?;
         Ok(Response::new(pb::UpdateSpaceResponse {
-            space: Some(self.space(space)),
+            space: Some(self.space(space).await?),
         }))
     }
 
@@ -149,7 +158,7 @@ impl AdminService for AdminGrpc {
             .rotate_public_token(&who, &request.get_ref().space_id)
             .await?;
         Ok(Response::new(pb::RotatePublicTokenResponse {
-            space: Some(self.space(space)),
+            space: Some(self.space(space).await?),
         }))
     }
 
@@ -213,6 +222,36 @@ impl AdminService for AdminGrpc {
         let who = principal(&self.auth, request.metadata()).await?;
         let text = self.admin.metrics(&who).await?;
         Ok(Response::new(pb::GetMetricsResponse { text }))
+    }
+
+    async fn pause_space(
+        &self,
+        request: Request<pb::PauseSpaceRequest>,
+    ) -> Reply<pb::PauseSpaceResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let space = self
+            .admin
+            .set_pause(&who, &request.space_id, request.name.as_deref(), true)
+            .await?;
+        Ok(Response::new(pb::PauseSpaceResponse {
+            space: Some(self.space(space).await?),
+        }))
+    }
+
+    async fn resume_space(
+        &self,
+        request: Request<pb::ResumeSpaceRequest>,
+    ) -> Reply<pb::ResumeSpaceResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let space = self
+            .admin
+            .set_pause(&who, &request.space_id, request.name.as_deref(), false)
+            .await?;
+        Ok(Response::new(pb::ResumeSpaceResponse {
+            space: Some(self.space(space).await?),
+        }))
     }
 
     async fn start_dashboard_session(

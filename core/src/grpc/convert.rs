@@ -271,6 +271,9 @@ impl From<SpaceRecord> for pb::Space {
                 url: crate::callbacks::slack::masked(&slack.url),
                 events: slack.events,
             }),
+            // Pauses live in their own table; the admin service adds them.
+            paused: false,
+            paused_names: Vec::new(),
         }
     }
 }

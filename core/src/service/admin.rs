@@ -9,6 +9,7 @@ use crate::metrics::CoreMetrics;
 use crate::retention::{RetentionChange, RetentionOverrides, RetentionPolicy};
 use crate::store::{
     PushTarget, SLACK_EVENTS, SlackTarget, SpaceRecord, SpaceSettings, Store, TokenRecord,
+    WHOLE_SPACE,
 };
 
 const MAX_NAME_CHARS: usize = 200;
@@ -247,6 +248,45 @@ impl AdminApi {
         }
         tracing::info!(space_id, "public token rotated");
         self.find_space(space_id).await
+    }
+
+    /// Pauses (`paused`) or resumes dispatch of the job name `name` in a
+    /// space, or of the whole space without a name. Creates and timers go
+    /// on; a resume lets the jobs it covers go at once.
+    pub async fn set_pause(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        name: Option<&str>,
+        paused: bool,
+    ) -> Result<SpaceRecord> {
+        who.require_admin()?;
+        if !is_well_formed(space_id) {
+            return Err(Error::NotFound("space"));
+        }
+        let name = match name {
+            Some(name) => checked_name(name)?,
+            None => WHOLE_SPACE.to_owned(),
+        };
+        if self
+            .store
+            .set_pause(space_id, &name, paused, now_millis())
+            .await?
+        {
+            let what = if name == WHOLE_SPACE {
+                "*"
+            } else {
+                name.as_str()
+            };
+            let action = if paused { "paused" } else { "resumed" };
+            tracing::info!(space_id, name = what, "dispatch {action}");
+        }
+        self.find_space(space_id).await
+    }
+
+    /// The space's paused job names, `WHOLE_SPACE` when all are.
+    pub async fn pauses(&self, space_id: &str) -> Result<Vec<String>> {
+        self.store.pauses(space_id).await
     }
 
     async fn find_space(&self, space_id: &str) -> Result<SpaceRecord> {

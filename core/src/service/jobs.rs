@@ -14,7 +14,7 @@ use crate::job::{Job, JobEvent, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic, Woke};
 use crate::store::handoff::{Handed, Waiter};
 use crate::store::{
-    DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, Step, Store,
+    DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, Step, Store, WHOLE_SPACE,
 };
 use crate::timers::TimerWake;
 
@@ -349,6 +349,20 @@ impl JobsApi {
         let target = target(job_id, who.authorize_job(Scope::JobsPoll)?)?;
         if self.stopping() {
             return Err(Error::Unavailable);
+        }
+        // Deliveries skip paused jobs in the statement that picks them; a
+        // claim names its job, so it looks first (a claim racing the pause
+        // itself may still win, as if it came just before).
+        let job = self.find(&target).await?;
+        let paused = self.store.pauses(&job.space_id).await?;
+        if paused
+            .iter()
+            .any(|name| name == WHOLE_SPACE || *name == job.name)
+        {
+            return Err(Error::Conflict(format!(
+                "job {} is paused: dispatch of its space or its name is paused",
+                job.id
+            )));
         }
         let command = Command::Deliver { lease: new_id() };
         self.transition(&target, command, &Fence::default()).await

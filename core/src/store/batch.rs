@@ -26,6 +26,7 @@ use crate::job::spec::NewJobs;
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
+use crate::store::pauses;
 use crate::store::{
     CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite,
     SpaceRecord, SpaceSettings, Step, Sweep, TokenRecord,
@@ -76,6 +77,14 @@ pub enum WriteOp {
     },
     Session {
         write: SessionWrite,
+        reply: Reply<bool>,
+    },
+    SetPause {
+        space_id: String,
+        /// `pauses::WHOLE_SPACE` for the whole space.
+        name: String,
+        paused: bool,
+        now: UnixMillis,
         reply: Reply<bool>,
     },
     PutSetting {
@@ -138,6 +147,7 @@ impl WriteOp {
             Self::ReplacePublicToken { .. } => "replace_public_token",
             Self::PutSetting { .. } => "put_setting",
             Self::Session { .. } => "session",
+            Self::SetPause { .. } => "set_pause",
             Self::CreateJobs { .. } => "create_jobs",
             Self::Deliver { .. } => "deliver",
             Self::Apply { .. } => "apply",
@@ -161,11 +171,11 @@ pub trait Writer: Send {
     async fn rollback(&mut self);
     /// Runs after a committed batch's replies went out.
     fn committed(&mut self);
-    /// Locks and reads, in one statement, the jobs the batch's operations
-    /// name, so that each operation needs no read of its own; then locks
-    /// the idempotency keys its creates claim, `(space, key)`. Both in one
-    /// global order, so concurrent writers cannot deadlock on them. A writer
-    /// that is the only one (SQLite) has no use for it.
+    /// Locks the idempotency keys the batch's creates claim, `(space, key)`,
+    /// then locks and reads, in one statement, the jobs its operations name,
+    /// so that each operation needs no read of its own. Each in one global
+    /// order, so concurrent writers cannot deadlock on them. A writer that
+    /// is the only one (SQLite) has no use for it.
     async fn lock_ahead(&mut self, _job_ids: Vec<&str>, _keys: Vec<(&str, &str)>) -> Result<()> {
         Ok(())
     }
@@ -199,6 +209,15 @@ pub trait Writer: Send {
     async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
     -> Result<String>;
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool>;
+    /// Pauses or resumes `name` (`pauses::WHOLE_SPACE`: the whole space);
+    /// NotFound without the space. Returns whether anything changed.
+    async fn set_pause(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool>;
     async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>>;
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
     async fn apply(
@@ -558,6 +577,7 @@ fn refuse(op: WriteOp) {
         WriteOp::RevokeToken { reply, .. } => unavailable(reply),
         WriteOp::PutSetting { reply, .. } => unavailable(reply),
         WriteOp::Session { reply, .. } => unavailable(reply),
+        WriteOp::SetPause { reply, .. } => unavailable(reply),
         WriteOp::ReplacePublicToken { reply, .. } => unavailable(reply),
         WriteOp::Deliver { reply, .. } => unavailable(reply),
         WriteOp::Apply { reply, .. } => unavailable(reply),
@@ -609,6 +629,24 @@ async fn execute(
             reply,
         } => finish(writer.put_setting(&name, &value, write).await, reply),
         WriteOp::Session { write, reply } => finish(writer.write_session(&write).await, reply),
+        WriteOp::SetPause {
+            space_id,
+            name,
+            paused,
+            now,
+            reply,
+        } => {
+            let changed = writer.set_pause(&space_id, &name, paused, now).await;
+            // A resume makes the jobs it covers ready for the waiters here.
+            if !paused && matches!(changed, Ok(true)) {
+                if name == pauses::WHOLE_SPACE {
+                    effects.touched.add_space(&space_id);
+                } else {
+                    effects.touched.add(&space_id, &name);
+                }
+            }
+            finish(changed, reply)
+        }
         WriteOp::ReplacePublicToken {
             space_id,
             key,
@@ -875,6 +913,24 @@ impl Writes {
             name,
             value,
             write,
+            reply,
+        })
+        .await
+    }
+
+    pub async fn set_pause(
+        &self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let (space_id, name) = (space_id.to_owned(), name.to_owned());
+        self.send(self.any(), |reply| WriteOp::SetPause {
+            space_id,
+            name,
+            paused,
+            now,
             reply,
         })
         .await

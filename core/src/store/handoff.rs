@@ -168,9 +168,11 @@ impl Waiters {
             for waiter in waiters {
                 let asked = waiter.wanted.swap(false, Ordering::AcqRel);
                 let freed = freed.iter().filter(|w| Arc::ptr_eq(w, waiter)).count();
-                let matches = ready.is_some_and(|ready| {
-                    waiter.names.is_empty() || waiter.names.iter().any(|name| ready.contains(name))
-                });
+                let matches = touched.whole.contains(space_id.as_str())
+                    || ready.is_some_and(|ready| {
+                        waiter.names.is_empty()
+                            || waiter.names.iter().any(|name| ready.contains(name))
+                    });
                 if !(matches || asked || freed > 0) || waiter.is_closed() {
                     continue;
                 }
@@ -203,6 +205,8 @@ impl Waiters {
 #[derive(Default)]
 pub(super) struct Touched {
     spaces: HashMap<String, HashSet<String>>,
+    /// Spaces where jobs of any name may have become ready.
+    whole: HashSet<String>,
 }
 
 impl Touched {
@@ -219,6 +223,11 @@ impl Touched {
         if !names.contains(name) {
             names.insert(name.to_owned());
         }
+    }
+
+    /// Jobs of any name may have become ready in `space_id` (a resume).
+    pub fn add_space(&mut self, space_id: &str) {
+        self.whole.insert(space_id.to_owned());
     }
 
     fn ready_names(&self, space_id: &str) -> Option<&HashSet<String>> {

@@ -13,6 +13,7 @@ use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
+use crate::job::Job;
 use crate::job::spec::IdempotencyClaim;
 
 /// A job a create did not make because its key was claimed already by an
@@ -21,6 +22,15 @@ use crate::job::spec::IdempotencyClaim;
 pub struct Replay {
     pub index: usize,
     pub job_id: String,
+}
+
+/// The jobs of a create that it makes: all but its replays.
+pub fn without_replays(jobs: Vec<Job>, replays: &[Replay]) -> Vec<Job> {
+    jobs.into_iter()
+        .enumerate()
+        .filter(|(index, _)| !replays.iter().any(|replay| replay.index == *index))
+        .map(|(_, job)| job)
+        .collect()
 }
 
 /// Claims `claims` for the jobs `job_ids` (by claim index) of `space_id`;

@@ -9,6 +9,7 @@ mod filter;
 mod forget;
 pub mod handoff;
 mod idempotency;
+mod pauses;
 pub mod postgres;
 mod rows;
 mod sessions;
@@ -18,6 +19,7 @@ pub mod sqlite;
 pub(crate) mod testing;
 
 pub use self::idempotency::Replay;
+pub use self::pauses::WHOLE_SPACE;
 pub use self::sessions::{MAX_SESSIONS_PER_KEY, SessionRecord, SessionWrite};
 
 use std::sync::Arc;
@@ -328,6 +330,18 @@ pub trait Store: Send + Sync + 'static {
     async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool>;
     /// A live (not revoked) token by the hash of its key.
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;
+
+    /// Pauses or resumes dispatch of `name` in a space (`WHOLE_SPACE`: all
+    /// of it); NotFound without the space. Returns whether anything changed.
+    async fn set_pause(
+        &self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool>;
+    /// The space's paused names (`WHOLE_SPACE` when all are).
+    async fn pauses(&self, space_id: &str) -> Result<Vec<String>>;
 
     /// Stores or ends a dashboard session; returns whether one was stored
     /// or ended.

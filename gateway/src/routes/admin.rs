@@ -27,6 +27,8 @@ pub fn router() -> Router<CoreClient> {
             "/api/v1/spaces/{space_id}/webhook-secret",
             post(rotate_webhook_secret).delete(delete_webhook_secret),
         )
+        .route("/api/v1/spaces/{space_id}/pause", post(pause_space))
+        .route("/api/v1/spaces/{space_id}/resume", post(resume_space))
         .route(
             "/api/v1/spaces/{space_id}/tokens",
             get(list_tokens).post(create_token),
@@ -166,6 +168,33 @@ async fn delete_webhook_secret(
     let request = with_credentials(&headers, pb::DeleteWebhookSecretRequest { space_id });
     core.admin().delete_webhook_secret(request).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `POST /api/v1/spaces/:id/pause {"name"?}`: pauses dispatch of the space,
+/// or of one job name in it.
+async fn pause_space(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let name = Fields::of(&body, "")?.string("name")?;
+    let request = with_credentials(&headers, pb::PauseSpaceRequest { space_id, name });
+    let space = core.admin().pause_space(request).await?.into_inner().space;
+    Ok(Json(json::space(space.unwrap_or_default())))
+}
+
+/// `POST /api/v1/spaces/:id/resume {"name"?}`: lifts that pause.
+async fn resume_space(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let name = Fields::of(&body, "")?.string("name")?;
+    let request = with_credentials(&headers, pb::ResumeSpaceRequest { space_id, name });
+    let space = core.admin().resume_space(request).await?.into_inner().space;
+    Ok(Json(json::space(space.unwrap_or_default())))
 }
 
 async fn list_spaces(

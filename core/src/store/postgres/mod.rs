@@ -331,6 +331,20 @@ impl Store for PostgresStore {
         row.as_ref().map(rows::token).transpose()
     }
 
+    async fn set_pause(
+        &self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        self.writes.set_pause(space_id, name, paused, now).await
+    }
+
+    async fn pauses(&self, space_id: &str) -> Result<Vec<String>> {
+        super::pauses::list::<Postgres, _>(&self.reads, space_id).await
+    }
+
     async fn write_session(&self, write: SessionWrite) -> Result<bool> {
         self.writes.write_session(write).await
     }

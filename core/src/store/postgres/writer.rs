@@ -636,6 +636,17 @@ impl batch::Writer for PgWriter {
         Ok(stored)
     }
 
+    async fn set_pause(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        self.require_space(space_id).await?;
+        super::super::pauses::write::<Postgres>(&mut self.conn, space_id, name, paused, now).await
+    }
+
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
         super::super::sessions::write::<Postgres>(&mut self.conn, write).await
     }
@@ -654,11 +665,7 @@ impl batch::Writer for PgWriter {
         let replays =
             idempotency::claim::<Postgres>(&mut self.conn, &space_id, &claims, &ids, now).await?;
         if !replays.is_empty() {
-            let mut index = 0;
-            jobs.retain(|_| {
-                index += 1;
-                !replays.iter().any(|replay| replay.index == index - 1)
-            });
+            jobs = idempotency::without_replays(jobs, &replays);
         }
         for chunk in jobs.chunks(rows_per_insert(19)) {
             let mut insert = QueryBuilder::<Postgres>::new(
@@ -711,6 +718,7 @@ impl batch::Writer for PgWriter {
                 .push(")");
         }
         select
+            .push(super::super::pauses::NOT_PAUSED)
             .push(" ORDER BY priority DESC, due_at, id LIMIT ")
             .push_bind(i64::from(request.count))
             .push(" FOR UPDATE SKIP LOCKED");

@@ -380,6 +380,20 @@ impl Store for SqliteStore {
         row.as_ref().map(rows::token).transpose()
     }
 
+    async fn set_pause(
+        &self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        self.writes.set_pause(space_id, name, paused, now).await
+    }
+
+    async fn pauses(&self, space_id: &str) -> Result<Vec<String>> {
+        super::pauses::list::<Sqlite, _>(&self.reads, space_id).await
+    }
+
     async fn write_session(&self, write: SessionWrite) -> Result<bool> {
         self.writes.write_session(write).await
     }
@@ -644,6 +658,15 @@ mod tests {
         }
         async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
             self.0.write_session(write).await
+        }
+        async fn set_pause(
+            &mut self,
+            space_id: &str,
+            name: &str,
+            paused: bool,
+            now: UnixMillis,
+        ) -> Result<bool> {
+            self.0.set_pause(space_id, name, paused, now).await
         }
         async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
             if new.jobs.iter().any(|job| job.name == "poison") {

@@ -664,6 +664,17 @@ impl batch::Writer for SqliteWriter {
         Ok(stored)
     }
 
+    async fn set_pause(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        paused: bool,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        self.require_space(space_id).await?;
+        super::super::pauses::write::<Sqlite>(&mut self.conn, space_id, name, paused, now).await
+    }
+
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
         super::super::sessions::write::<Sqlite>(&mut self.conn, write).await
     }
@@ -682,11 +693,7 @@ impl batch::Writer for SqliteWriter {
         let replays =
             idempotency::claim::<Sqlite>(&mut self.conn, &space_id, &claims, &ids, now).await?;
         if !replays.is_empty() {
-            let mut index = 0;
-            jobs.retain(|_| {
-                index += 1;
-                !replays.iter().any(|replay| replay.index == index - 1)
-            });
+            jobs = idempotency::without_replays(jobs, &replays);
         }
         for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
@@ -754,6 +761,7 @@ impl batch::Writer for SqliteWriter {
                 .push("))");
         }
         select
+            .push(super::super::pauses::NOT_PAUSED)
             .push(" ORDER BY priority DESC, due_at, id LIMIT ")
             .push_bind(i64::from(request.count));
         let candidates = select.build().fetch_all(&mut self.conn).await?;

@@ -1,0 +1,136 @@
+//! Pausing dispatch of a space or of one job name: nothing it covers is
+//! delivered (poll, gRPC poll, claim, long poll), creates go on, scheduled
+//! jobs come due and wait, and a resume lets them go; the state shows on
+//! the space.
+
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use emit_proto::v1 as pb;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+
+use crate::helpers::{ADMIN_KEY, TestApp};
+use crate::lifecycle::iso_millis;
+
+async fn pause(app: &TestApp, space_id: &str, action: &str, body: Value) -> (StatusCode, Value) {
+    app.post(&format!("/api/v1/spaces/{space_id}/{action}"), ADMIN_KEY, body)
+        .await
+}
+
+#[tokio::test]
+async fn a_paused_space_delivers_nothing_until_it_is_resumed() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (status, shown) = pause(&app, &space.id, "pause", json!({})).await;
+    assert_eq!(status, StatusCode::OK, "{shown}");
+    assert_eq!((shown["paused"].clone(), shown["pausedNames"].clone()), (json!(true), json!([])));
+
+    // Creates are accepted; nothing is handed out, on any transport.
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    assert!(app.poll(&space, json!({ "count": 10 })).await.is_empty());
+    let mut request = tonic::Request::new(pb::PollJobsRequest {
+        space_id: space.id.clone(),
+        count: Some(10),
+        ..Default::default()
+    });
+    request
+        .metadata_mut()
+        .insert("x-api-key", space.worker.parse().unwrap());
+    let polled = app.grpc_jobs().await.poll_jobs(request).await.unwrap();
+    assert!(polled.into_inner().jobs.is_empty());
+    let (status, refused) = app
+        .worker_call(&space, &job, "claim", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        refused["error"],
+        format!("job {job} is paused: dispatch of its space or its name is paused")
+    );
+
+    // A long poll waits through the pause and gets the job on resume.
+    let waiting = {
+        let (http, url, key) = (
+            app.http.clone(),
+            format!("{}/api/v1/spaces/{}/jobs/poll", app.base, space.id),
+            space.worker.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .header("x-api-key", key)
+                .json(&json!({ "count": 1, "waitSeconds": 20 }))
+                .send()
+                .await
+                .unwrap();
+            response.json::<Value>().await.unwrap()
+        })
+    };
+    let (status, shown) = pause(&app, &space.id, "resume", json!({})).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["paused"], false);
+    let delivered = tokio::time::timeout(Duration::from_secs(15), waiting)
+        .await
+        .expect("the waiting poll is answered")
+        .unwrap();
+    assert_eq!(delivered["jobs"][0]["id"], job.as_str());
+}
+
+#[tokio::test]
+async fn pausing_one_name_holds_only_its_jobs_and_scheduled_ones_wait() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let (status, shown) = pause(&app, &space.id, "pause", json!({ "name": "report" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!((shown["paused"].clone(), shown["pausedNames"].clone()), (json!(false), json!(["report"])));
+    // Pausing again changes nothing.
+    let (status, _) = pause(&app, &space.id, "pause", json!({ "name": "report" })).await;
+    assert_eq!(status, StatusCode::OK);
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as i64;
+    let scheduled = app
+        .create_job(&space, json!({ "name": "report", "scheduledFor": iso_millis(now + 300) }))
+        .await;
+    let ready = app.create_job(&space, json!({ "name": "report" })).await;
+    let other = app.create_job(&space, json!({ "name": "email" })).await;
+    let polled = app.poll(&space, json!({ "count": 10 })).await;
+    assert_eq!(polled.len(), 1);
+    assert_eq!(polled[0]["id"], other.as_str());
+    // The scheduled job comes due and waits, pending, with the other.
+    app.wait_for_status(&space, &scheduled, "pending").await;
+    assert!(app.poll(&space, json!({ "count": 10 })).await.is_empty());
+
+    let (status, shown) = pause(&app, &space.id, "resume", json!({ "name": "report" })).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(shown["pausedNames"], json!([]));
+    let mut ids: Vec<String> = app
+        .poll(&space, json!({ "count": 10 }))
+        .await
+        .iter()
+        .map(|job| job["id"].as_str().unwrap().to_owned())
+        .collect();
+    ids.sort();
+    let mut expected = vec![scheduled, ready];
+    expected.sort();
+    assert_eq!(ids, expected);
+}
+
+#[tokio::test]
+async fn pause_requests_are_checked() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    for (body, error) in [
+        (json!({ "name": "" }), "name is required"),
+        (json!({ "name": "n".repeat(201) }), "name must be at most 200 characters"),
+        (json!({ "name": 7 }), "name must be a string"),
+    ] {
+        let (status, answer) = pause(&app, &space.id, "pause", body).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST);
+        assert_eq!(answer, json!({ "error": error }));
+    }
+    let (status, _) = pause(&app, "01JNOSUCHSPACE0000000000000", "pause", json!({})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = app
+        .post(&format!("/api/v1/spaces/{}/pause", space.id), &space.producer, json!({}))
+        .await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+}
