@@ -435,7 +435,27 @@ async function spacesView(view) {
 async function jobsView(view, spaceId, params) {
   const status = params.get("status") || "";
   const name = params.get("name") || "";
-  const { name: spaceName } = await space(spaceId);
+  const shown = await space(spaceId);
+  const spaceName = shown.name;
+  // The admin may pause and resume the space's dispatch from here.
+  const pauseButton = session.admin
+    ? h("button", {
+      id: "pause",
+      onclick: async () => {
+        const action = shown.paused ? "resume" : "pause";
+        try {
+          const changed = (await api("POST", `/api/v1/spaces/${encodeURIComponent(spaceId)}/${action}`, {})).data;
+          shown.paused = changed.paused;
+          pauseButton.textContent = shown.paused ? "Resume dispatch" : "Pause dispatch";
+          pausedNote.hidden = !shown.paused;
+          toast(shown.paused ? "Dispatch paused: jobs are accepted but not handed out" : "Dispatch resumed");
+        } catch (error) { failed(error); }
+      },
+      text: shown.paused ? "Resume dispatch" : "Pause dispatch",
+    })
+    : null;
+  const pausedNote = h("p", { class: "secret", id: "paused-note", hidden: !shown.paused },
+    "Dispatch of this space is paused: new jobs are accepted and wait.");
   const base = `#/spaces/${encodeURIComponent(spaceId)}/jobs`;
   const live = h("span", { class: "live", id: "live", text: "Connecting" });
   const counts = h("div", {}, countsList(spaceId, null, status));
@@ -482,7 +502,7 @@ async function jobsView(view, spaceId, params) {
       ? "No jobs match this filter. Clear it, or wait: matching jobs appear here as they are created."
       : "No jobs yet. Create one with POST /api/v1/spaces/" + spaceId + "/jobs; it appears here at once.");
   const older = h("button", { id: "older", hidden: true, text: "Load older jobs" });
-  view.append(h("div", { class: "row", style: "justify-content:space-between" }, h("h1", { text: spaceName }), live),
+  view.append(h("div", { class: "row", style: "justify-content:space-between" }, h("h1", { text: spaceName }), h("div", { class: "row" }, pauseButton, live)), pausedNote,
     counts, filter, find, table, empty, h("p", {}, older));
 
   // id -> { row, job }; `cursor` is the oldest row's id (paging back).
@@ -639,6 +659,7 @@ async function jobView(view, jobId) {
       ["Status", statusBadge(job.status)],
       ["Attempt", `${job.attemptNumber} of ${job.maxRetries + 1}`],
       ["Timeout", `${job.timeoutSeconds} s`],
+      ["Priority", String(job.priority ?? 0)],
       ["Created", when(job.createdAt)],
       ["Scheduled for", when(job.scheduledFor)],
       ["Delivered", when(job.deliveredAt)],

@@ -214,6 +214,16 @@ try {
   await page.locator("#retry").click();
   await until("pending again", async () => (await page.locator("h1 [data-status]").getAttribute("data-status")) === "pending");
 
+  // --- Pause the space's dispatch from its jobs page, then resume. ---
+  await page.goto(`${BASE}/#/spaces/${spaceId}/jobs`);
+  await page.click("#pause");
+  await page.locator("#paused-note").waitFor({ state: "visible" });
+  check((await rest("GET", `/api/v1/spaces/${spaceId}`, ADMIN)).body.paused === true, "the space is paused");
+  check((await rest("POST", `/api/v1/spaces/${spaceId}/jobs/poll`, workerKey, {})).body.jobs.length === 0, "a paused space hands out nothing");
+  await page.click("#pause");
+  await page.locator("#paused-note").waitFor({ state: "hidden" });
+  check((await rest("GET", `/api/v1/spaces/${spaceId}`, ADMIN)).body.paused === false, "the space is resumed");
+
   // --- Restart the server: the page reconnects, the session survives. ---
   await page.goto(`${BASE}/#/spaces/${spaceId}/jobs`);
   await page.locator("#live.on").waitFor();
