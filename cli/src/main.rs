@@ -800,6 +800,24 @@ async fn job(
                         }
                         continue;
                     }
+                    Some(pb::watch_space_response::Message::SpaceEvent(space)) => {
+                        let kind = pb::SpaceEventType::try_from(space.r#type)
+                            .map(|kind| {
+                                kind.as_str_name()
+                                    .trim_start_matches("SPACE_EVENT_TYPE_")
+                                    .to_lowercase()
+                            })
+                            .unwrap_or_default();
+                        let name = space.name.unwrap_or_else(|| "*".to_owned());
+                        match output {
+                            Output::Json => println!(
+                                "{}",
+                                serde_json::json!({ "type": kind, "name": name, "seq": space.seq })
+                            ),
+                            Output::Table => println!("{:>8}  {kind:<16} {name}", space.seq),
+                        }
+                        continue;
+                    }
                     None => continue,
                 };
                 let kind = pb::JobEventType::try_from(event.r#type)

@@ -23,7 +23,7 @@ use tokio::time::Instant;
 use crate::auth::{Authenticator, Principal, Revocation};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
-use crate::job::{Job, JobStatus, LiveEvent, spec};
+use crate::job::{Job, JobStatus, LiveEvent, SpaceEventKind, spec};
 use crate::realtime::{Ended, EventHub, Topic, last_events};
 use crate::service::JobsApi;
 use crate::store::Step;
@@ -527,8 +527,17 @@ impl Session {
         };
         let mut wanted = false;
         for event in chunk {
-            let LiveEvent::Job(event) = event else {
-                continue;
+            let event = match event {
+                LiveEvent::Job(event) => event,
+                // A resume, here or on another core, may free jobs for us.
+                LiveEvent::Space(space) => {
+                    let ours = space.name.as_deref().is_none_or(|name| self.wants(name));
+                    if space.kind == SpaceEventKind::Resumed && ours && room > 0 {
+                        wanted = true;
+                    }
+                    continue;
+                }
+                LiveEvent::Log(_) => continue,
             };
             let still_ready = event.status == JobStatus::Pending
                 && last

@@ -199,6 +199,22 @@ pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value
             "counts": counts(connected.counts.unwrap_or_default()),
             "timestamp": iso(connected.timestamp),
         }),
+        // The space's own: no job and no status; `jobName` and `data.name`
+        // are the paused name, null for the whole space.
+        Message::SpaceEvent(event) => json!({
+            "type": pb::SpaceEventType::try_from(event.r#type)
+                .unwrap_or_default()
+                .as_str_name()
+                .trim_start_matches("SPACE_EVENT_TYPE_")
+                .to_ascii_lowercase(),
+            "jobId": null,
+            "jobName": event.name,
+            "status": null,
+            "spaceId": event.space_id,
+            "data": { "name": event.name },
+            "seq": event.seq,
+            "timestamp": iso(event.timestamp),
+        }),
         Message::Event(mut event) => {
             let event_counts = event.counts.take();
             let mut value = self::event(event);

@@ -79,6 +79,22 @@ pub struct TestApp {
     gateway: Option<RunningGateway>,
 }
 
+/// A second core and gateway on a test server's database.
+#[allow(dead_code)]
+pub struct Replica {
+    pub base: String,
+    core: RunningCore,
+    gateway: RunningGateway,
+}
+
+#[allow(dead_code)]
+impl Replica {
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        self.core.stop().await;
+    }
+}
+
 /// Server settings a test may change.
 pub struct Options {
     pub rate_limit: Option<u32>,
@@ -214,6 +230,37 @@ impl TestApp {
         self.stop().await;
         tokio::time::sleep(Duration::from_millis(100)).await;
         self.start(grpc, http).await;
+    }
+
+    /// Another core, with a gateway, on this server's database (the
+    /// scale-out setup; PostgreSQL only). Returns its REST base URL.
+    #[allow(dead_code)]
+    pub async fn replica(&self) -> Replica {
+        let core = emit_core::start(CoreConfig {
+            grpc_addr: loopback(),
+            database_url: self.database_url(),
+            database_wait: Duration::from_secs(30),
+            admin_key: Some(Secret(ADMIN_KEY.into())),
+            rate_limit: self.rate_limit,
+            streams: self.streams,
+            callbacks: self.callbacks.clone(),
+            retention: self.retention,
+        })
+        .await
+        .expect("replica core starts");
+        let gateway = emit_gateway::start(GatewayConfig {
+            http_addr: loopback(),
+            core_url: format!("http://{}", core.grpc_addr),
+            stream_queue: self.ws_queue,
+            timeouts: self.timeouts,
+        })
+        .await
+        .expect("replica gateway starts");
+        Replica {
+            base: format!("http://{}", gateway.http_addr),
+            core,
+            gateway,
+        }
     }
 
     pub async fn grpc_jobs(&self) -> JobServiceClient<Channel> {

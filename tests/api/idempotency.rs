@@ -7,12 +7,10 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use emit_core::{CoreConfig, Secret};
-use emit_gateway::{ConnectionTimeouts, GatewayConfig};
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, Backend, TestApp};
+use crate::helpers::{Backend, TestApp};
 
 async fn create(app: &TestApp, base: &str, space_id: &str, key: &str, body: Value) -> (StatusCode, Option<String>, Value) {
     let response = app
@@ -162,28 +160,9 @@ async fn concurrent_creates_with_the_same_keys_make_one_job_per_key() {
     let mut extra = Vec::new();
     if crate::BACKEND == Backend::Postgres {
         for _ in 0..2 {
-            let core = emit_core::start(CoreConfig {
-                grpc_addr: "127.0.0.1:0".parse().unwrap(),
-                database_url: app.database_url(),
-                database_wait: Duration::from_secs(30),
-                admin_key: Some(Secret(ADMIN_KEY.into())),
-                rate_limit: emit_core::auth::RateLimit(None),
-                streams: Default::default(),
-                callbacks: Default::default(),
-                retention: Default::default(),
-            })
-            .await
-            .unwrap();
-            let gateway = emit_gateway::start(GatewayConfig {
-                http_addr: "127.0.0.1:0".parse().unwrap(),
-                core_url: format!("http://{}", core.grpc_addr),
-                stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
-                timeouts: ConnectionTimeouts::default(),
-            })
-            .await
-            .unwrap();
-            bases.push(format!("http://{}", gateway.http_addr));
-            extra.push((core, gateway));
+            let replica = app.replica().await;
+            bases.push(replica.base.clone());
+            extra.push(replica);
         }
     }
     let mut calls = Vec::new();
@@ -216,8 +195,7 @@ async fn concurrent_creates_with_the_same_keys_make_one_job_per_key() {
     assert!(ids.values().all(|ids| ids.len() == 1), "a key named two jobs: {ids:?}");
     assert_eq!(made, 40, "one answer per key made a job");
     assert_eq!(total(&app, &space.id, &space.producer).await, 40);
-    for (core, gateway) in extra {
-        gateway.stop().await;
-        core.stop().await;
+    for replica in extra {
+        replica.stop().await;
     }
 }

@@ -9,7 +9,7 @@ use emit_proto::v1 as pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
-use crate::helpers::{ADMIN_KEY, TestApp};
+use crate::helpers::{ADMIN_KEY, TestApp, next_json};
 use crate::lifecycle::iso_millis;
 
 async fn pause(app: &TestApp, space_id: &str, action: &str, body: Value) -> (StatusCode, Value) {
@@ -133,4 +133,59 @@ async fn pause_requests_are_checked() {
         .post(&format!("/api/v1/spaces/{}/pause", space.id), &space.producer, json!({}))
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+/// `paused` and `resumed` are numbered in the space's sequence with its
+/// jobs' events: live, and replayed to a reconnecting client.
+#[tokio::test]
+async fn pauses_and_resumes_appear_on_the_space_stream_and_in_its_replay() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let mut stream = app.watch_space(&space.id, &space.producer, "").await;
+    let connected = next_json(&mut stream).await;
+    let start = connected["seq"].as_u64().unwrap();
+
+    pause(&app, &space.id, "pause", json!({})).await;
+    pause(&app, &space.id, "pause", json!({ "name": "report" })).await;
+    let job = app.create_job(&space, json!({ "name": "report" })).await;
+    pause(&app, &space.id, "resume", json!({ "name": "report" })).await;
+    pause(&app, &space.id, "resume", json!({})).await;
+    // Changing nothing records nothing.
+    pause(&app, &space.id, "resume", json!({})).await;
+
+    let expected = [
+        ("paused", Value::Null),
+        ("paused", json!("report")),
+        ("created", json!("report")),
+        ("resumed", json!("report")),
+        ("resumed", Value::Null),
+    ];
+    let mut live = Vec::new();
+    for _ in 0..expected.len() {
+        live.push(next_json(&mut stream).await);
+    }
+    for (offset, (message, (kind, name))) in live.iter().zip(&expected).enumerate() {
+        assert_eq!(message["seq"], start + 1 + offset as u64, "{message}");
+        assert_eq!(message["type"], *kind, "{message}");
+        assert_eq!(message["jobName"], *name, "{message}");
+    }
+    assert_eq!(live[0]["status"], Value::Null);
+    assert_eq!(live[0]["jobId"], Value::Null);
+    assert_eq!(live[1]["data"], json!({ "name": "report" }));
+    assert_eq!(live[2]["jobId"], job.as_str());
+
+    // A reconnect from the start gets the same five, in order.
+    let query = format!(
+        "&since={start}&streamInstanceId={}",
+        connected["streamInstanceId"].as_str().unwrap()
+    );
+    let mut again = app.watch_space(&space.id, &space.producer, &query).await;
+    let reconnected = next_json(&mut again).await;
+    assert_eq!(reconnected["missed"], false, "{reconnected}");
+    for message in &live {
+        let replayed = next_json(&mut again).await;
+        assert_eq!(replayed["seq"], message["seq"]);
+        assert_eq!(replayed["type"], message["type"]);
+        assert_eq!(replayed["jobName"], message["jobName"]);
+    }
 }

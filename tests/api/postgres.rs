@@ -5,3 +5,6 @@
 const BACKEND: helpers::Backend = helpers::Backend::Postgres;
 
 include!("suite.rs");
+
+// Tests that need several cores on one database.
+mod replicas;

@@ -22,7 +22,7 @@ use super::guard;
 use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
-use crate::job::{EventKind, JobEvent};
+use crate::job::{EventKind, JobEvent, LiveEvent};
 use crate::store::{SettingWrite, SlackTarget, SpaceRecord, Store};
 
 /// How often spaces are looked at.
@@ -271,8 +271,12 @@ impl Sender {
                 after = head;
                 break;
             };
-            after = last.seq;
-            events.extend(page);
+            after = last.seq().unwrap_or(head);
+            // Slack is told of jobs' events; a space's own are passed over.
+            events.extend(page.into_iter().filter_map(|live| match live {
+                LiveEvent::Job(event) => Some(event),
+                LiveEvent::Space(_) | LiveEvent::Log(_) => None,
+            }));
         }
         let told: Vec<Told> = events
             .iter()

@@ -6,7 +6,9 @@ use crate::clock::{from_timestamp, to_timestamp};
 use crate::error::Error;
 use crate::job::machine::Fence;
 use crate::job::spec::{BackoffInput, JobInput};
-use crate::job::{BackoffKind, EventKind, Job, JobEvent, JobStatus, StatusCounts, StoredLogLine};
+use crate::job::{
+    BackoffKind, EventKind, Job, JobEvent, JobStatus, SpaceEventKind, StatusCounts, StoredLogLine,
+};
 use crate::realtime::{JobStreamItem, SpaceStreamItem};
 use crate::store::{SpaceRecord, TokenRecord};
 
@@ -194,6 +196,16 @@ impl From<SpaceStreamItem> for pb::WatchSpaceResponse {
                 timestamp: Some(to_timestamp(connected.at)),
             }),
             SpaceStreamItem::Event(event) => Message::Event((&*event).into()),
+            SpaceStreamItem::Space(event) => Message::SpaceEvent(pb::SpaceEvent {
+                space_id: event.space_id.clone(),
+                r#type: match event.kind {
+                    SpaceEventKind::Paused => pb::SpaceEventType::Paused,
+                    SpaceEventKind::Resumed => pb::SpaceEventType::Resumed,
+                } as i32,
+                name: event.name.clone(),
+                seq: event.seq as u64,
+                timestamp: Some(to_timestamp(event.at)),
+            }),
         };
         Self {
             message: Some(message),

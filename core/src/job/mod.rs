@@ -407,11 +407,55 @@ pub struct JobLogEntry {
     pub line: StoredLogLine,
 }
 
+/// What happened to a space as a whole (not to one job).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SpaceEventKind {
+    Paused,
+    Resumed,
+}
+
+impl SpaceEventKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Paused => "paused",
+            Self::Resumed => "resumed",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        match text {
+            "paused" => Some(Self::Paused),
+            "resumed" => Some(Self::Resumed),
+            _ => None,
+        }
+    }
+}
+
+/// A space's own event, numbered in the space's event sequence with its
+/// jobs' events (stored beside them, with no job).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SpaceEvent {
+    pub seq: i64,
+    pub space_id: String,
+    pub kind: SpaceEventKind,
+    /// The job name a pause or resume named; None for the whole space.
+    pub name: Option<String>,
+    pub at: UnixMillis,
+}
+
+impl SpaceEvent {
+    /// The event's `data`, as stored and streamed: `{"name": ...}`.
+    pub fn data(&self) -> String {
+        serde_json::json!({ "name": self.name }).to_string()
+    }
+}
+
 /// Something a commit published to watchers, in commit order.
 #[derive(Clone, Debug)]
 pub enum LiveEvent {
     Job(std::sync::Arc<JobEvent>),
     Log(std::sync::Arc<JobLogEntry>),
+    Space(std::sync::Arc<SpaceEvent>),
 }
 
 impl LiveEvent {
@@ -419,13 +463,25 @@ impl LiveEvent {
         match self {
             Self::Job(event) => &event.space_id,
             Self::Log(entry) => &entry.space_id,
+            Self::Space(event) => &event.space_id,
         }
     }
 
+    /// Empty for a space's own events: no job's watchers get them.
     pub fn job_id(&self) -> &str {
         match self {
             Self::Job(event) => &event.job_id,
             Self::Log(entry) => &entry.job_id,
+            Self::Space(_) => "",
+        }
+    }
+
+    /// The event's place in its space's sequence (log lines have none).
+    pub fn seq(&self) -> Option<i64> {
+        match self {
+            Self::Job(event) => Some(event.seq),
+            Self::Space(event) => Some(event.seq),
+            Self::Log(_) => None,
         }
     }
 }

@@ -37,6 +37,7 @@ fn chunk_bytes(chunk: &[LiveEvent]) -> usize {
                 + match event {
                     LiveEvent::Job(event) => event.data.as_ref().map_or(0, String::len),
                     LiveEvent::Log(entry) => entry.line.message.len(),
+                    LiveEvent::Space(_) => 0,
                 }
         })
         .sum()
@@ -110,7 +111,8 @@ impl Shared {
         let mut by_space: HashMap<&str, Vec<LiveEvent>> = HashMap::new();
         let mut by_job: HashMap<&str, Vec<LiveEvent>> = HashMap::new();
         for event in commit {
-            if matches!(event, LiveEvent::Job(_)) && topics.spaces.contains_key(event.space_id()) {
+            let in_sequence = matches!(event, LiveEvent::Job(_) | LiveEvent::Space(_));
+            if in_sequence && topics.spaces.contains_key(event.space_id()) {
                 by_space
                     .entry(event.space_id())
                     .or_default()
@@ -153,17 +155,23 @@ fn deliver(slots: &mut HashMap<String, Vec<Slot>>, key: &str, chunk: Chunk) {
             .iter()
             .filter_map(|event| match event {
                 LiveEvent::Job(event) => Some(event.job_name.as_str()),
-                _ => None,
+                LiveEvent::Space(event) => event.name.as_deref(),
+                LiveEvent::Log(_) => None,
             })
             .collect()
     } else {
         HashSet::new()
     };
+    // A space's own event about all its names (a whole-space resume)
+    // concerns every watcher, whatever names it filters on.
+    let for_everyone = chunk
+        .iter()
+        .any(|event| matches!(event, LiveEvent::Space(event) if event.name.is_none()));
     let bytes = chunk_bytes(&chunk);
     watchers.retain(|slot| {
         // A watcher that wants none of it is not woken: idle worker
         // sessions of other names cost a busy space nothing per commit.
-        if filtered && !slot.wants(&chunk_names) {
+        if filtered && !for_everyone && !slot.wants(&chunk_names) {
             return true;
         }
         deliver_to(slot, &chunk, bytes)

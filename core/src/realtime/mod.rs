@@ -20,7 +20,9 @@ use crate::auth::{Principal, Scope};
 use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
 use crate::ids::is_well_formed;
-use crate::job::{EventKind, JobEvent, JobLogEntry, JobStatus, LiveEvent, StatusCounts};
+use crate::job::{
+    EventKind, JobEvent, JobLogEntry, JobStatus, LiveEvent, SpaceEvent, StatusCounts,
+};
 use crate::store::Store;
 
 /// Bounds of the realtime streams.
@@ -101,6 +103,8 @@ pub struct SpaceConnected {
 pub enum SpaceStreamItem {
     Connected(SpaceConnected),
     Event(Arc<JobEvent>),
+    /// The space's own event (paused, resumed), in the same sequence.
+    Space(Arc<SpaceEvent>),
 }
 
 /// Where a reconnecting space watcher left off.
@@ -332,6 +336,7 @@ impl JobWatch {
                         show_line: self.visibility == Visibility::Full,
                     }));
                 }
+                LiveEvent::Space(_) => continue,
             }
         }
     }
@@ -355,11 +360,11 @@ struct Replay {
     upto: i64,
     /// Counts as of `after`.
     counts: StatusCounts,
-    page: VecDeque<JobEvent>,
+    page: VecDeque<LiveEvent>,
 }
 
 impl Replay {
-    async fn next(&mut self, store: &dyn Store) -> Result<Option<JobEvent>> {
+    async fn next(&mut self, store: &dyn Store) -> Result<Option<SpaceStreamItem>> {
         if self.page.is_empty() && self.after < self.upto {
             self.page = store
                 .space_events(&self.space_id, self.after, self.upto)
@@ -368,7 +373,7 @@ impl Replay {
             if self
                 .page
                 .front()
-                .is_none_or(|event| event.seq != self.after + 1)
+                .is_none_or(|event| event.seq() != Some(self.after + 1))
             {
                 // Pruned meanwhile: the client must revalidate.
                 return Err(Error::Overrun(format!(
@@ -377,15 +382,24 @@ impl Replay {
                 )));
             }
         }
-        let Some(mut event) = self.page.pop_front() else {
-            return Ok(None);
-        };
-        self.after = event.seq;
-        if event.changes_counts() {
-            self.counts.apply(&event);
-            event.counts = Some(self.counts);
+        match self.page.pop_front() {
+            None => Ok(None),
+            Some(LiveEvent::Job(event)) => {
+                let mut event = Arc::unwrap_or_clone(event);
+                self.after = event.seq;
+                if event.changes_counts() {
+                    self.counts.apply(&event);
+                    event.counts = Some(self.counts);
+                }
+                Ok(Some(SpaceStreamItem::Event(Arc::new(event))))
+            }
+            Some(LiveEvent::Space(event)) => {
+                self.after = event.seq;
+                Ok(Some(SpaceStreamItem::Space(event)))
+            }
+            // Replays read the sequence only; log lines are not in it.
+            Some(LiveEvent::Log(_)) => Err(Error::internal("a log line in a space's sequence")),
         }
-        Ok(Some(event))
     }
 }
 
@@ -398,7 +412,7 @@ impl SpaceWatch {
         }
         if let Some(replay) = &mut self.replay {
             match replay.next(&*self.store).await? {
-                Some(event) => return Ok(Some(SpaceStreamItem::Event(Arc::new(event)))),
+                Some(item) => return Ok(Some(item)),
                 None => self.replay = None,
             }
         }
@@ -406,13 +420,15 @@ impl SpaceWatch {
             let Some(live) = self.live.next().await? else {
                 return Ok(None);
             };
-            let LiveEvent::Job(event) = live else {
-                continue;
+            let (seq, item) = match live {
+                LiveEvent::Job(event) => (event.seq, SpaceStreamItem::Event(event)),
+                LiveEvent::Space(event) => (event.seq, SpaceStreamItem::Space(event)),
+                LiveEvent::Log(_) => continue,
             };
-            if event.seq <= self.last_seq {
+            if seq <= self.last_seq {
                 continue;
             }
-            if event.seq != self.last_seq + 1 {
+            if seq != self.last_seq + 1 {
                 // Cannot happen while commits are routed in order; if it
                 // does, ending the stream lets the client replay the gap.
                 return Err(Error::Overrun(format!(
@@ -420,8 +436,8 @@ impl SpaceWatch {
                     self.last_seq
                 )));
             }
-            self.last_seq = event.seq;
-            return Ok(Some(SpaceStreamItem::Event(event)));
+            self.last_seq = seq;
+            return Ok(Some(item));
         }
     }
 }

@@ -305,7 +305,7 @@ pub trait Store: Send + Sync + 'static {
     /// A page of a space's events with `after < seq <= upto`, in order,
     /// whole: at most `REPLAY_PAGE_EVENTS`, and no more than
     /// `REPLAY_PAGE_BYTES` of data unless the first alone is larger.
-    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<JobEvent>>;
+    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<LiveEvent>>;
     async fn space_log(
         &self,
         space_id: &str,

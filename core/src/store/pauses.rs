@@ -8,6 +8,7 @@ use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 
 use crate::clock::UnixMillis;
 use crate::error::Result;
+use crate::job::{SpaceEvent, SpaceEventKind};
 
 /// The name a pause of the whole space is stored under.
 pub const WHOLE_SPACE: &str = "";
@@ -54,6 +55,21 @@ where
         .await?
     };
     Ok(changed.is_some())
+}
+
+/// The space event a change of pause records (numbered at commit).
+pub fn event(space_id: &str, name: &str, paused: bool, now: UnixMillis) -> SpaceEvent {
+    SpaceEvent {
+        seq: 0,
+        space_id: space_id.to_owned(),
+        kind: if paused {
+            SpaceEventKind::Paused
+        } else {
+            SpaceEventKind::Resumed
+        },
+        name: (name != WHOLE_SPACE).then(|| name.to_owned()),
+        at: now,
+    }
 }
 
 /// The space's pauses: the names paused, `WHOLE_SPACE` for all of them.

@@ -309,3 +309,76 @@ pub fn like_pattern(text: &str) -> String {
         .replace('_', "\\_");
     format!("%{escaped}%")
 }
+
+/// A `job_events` row as written: a job's event, or a space's own, stored
+/// with an empty job id and status (it belongs to no job).
+pub struct EventRow<'a> {
+    pub space_id: &'a str,
+    pub seq: i64,
+    pub job_id: &'a str,
+    pub kind: &'static str,
+    pub status: &'static str,
+    pub previous_status: Option<&'static str>,
+    pub data: Option<std::borrow::Cow<'a, str>>,
+    pub counts: Option<crate::job::StatusCounts>,
+    pub at: i64,
+}
+
+/// The rows of what a commit published (log lines are stored elsewhere).
+pub fn event_rows(published: &[crate::job::LiveEvent]) -> Vec<EventRow<'_>> {
+    use crate::job::LiveEvent;
+    published
+        .iter()
+        .filter_map(|live| match live {
+            LiveEvent::Job(event) => Some(EventRow {
+                space_id: &event.space_id,
+                seq: event.seq,
+                job_id: &event.job_id,
+                kind: event.kind.as_str(),
+                status: event.status.as_str(),
+                previous_status: event.previous_status.map(JobStatus::as_str),
+                data: event.data.as_deref().map(std::borrow::Cow::Borrowed),
+                counts: event.counts,
+                at: event.at,
+            }),
+            LiveEvent::Space(event) => Some(EventRow {
+                space_id: &event.space_id,
+                seq: event.seq,
+                job_id: "",
+                kind: event.kind.as_str(),
+                status: "",
+                previous_status: None,
+                data: Some(std::borrow::Cow::Owned(event.data())),
+                counts: None,
+                at: event.at,
+            }),
+            LiveEvent::Log(_) => None,
+        })
+        .collect()
+}
+
+/// A stored event of a space's sequence: a job's (its row joined for
+/// `job_name`), or the space's own (empty `job_id`, `{"name"}` in `data`).
+pub fn live_event(row: &impl Columns) -> Result<crate::job::LiveEvent> {
+    use crate::job::{LiveEvent, SpaceEvent, SpaceEventKind};
+    if !row.text("job_id")?.is_empty() {
+        return Ok(LiveEvent::Job(std::sync::Arc::new(event(row)?)));
+    }
+    let name = row
+        .opt_text("data")?
+        .and_then(|data| serde_json::from_str::<serde_json::Value>(&data).ok())
+        .and_then(|data| data["name"].as_str().map(str::to_owned));
+    Ok(LiveEvent::Space(std::sync::Arc::new(SpaceEvent {
+        seq: row.int("seq")?,
+        space_id: row.text("space_id")?,
+        kind: SpaceEventKind::parse(&row.text("type")?).ok_or_else(|| corrupt("event type"))?,
+        name,
+        at: row.int("created_at")?,
+    })))
+}
+
+/// The events of a space's sequence with their job's name: a job's events
+/// while the job exists, and the space's own (no job).
+pub const SPACE_EVENTS: &str = "SELECT e.*, COALESCE(j.name, '') AS job_name \
+     FROM job_events e LEFT JOIN jobs j ON j.id = e.job_id \
+     WHERE (j.id IS NOT NULL OR e.job_id = '')";

@@ -173,25 +173,27 @@ impl Store for PostgresStore {
         self.writes.update_space(space_id, settings).await
     }
 
-    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<JobEvent>> {
+    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<LiveEvent>> {
         // The running total of data sizes keeps a page within its bytes;
         // the first event (whose total is its own size) is always taken, so
         // a replay moves on.
-        let rows = sqlx::query(
+        let sql = format!(
             "SELECT * FROM (SELECT page.*, SUM(COALESCE(LENGTH(page.data), 0)) OVER (ORDER BY page.seq) AS page_bytes \
-             FROM (SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
-             WHERE e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq LIMIT $4) page) paged \
+             FROM ({} \
+             AND e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq LIMIT $4) page) paged \
              WHERE page_bytes <= $5 OR page_bytes = COALESCE(LENGTH(data), 0) \
              ORDER BY seq",
-        )
-        .bind(space_id)
-        .bind(after)
-        .bind(upto)
-        .bind(i64::from(REPLAY_PAGE_EVENTS))
-        .bind(REPLAY_PAGE_BYTES)
-        .fetch_all(&self.reads)
-        .await?;
-        rows.iter().map(rows::event).collect()
+            rows::SPACE_EVENTS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(space_id)
+            .bind(after)
+            .bind(upto)
+            .bind(i64::from(REPLAY_PAGE_EVENTS))
+            .bind(REPLAY_PAGE_BYTES)
+            .fetch_all(&self.reads)
+            .await?;
+        rows.iter().map(rows::live_event).collect()
     }
 
     async fn space_log(
@@ -222,18 +224,31 @@ impl Store for PostgresStore {
                 // Without data: a replay range may hold gigabytes of it.
                 let rows = sqlx::query(
                     "SELECT e.seq, e.space_id, e.job_id, e.type, e.status, e.previous_status, \
-                     NULL::text AS data, e.created_at, j.name AS job_name \
-                     FROM job_events e JOIN jobs j ON j.id = e.job_id \
-                     WHERE e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
+                     NULL::text AS data, e.created_at, COALESCE(j.name, '') AS job_name \
+                     FROM job_events e LEFT JOIN jobs j ON j.id = e.job_id \
+                     WHERE (j.id IS NOT NULL OR e.job_id = '') \
+                     AND e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
                 )
                 .bind(space_id)
                 .bind(after)
                 .bind(head.seq)
                 .fetch_all(&mut *snapshot)
                 .await?;
-                let events = rows.iter().map(rows::event).collect::<Result<Vec<_>>>()?;
-                // Complete only if nothing in the range was pruned.
-                (events.len() as i64 == head.seq - after).then_some(events)
+                let events = rows
+                    .iter()
+                    .map(rows::live_event)
+                    .collect::<Result<Vec<_>>>()?;
+                // Complete only if nothing in the range was pruned; the
+                // space's own events count no jobs.
+                (events.len() as i64 == head.seq - after).then(|| {
+                    events
+                        .into_iter()
+                        .filter_map(|live| match live {
+                            LiveEvent::Job(event) => Some(Arc::unwrap_or_clone(event)),
+                            LiveEvent::Space(_) | LiveEvent::Log(_) => None,
+                        })
+                        .collect()
+                })
             }
             _ => None,
         };

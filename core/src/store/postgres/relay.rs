@@ -28,7 +28,7 @@ use sqlx::{PgPool, Row};
 use tokio::sync::{broadcast, oneshot};
 
 use crate::error::{Error, Result};
-use crate::job::{JobEvent, JobLogEntry, JobStatus, LiveEvent};
+use crate::job::{JobLogEntry, JobStatus, LiveEvent};
 use crate::store::rows;
 
 pub const COMMITS_CHANNEL: &str = "emit_commits";
@@ -228,6 +228,7 @@ impl RelayTask {
                 .iter()
                 .filter(|live| match live {
                     LiveEvent::Job(event) => self.advance(&event.space_id, event.seq),
+                    LiveEvent::Space(event) => self.advance(&event.space_id, event.seq),
                     LiveEvent::Log(_) => true,
                 })
                 .cloned()
@@ -323,23 +324,27 @@ async fn events_between(
     after: i64,
     upto: i64,
 ) -> Result<Vec<LiveEvent>> {
-    let rows = sqlx::query(
-        "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
-         WHERE e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
-    )
-    .bind(space_id)
-    .bind(after)
-    .bind(upto)
-    .fetch_all(pool)
-    .await?;
+    let sql = format!(
+        "{} AND e.space_id = $1 AND e.seq > $2 AND e.seq <= $3 ORDER BY e.seq",
+        rows::SPACE_EVENTS
+    );
+    let rows = sqlx::query(&sql)
+        .bind(space_id)
+        .bind(after)
+        .bind(upto)
+        .fetch_all(pool)
+        .await?;
     rows.iter()
-        .map(|row| {
-            let mut event: JobEvent = rows::event(row)?;
-            event.counts = row
-                .try_get::<Option<String>, _>("counts")?
-                .map(|text| rows::counts_from_json(&text))
-                .transpose()?;
-            Ok(LiveEvent::Job(Arc::new(event)))
+        .map(|row| match rows::live_event(row)? {
+            LiveEvent::Job(event) => {
+                let mut event = Arc::unwrap_or_clone(event);
+                event.counts = row
+                    .try_get::<Option<String>, _>("counts")?
+                    .map(|text| rows::counts_from_json(&text))
+                    .transpose()?;
+                Ok(LiveEvent::Job(Arc::new(event)))
+            }
+            other => Ok(other),
         })
         .collect()
 }

@@ -32,7 +32,8 @@ use sha2::{Digest, Sha256};
 
 use crate::job::spec::NewJobs;
 use crate::job::{
-    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StoredLogLine,
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, SpaceEvent,
+    StoredLogLine,
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
@@ -61,6 +62,8 @@ enum Recorded {
     /// Numbered (`seq`, `counts`) at commit.
     Event(JobEvent),
     Log(Arc<JobLogEntry>),
+    /// A space's own event, numbered at commit.
+    Space(SpaceEvent),
 }
 
 pub struct PgWriter {
@@ -309,6 +312,7 @@ impl PgWriter {
             .iter()
             .filter_map(|recorded| match recorded {
                 Recorded::Event(event) => Some(event.space_id.as_str()),
+                Recorded::Space(event) => Some(event.space_id.as_str()),
                 Recorded::Log(_) => None,
             })
             .chain(self.forgotten.iter().map(|job| job.space_id.as_str()))
@@ -356,6 +360,18 @@ impl PgWriter {
                         .or_insert((event.seq, event.seq));
                     published.push(LiveEvent::Job(Arc::new(event)));
                 }
+                Recorded::Space(mut event) => {
+                    let (seq, _) = heads
+                        .get_mut(&event.space_id)
+                        .ok_or(Error::NotFound("space"))?;
+                    *seq += 1;
+                    event.seq = *seq;
+                    ranges
+                        .entry(event.space_id.clone())
+                        .and_modify(|range| range.1 = event.seq)
+                        .or_insert((event.seq, event.seq));
+                    published.push(LiveEvent::Space(Arc::new(event)));
+                }
                 Recorded::Log(entry) => {
                     let seq = entry.line.seq;
                     logs.entry(entry.job_id.clone())
@@ -365,25 +381,19 @@ impl PgWriter {
                 }
             }
         }
-        let events: Vec<&JobEvent> = published
-            .iter()
-            .filter_map(|live| match live {
-                LiveEvent::Job(event) => Some(&**event),
-                LiveEvent::Log(_) => None,
-            })
-            .collect();
+        let events = rows::event_rows(&published);
         for chunk in events.chunks(rows_per_insert(9)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, counts, created_at) ",
             );
             insert.push_values(chunk, |mut row, event| {
-                row.push_bind(&event.space_id)
+                row.push_bind(event.space_id)
                     .push_bind(event.seq)
-                    .push_bind(&event.job_id)
-                    .push_bind(event.kind.as_str())
-                    .push_bind(event.status.as_str())
-                    .push_bind(event.previous_status.map(|status| status.as_str()))
-                    .push_bind(&event.data)
+                    .push_bind(event.job_id)
+                    .push_bind(event.kind)
+                    .push_bind(event.status)
+                    .push_bind(event.previous_status)
+                    .push_bind(event.data.as_deref())
                     .push_bind(event.counts.map(|counts| rows::counts_to_json(&counts)))
                     .push_bind(event.at);
             });
@@ -644,7 +654,14 @@ impl batch::Writer for PgWriter {
         now: UnixMillis,
     ) -> Result<bool> {
         self.require_space(space_id).await?;
-        super::super::pauses::write::<Postgres>(&mut self.conn, space_id, name, paused, now).await
+        let changed =
+            super::super::pauses::write::<Postgres>(&mut self.conn, space_id, name, paused, now)
+                .await?;
+        if changed {
+            let event = super::super::pauses::event(space_id, name, paused, now);
+            self.recorded.push(Recorded::Space(event));
+        }
+        Ok(changed)
     }
 
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
@@ -798,7 +815,7 @@ impl batch::Writer for PgWriter {
         let job = self.load(target).await?;
         let unwritten = self.recorded.iter().any(|recorded| match recorded {
             Recorded::Event(event) => event.job_id == job.id,
-            Recorded::Log(_) => false,
+            Recorded::Log(_) | Recorded::Space(_) => false,
         });
         if unwritten {
             // Its events of this batch are written at commit: they would

@@ -25,8 +25,8 @@ use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
 use crate::job::spec::NewJobs;
 use crate::job::{
-    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, StatusCounts,
-    StoredLogLine,
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, SpaceEvent,
+    StatusCounts, StoredLogLine,
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
@@ -280,6 +280,17 @@ impl SqliteWriter {
         Ok(())
     }
 
+    /// Numbers a space's own event (a pause, a resume) in its sequence.
+    async fn record_space(&mut self, mut event: SpaceEvent) -> Result<()> {
+        let mut head = self.head(&event.space_id).await?;
+        head.seq += 1;
+        event.seq = head.seq;
+        self.heads.insert(event.space_id.clone(), head);
+        self.dirty_spaces.insert(event.space_id.clone());
+        self.recorded.push(LiveEvent::Space(Arc::new(event)));
+        Ok(())
+    }
+
     async fn head(&mut self, space_id: &str) -> Result<Head> {
         if let Some(head) = self.heads.get(space_id) {
             return Ok(*head);
@@ -301,7 +312,7 @@ impl SqliteWriter {
     fn has_unwritten_events(&self, job_id: &str) -> bool {
         self.recorded.iter().any(|recorded| match recorded {
             LiveEvent::Job(event) => event.job_id == job_id,
-            LiveEvent::Log(_) => false,
+            LiveEvent::Log(_) | LiveEvent::Space(_) => false,
         })
     }
 
@@ -329,14 +340,7 @@ impl SqliteWriter {
     /// one round trip.
     async fn flush(&mut self) -> Result<()> {
         let staged: Vec<Unwritten> = self.unwritten.drain().map(|(_, staged)| staged).collect();
-        let events: Vec<&JobEvent> = self
-            .recorded
-            .iter()
-            .filter_map(|published| match published {
-                LiveEvent::Job(event) => Some(&**event),
-                LiveEvent::Log(_) => None,
-            })
-            .collect();
+        let events = rows::event_rows(&self.recorded);
         let heads: Vec<(&String, &Head)> = self
             .dirty_spaces
             .iter()
@@ -407,19 +411,19 @@ impl<'a> Statements<'a> {
         }
     }
 
-    fn insert_events(&mut self, events: &[&'a JobEvent]) {
+    fn insert_events(&mut self, events: &'a [rows::EventRow<'a>]) {
         for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
             let insert = self.next(
                 "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, created_at) ",
             );
             insert.push_values(chunk, |mut row, event| {
-                row.push_bind(&event.space_id)
+                row.push_bind(event.space_id)
                     .push_bind(event.seq)
-                    .push_bind(&event.job_id)
-                    .push_bind(event.kind.as_str())
-                    .push_bind(event.status.as_str())
-                    .push_bind(event.previous_status.map(|status| status.as_str()))
-                    .push_bind(&event.data)
+                    .push_bind(event.job_id)
+                    .push_bind(event.kind)
+                    .push_bind(event.status)
+                    .push_bind(event.previous_status)
+                    .push_bind(event.data.as_deref())
                     .push_bind(event.at);
             });
             self.rows += chunk.len() as u64;
@@ -672,7 +676,14 @@ impl batch::Writer for SqliteWriter {
         now: UnixMillis,
     ) -> Result<bool> {
         self.require_space(space_id).await?;
-        super::super::pauses::write::<Sqlite>(&mut self.conn, space_id, name, paused, now).await
+        let changed =
+            super::super::pauses::write::<Sqlite>(&mut self.conn, space_id, name, paused, now)
+                .await?;
+        if changed {
+            self.record_space(super::super::pauses::event(space_id, name, paused, now))
+                .await?;
+        }
+        Ok(changed)
     }
 
     async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
