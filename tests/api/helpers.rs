@@ -175,7 +175,12 @@ impl TestApp {
         self.database.url()
     }
 
-    async fn start(&mut self, grpc_addr: SocketAddr, http_addr: SocketAddr) {
+    /// A core and its gateway with this server's settings and database.
+    async fn start_pair(
+        &self,
+        grpc_addr: SocketAddr,
+        http_addr: SocketAddr,
+    ) -> (RunningCore, RunningGateway) {
         let core = emit_core::start(CoreConfig {
             grpc_addr,
             database_url: self.database_url(),
@@ -196,6 +201,11 @@ impl TestApp {
         })
         .await
         .expect("gateway starts");
+        (core, gateway)
+    }
+
+    async fn start(&mut self, grpc_addr: SocketAddr, http_addr: SocketAddr) {
+        let (core, gateway) = self.start_pair(grpc_addr, http_addr).await;
         self.grpc_url = format!("http://{}", core.grpc_addr);
         self.base = format!("http://{}", gateway.http_addr);
         self.core = Some(core);
@@ -236,26 +246,7 @@ impl TestApp {
     /// scale-out setup; PostgreSQL only). Returns its REST base URL.
     #[allow(dead_code)]
     pub async fn replica(&self) -> Replica {
-        let core = emit_core::start(CoreConfig {
-            grpc_addr: loopback(),
-            database_url: self.database_url(),
-            database_wait: Duration::from_secs(30),
-            admin_key: Some(Secret(ADMIN_KEY.into())),
-            rate_limit: self.rate_limit,
-            streams: self.streams,
-            callbacks: self.callbacks.clone(),
-            retention: self.retention,
-        })
-        .await
-        .expect("replica core starts");
-        let gateway = emit_gateway::start(GatewayConfig {
-            http_addr: loopback(),
-            core_url: format!("http://{}", core.grpc_addr),
-            stream_queue: self.ws_queue,
-            timeouts: self.timeouts,
-        })
-        .await
-        .expect("replica gateway starts");
+        let (core, gateway) = self.start_pair(loopback(), loopback()).await;
         Replica {
             base: format!("http://{}", gateway.http_addr),
             core,
@@ -367,6 +358,27 @@ impl TestApp {
             )
             .await;
         assert_eq!(status, StatusCode::CREATED, "{created}");
+    }
+
+    /// A long poll for one job through the gateway at `base`, waiting up to
+    /// 20 s, in a task of its own; answers the poll's body.
+    #[allow(dead_code)]
+    pub fn long_poll(&self, base: &str, space: &Space) -> tokio::task::JoinHandle<Value> {
+        let (http, url, key) = (
+            self.http.clone(),
+            format!("{base}/api/v1/spaces/{}/jobs/poll", space.id),
+            space.worker.clone(),
+        );
+        tokio::spawn(async move {
+            let response = http
+                .post(url)
+                .header("x-api-key", key)
+                .json(&json!({ "count": 1, "waitSeconds": 20 }))
+                .send()
+                .await
+                .expect("the poll is answered");
+            response.json::<Value>().await.expect("a JSON body")
+        })
     }
 
     pub async fn poll(&self, space: &Space, body: Value) -> Vec<Value> {

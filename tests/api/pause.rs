@@ -48,23 +48,7 @@ async fn a_paused_space_delivers_nothing_until_it_is_resumed() {
     );
 
     // A long poll waits through the pause and gets the job on resume.
-    let waiting = {
-        let (http, url, key) = (
-            app.http.clone(),
-            format!("{}/api/v1/spaces/{}/jobs/poll", app.base, space.id),
-            space.worker.clone(),
-        );
-        tokio::spawn(async move {
-            let response = http
-                .post(url)
-                .header("x-api-key", key)
-                .json(&json!({ "count": 1, "waitSeconds": 20 }))
-                .send()
-                .await
-                .unwrap();
-            response.json::<Value>().await.unwrap()
-        })
-    };
+    let waiting = app.long_poll(&app.base, &space);
     let (status, shown) = pause(&app, &space.id, "resume", json!({})).await;
     assert_eq!(status, StatusCode::OK);
     assert_eq!(shown["paused"], false);

@@ -39,23 +39,7 @@ async fn a_pause_and_resume_reach_the_other_cores() {
         .await
         .unwrap();
     next_json(&mut stream).await;
-    let waiting = {
-        let (http, url, key) = (
-            app.http.clone(),
-            format!("{}/api/v1/spaces/{}/jobs/poll", replica.base, space.id),
-            space.worker.clone(),
-        );
-        tokio::spawn(async move {
-            let response = http
-                .post(url)
-                .header("x-api-key", key)
-                .json(&json!({ "count": 1, "waitSeconds": 20 }))
-                .send()
-                .await
-                .unwrap();
-            response.json::<Value>().await.unwrap()
-        })
-    };
+    let waiting = app.long_poll(&replica.base, &space);
     pause(&app, &space.id, "resume", json!({})).await;
     let resumed = next_json(&mut stream).await;
     assert_eq!(resumed["type"], "resumed", "{resumed}");

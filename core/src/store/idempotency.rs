@@ -14,7 +14,7 @@ use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::Job;
-use crate::job::spec::IdempotencyClaim;
+use crate::job::spec::{IdempotencyClaim, NewJobs};
 
 /// A job a create did not make because its key was claimed already by an
 /// identical create: the index in the request and the original job's id.
@@ -25,7 +25,7 @@ pub struct Replay {
 }
 
 /// The jobs of a create that it makes: all but its replays.
-pub fn without_replays(jobs: Vec<Job>, replays: &[Replay]) -> Vec<Job> {
+fn without_replays(jobs: Vec<Job>, replays: &[Replay]) -> Vec<Job> {
     jobs.into_iter()
         .enumerate()
         .filter(|(index, _)| !replays.iter().any(|replay| replay.index == *index))
@@ -33,10 +33,39 @@ pub fn without_replays(jobs: Vec<Job>, replays: &[Replay]) -> Vec<Job> {
         .collect()
 }
 
-/// Claims `claims` for the jobs `job_ids` (by claim index) of `space_id`;
-/// returns the replays, whose jobs the caller must not insert. Fails with
-/// Conflict, claiming nothing, when a key is held by a different request.
-pub async fn claim<DB>(
+/// Claims a create's keys for its jobs; returns the jobs to insert (all but
+/// the replays) and the replays. Fails with Conflict, claiming nothing,
+/// when a key is held by a different request.
+pub async fn claim<DB>(conn: &mut DB::Connection, new: NewJobs) -> Result<(Vec<Job>, Vec<Replay>)>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+    for<'r> (String, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
+{
+    let NewJobs { jobs, claims } = new;
+    // A create request addresses one space, at one instant.
+    let Some((space_id, now)) = jobs
+        .first()
+        .map(|job| (job.space_id.clone(), job.created_at))
+    else {
+        return Ok((jobs, Vec::new()));
+    };
+    let job_ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
+    let replays = claim_keys::<DB>(conn, &space_id, &claims, &job_ids, now).await?;
+    if replays.is_empty() {
+        return Ok((jobs, replays));
+    }
+    Ok((without_replays(jobs, &replays), replays))
+}
+
+async fn claim_keys<DB>(
     conn: &mut DB::Connection,
     space_id: &str,
     claims: &[IdempotencyClaim],

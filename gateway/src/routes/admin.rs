@@ -184,7 +184,8 @@ async fn pause_space(
     Ok(Json(json::space(space.unwrap_or_default())))
 }
 
-/// `POST /api/v1/spaces/:id/resume {"name"?}`: lifts that pause.
+/// `POST /api/v1/spaces/:id/resume {"name"?}`: lifts that pause. (The two
+/// calls differ only in their messages, which the proto keeps apart.)
 async fn resume_space(
     State(core): State<CoreClient>,
     headers: HeaderMap,

@@ -691,21 +691,12 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
-        let NewJobs { mut jobs, claims } = new;
         // A create request addresses one space.
-        let Some((space_id, now)) = jobs
-            .first()
-            .map(|job| (job.space_id.clone(), job.created_at))
-        else {
+        let Some(space_id) = new.jobs.first().map(|job| job.space_id.clone()) else {
             return Ok(Vec::new());
         };
         self.require_space(&space_id).await?;
-        let ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-        let replays =
-            idempotency::claim::<Sqlite>(&mut self.conn, &space_id, &claims, &ids, now).await?;
-        if !replays.is_empty() {
-            jobs = idempotency::without_replays(jobs, &replays);
-        }
+        let (jobs, replays) = idempotency::claim::<Sqlite>(&mut self.conn, new).await?;
         for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
