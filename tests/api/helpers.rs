@@ -254,6 +254,26 @@ impl TestApp {
         }
     }
 
+    /// Up to `count` jobs by gRPC `PollJobs`, with the space's worker key.
+    #[allow(dead_code)]
+    pub async fn grpc_poll(&self, space: &Space, count: u32) -> Vec<emit_proto::v1::Delivery> {
+        let mut request = tonic::Request::new(emit_proto::v1::PollJobsRequest {
+            space_id: space.id.clone(),
+            count: Some(count),
+            ..Default::default()
+        });
+        request
+            .metadata_mut()
+            .insert("x-api-key", space.worker.parse().expect("a metadata value"));
+        self.grpc_jobs()
+            .await
+            .poll_jobs(request)
+            .await
+            .expect("the poll is answered")
+            .into_inner()
+            .jobs
+    }
+
     pub async fn grpc_jobs(&self) -> JobServiceClient<Channel> {
         JobServiceClient::connect(self.grpc_url.clone())
             .await

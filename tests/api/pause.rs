@@ -5,7 +5,6 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use emit_proto::v1 as pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -28,16 +27,7 @@ async fn a_paused_space_delivers_nothing_until_it_is_resumed() {
     // Creates are accepted; nothing is handed out, on any transport.
     let job = app.create_job(&space, json!({ "name": "a" })).await;
     assert!(app.poll(&space, json!({ "count": 10 })).await.is_empty());
-    let mut request = tonic::Request::new(pb::PollJobsRequest {
-        space_id: space.id.clone(),
-        count: Some(10),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-api-key", space.worker.parse().unwrap());
-    let polled = app.grpc_jobs().await.poll_jobs(request).await.unwrap();
-    assert!(polled.into_inner().jobs.is_empty());
+    assert!(app.grpc_poll(&space, 10).await.is_empty());
     let (status, refused) = app
         .worker_call(&space, &job, "claim", json!({}))
         .await;

@@ -2,7 +2,6 @@
 //! a backlog of lower ones, on every transport; equal priorities keep the
 //! order jobs became ready in; a job without one behaves as before.
 
-use emit_proto::v1 as pb;
 use reqwest::StatusCode;
 use serde_json::{Value, json};
 
@@ -31,22 +30,7 @@ async fn a_later_high_priority_job_is_delivered_before_a_backlog() {
     let urgent = app
         .create_job(&space, json!({ "name": "urgent", "priority": 1 }))
         .await;
-    let mut request = tonic::Request::new(pb::PollJobsRequest {
-        space_id: space.id.clone(),
-        count: Some(1),
-        ..Default::default()
-    });
-    request
-        .metadata_mut()
-        .insert("x-api-key", space.worker.parse().unwrap());
-    let polled = app
-        .grpc_jobs()
-        .await
-        .poll_jobs(request)
-        .await
-        .unwrap()
-        .into_inner()
-        .jobs;
+    let polled = app.grpc_poll(&space, 1).await;
     assert_eq!(polled[0].id, urgent);
     assert_eq!(polled[0].priority, 1);
 

@@ -57,60 +57,37 @@ where
     else {
         return Ok((jobs, Vec::new()));
     };
+    if claims.is_empty() {
+        return Ok((jobs, Vec::new()));
+    }
+    // Expired keys of this space go first: they are free again.
+    sqlx::query::<DB>("DELETE FROM idempotency_keys WHERE space_id = $1 AND expires_at <= $2")
+        .bind(space_id.as_str())
+        .bind(now)
+        .execute(&mut *conn)
+        .await?;
     let job_ids: Vec<&str> = jobs.iter().map(|job| job.id.as_str()).collect();
-    let replays = claim_keys::<DB>(conn, &space_id, &claims, &job_ids, now).await?;
+    sqlx::query::<DB>("SAVEPOINT idempotency")
+        .execute(&mut *conn)
+        .await?;
+    let claimed = claim_each::<DB>(conn, &space_id, &claims, &job_ids, now).await;
+    if matches!(claimed, Err(Error::Conflict(_))) {
+        sqlx::query::<DB>("ROLLBACK TO SAVEPOINT idempotency")
+            .execute(&mut *conn)
+            .await?;
+    }
+    sqlx::query::<DB>("RELEASE SAVEPOINT idempotency")
+        .execute(&mut *conn)
+        .await?;
+    let replays = claimed?;
     if replays.is_empty() {
         return Ok((jobs, replays));
     }
     Ok((without_replays(jobs, &replays), replays))
 }
 
-async fn claim_keys<DB>(
-    conn: &mut DB::Connection,
-    space_id: &str,
-    claims: &[IdempotencyClaim],
-    job_ids: &[&str],
-    now: UnixMillis,
-) -> Result<Vec<Replay>>
-where
-    DB: Database,
-    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> &'q [u8]: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    for<'r> Vec<u8>: Decode<'r, DB> + Type<DB>,
-    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
-    for<'r> (String, Vec<u8>): sqlx::FromRow<'r, DB::Row>,
-{
-    if claims.is_empty() {
-        return Ok(Vec::new());
-    }
-    // Expired keys of this space go first: they are free again.
-    sqlx::query::<DB>("DELETE FROM idempotency_keys WHERE space_id = $1 AND expires_at <= $2")
-        .bind(space_id)
-        .bind(now)
-        .execute(&mut *conn)
-        .await?;
-    sqlx::query::<DB>("SAVEPOINT idempotency")
-        .execute(&mut *conn)
-        .await?;
-    let claimed = claim_each::<DB>(conn, space_id, claims, job_ids, now).await;
-    let undo = if matches!(claimed, Err(Error::Conflict(_))) {
-        "ROLLBACK TO SAVEPOINT idempotency"
-    } else {
-        "RELEASE SAVEPOINT idempotency"
-    };
-    sqlx::query::<DB>(undo).execute(&mut *conn).await?;
-    if undo.starts_with("ROLLBACK") {
-        sqlx::query::<DB>("RELEASE SAVEPOINT idempotency")
-            .execute(&mut *conn)
-            .await?;
-    }
-    claimed
-}
-
+/// Claims each key in turn; a key held by a different request stops it
+/// with Conflict (the caller undoes the claims before it).
 async fn claim_each<DB>(
     conn: &mut DB::Connection,
     space_id: &str,
