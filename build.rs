@@ -10,6 +10,7 @@ const PROTOS: &[&str] = &[
     "proto/emit/v1/admin_service.proto",
     "proto/emit/v1/event_service.proto",
     "proto/emit/v1/worker_service.proto",
+    "proto/emit/v1/schedules_service.proto",
 ];
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {

@@ -12,6 +12,8 @@ pub mod job;
 pub mod metrics;
 pub mod realtime;
 pub mod retention;
+pub mod schedule;
+pub mod scheduler;
 pub mod server;
 pub mod service;
 pub mod store;

@@ -8,6 +8,7 @@ use std::time::Duration;
 use emit_proto::v1::admin_service_server::AdminServiceServer;
 use emit_proto::v1::event_service_server::EventServiceServer;
 use emit_proto::v1::job_service_server::JobServiceServer;
+use emit_proto::v1::schedule_service_server::ScheduleServiceServer;
 use emit_proto::v1::worker_service_server::WorkerServiceServer;
 use emit_proto::wire::MAX_MESSAGE_BYTES as MAX_GRPC_MESSAGE_BYTES;
 use tokio::net::TcpListener;
@@ -23,11 +24,12 @@ use crate::callbacks::push::PushNotifier;
 use crate::callbacks::slack::{SlackConfig, SlackNotifier};
 use crate::callbacks::{CallbackConfig, Deliverer};
 use crate::error::{Error, Result};
-use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, MeteredLayer, WorkersGrpc};
+use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, MeteredLayer, SchedulesGrpc, WorkersGrpc};
 use crate::metrics::CoreMetrics;
 use crate::realtime::{EventHub, RealtimeApi, StreamLimits};
 use crate::retention::{self, RetentionConfig};
-use crate::service::{AdminApi, JobsApi};
+use crate::scheduler;
+use crate::service::{AdminApi, JobsApi, SchedulesApi};
 use crate::store::{self, SettingWrite, Store};
 use crate::timers::{self, TimerWake};
 
@@ -65,6 +67,7 @@ pub struct RunningCore {
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     timers: JoinHandle<()>,
+    scheduler: JoinHandle<()>,
     callbacks: JoinHandle<()>,
     retention: JoinHandle<()>,
     jobs: Arc<JobsApi>,
@@ -90,6 +93,7 @@ impl RunningCore {
             Err(_) => tracing::warn!("grpc server did not drain within 30s"),
         }
         let _ = self.timers.await;
+        let _ = self.scheduler.await;
         let _ = self.callbacks.await;
         let _ = self.retention.await;
     }
@@ -134,9 +138,16 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         metrics.clone(),
     ));
     let realtime = Arc::new(RealtimeApi::new(store.clone(), hub.clone(), config.streams));
+    let scheduler_wake = Arc::new(tokio::sync::Notify::new());
+    let schedules = Arc::new(SchedulesApi::new(store.clone(), scheduler_wake.clone()));
 
     let (shutdown, shutdown_rx) = watch::channel(false);
     let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
+    let scheduler = tokio::spawn(scheduler::run(
+        store.clone(),
+        scheduler_wake,
+        shutdown_rx.clone(),
+    ));
     let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
     let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
     let retention = tokio::spawn(retention::sweep(
@@ -163,6 +174,9 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<JobServiceServer<JobsGrpc>>().await;
     health.set_serving::<AdminServiceServer<AdminGrpc>>().await;
+    health
+        .set_serving::<ScheduleServiceServer<SchedulesGrpc>>()
+        .await;
     health.set_serving::<EventServiceServer<EventsGrpc>>().await;
     health
         .set_serving::<WorkerServiceServer<WorkersGrpc>>()
@@ -192,6 +206,8 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES)
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let admin_service = AdminServiceServer::new(AdminGrpc::new(auth.clone(), admin));
+    let schedules_service = ScheduleServiceServer::new(SchedulesGrpc::new(auth.clone(), schedules))
+        .max_decoding_message_size(MAX_GRPC_MESSAGE_BYTES);
     let events_service = EventServiceServer::new(EventsGrpc::new(auth, realtime))
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
@@ -220,6 +236,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .add_service(reflection_v1alpha)
             .add_service(jobs_service)
             .add_service(admin_service)
+            .add_service(schedules_service)
             .add_service(events_service)
             .add_service(workers_service)
             .serve_with_incoming_shutdown(incoming, async move {
@@ -233,6 +250,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         shutdown,
         server,
         timers,
+        scheduler,
         callbacks,
         retention,
         jobs,

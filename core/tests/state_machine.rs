@@ -255,6 +255,7 @@ fn new_job(scheduled_in: Option<i64>, max_retries: u32, timeout_seconds: u32, ba
             max_delay_seconds: 0,
         }),
         priority: 0,
+        schedule: None,
         created_at: 0,
         updated_at: 0,
     }

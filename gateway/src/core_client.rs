@@ -9,6 +9,7 @@ use axum::http::HeaderMap;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
 use emit_proto::v1::event_service_client::EventServiceClient;
 use emit_proto::v1::job_service_client::JobServiceClient;
+use emit_proto::v1::schedule_service_client::ScheduleServiceClient;
 use emit_proto::wire::{MAX_MESSAGE_BYTES, SESSION_METADATA};
 use tonic::transport::{Channel, Endpoint};
 
@@ -71,6 +72,10 @@ impl CoreClient {
 
     pub fn stream_queue(&self) -> usize {
         self.stream_queue
+    }
+
+    pub fn schedules(&self) -> ScheduleServiceClient<Channel> {
+        ScheduleServiceClient::new(self.channel()).max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
     pub fn admin(&self) -> AdminServiceClient<Channel> {

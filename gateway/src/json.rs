@@ -54,10 +54,12 @@ fn event_type_name(event_type: i32) -> String {
         .to_ascii_lowercase()
 }
 
-/// A job as the list endpoint shows it: the reference's fields, and
-/// `priority` when the job has one.
+/// A job as the list endpoint shows it: the reference's fields, plus
+/// `priority` when the job has one and `scheduleId`/`fireTime` when a
+/// schedule made it.
 pub fn job_summary(job: pb::Job) -> Value {
     let priority = job.priority;
+    let fire = job.schedule_id.clone().map(|id| (id, iso(job.fire_time)));
     let mut summary = json!({
         "id": job.id,
         "spaceId": job.space_id,
@@ -76,6 +78,10 @@ pub fn job_summary(job: pb::Job) -> Value {
     });
     if priority != 0 {
         summary["priority"] = priority.into();
+    }
+    if let Some((schedule_id, fire_time)) = fire {
+        summary["scheduleId"] = schedule_id.into();
+        summary["fireTime"] = fire_time;
     }
     summary
 }
@@ -502,21 +508,22 @@ pub fn job_specs(body: &Value) -> Result<(Vec<pb::JobSpec>, bool), ApiError> {
             let specs = items
                 .iter()
                 .enumerate()
-                .map(|(index, item)| job_spec(item, index))
+                .map(|(index, item)| job_spec(item, &format!("jobs[{index}]")))
                 .collect::<Result<_, _>>()?;
             Ok((specs, false))
         }
-        Value::Object(_) => Ok((vec![job_spec(body, 0)?], true)),
+        Value::Object(_) => Ok((vec![job_spec(body, "jobs[0]")?], true)),
         _ => Err(ApiError::bad_request(
             "request body must be a job object or an array of job objects",
         )),
     }
 }
 
-fn job_spec(value: &Value, index: usize) -> Result<pb::JobSpec, ApiError> {
-    let prefix = format!("jobs[{index}]");
+/// One job of a create (or a schedule's template), its fields named in
+/// errors under `prefix`.
+pub fn job_spec(value: &Value, prefix: &str) -> Result<pb::JobSpec, ApiError> {
     let fields = match value {
-        Value::Object(_) => Fields::of(value, &prefix)?,
+        Value::Object(_) => Fields::of(value, prefix)?,
         _ => {
             return Err(ApiError::bad_request(format!(
                 "{prefix} must be a JSON object"
@@ -564,4 +571,103 @@ pub fn fence(fields: &Fields<'_>) -> Result<Option<pb::Fence>, ApiError> {
             lease_id,
         }),
     )
+}
+
+/// A schedule create's or update's fields (unset ones stay unset).
+pub fn schedule_settings(body: &Value) -> Result<pb::ScheduleSettings, ApiError> {
+    let fields = Fields::of(body, "")?;
+    let overlap = match fields.string("overlap")?.as_deref() {
+        None => pb::ScheduleOverlap::Unspecified,
+        Some("allow") => pb::ScheduleOverlap::Allow,
+        Some("skip") => pb::ScheduleOverlap::Skip,
+        Some(_) => return Err(ApiError::bad_request("overlap must be allow or skip")),
+    };
+    let catch_up = match fields.string("catchUp")?.as_deref() {
+        None => pb::ScheduleCatchUp::Unspecified,
+        Some("none") => pb::ScheduleCatchUp::None,
+        Some("one") => pb::ScheduleCatchUp::One,
+        Some("all") => pb::ScheduleCatchUp::All,
+        Some(_) => return Err(ApiError::bad_request("catchUp must be none, one or all")),
+    };
+    Ok(pb::ScheduleSettings {
+        cron: fields.string("cron")?,
+        time_zone: fields.string("timeZone")?,
+        job: fields
+            .get("job")
+            .map(|job| match job {
+                Value::Object(_) => job_spec(job, "job"),
+                _ => Err(ApiError::bad_request("job must be a JSON object")),
+            })
+            .transpose()?,
+        overlap: overlap as i32,
+        catch_up: catch_up as i32,
+        catch_up_limit: fields.u32("catchUpLimit")?,
+        paused: fields.bool("paused")?,
+    })
+}
+
+/// A schedule; its job template shows the fields it sets.
+pub fn schedule(schedule: pb::Schedule) -> Value {
+    let template = schedule.job.unwrap_or_default();
+    let mut job = json!({ "name": template.name });
+    let optional = [
+        (
+            "payload",
+            template.payload_json.map(|text| embedded(Some(text))),
+        ),
+        ("maxRetries", template.max_retries.map(Value::from)),
+        ("timeoutSeconds", template.timeout_seconds.map(Value::from)),
+        ("priority", template.priority.map(Value::from)),
+        ("callbackUrl", template.callback_url.map(Value::from)),
+        (
+            "callbackHeaders",
+            (!template.callback_headers.is_empty()).then(|| json!(template.callback_headers)),
+        ),
+        (
+            "retryBackoff",
+            template.retry_backoff.map(|backoff| {
+                let kind = pb::BackoffKind::try_from(backoff.kind).unwrap_or_default();
+                let mut value = json!({
+                    "delaySeconds": backoff.delay_seconds,
+                    "maxDelaySeconds": backoff.max_delay_seconds,
+                });
+                if kind != pb::BackoffKind::Unspecified {
+                    value["type"] = kind
+                        .as_str_name()
+                        .trim_start_matches("BACKOFF_KIND_")
+                        .to_ascii_lowercase()
+                        .into();
+                }
+                value
+            }),
+        ),
+    ];
+    for (name, value) in optional {
+        if let Some(value) = value {
+            job[name] = value;
+        }
+    }
+    let enum_name = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_ascii_lowercase();
+    json!({
+        "id": schedule.id,
+        "spaceId": schedule.space_id,
+        "cron": schedule.cron,
+        "timeZone": schedule.time_zone,
+        "job": job,
+        "overlap": enum_name(
+            pb::ScheduleOverlap::try_from(schedule.overlap).unwrap_or_default().as_str_name(),
+            "SCHEDULE_OVERLAP_",
+        ),
+        "catchUp": enum_name(
+            pb::ScheduleCatchUp::try_from(schedule.catch_up).unwrap_or_default().as_str_name(),
+            "SCHEDULE_CATCH_UP_",
+        ),
+        "catchUpLimit": schedule.catch_up_limit,
+        "paused": schedule.paused,
+        "nextFireTimes": schedule.next_fire_times.into_iter().map(|at| iso(Some(at))).collect::<Vec<_>>(),
+        "lastFireTime": iso(schedule.last_fire_time),
+        "lastJobId": schedule.last_job_id,
+        "createdAt": iso(schedule.created_at),
+        "updatedAt": iso(schedule.updated_at),
+    })
 }

@@ -83,6 +83,7 @@ pub struct TestApp {
 #[allow(dead_code)]
 pub struct Replica {
     pub base: String,
+    pub grpc_url: String,
     core: RunningCore,
     gateway: RunningGateway,
 }
@@ -249,6 +250,7 @@ impl TestApp {
         let (core, gateway) = self.start_pair(loopback(), loopback()).await;
         Replica {
             base: format!("http://{}", gateway.http_addr),
+            grpc_url: format!("http://{}", core.grpc_addr),
             core,
             gateway,
         }

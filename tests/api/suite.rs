@@ -22,6 +22,7 @@ mod polyglot;
 mod priority;
 mod realtime;
 mod restart;
+mod schedules;
 mod slack;
 mod timers;
 mod worker_sessions;

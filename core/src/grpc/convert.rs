@@ -95,6 +95,11 @@ impl From<Job> for pb::Job {
             }),
             kill_reason: job.kill_reason,
             priority: job.priority,
+            fire_time: job
+                .schedule
+                .as_ref()
+                .map(|fire| to_timestamp(fire.fire_time)),
+            schedule_id: job.schedule.map(|fire| fire.schedule_id),
         }
     }
 }

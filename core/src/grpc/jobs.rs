@@ -78,6 +78,7 @@ impl JobService for JobsGrpc {
             created_from: request.created_after.as_ref().map(from_timestamp),
             created_until: request.created_before.as_ref().map(from_timestamp),
             before_id: request.before_id,
+            schedule_id: request.schedule_id,
         };
         let limits = ListLimits {
             limit: request.limit,
@@ -333,6 +334,7 @@ impl JobService for JobsGrpc {
             created_from: given.created_after.as_ref().map(from_timestamp),
             created_until: given.created_before.as_ref().map(from_timestamp),
             before_id: None,
+            schedule_id: None,
         };
         let outcome = self
             .jobs

@@ -6,12 +6,14 @@ mod convert;
 mod events;
 mod jobs;
 mod metered;
+mod schedules;
 mod workers;
 
 pub use admin::AdminGrpc;
 pub use events::EventsGrpc;
 pub use jobs::JobsGrpc;
 pub use metered::MeteredLayer;
+pub use schedules::SchedulesGrpc;
 pub use workers::WorkersGrpc;
 
 use tonic::metadata::MetadataMap;

@@ -296,15 +296,29 @@ pub fn initial_state(scheduled_for: Option<UnixMillis>, now: UnixMillis) -> JobS
     }
 }
 
-/// The `created` event; it names the job's priority when one was set.
+/// The `created` event; it names the job's priority when one was set and
+/// the schedule fire that made it, if one did.
 pub fn created_event(job: &Job) -> EventDraft {
+    let mut data = serde_json::Map::new();
+    if job.priority != 0 {
+        data.insert("priority".into(), job.priority.into());
+    }
+    if let Some(fire) = &job.schedule {
+        data.insert("scheduleId".into(), fire.schedule_id.clone().into());
+        data.insert("fireTime".into(), rfc3339(fire.fire_time).into());
+    }
     EventDraft {
         kind: EventKind::Created,
         status: job.state.status(),
         previous_status: None,
-        data: (job.priority != 0).then(|| format!(r#"{{"priority":{}}}"#, job.priority)),
+        data: (!data.is_empty()).then(|| serde_json::Value::Object(data).to_string()),
         took_ms: None,
     }
+}
+
+/// An instant as the REST API shows instants: RFC 3339 UTC, milliseconds.
+fn rfc3339(at: UnixMillis) -> String {
+    jiff::Timestamp::from_millisecond(at).map_or_else(|_| at.to_string(), |at| format!("{at:.3}"))
 }
 
 #[cfg(test)]
@@ -334,6 +348,7 @@ mod tests {
             callback: None,
             retry_backoff: None,
             priority: 0,
+            schedule: None,
             created_at: 0,
             updated_at: 0,
         }

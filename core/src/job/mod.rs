@@ -229,6 +229,8 @@ pub struct Job {
     pub retry_backoff: Option<RetryBackoff>,
     /// Higher is dispatched first (`spec::PRIORITY_RANGE`).
     pub priority: i32,
+    /// The schedule fire that made the job, if one did.
+    pub schedule: Option<ScheduleFire>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
 }
@@ -241,6 +243,14 @@ impl Job {
     pub fn timeout_millis(&self) -> i64 {
         i64::from(self.timeout_seconds) * 1000
     }
+}
+
+/// Which schedule made a job, for which of its fire times: unique per job,
+/// so a fire makes one job at most.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ScheduleFire {
+    pub schedule_id: String,
+    pub fire_time: UnixMillis,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]

@@ -124,9 +124,13 @@ pub fn build_jobs(
         if let Some(claim) = idempotency_claim(index, &input, now)? {
             built.claims.push(claim);
         }
-        built
-            .jobs
-            .push(build_job(index, space_id, input, now, new_id())?);
+        built.jobs.push(build_job(
+            &format!("jobs[{index}]"),
+            space_id,
+            input,
+            now,
+            new_id(),
+        )?);
     }
     Ok(built)
 }
@@ -192,14 +196,16 @@ fn idempotency_claim(
     }))
 }
 
-fn build_job(
-    index: usize,
+/// Validates one new job and builds it; errors name its fields under
+/// `prefix` (`jobs[3]`, or `job` in a schedule).
+pub fn build_job(
+    prefix: &str,
     space_id: &str,
     input: JobInput,
     now: UnixMillis,
     id: String,
 ) -> Result<Job> {
-    let field = |name: &str| format!("jobs[{index}].{name}");
+    let field = |name: &str| format!("{prefix}.{name}");
     if input.name.trim().is_empty() {
         return Err(Error::invalid(format!("{} is required", field("name"))));
     }
@@ -273,6 +279,7 @@ fn build_job(
         callback,
         retry_backoff,
         priority,
+        schedule: None,
         created_at: now,
         updated_at: now,
     })

@@ -5,6 +5,8 @@
 
 mod admin;
 mod jobs;
+mod schedules;
 
 pub use admin::AdminApi;
 pub use jobs::{BulkAction, BulkOutcome, JobsApi, ListLimits, MAX_POLL_COUNT};
+pub use schedules::SchedulesApi;

@@ -27,6 +27,7 @@ use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::pauses;
+use crate::store::schedules::{FireClaim, ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite,
     SpaceRecord, SpaceSettings, Step, Sweep, TokenRecord,
@@ -86,6 +87,10 @@ pub enum WriteOp {
         paused: bool,
         now: UnixMillis,
         reply: Reply<bool>,
+    },
+    Schedule {
+        write: ScheduleWrite,
+        reply: Reply<ScheduleWritten>,
     },
     PutSetting {
         name: String,
@@ -148,6 +153,7 @@ impl WriteOp {
             Self::PutSetting { .. } => "put_setting",
             Self::Session { .. } => "session",
             Self::SetPause { .. } => "set_pause",
+            Self::Schedule { .. } => "schedule",
             Self::CreateJobs { .. } => "create_jobs",
             Self::Deliver { .. } => "deliver",
             Self::Apply { .. } => "apply",
@@ -218,6 +224,7 @@ pub trait Writer: Send {
         paused: bool,
         now: UnixMillis,
     ) -> Result<bool>;
+    async fn write_schedule(&mut self, write: &ScheduleWrite) -> Result<ScheduleWritten>;
     async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>>;
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>>;
     async fn apply(
@@ -578,6 +585,7 @@ fn refuse(op: WriteOp) {
         WriteOp::PutSetting { reply, .. } => unavailable(reply),
         WriteOp::Session { reply, .. } => unavailable(reply),
         WriteOp::SetPause { reply, .. } => unavailable(reply),
+        WriteOp::Schedule { reply, .. } => unavailable(reply),
         WriteOp::ReplacePublicToken { reply, .. } => unavailable(reply),
         WriteOp::Deliver { reply, .. } => unavailable(reply),
         WriteOp::Apply { reply, .. } => unavailable(reply),
@@ -659,6 +667,23 @@ async fn execute(
                 .await,
             reply,
         ),
+        WriteOp::Schedule { write, reply } => {
+            let written = writer.write_schedule(&write).await;
+            match (written, write) {
+                (Ok(made @ ScheduleWritten::Fire(FireClaim::Make)), ScheduleWrite::Fire(fire))
+                    if !fire.jobs.is_empty() =>
+                {
+                    for job in &fire.jobs {
+                        if job.status() == JobStatus::Pending {
+                            effects.touched.add(&job.space_id, &job.name);
+                        }
+                    }
+                    let created = writer.create_jobs(fire.jobs.into()).await;
+                    finish(created.map(|_| made), reply)
+                }
+                (written, _) => finish(written, reply),
+            }
+        }
         WriteOp::CreateJobs { new, reply } => {
             let ready: Vec<(usize, String, String)> = new
                 .jobs
@@ -938,6 +963,11 @@ impl Writes {
 
     pub async fn write_session(&self, write: SessionWrite) -> Result<bool> {
         self.send(self.any(), |reply| WriteOp::Session { write, reply })
+            .await
+    }
+
+    pub async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
+        self.send(self.any(), |reply| WriteOp::Schedule { write, reply })
             .await
     }
 

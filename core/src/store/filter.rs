@@ -28,6 +28,11 @@ where
     if let Some(until) = filter.created_until {
         select.push(" AND created_at < ").push_bind(until);
     }
+    if let Some(schedule_id) = &filter.schedule_id {
+        select
+            .push(" AND schedule_id = ")
+            .push_bind(schedule_id.as_str());
+    }
     if let Some(before) = &filter.before_id {
         select.push(" AND id < ").push_bind(before.as_str());
     }

@@ -12,6 +12,7 @@ mod idempotency;
 mod pauses;
 pub mod postgres;
 mod rows;
+pub mod schedules;
 mod sessions;
 mod space_settings;
 pub mod sqlite;
@@ -20,6 +21,7 @@ pub(crate) mod testing;
 
 pub use self::idempotency::Replay;
 pub use self::pauses::WHOLE_SPACE;
+pub use self::schedules::{Fire, FireClaim, ScheduleQuery, ScheduleWrite, ScheduleWritten};
 pub use self::sessions::{MAX_SESSIONS_PER_KEY, SessionRecord, SessionWrite};
 
 use std::sync::Arc;
@@ -38,6 +40,7 @@ use crate::job::{
 };
 use crate::metrics::WriterMetrics;
 use crate::retention::{Expired, RetentionOverrides};
+use crate::schedule::Schedule;
 
 /// What `put_setting` does when the setting exists already.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -200,6 +203,8 @@ pub struct JobFilter {
     /// Only jobs older than this one (ids sort by creation): a cursor that
     /// stays right while jobs are added and removed.
     pub before_id: Option<String>,
+    /// Only jobs this schedule made.
+    pub schedule_id: Option<String>,
 }
 
 /// A page of a filter's jobs, newest first.
@@ -352,6 +357,12 @@ pub trait Store: Send + Sync + 'static {
         id_hash: &KeyHash,
         now: UnixMillis,
     ) -> Result<Option<SessionRecord>>;
+
+    /// Creates, updates, deletes or fires a schedule (`schedules`).
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten>;
+    async fn read_schedules(&self, query: ScheduleQuery<'_>) -> Result<Vec<Schedule>>;
+    /// The soonest fire time of any unpaused schedule.
+    async fn next_schedule_due(&self) -> Result<Option<UnixMillis>>;
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>>;
     /// Stores `value` (unless the setting exists and `write` keeps it);

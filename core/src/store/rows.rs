@@ -9,7 +9,7 @@ use sqlx::sqlite::SqliteRow;
 use crate::error::{Error, Result};
 use crate::job::{
     BackoffKind, Callback, EventKind, Job, JobEvent, JobState, JobStatus, LogLevel, RetryBackoff,
-    StatusCounts, StoredLogLine,
+    ScheduleFire, StatusCounts, StoredLogLine,
 };
 use crate::retention::RetentionOverrides;
 use crate::store::{OutboxEntry, PushTarget, SlackTarget, SpaceRecord, TokenRecord};
@@ -116,6 +116,13 @@ pub fn job(row: &impl Columns) -> Result<Job> {
         callback,
         retry_backoff,
         priority: i32::try_from(row.int("priority")?).map_err(|_| corrupt("priority"))?,
+        schedule: match (row.opt_text("schedule_id")?, row.opt_int("fire_time")?) {
+            (Some(schedule_id), Some(fire_time)) => Some(ScheduleFire {
+                schedule_id,
+                fire_time,
+            }),
+            _ => None,
+        },
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
     })

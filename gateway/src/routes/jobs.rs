@@ -105,6 +105,7 @@ async fn list_jobs(
         created_after: instant("createdAfter")?,
         created_before: instant("createdBefore")?,
         before_id: param("beforeId").cloned(),
+        schedule_id: param("scheduleId").cloned(),
     };
     let listed = core
         .jobs()

@@ -6,6 +6,7 @@ mod fallback;
 mod health;
 mod jobs;
 mod realtime;
+mod schedules;
 mod workers;
 
 use std::collections::HashMap;
@@ -29,6 +30,7 @@ pub fn router(core: CoreClient) -> Router {
         .merge(dashboard::router())
         .merge(admin::router())
         .merge(jobs::router())
+        .merge(schedules::router())
         .merge(workers::router())
         .merge(realtime::router())
         .fallback(fallback::no_route)

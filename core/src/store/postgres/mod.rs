@@ -28,10 +28,12 @@ use crate::job::spec::NewJobs;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
+use crate::schedule::Schedule;
 use crate::store::{
     CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, OutboxEntry,
-    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, SessionRecord, SessionWrite, SettingWrite,
-    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, ScheduleQuery, ScheduleWrite, ScheduleWritten,
+    SessionRecord, SessionWrite, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings,
+    Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 8;
@@ -370,6 +372,18 @@ impl Store for PostgresStore {
         now: UnixMillis,
     ) -> Result<Option<SessionRecord>> {
         super::sessions::find::<Postgres, _>(&self.reads, id_hash, now).await
+    }
+
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
+        self.writes.write_schedule(write).await
+    }
+
+    async fn read_schedules(&self, query: ScheduleQuery<'_>) -> Result<Vec<Schedule>> {
+        super::schedules::read::<Postgres, _>(&self.reads, query).await
+    }
+
+    async fn next_schedule_due(&self) -> Result<Option<UnixMillis>> {
+        super::schedules::next_due::<Postgres, _>(&self.reads).await
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>> {

@@ -34,10 +34,12 @@ use crate::job::spec::NewJobs;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
+use crate::schedule::Schedule;
 use crate::store::{
     CallbackTry, DeliverRequest, JobFilter, JobQuery, JobTarget, LogCursor, LogQuery, OutboxEntry,
-    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, SessionRecord, SessionWrite, SettingWrite,
-    SpaceHead, SpaceLog, SpaceRecord, SpaceSettings, Step, Store, Sweep, TokenRecord,
+    REPLAY_PAGE_BYTES, REPLAY_PAGE_EVENTS, Replay, ScheduleQuery, ScheduleWrite, ScheduleWritten,
+    SessionRecord, SessionWrite, SettingWrite, SpaceHead, SpaceLog, SpaceRecord, SpaceSettings,
+    Step, Store, Sweep, TokenRecord,
 };
 
 const READ_CONNECTIONS: u32 = 4;
@@ -421,6 +423,18 @@ impl Store for SqliteStore {
         super::sessions::find::<Sqlite, _>(&self.reads, id_hash, now).await
     }
 
+    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
+        self.writes.write_schedule(write).await
+    }
+
+    async fn read_schedules(&self, query: ScheduleQuery<'_>) -> Result<Vec<Schedule>> {
+        super::schedules::read::<Sqlite, _>(&self.reads, query).await
+    }
+
+    async fn next_schedule_due(&self) -> Result<Option<UnixMillis>> {
+        super::schedules::next_due::<Sqlite, _>(&self.reads).await
+    }
+
     async fn get_setting(&self, name: &str) -> Result<Option<String>> {
         Ok(
             sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
@@ -673,6 +687,12 @@ mod tests {
         }
         async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
             self.0.write_session(write).await
+        }
+        async fn write_schedule(
+            &mut self,
+            write: &crate::store::ScheduleWrite,
+        ) -> Result<crate::store::ScheduleWritten> {
+            self.0.write_schedule(write).await
         }
         async fn set_pause(
             &mut self,

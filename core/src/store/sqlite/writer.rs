@@ -32,6 +32,7 @@ use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
+use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
     SpaceSettings, Sweep, TokenRecord,
@@ -690,6 +691,10 @@ impl batch::Writer for SqliteWriter {
         super::super::sessions::write::<Sqlite>(&mut self.conn, write).await
     }
 
+    async fn write_schedule(&mut self, write: &ScheduleWrite) -> Result<ScheduleWritten> {
+        super::super::schedules::write::<Sqlite>(&mut self.conn, write).await
+    }
+
     async fn create_jobs(&mut self, new: NewJobs) -> Result<Vec<Replay>> {
         // A create request addresses one space.
         let Some(space_id) = new.jobs.first().map(|job| job.space_id.clone()) else {
@@ -701,7 +706,8 @@ impl batch::Writer for SqliteWriter {
             let mut insert = QueryBuilder::<Sqlite>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
-                 backoff_kind, backoff_delay, backoff_max, priority, created_at, updated_at) ",
+                 backoff_kind, backoff_delay, backoff_max, priority, schedule_id, fire_time, \
+                 created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut row, job| {
                 let backoff = job.retry_backoff;
@@ -722,6 +728,8 @@ impl batch::Writer for SqliteWriter {
                     .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
                     .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
                     .push_bind(i64::from(job.priority))
+                    .push_bind(job.schedule.as_ref().map(|fire| fire.schedule_id.as_str()))
+                    .push_bind(job.schedule.as_ref().map(|fire| fire.fire_time))
                     .push_bind(job.created_at)
                     .push_bind(job.updated_at);
             });

@@ -1,0 +1,182 @@
+//! Recurring schedules of a space: create, list, get, update, pause,
+//! resume, delete. Every read and write answers the schedule with its
+//! coming fire times (`?next=N`, default 5, at most 100).
+
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use emit_proto::v1 as pb;
+use serde_json::{Value, json};
+
+use super::{integer_param, query_params};
+use crate::core_client::with_credentials;
+use crate::extract::JsonBody;
+use crate::json;
+use crate::{ApiError, CoreClient};
+
+pub fn router() -> Router<CoreClient> {
+    Router::new()
+        .route(
+            "/api/v1/spaces/{space_id}/schedules",
+            post(create_schedule).get(list_schedules),
+        )
+        .route(
+            "/api/v1/spaces/{space_id}/schedules/{schedule_id}",
+            get(get_schedule)
+                .patch(update_schedule)
+                .delete(delete_schedule),
+        )
+        .route(
+            "/api/v1/spaces/{space_id}/schedules/{schedule_id}/pause",
+            post(pause_schedule),
+        )
+        .route(
+            "/api/v1/spaces/{space_id}/schedules/{schedule_id}/resume",
+            post(resume_schedule),
+        )
+}
+
+/// `?next=N`: how many coming fire times to list.
+fn next_count(uri: &Uri) -> Result<Option<u32>, ApiError> {
+    Ok(integer_param(&query_params(uri)?, "next")?
+        .map(|count| u32::try_from(count).unwrap_or(u32::MAX)))
+}
+
+fn answer(schedule: Option<pb::Schedule>) -> Result<Json<Value>, ApiError> {
+    schedule
+        .map(|schedule| Json(json::schedule(schedule)))
+        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+}
+
+async fn create_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    uri: Uri,
+    JsonBody(body): JsonBody,
+) -> Result<(StatusCode, Json<Value>), ApiError> {
+    let request = pb::CreateScheduleRequest {
+        space_id,
+        settings: Some(json::schedule_settings(&body)?),
+        next_count: next_count(&uri)?,
+    };
+    let created = core
+        .schedules()
+        .create_schedule(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    Ok((StatusCode::CREATED, answer(created.schedule)?))
+}
+
+async fn list_schedules(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let request = pb::ListSchedulesRequest {
+        space_id,
+        next_count: next_count(&uri)?,
+    };
+    let listed = core
+        .schedules()
+        .list_schedules(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    Ok(Json(Value::Array(
+        listed.schedules.into_iter().map(json::schedule).collect(),
+    )))
+}
+
+async fn get_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path((space_id, schedule_id)): Path<(String, String)>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let request = pb::GetScheduleRequest {
+        space_id,
+        schedule_id,
+        next_count: next_count(&uri)?,
+    };
+    let found = core
+        .schedules()
+        .get_schedule(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    answer(found.schedule)
+}
+
+async fn update(
+    core: &CoreClient,
+    headers: &HeaderMap,
+    (space_id, schedule_id): (String, String),
+    settings: pb::ScheduleSettings,
+    uri: &Uri,
+) -> Result<Json<Value>, ApiError> {
+    let request = pb::UpdateScheduleRequest {
+        space_id,
+        schedule_id,
+        settings: Some(settings),
+        next_count: next_count(uri)?,
+    };
+    let updated = core
+        .schedules()
+        .update_schedule(with_credentials(headers, request))
+        .await?
+        .into_inner();
+    answer(updated.schedule)
+}
+
+async fn update_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(ids): Path<(String, String)>,
+    uri: Uri,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let settings = json::schedule_settings(&body)?;
+    update(&core, &headers, ids, settings, &uri).await
+}
+
+async fn pause_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(ids): Path<(String, String)>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let settings = pb::ScheduleSettings {
+        paused: Some(true),
+        ..Default::default()
+    };
+    update(&core, &headers, ids, settings, &uri).await
+}
+
+async fn resume_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(ids): Path<(String, String)>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let settings = pb::ScheduleSettings {
+        paused: Some(false),
+        ..Default::default()
+    };
+    update(&core, &headers, ids, settings, &uri).await
+}
+
+async fn delete_schedule(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path((space_id, schedule_id)): Path<(String, String)>,
+) -> Result<Json<Value>, ApiError> {
+    let request = pb::DeleteScheduleRequest {
+        space_id,
+        schedule_id: schedule_id.clone(),
+    };
+    core.schedules()
+        .delete_schedule(with_credentials(&headers, request))
+        .await?;
+    Ok(Json(json!({ "id": schedule_id, "deleted": true })))
+}
