@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod callbacks;
 pub mod clock;
+pub mod concurrency;
 pub mod dispatch;
 pub mod error;
 pub mod grpc;

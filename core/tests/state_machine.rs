@@ -256,6 +256,8 @@ fn new_job(scheduled_in: Option<i64>, max_retries: u32, timeout_seconds: u32, ba
         }),
         priority: 0,
         schedule: None,
+        concurrency_key: None,
+        concurrency_limit: None,
         created_at: 0,
         updated_at: 0,
     }

@@ -55,11 +55,20 @@ fn event_type_name(event_type: i32) -> String {
 }
 
 /// A job as the list endpoint shows it: the reference's fields, plus
-/// `priority` when the job has one and `scheduleId`/`fireTime` when a
-/// schedule made it.
+/// `priority` when the job has one, `scheduleId`/`fireTime` when a schedule
+/// made it, its concurrency key and limit, and why it waits, when they
+/// apply.
 pub fn job_summary(job: pb::Job) -> Value {
     let priority = job.priority;
     let fire = job.schedule_id.clone().map(|id| (id, iso(job.fire_time)));
+    let flow = [
+        (
+            "concurrencyKey",
+            job.concurrency_key.clone().map(Value::from),
+        ),
+        ("concurrencyLimit", job.concurrency_limit.map(Value::from)),
+        ("waitingReason", job.waiting_reason.clone().map(Value::from)),
+    ];
     let mut summary = json!({
         "id": job.id,
         "spaceId": job.space_id,
@@ -82,6 +91,11 @@ pub fn job_summary(job: pb::Job) -> Value {
     if let Some((schedule_id, fire_time)) = fire {
         summary["scheduleId"] = schedule_id.into();
         summary["fireTime"] = fire_time;
+    }
+    for (field, value) in flow {
+        if let Some(value) = value {
+            summary[field] = value;
+        }
     }
     summary
 }
@@ -278,7 +292,42 @@ pub fn space(space: pb::Space) -> Value {
             "dead": retention.dead_seconds,
             "killed": retention.killed_seconds,
         })),
+        "concurrency": space.concurrency.map(|limits| json!({
+            "default": limits.default_limit,
+            "names": limits.names,
+        })),
         "createdAt": iso(space.created_at),
+    })
+}
+
+/// `{"default": N, "names": {"report": N}}`: a space's concurrency limits.
+pub fn concurrency_limits(value: &Value) -> Result<pb::ConcurrencyLimits, ApiError> {
+    let fields = Fields::of(value, "concurrency")?;
+    let mut names = std::collections::HashMap::new();
+    match fields.get("names") {
+        None => {}
+        Some(Value::Object(entries)) => {
+            for (name, limit) in entries {
+                let limit = limit
+                    .as_u64()
+                    .and_then(|limit| u32::try_from(limit).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "concurrency.names.{name} must be a whole number"
+                        ))
+                    })?;
+                names.insert(name.clone(), limit);
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "concurrency.names must be an object of job names to limits",
+            ));
+        }
+    }
+    Ok(pb::ConcurrencyLimits {
+        default_limit: fields.u32("default")?,
+        names,
     })
 }
 
@@ -558,6 +607,8 @@ pub fn job_spec(value: &Value, prefix: &str) -> Result<pb::JobSpec, ApiError> {
         priority: fields.i32("priority")?,
         idempotency_key: fields.string("idempotencyKey")?,
         idempotency_window_seconds: fields.u32("idempotencyWindowSeconds")?,
+        concurrency_key: fields.string("concurrencyKey")?,
+        concurrency_limit: fields.u32("concurrencyLimit")?,
     })
 }
 

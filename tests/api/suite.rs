@@ -4,6 +4,7 @@
 mod admin;
 mod auth;
 mod callbacks;
+mod concurrency;
 mod create;
 mod dashboard;
 mod dispatch;

@@ -100,6 +100,9 @@ impl From<Job> for pb::Job {
                 .as_ref()
                 .map(|fire| to_timestamp(fire.fire_time)),
             schedule_id: job.schedule.map(|fire| fire.schedule_id),
+            concurrency_key: job.concurrency_key,
+            concurrency_limit: job.concurrency_limit,
+            waiting_reason: None,
         }
     }
 }
@@ -254,6 +257,8 @@ impl From<pb::JobSpec> for JobInput {
             priority: spec.priority,
             idempotency_key: spec.idempotency_key,
             idempotency_window_seconds: spec.idempotency_window_seconds,
+            concurrency_key: spec.concurrency_key,
+            concurrency_limit: spec.concurrency_limit,
         }
     }
 }
@@ -291,6 +296,10 @@ impl From<SpaceRecord> for pb::Space {
             // Pauses live in their own table; the admin service adds them.
             paused: false,
             paused_names: Vec::new(),
+            concurrency: (!space.concurrency.is_empty()).then(|| pb::ConcurrencyLimits {
+                default_limit: space.concurrency.default,
+                names: space.concurrency.names.into_iter().collect(),
+            }),
         }
     }
 }

@@ -85,8 +85,13 @@ impl JobService for JobsGrpc {
             offset: request.offset,
         };
         let (jobs, total) = self.jobs.list(&who, filter, limits).await?;
+        let reasons = self.jobs.waiting_reasons(&jobs).await?;
         Ok(Response::new(pb::ListJobsResponse {
-            jobs: jobs.into_iter().map(Into::into).collect(),
+            jobs: jobs
+                .into_iter()
+                .zip(reasons)
+                .map(|(job, reason)| with_reason(job, reason))
+                .collect(),
             total,
         }))
     }
@@ -94,8 +99,14 @@ impl JobService for JobsGrpc {
     async fn get_job(&self, request: Request<pb::GetJobRequest>) -> Reply<pb::GetJobResponse> {
         let who = principal(&self.auth, request.metadata()).await?;
         let (job, events) = self.jobs.get(&who, &request.get_ref().job_id).await?;
+        let reason = self
+            .jobs
+            .waiting_reasons(std::slice::from_ref(&job))
+            .await?
+            .pop()
+            .flatten();
         Ok(Response::new(pb::GetJobResponse {
-            job: Some(job.into()),
+            job: Some(with_reason(job, reason)),
             events: events.into_iter().map(Into::into).collect(),
         }))
     }
@@ -312,6 +323,28 @@ impl JobService for JobsGrpc {
         }))
     }
 
+    async fn get_concurrency(
+        &self,
+        request: Request<pb::GetConcurrencyRequest>,
+    ) -> Reply<pb::GetConcurrencyResponse> {
+        let who = principal(&self.auth, request.metadata()).await?;
+        let request = request.into_inner();
+        let (limits, usage) = self
+            .jobs
+            .concurrency(&who, &request.space_id, request.keys)
+            .await?;
+        Ok(Response::new(pb::GetConcurrencyResponse {
+            limits: Some(pb::ConcurrencyLimits {
+                default_limit: limits.default,
+                names: limits.names.into_iter().collect(),
+            }),
+            keys: usage
+                .into_iter()
+                .map(|(key, leases)| pb::KeyLeases { key, leases })
+                .collect(),
+        }))
+    }
+
     async fn bulk_jobs(
         &self,
         request: Request<pb::BulkJobsRequest>,
@@ -347,4 +380,10 @@ impl JobService for JobsGrpc {
             more: outcome.more,
         }))
     }
+}
+
+fn with_reason(job: crate::job::Job, reason: Option<&'static str>) -> pb::Job {
+    let mut job: pb::Job = job.into();
+    job.waiting_reason = reason.map(str::to_owned);
+    job
 }

@@ -180,6 +180,8 @@ fn render(schedule: Schedule, upcoming: usize) -> pb::Schedule {
             priority: template.priority,
             idempotency_key: None,
             idempotency_window_seconds: None,
+            concurrency_key: None,
+            concurrency_limit: None,
         }),
         overlap: match schedule.overlap {
             Overlap::Allow => pb::ScheduleOverlap::Allow,

@@ -349,6 +349,8 @@ mod tests {
             retry_backoff: None,
             priority: 0,
             schedule: None,
+            concurrency_key: None,
+            concurrency_limit: None,
             created_at: 0,
             updated_at: 0,
         }

@@ -231,6 +231,10 @@ pub struct Job {
     pub priority: i32,
     /// The schedule fire that made the job, if one did.
     pub schedule: Option<ScheduleFire>,
+    /// The key whose leases this job counts against (`crate::concurrency`).
+    pub concurrency_key: Option<String>,
+    /// The job's own limit for its key, over its space's.
+    pub concurrency_limit: Option<u32>,
     pub created_at: UnixMillis,
     pub updated_at: UnixMillis,
 }

@@ -66,6 +66,8 @@ pub struct JobInput {
     pub priority: Option<i32>,
     pub idempotency_key: Option<String>,
     pub idempotency_window_seconds: Option<u32>,
+    pub concurrency_key: Option<String>,
+    pub concurrency_limit: Option<u32>,
 }
 
 /// One job's idempotency key, as its create claims it.
@@ -187,6 +189,8 @@ fn idempotency_claim(
         input.callback_headers,
         backoff,
         input.priority,
+        input.concurrency_key,
+        input.concurrency_limit,
     ]);
     Ok(Some(IdempotencyClaim {
         index,
@@ -233,6 +237,7 @@ pub fn build_job(
             field("timeoutSeconds")
         )));
     }
+    let (concurrency_key, concurrency_limit) = check_concurrency(&field, &input)?;
     let callback = match input.callback_url {
         Some(url) => Some(build_callback(&field, url, input.callback_headers)?),
         None if !input.callback_headers.is_empty() => {
@@ -280,9 +285,47 @@ pub fn build_job(
         retry_backoff,
         priority,
         schedule: None,
+        concurrency_key,
+        concurrency_limit,
         created_at: now,
         updated_at: now,
     })
+}
+
+/// A job's concurrency key and its own limit, checked.
+fn check_concurrency(
+    field: &dyn Fn(&str) -> String,
+    input: &JobInput,
+) -> Result<(Option<String>, Option<u32>)> {
+    use crate::concurrency::{LIMIT_RANGE, MAX_KEY_CHARS};
+    let Some(key) = &input.concurrency_key else {
+        if input.concurrency_limit.is_some() {
+            return Err(Error::invalid(format!(
+                "{} requires {}",
+                field("concurrencyLimit"),
+                field("concurrencyKey")
+            )));
+        }
+        return Ok((None, None));
+    };
+    if !(1..=MAX_KEY_CHARS).contains(&key.chars().count()) {
+        return Err(Error::invalid(format!(
+            "{} must be 1 to {MAX_KEY_CHARS} characters",
+            field("concurrencyKey")
+        )));
+    }
+    check_text(&field("concurrencyKey"), key)?;
+    if let Some(limit) = input.concurrency_limit
+        && !LIMIT_RANGE.contains(&limit)
+    {
+        return Err(Error::invalid(format!(
+            "{} must be between {} and {}",
+            field("concurrencyLimit"),
+            LIMIT_RANGE.start(),
+            LIMIT_RANGE.end()
+        )));
+    }
+    Ok((Some(key.clone()), input.concurrency_limit))
 }
 
 fn build_callback(

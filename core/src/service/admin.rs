@@ -64,6 +64,7 @@ impl AdminApi {
             push: None,
             retention: RetentionOverrides::default(),
             slack: None,
+            concurrency: Default::default(),
             created_at: now,
         };
         let token = public_token_record(&space.id, &public_key, now);
@@ -116,6 +117,9 @@ impl AdminApi {
                 url: checked.url,
                 events: slack.events.clone(),
             }));
+        }
+        if let Some(limits) = &settings.concurrency {
+            limits.check()?;
         }
         if let Some(change) = retention {
             let current = self.find_space(space_id).await?;

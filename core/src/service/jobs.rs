@@ -6,11 +6,12 @@ use tokio::time::Instant;
 
 use crate::auth::{Principal, Scope};
 use crate::clock::now_millis;
+use crate::concurrency::{self, ConcurrencyLimits};
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::machine::{Command, Fence};
 use crate::job::spec::{self, JobInput};
-use crate::job::{Job, JobEvent, LogLevel, StoredLogLine};
+use crate::job::{Job, JobEvent, JobState, LogLevel, StoredLogLine};
 use crate::realtime::{EventHub, Topic, Woke};
 use crate::store::handoff::{Handed, Waiter};
 use crate::store::{
@@ -257,6 +258,87 @@ impl JobsApi {
         let job = self.find(&target).await?;
         let events = self.store.job_events(&job.id).await?;
         Ok((job, events))
+    }
+
+    /// Why each of `jobs` that is ready is not being handed out: its
+    /// dispatch is paused, or its concurrency key holds all its slots.
+    /// None for the others.
+    pub async fn waiting_reasons(&self, jobs: &[Job]) -> Result<Vec<Option<&'static str>>> {
+        let now = now_millis();
+        let ready = |job: &Job| matches!(job.state, JobState::Pending { available_at } if available_at <= now);
+        let mut reasons = vec![None; jobs.len()];
+        let mut spaces: Vec<&str> = jobs
+            .iter()
+            .filter(|job| ready(job))
+            .map(|job| job.space_id.as_str())
+            .collect();
+        spaces.sort_unstable();
+        spaces.dedup();
+        for space_id in spaces {
+            let paused = self.store.pauses(space_id).await?;
+            let limits = match self.store.get_space(space_id).await? {
+                Some(space) => space.concurrency,
+                None => continue,
+            };
+            let in_space = |job: &&Job| job.space_id == space_id && ready(job);
+            let mut keys: Vec<String> = jobs
+                .iter()
+                .filter(in_space)
+                .filter_map(|job| job.concurrency_key.clone())
+                .collect();
+            keys.sort_unstable();
+            keys.dedup();
+            let held = self.store.key_leases(space_id, Some(&keys)).await?;
+            for (job, reason) in jobs.iter().zip(reasons.iter_mut()) {
+                if !in_space(&job) {
+                    continue;
+                }
+                if paused
+                    .iter()
+                    .any(|name| name == WHOLE_SPACE || *name == job.name)
+                {
+                    *reason = Some(concurrency::WAITING_PAUSED);
+                } else if let Some(key) = &job.concurrency_key
+                    && let Some(limit) = limits.for_job(&job.name, job.concurrency_limit)
+                    && held.get(key).copied().unwrap_or(0) >= limit
+                {
+                    *reason = Some(concurrency::WAITING_CONCURRENCY);
+                }
+            }
+        }
+        Ok(reasons)
+    }
+
+    /// A space's concurrency limits and the leases its keys hold: of `keys`,
+    /// or of the keys holding the most when none are named.
+    pub async fn concurrency(
+        &self,
+        who: &Principal,
+        space_id: &str,
+        keys: Vec<String>,
+    ) -> Result<(ConcurrencyLimits, Vec<(String, u32)>)> {
+        who.authorize_space(space_id, Scope::JobsRead)?;
+        if keys.len() > MAX_LIST_LIMIT as usize {
+            return Err(Error::invalid(format!(
+                "at most {MAX_LIST_LIMIT} keys can be named"
+            )));
+        }
+        let space = self
+            .store
+            .get_space(space_id)
+            .await?
+            .ok_or(Error::NotFound("space"))?;
+        let named = (!keys.is_empty()).then_some(keys.as_slice());
+        let held = self.store.key_leases(space_id, named).await?;
+        let mut usage: Vec<(String, u32)> = match named {
+            Some(keys) => keys
+                .iter()
+                .map(|key| (key.clone(), held.get(key).copied().unwrap_or(0)))
+                .collect(),
+            None => held.into_iter().collect(),
+        };
+        usage.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
+        Ok((space.concurrency, usage))
     }
 
     pub async fn progress(&self, who: &Principal, job_id: &str) -> Result<Job> {

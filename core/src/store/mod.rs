@@ -5,6 +5,7 @@
 //! enforces the same state machine.
 
 mod batch;
+pub mod concurrency;
 mod filter;
 mod forget;
 pub mod handoff;
@@ -32,6 +33,7 @@ use tokio::sync::broadcast;
 use self::handoff::{Waiter, Waiters};
 use crate::auth::KeyHash;
 use crate::clock::UnixMillis;
+use crate::concurrency::ConcurrencyLimits;
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
 use crate::job::spec::NewJobs;
@@ -97,6 +99,7 @@ pub struct SpaceRecord {
     pub retention: RetentionOverrides,
     /// Where Slack notifications go, and which.
     pub slack: Option<SlackTarget>,
+    pub concurrency: ConcurrencyLimits,
     pub created_at: UnixMillis,
 }
 
@@ -137,6 +140,8 @@ pub struct SpaceSettings {
     pub retention: Option<RetentionOverrides>,
     /// `Some(None)` turns Slack notifications off.
     pub slack: Option<Option<SlackTarget>>,
+    /// Replaces the space's concurrency limits.
+    pub concurrency: Option<ConcurrencyLimits>,
 }
 
 /// A space's event sequence as of one instant: its last event and the job
@@ -357,6 +362,14 @@ pub trait Store: Send + Sync + 'static {
         id_hash: &KeyHash,
         now: UnixMillis,
     ) -> Result<Option<SessionRecord>>;
+
+    /// Leases each key holds now: of `keys`, or (None) of the keys holding
+    /// the most (`concurrency::MAX_LISTED_KEYS`).
+    async fn key_leases(
+        &self,
+        space_id: &str,
+        keys: Option<&[String]>,
+    ) -> Result<std::collections::HashMap<String, u32>>;
 
     /// Creates, updates, deletes or fires a schedule (`schedules`).
     async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten>;

@@ -123,6 +123,11 @@ pub fn job(row: &impl Columns) -> Result<Job> {
             }),
             _ => None,
         },
+        concurrency_key: row.opt_text("concurrency_key")?,
+        concurrency_limit: row
+            .opt_int("concurrency_limit")?
+            .map(|limit| u32::try_from(limit).map_err(|_| corrupt("concurrency_limit")))
+            .transpose()?,
         created_at: row.int("created_at")?,
         updated_at: row.int("updated_at")?,
     })
@@ -189,6 +194,10 @@ pub fn space(row: &impl Columns) -> Result<SpaceRecord> {
         retention: match row.opt_text("retention")? {
             Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("retention"))?,
             None => RetentionOverrides::default(),
+        },
+        concurrency: match row.opt_text("concurrency")? {
+            Some(text) => serde_json::from_str(&text).map_err(|_| corrupt("concurrency"))?,
+            None => Default::default(),
         },
         created_at: row.int("created_at")?,
     })

@@ -40,6 +40,13 @@ where
         let (url, events) = rows::slack_columns(slack.as_ref())?;
         updates.push(("slack_url = $1, slack_events = $2", vec![url, events]));
     }
+    if let Some(limits) = settings.concurrency {
+        let column = (!limits.is_empty())
+            .then(|| serde_json::to_string(&limits))
+            .transpose()
+            .map_err(Error::internal)?;
+        updates.push(("concurrency = $1", vec![column]));
+    }
     for (columns, values) in updates {
         let sql = format!(
             "UPDATE spaces SET {columns} WHERE id = ${}",

@@ -26,6 +26,7 @@ pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
         push: None,
         retention: Default::default(),
         slack: None,
+        concurrency: Default::default(),
         created_at: now_millis(),
     };
     let token = TokenRecord {
@@ -58,6 +59,8 @@ pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {
             priority: None,
             idempotency_key: None,
             idempotency_window_seconds: None,
+            concurrency_key: None,
+            concurrency_limit: None,
         })
         .collect();
     spec::build_jobs(space_id, inputs, now_millis(), new_id)

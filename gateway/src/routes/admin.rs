@@ -75,7 +75,7 @@ fn retention_change(value: &Value) -> Result<pb::RetentionChange, ApiError> {
 }
 
 /// Space settings: `slack` (the reference's Slack notifications),
-/// `anonymousProgressStreams`, `push`, `retention`.
+/// `anonymousProgressStreams`, `push`, `retention`, `concurrency`.
 async fn update_space(
     State(core): State<CoreClient>,
     headers: HeaderMap,
@@ -112,6 +112,12 @@ async fn update_space(
         }
         None => None,
     };
+    // `"concurrency": null` removes the space's limits.
+    let concurrency = match body.get("concurrency") {
+        Some(Value::Null) => Some(pb::ConcurrencyLimits::default()),
+        Some(value) => Some(json::concurrency_limits(value)?),
+        None => None,
+    };
     let message = pb::UpdateSpaceRequest {
         space_id,
         anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
@@ -119,6 +125,7 @@ async fn update_space(
         remove_push,
         retention,
         slack,
+        concurrency,
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;

@@ -32,6 +32,7 @@ pub fn router() -> Router<CoreClient> {
         .route("/api/v1/jobs/{job_id}/kill", post(kill_job))
         .route("/api/v1/jobs/{job_id}/retry", post(retry_job))
         .route("/api/v1/spaces/{space_id}/jobs/bulk", post(bulk_jobs))
+        .route("/api/v1/spaces/{space_id}/concurrency", get(concurrency))
 }
 
 async fn create_jobs(
@@ -131,6 +132,41 @@ async fn list_jobs(
 
 /// `{"action": "retry"|"kill"|"delete", "filter": {"status", "name",
 /// "createdAfter", "createdBefore"}, "dryRun": false, "limit": 1000}`.
+/// `GET /api/v1/spaces/:id/concurrency?keys=a,b`: the space's limits and
+/// the leases its keys hold (the named keys, or those holding the most).
+async fn concurrency(
+    State(core): State<CoreClient>,
+    headers: HeaderMap,
+    Path(space_id): Path<String>,
+    uri: Uri,
+) -> Result<Json<Value>, ApiError> {
+    let params = query_params(&uri)?;
+    let keys = params
+        .get("keys")
+        .map(|keys| {
+            keys.split(',')
+                .filter(|key| !key.is_empty())
+                .map(str::to_owned)
+                .collect()
+        })
+        .unwrap_or_default();
+    let request = pb::GetConcurrencyRequest { space_id, keys };
+    let usage = core
+        .jobs()
+        .get_concurrency(with_credentials(&headers, request))
+        .await?
+        .into_inner();
+    let limits = usage.limits.unwrap_or_default();
+    Ok(Json(json!({
+        "limits": { "default": limits.default_limit, "names": limits.names },
+        "keys": usage
+            .keys
+            .into_iter()
+            .map(|key| json!({ "key": key.key, "leases": key.leases }))
+            .collect::<Vec<_>>(),
+    })))
+}
+
 async fn bulk_jobs(
     State(core): State<CoreClient>,
     headers: HeaderMap,

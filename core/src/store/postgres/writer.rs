@@ -30,6 +30,7 @@ use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
 use sha2::{Digest, Sha256};
 
+use crate::concurrency::ConcurrencyLimits;
 use crate::job::spec::NewJobs;
 use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, SpaceEvent,
@@ -37,6 +38,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
+use crate::store::concurrency::{self, KeyedDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -81,6 +83,8 @@ pub struct PgWriter {
     /// Jobs the open transaction deleted, taken off their spaces' counts at
     /// commit (under the space rows' locks, like every count change).
     forgotten: Vec<Forgotten>,
+    /// Per space, the key its last keyed delivery on this core ended on.
+    turns: HashMap<String, String>,
 }
 
 impl PgWriter {
@@ -166,6 +170,7 @@ impl PgWriter {
             pending: None,
             locked: HashMap::new(),
             forgotten: Vec::new(),
+            turns: HashMap::new(),
         }
     }
 
@@ -680,12 +685,12 @@ impl batch::Writer for PgWriter {
         };
         self.require_space(&space_id).await?;
         let (jobs, replays) = idempotency::claim::<Postgres>(&mut self.conn, new).await?;
-        for chunk in jobs.chunks(rows_per_insert(21)) {
+        for chunk in jobs.chunks(rows_per_insert(23)) {
             let mut insert = QueryBuilder::<Postgres>::new(
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
                  backoff_kind, backoff_delay, backoff_max, priority, schedule_id, fire_time, \
-                 created_at, updated_at) ",
+                 concurrency_key, concurrency_limit, created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut row, job| {
                 let backoff = job.retry_backoff;
@@ -708,6 +713,8 @@ impl batch::Writer for PgWriter {
                     .push_bind(i64::from(job.priority))
                     .push_bind(job.schedule.as_ref().map(|fire| fire.schedule_id.as_str()))
                     .push_bind(job.schedule.as_ref().map(|fire| fire.fire_time))
+                    .push_bind(job.concurrency_key.as_deref())
+                    .push_bind(job.concurrency_limit.map(i64::from))
                     .push_bind(job.created_at)
                     .push_bind(job.updated_at);
             });
@@ -722,26 +729,9 @@ impl batch::Writer for PgWriter {
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
-        let mut select = QueryBuilder::<Postgres>::new(
-            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-        );
-        select.push_bind(&request.space_id);
-        select.push(" AND due_at <= ").push_bind(request.now);
-        if !request.names.is_empty() {
-            select
-                .push(" AND name = ANY(")
-                .push_bind(&request.names)
-                .push(")");
-        }
-        select
-            .push(super::super::pauses::NOT_PAUSED)
-            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-            .push_bind(i64::from(request.count))
-            .push(" FOR UPDATE SKIP LOCKED");
-        let candidates = select.build().fetch_all(&mut self.conn).await?;
-        let mut delivered = Vec::with_capacity(candidates.len());
-        for row in &candidates {
-            let job = rows::job(row)?;
+        let chosen = concurrency::choose(self, &request).await?;
+        let mut delivered = Vec::with_capacity(chosen.len());
+        for job in chosen {
             let command = Command::Deliver { lease: new_id() };
             delivered.push(self.transition_locked(&job, command, request.now).await?);
         }
@@ -755,6 +745,10 @@ impl batch::Writer for PgWriter {
         fence: &Fence,
         now: UnixMillis,
     ) -> Result<Job> {
+        if matches!(command, Command::Deliver { .. }) {
+            let job = self.load(target).await?;
+            concurrency::admit_claim(self, &job).await?;
+        }
         if let Some(job) = self.locked.get(&target.job_id).cloned() {
             if target
                 .space_id
@@ -907,5 +901,86 @@ impl batch::Writer for PgWriter {
             })));
         }
         Ok(seq)
+    }
+}
+
+/// The advisory-lock class of concurrency keys (two-key locks live apart
+/// from the one-key locks of idempotency keys).
+const KEY_LOCK_CLASS: i32 = 0x636b_6579; // "ckey"
+
+#[async_trait]
+impl KeyedDispatch for PgWriter {
+    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
+        concurrency::ready_keys::<Postgres>(&mut self.conn, space_id, after, max).await
+    }
+
+    async fn pick(
+        &mut self,
+        request: &DeliverRequest,
+        lane: Lane<'_>,
+        count: u32,
+    ) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Postgres>::new(
+            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
+        );
+        select.push_bind(&request.space_id);
+        select.push(" AND due_at <= ").push_bind(request.now);
+        if !request.names.is_empty() {
+            select
+                .push(" AND name = ANY(")
+                .push_bind(&request.names)
+                .push(")");
+        }
+        match lane {
+            Lane::Any => {}
+            Lane::Unkeyed => {
+                select.push(" AND concurrency_key IS NULL");
+            }
+            Lane::Key(key) => {
+                select
+                    .push(" AND concurrency_key = ")
+                    .push_bind(key.to_owned());
+            }
+        }
+        select
+            .push(super::super::pauses::NOT_PAUSED)
+            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
+            .push_bind(i64::from(count))
+            .push(" FOR UPDATE SKIP LOCKED");
+        let rows = select.build().fetch_all(&mut self.conn).await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    /// A try-lock, never a wait: a core that finds the key locked passes it
+    /// this time (the holder is leasing its jobs), so no two batches can
+    /// deadlock on keys.
+    async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool> {
+        let digest = Sha256::new()
+            .chain_update(space_id.as_bytes())
+            .chain_update([0])
+            .chain_update(key.as_bytes())
+            .finalize();
+        let hash = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(KEY_LOCK_CLASS)
+            .bind(hash)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(locked)
+    }
+
+    async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32> {
+        let keys = [key.to_owned()];
+        let held =
+            concurrency::leases_by_key::<Postgres>(&mut self.conn, space_id, Some(&keys)).await?;
+        Ok(held.get(key).copied().unwrap_or(0))
+    }
+
+    async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
+        concurrency::space_limits::<Postgres>(&mut self.conn, space_id).await
+    }
+
+    fn turn(&mut self, space_id: &str) -> &mut String {
+        self.turns.entry(space_id.to_owned()).or_default()
     }
 }

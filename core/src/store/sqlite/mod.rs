@@ -423,6 +423,15 @@ impl Store for SqliteStore {
         super::sessions::find::<Sqlite, _>(&self.reads, id_hash, now).await
     }
 
+    async fn key_leases(
+        &self,
+        space_id: &str,
+        keys: Option<&[String]>,
+    ) -> Result<std::collections::HashMap<String, u32>> {
+        let mut conn = self.reads.acquire().await?;
+        super::concurrency::leases_by_key::<Sqlite>(&mut conn, space_id, keys).await
+    }
+
     async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
         self.writes.write_schedule(write).await
     }

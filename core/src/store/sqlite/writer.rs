@@ -20,6 +20,7 @@ use tokio::sync::broadcast;
 
 use crate::callbacks;
 use crate::clock::UnixMillis;
+use crate::concurrency::ConcurrencyLimits;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
@@ -30,6 +31,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
+use crate::store::concurrency::{self, KeyedDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -94,6 +96,8 @@ pub struct SqliteWriter {
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     /// Set by the checkpoint task when the WAL has grown past its bound.
     restart_wal: Arc<AtomicBool>,
+    /// Per space, the key its last keyed delivery ended on.
+    turns: HashMap<String, String>,
 }
 
 impl SqliteWriter {
@@ -142,6 +146,7 @@ impl SqliteWriter {
             recorded: Vec::new(),
             published,
             restart_wal,
+            turns: HashMap::new(),
         }
     }
 
@@ -707,7 +712,7 @@ impl batch::Writer for SqliteWriter {
                 "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
                  timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
                  backoff_kind, backoff_delay, backoff_max, priority, schedule_id, fire_time, \
-                 created_at, updated_at) ",
+                 concurrency_key, concurrency_limit, created_at, updated_at) ",
             );
             insert.push_values(chunk, |mut row, job| {
                 let backoff = job.retry_backoff;
@@ -730,6 +735,8 @@ impl batch::Writer for SqliteWriter {
                     .push_bind(i64::from(job.priority))
                     .push_bind(job.schedule.as_ref().map(|fire| fire.schedule_id.as_str()))
                     .push_bind(job.schedule.as_ref().map(|fire| fire.fire_time))
+                    .push_bind(job.concurrency_key.as_deref())
+                    .push_bind(job.concurrency_limit.map(i64::from))
                     .push_bind(job.created_at)
                     .push_bind(job.updated_at);
             });
@@ -743,41 +750,9 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-        );
-        select.push_bind(&request.space_id);
-        select.push(" AND due_at <= ").push_bind(request.now);
-        if !request.names.is_empty() {
-            select.push(" AND name IN (");
-            let mut names = select.separated(", ");
-            for name in &request.names {
-                names.push_bind(name);
-            }
-            select.push(")");
-        }
-        // Rows still pending in the database that this batch already took.
-        let taken: Vec<&str> = self
-            .unwritten
-            .values()
-            .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
-            .map(|unwritten| unwritten.job.id.as_str())
-            .collect();
-        if !taken.is_empty() {
-            let taken = serde_json::to_string(&taken).map_err(Error::internal)?;
-            select
-                .push(" AND id NOT IN (SELECT value FROM json_each(")
-                .push_bind(taken)
-                .push("))");
-        }
-        select
-            .push(super::super::pauses::NOT_PAUSED)
-            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-            .push_bind(i64::from(request.count));
-        let candidates = select.build().fetch_all(&mut self.conn).await?;
-        let mut delivered = Vec::with_capacity(candidates.len());
-        for row in &candidates {
-            let job = rows::job(row)?;
+        let chosen = concurrency::choose(self, &request).await?;
+        let mut delivered = Vec::with_capacity(chosen.len());
+        for job in chosen {
             let command = Command::Deliver { lease: new_id() };
             delivered.push(
                 self.transition(&job, command, &Fence::default(), request.now)
@@ -795,6 +770,9 @@ impl batch::Writer for SqliteWriter {
         now: UnixMillis,
     ) -> Result<Job> {
         let job = self.load(target).await?;
+        if matches!(command, Command::Deliver { .. }) {
+            concurrency::admit_claim(self, &job).await?;
+        }
         self.transition(&job, command, fence, now).await
     }
 
@@ -921,5 +899,89 @@ impl batch::Writer for SqliteWriter {
             })));
         }
         Ok(seq)
+    }
+}
+
+#[async_trait]
+impl KeyedDispatch for SqliteWriter {
+    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
+        concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
+    }
+
+    async fn pick(
+        &mut self,
+        request: &DeliverRequest,
+        lane: Lane<'_>,
+        count: u32,
+    ) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
+        );
+        select.push_bind(&request.space_id);
+        select.push(" AND due_at <= ").push_bind(request.now);
+        if !request.names.is_empty() {
+            select.push(" AND name IN (");
+            let mut names = select.separated(", ");
+            for name in &request.names {
+                names.push_bind(name);
+            }
+            select.push(")");
+        }
+        match lane {
+            Lane::Any => {}
+            Lane::Unkeyed => {
+                select.push(" AND concurrency_key IS NULL");
+            }
+            Lane::Key(key) => {
+                select
+                    .push(" AND concurrency_key = ")
+                    .push_bind(key.to_owned());
+            }
+        }
+        // Rows still pending in the database that this batch already took.
+        let taken: Vec<&str> = self
+            .unwritten
+            .values()
+            .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
+            .map(|unwritten| unwritten.job.id.as_str())
+            .collect();
+        if !taken.is_empty() {
+            let taken = serde_json::to_string(&taken).map_err(Error::internal)?;
+            select
+                .push(" AND id NOT IN (SELECT value FROM json_each(")
+                .push_bind(taken)
+                .push("))");
+        }
+        select
+            .push(super::super::pauses::NOT_PAUSED)
+            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
+            .push_bind(i64::from(count));
+        let rows = select.build().fetch_all(&mut self.conn).await?;
+        rows.iter().map(rows::job).collect()
+    }
+
+    /// The only writer: no other transaction leases anything meanwhile.
+    async fn lock_key(&mut self, _space_id: &str, _key: &str) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32> {
+        // Leases this batch made or ended are staged in memory: write them
+        // so the count sees them.
+        if !self.unwritten.is_empty() {
+            self.write_jobs().await?;
+        }
+        let keys = [key.to_owned()];
+        let held =
+            concurrency::leases_by_key::<Sqlite>(&mut self.conn, space_id, Some(&keys)).await?;
+        Ok(held.get(key).copied().unwrap_or(0))
+    }
+
+    async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
+        concurrency::space_limits::<Sqlite>(&mut self.conn, space_id).await
+    }
+
+    fn turn(&mut self, space_id: &str) -> &mut String {
+        self.turns.entry(space_id.to_owned()).or_default()
     }
 }

@@ -1,0 +1,353 @@
+//! Dispatch of keyed jobs, for both backends: which ready jobs a delivery
+//! takes when some carry a concurrency key, and whether a claim of one may
+//! lease it. The rules live here once; each writer supplies the statements
+//! (`KeyedDispatch`), because how rows are locked and what a batch has
+//! written so far differ.
+//!
+//! - **Turns.** Each key is a lane, and jobs without a key are one more.
+//!   A delivery takes one job from each lane in turn (within a lane by
+//!   priority, then age) until it has enough, starting after the key the
+//!   previous delivery of the space ended on; so a key with a backlog of
+//!   100,000 jobs delays another key's job by one turn, not by its backlog.
+//! - **Limits.** A keyed job is leased only while its key holds fewer
+//!   leases (delivered or running jobs) than the job's limit
+//!   (`ConcurrencyLimits::for_job`). Leases are counted from the job rows in
+//!   the transaction that leases, under a lock per key on PostgreSQL, so two
+//!   cores never both take the last slot; whatever ends a lease frees its
+//!   slot in its own commit.
+//! - A space with no ready keyed job is dispatched exactly as before: one
+//!   statement, by priority, then age.
+
+use std::collections::HashMap;
+
+use async_trait::async_trait;
+use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
+
+use crate::concurrency::ConcurrencyLimits;
+use crate::error::{Error, Result};
+use crate::job::Job;
+use crate::store::DeliverRequest;
+
+/// Keys one delivery looks at (it needs at most one per job it hands out,
+/// plus the saturated ones it passes).
+const MAX_LANES: u32 = 256;
+
+/// Which ready jobs a pick may take.
+#[derive(Clone, Copy, Debug)]
+pub enum Lane<'a> {
+    /// Any job (a space without ready keyed jobs).
+    Any,
+    Unkeyed,
+    Key(&'a str),
+}
+
+/// What a writer provides for keyed dispatch.
+#[async_trait]
+pub trait KeyedDispatch: Send {
+    /// Ready keys of the space after `after`, in key order, at most `max`.
+    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>>;
+    /// The first `count` ready jobs of the lane, in dispatch order (locked
+    /// for this transaction where the backend locks rows).
+    async fn pick(
+        &mut self,
+        request: &DeliverRequest,
+        lane: Lane<'_>,
+        count: u32,
+    ) -> Result<Vec<Job>>;
+    /// Takes the key's lock for the rest of the transaction, if no other
+    /// transaction holds it (PostgreSQL); always true with one writer.
+    async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool>;
+    /// Leases the key holds now.
+    async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32>;
+    async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits>;
+    /// Where the space's next delivery starts its turns.
+    fn turn(&mut self, space_id: &str) -> &mut String;
+}
+
+/// The jobs a delivery leases, in the order it hands them out.
+pub async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
+    let space_id = request.space_id.as_str();
+    let after = writer.turn(space_id).clone();
+    let mut keys = writer.ready_keys(space_id, &after, MAX_LANES).await?;
+    if (keys.len() as u32) < MAX_LANES && !after.is_empty() {
+        // Wrap around to the keys at or before the last turn.
+        let wrapped = writer
+            .ready_keys(space_id, "", MAX_LANES - keys.len() as u32)
+            .await?;
+        keys.extend(wrapped.into_iter().filter(|key| *key <= after));
+    }
+    if keys.is_empty() {
+        return writer.pick(request, Lane::Any, request.count).await;
+    }
+    let limits = writer.limits(space_id).await?;
+    let count = request.count as usize;
+    let mut lanes: Vec<(Option<String>, Vec<Job>)> = Vec::new();
+    let unkeyed = writer.pick(request, Lane::Unkeyed, request.count).await?;
+    if !unkeyed.is_empty() {
+        lanes.push((None, unkeyed));
+    }
+    for key in keys {
+        if lanes.len() >= count {
+            break;
+        }
+        if !writer.lock_key(space_id, &key).await? {
+            // Another core is leasing this key's jobs right now.
+            continue;
+        }
+        let held = writer.leases(space_id, &key).await?;
+        let ready = writer.pick(request, Lane::Key(&key), request.count).await?;
+        let admitted = admit_in_order(ready, held, &limits);
+        if !admitted.is_empty() {
+            lanes.push((Some(key), admitted));
+        }
+    }
+    Ok(take_turns(lanes, count, writer.turn(space_id)))
+}
+
+/// The longest run of `ready` (one key's jobs, in order) that fits under
+/// each job's limit, given `held` leases: a job that does not fit stops the
+/// run, so a key's jobs keep their order.
+fn admit_in_order(ready: Vec<Job>, held: u32, limits: &ConcurrencyLimits) -> Vec<Job> {
+    let mut holding = held;
+    let mut admitted = Vec::new();
+    for job in ready {
+        match limits.for_job(&job.name, job.concurrency_limit) {
+            Some(limit) if holding >= limit => break,
+            _ => {
+                holding += 1;
+                admitted.push(job);
+            }
+        }
+    }
+    admitted
+}
+
+/// One job from each lane in turn, up to `count`; `turn` moves to the last
+/// key served, so the next delivery starts after it.
+fn take_turns(lanes: Vec<(Option<String>, Vec<Job>)>, count: usize, turn: &mut String) -> Vec<Job> {
+    let mut lanes: Vec<(Option<String>, std::vec::IntoIter<Job>)> = lanes
+        .into_iter()
+        .map(|(key, jobs)| (key, jobs.into_iter()))
+        .collect();
+    let mut taken = Vec::with_capacity(count);
+    while taken.len() < count {
+        let mut any = false;
+        for (key, jobs) in &mut lanes {
+            if taken.len() == count {
+                break;
+            }
+            if let Some(job) = jobs.next() {
+                if let Some(key) = key {
+                    turn.clone_from(key);
+                }
+                taken.push(job);
+                any = true;
+            }
+        }
+        if !any {
+            break;
+        }
+    }
+    taken
+}
+
+/// Whether a claim may lease `job` now: Conflict when its key is at its
+/// limit (or being leased by another core this instant).
+pub async fn admit_claim(writer: &mut impl KeyedDispatch, job: &Job) -> Result<()> {
+    let Some(key) = &job.concurrency_key else {
+        return Ok(());
+    };
+    let limits = writer.limits(&job.space_id).await?;
+    let Some(limit) = limits.for_job(&job.name, job.concurrency_limit) else {
+        return Ok(());
+    };
+    let full = || {
+        Error::Conflict(format!(
+            "job {} waits: concurrency key {key:?} holds its {limit} lease{}",
+            job.id,
+            if limit == 1 { "" } else { "s" }
+        ))
+    };
+    if !writer.lock_key(&job.space_id, key).await? {
+        return Err(full());
+    }
+    if writer.leases(&job.space_id, key).await? >= limit {
+        return Err(full());
+    }
+    Ok(())
+}
+
+/// Ready keys after `after`: a loose index scan (one index seek per key)
+/// over `jobs_key_ready`, so a key's backlog costs nothing to pass.
+pub async fn ready_keys<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+    after: &str,
+    max: u32,
+) -> Result<Vec<String>>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
+{
+    let keys: Vec<(String,)> = sqlx::query_as::<DB, (String,)>(
+        "WITH RECURSIVE lanes (key, n) AS ( \
+           SELECT (SELECT MIN(concurrency_key) FROM jobs \
+                   WHERE space_id = $1 AND status = 'pending' AND concurrency_key > $2), \
+                  CAST(1 AS BIGINT) \
+           UNION ALL \
+           SELECT (SELECT MIN(j.concurrency_key) FROM jobs j \
+                   WHERE j.space_id = $1 AND j.status = 'pending' AND j.concurrency_key > lanes.key), \
+                  lanes.n + 1 \
+           FROM lanes WHERE lanes.key IS NOT NULL AND lanes.n < $3) \
+         SELECT key FROM lanes WHERE key IS NOT NULL",
+    )
+    .bind(space_id)
+    .bind(after)
+    .bind(i64::from(max))
+    .fetch_all(&mut *conn)
+    .await?;
+    Ok(keys.into_iter().map(|(key,)| key).collect())
+}
+
+/// Most keys a listing of every key holding leases names.
+pub const MAX_LISTED_KEYS: i64 = 1000;
+
+/// Leases (delivered or running jobs) of each key, for the keys given, or
+/// (None) for the keys holding the most, at most `MAX_LISTED_KEYS`.
+pub async fn leases_by_key<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+    keys: Option<&[String]>,
+) -> Result<HashMap<String, u32>>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> (String, i64): sqlx::FromRow<'r, DB::Row>,
+{
+    // One indexed count per key (`jobs_key_leases`); callers name few.
+    let counted: Vec<(String, i64)> = match keys {
+        Some(keys) => {
+            let mut counted = Vec::with_capacity(keys.len());
+            for key in keys {
+                let held: Vec<(String, i64)> = sqlx::query_as::<DB, (String, i64)>(
+                    "SELECT concurrency_key, COUNT(*) FROM jobs \
+                     WHERE space_id = $1 AND concurrency_key = $2 \
+                     AND status IN ('delivered', 'running') GROUP BY concurrency_key",
+                )
+                .bind(space_id)
+                .bind(key.as_str())
+                .fetch_all(&mut *conn)
+                .await?;
+                counted.extend(held);
+            }
+            counted
+        }
+        None => {
+            sqlx::query_as::<DB, (String, i64)>(
+                "SELECT concurrency_key, COUNT(*) FROM jobs \
+                 WHERE space_id = $1 AND concurrency_key IS NOT NULL \
+                 AND status IN ('delivered', 'running') GROUP BY concurrency_key \
+                 ORDER BY COUNT(*) DESC, concurrency_key LIMIT $2",
+            )
+            .bind(space_id)
+            .bind(MAX_LISTED_KEYS)
+            .fetch_all(&mut *conn)
+            .await?
+        }
+    };
+    Ok(counted
+        .into_iter()
+        .map(|(key, held)| (key, u32::try_from(held).unwrap_or(u32::MAX)))
+        .collect())
+}
+
+/// The space's limits, as stored on it.
+pub async fn space_limits<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+) -> Result<ConcurrencyLimits>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> Option<String>: Decode<'r, DB> + Type<DB>,
+    for<'r> (Option<String>,): sqlx::FromRow<'r, DB::Row>,
+{
+    let stored: Option<(Option<String>,)> =
+        sqlx::query_as::<DB, (Option<String>,)>("SELECT concurrency FROM spaces WHERE id = $1")
+            .bind(space_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+    match stored.and_then(|(text,)| text) {
+        Some(text) => {
+            serde_json::from_str(&text).map_err(|_| Error::internal("corrupt spaces.concurrency"))
+        }
+        None => Ok(ConcurrencyLimits::default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobState;
+
+    fn job(id: &str, key: Option<&str>) -> Job {
+        let mut job = crate::store::testing::jobs("space", 1).remove(0);
+        job.id = id.to_owned();
+        job.state = JobState::Pending { available_at: 0 };
+        job.concurrency_key = key.map(str::to_owned);
+        job
+    }
+
+    #[test]
+    fn lanes_take_turns_and_the_turn_moves_to_the_last_key_served() {
+        let lanes = vec![
+            (None, vec![job("u1", None), job("u2", None)]),
+            (
+                Some("a".to_owned()),
+                vec![job("a1", Some("a")), job("a2", Some("a"))],
+            ),
+            (Some("b".to_owned()), vec![job("b1", Some("b"))]),
+        ];
+        let mut turn = String::new();
+        let taken = take_turns(lanes, 4, &mut turn);
+        let ids: Vec<&str> = taken.iter().map(|job| job.id.as_str()).collect();
+        assert_eq!(ids, ["u1", "a1", "b1", "u2"]);
+        assert_eq!(turn, "b");
+    }
+
+    #[test]
+    fn a_key_admits_jobs_in_order_up_to_each_ones_limit() {
+        let limits = ConcurrencyLimits {
+            default: Some(3),
+            ..Default::default()
+        };
+        let mut own = job("a2", Some("a"));
+        own.concurrency_limit = Some(1);
+        let ready = vec![job("a1", Some("a")), own, job("a3", Some("a"))];
+        let admitted = admit_in_order(ready.clone(), 0, &limits);
+        // a2's own limit of 1 is full once a1 holds a lease: the run stops.
+        assert_eq!(admitted.len(), 1);
+        assert_eq!(admit_in_order(ready.clone(), 3, &limits).len(), 0);
+        // Without space limits a2's own limit still applies.
+        assert_eq!(
+            admit_in_order(ready.clone(), 0, &ConcurrencyLimits::default()).len(),
+            1
+        );
+        assert_eq!(
+            admit_in_order(ready[..1].to_vec(), 9, &ConcurrencyLimits::default()).len(),
+            1
+        );
+    }
+}
