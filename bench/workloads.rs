@@ -13,8 +13,10 @@
 //! `rest`: 32 REST workers, each long-polling up to 50 jobs, then acking and
 //! completing each in turn. `stream`: 4 gRPC worker sessions of capacity 8.
 //! SQLite (synchronous=FULL) by default; with `EMIT_BENCH_DATABASE=postgres`,
-//! a fresh PostgreSQL database shared by REPLICAS cores. Server and load run
-//! in this one process. Ends with a `RESULT {...}` line for `bench/run`.
+//! a fresh PostgreSQL database shared by REPLICAS cores. With
+//! `EMIT_BENCH_KEYS=N`, every job carries one of N concurrency keys (no
+//! limit: the cost of keyed dispatch and its turns). Server and load run in
+//! this one process. Ends with a `RESULT {...}` line for `bench/run`.
 
 mod support;
 
@@ -95,6 +97,7 @@ async fn main() -> Result<(), AnyError> {
         _ => return Err("usage: workloads rest|stream [REPLICAS]".into()),
     };
     let replicas: usize = args.next().map_or(Ok(1), |arg| arg.parse())?;
+    let keys: usize = std::env::var("EMIT_BENCH_KEYS").map_or(Ok(0), |keys| keys.parse())?;
     let cluster = support::Cluster::start(replicas).await?;
     let bases = cluster.api_bases();
     let grpc_urls = cluster.grpc_urls();
@@ -112,7 +115,7 @@ async fn main() -> Result<(), AnyError> {
 
     // A, create only.
     let started = Instant::now();
-    create_all(&http, &bases, &space).await?;
+    create_all(&http, &bases, &space, keys).await?;
     let create_only = JOBS as f64 / started.elapsed().as_secs_f64();
     // Drain (not timed), then A end to end.
     match path {
@@ -142,7 +145,7 @@ async fn main() -> Result<(), AnyError> {
     }
     tally.until(JOBS).await;
     let started = Instant::now();
-    create_all(&http, &bases, &space).await?;
+    create_all(&http, &bases, &space, keys).await?;
     tally.until(2 * JOBS).await;
     let end_to_end = JOBS as f64 / started.elapsed().as_secs_f64();
 
@@ -152,10 +155,13 @@ async fn main() -> Result<(), AnyError> {
     let mut tick = tokio::time::interval(Duration::from_millis(10));
     for n in 0..SINGLES {
         tick.tick().await;
-        let body = json!({
+        let mut body = json!({
             "name": "ping",
             "payload": { "n": n, "sent": tally.epoch.elapsed().as_micros() as u64 },
         });
+        if keys > 0 {
+            body["concurrencyKey"] = format!("k{}", n % keys).into();
+        }
         let request = http
             .post(format!(
                 "{}/spaces/{}/jobs",
@@ -183,9 +189,11 @@ async fn main() -> Result<(), AnyError> {
             .get(((samples.len() as f64 * q) as usize).min(samples.len().saturating_sub(1)))
             .map_or(f64::NAN, |sample| sample.as_secs_f64() * 1000.0)
     };
-    let path_name = match path {
-        Path::Rest => "REST polling",
-        Path::Stream => "gRPC stream",
+    let path_name = match (path, keys) {
+        (Path::Rest, 0) => "REST polling".to_owned(),
+        (Path::Stream, 0) => "gRPC stream".to_owned(),
+        (Path::Rest, keys) => format!("REST polling, {keys} keys"),
+        (Path::Stream, keys) => format!("gRPC stream, {keys} keys"),
     };
     println!("emit, {path_name}, {engine}, {replicas} core(s)");
     println!("  A create only : {create_only:.0} jobs/s");
@@ -215,11 +223,13 @@ async fn main() -> Result<(), AnyError> {
     Ok(())
 }
 
-/// JOBS jobs in bulk batches of BATCH from PRODUCERS producers.
+/// JOBS jobs in bulk batches of BATCH from PRODUCERS producers, spread over
+/// `keys` concurrency keys (none when 0).
 async fn create_all(
     http: &reqwest::Client,
     bases: &[String],
     space: &support::BenchSpace,
+    keys: usize,
 ) -> Result<(), AnyError> {
     let batches = Arc::new(AtomicUsize::new(JOBS / BATCH));
     let mut producers = Vec::new();
@@ -227,14 +237,18 @@ async fn create_all(
         let url = format!("{}/spaces/{}/jobs", bases[producer % bases.len()], space.id);
         let (http, key, batches) = (http.clone(), space.key.clone(), batches.clone());
         producers.push(tokio::spawn(async move {
-            while batches
-                .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
-                    left.checked_sub(1)
-                })
-                .is_ok()
-            {
+            while let Ok(batch) = batches.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |left| {
+                left.checked_sub(1)
+            }) {
                 let body: Vec<Value> = (0..BATCH)
-                    .map(|i| json!({ "name": "noop", "payload": { "i": i } }))
+                    .map(|i| {
+                        let mut job = json!({ "name": "noop", "payload": { "i": i } });
+                        if keys > 0 {
+                            job["concurrencyKey"] =
+                                format!("k{}", (batch * BATCH + i) % keys).into();
+                        }
+                        job
+                    })
                     .collect();
                 let response = http
                     .post(&url)

@@ -11,5 +11,11 @@ CREATE INDEX jobs_key_leases ON jobs (space_id, concurrency_key)
 -- The ready jobs of each key, in order: dispatch takes turns between keys.
 CREATE INDEX jobs_key_ready ON jobs (space_id, concurrency_key, priority DESC, due_at, id)
     WHERE concurrency_key IS NOT NULL AND status = 'pending';
+-- The ready jobs without a key, in order: the old index without keyed rows,
+-- so a key's backlog is not scanned through to find them (it was: 13 ms a
+-- delivery past 100,000 keyed jobs), and a job is still in one ready index.
+DROP INDEX jobs_ready;
+CREATE INDEX jobs_ready ON jobs (space_id, priority DESC, due_at, id)
+    WHERE concurrency_key IS NULL AND status = 'pending';
 -- A space's limits: {"default": N, "names": {"report": N}}.
 ALTER TABLE spaces ADD COLUMN concurrency TEXT;

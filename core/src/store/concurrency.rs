@@ -38,7 +38,9 @@ pub enum Lane<'a> {
     /// Any job (a space without ready keyed jobs).
     Any,
     Unkeyed,
-    Key(&'a str),
+    /// The jobs of these keys: up to the pick's count of each, in one
+    /// statement.
+    Keys(&'a [String]),
 }
 
 /// What a writer provides for keyed dispatch.
@@ -46,8 +48,9 @@ pub enum Lane<'a> {
 pub trait KeyedDispatch: Send {
     /// Ready keys of the space after `after`, in key order, at most `max`.
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>>;
-    /// The first `count` ready jobs of the lane, in dispatch order (locked
-    /// for this transaction where the backend locks rows).
+    /// The first `count` ready jobs of the lane (of each key, for keys), in
+    /// dispatch order (locked for this transaction where the backend locks
+    /// rows).
     async fn pick(
         &mut self,
         request: &DeliverRequest,
@@ -59,49 +62,117 @@ pub trait KeyedDispatch: Send {
     async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool>;
     /// Leases the key holds now.
     async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32>;
+    /// The space's limits, read once per transaction.
     async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits>;
-    /// Where the space's next delivery starts its turns.
-    fn turn(&mut self, space_id: &str) -> &mut String;
+    /// The lane the space's last delivery ended on: a key, or None for the
+    /// jobs without one (and at first).
+    fn turn(&mut self, space_id: &str) -> &mut Option<String>;
 }
 
 /// The jobs a delivery leases, in the order it hands them out.
+///
+/// Lanes come in a fixed cycle: the keys in key order, then the jobs
+/// without a key. A delivery starts after the lane the last one ended on,
+/// fetches lanes lazily, a few keys' jobs per statement (a delivery of one
+/// job reads one lane), and takes one job per lane per round.
 pub async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
     let space_id = request.space_id.as_str();
-    let after = writer.turn(space_id).clone();
-    let mut keys = writer.ready_keys(space_id, &after, MAX_LANES).await?;
-    if (keys.len() as u32) < MAX_LANES && !after.is_empty() {
-        // Wrap around to the keys at or before the last turn.
-        let wrapped = writer
-            .ready_keys(space_id, "", MAX_LANES - keys.len() as u32)
-            .await?;
-        keys.extend(wrapped.into_iter().filter(|key| *key <= after));
-    }
-    if keys.is_empty() {
-        return writer.pick(request, Lane::Any, request.count).await;
-    }
-    let limits = writer.limits(space_id).await?;
     let count = request.count as usize;
+    let start = writer.turn(space_id).clone();
+    let mut cursor = start.clone().unwrap_or_default();
+    let mut wrapped = start.is_none();
+    let mut unkeyed_done = false;
+    let mut any_key = false;
+    let mut visited = 0u32;
     let mut lanes: Vec<(Option<String>, Vec<Job>)> = Vec::new();
-    let unkeyed = writer.pick(request, Lane::Unkeyed, request.count).await?;
-    if !unkeyed.is_empty() {
-        lanes.push((None, unkeyed));
-    }
-    for key in keys {
-        if lanes.len() >= count {
+    while lanes.len() < count && visited < MAX_LANES {
+        let wanted = ((count - lanes.len()) as u32 + 1).min(MAX_LANES - visited);
+        let keys = writer.ready_keys(space_id, &cursor, wanted).await?;
+        let exhausted = (keys.len() as u32) < wanted;
+        let mut round_done = false;
+        let mut in_round = Vec::with_capacity(keys.len());
+        for key in keys {
+            if wrapped && start.as_deref().is_some_and(|start| key.as_str() > start) {
+                // Back where this delivery began.
+                round_done = true;
+                break;
+            }
+            in_round.push(key);
+        }
+        if let Some(last) = in_round.last() {
+            any_key = true;
+            visited += in_round.len() as u32;
+            cursor.clone_from(last);
+            // Enough of each key for the turns still to fill.
+            let per_key = (count - lanes.len()).div_ceil(in_round.len()).max(1) as u32;
+            let picked = writer.pick(request, Lane::Keys(&in_round), per_key).await?;
+            let mut by_key: HashMap<String, Vec<Job>> = HashMap::new();
+            for job in picked {
+                let key = job.concurrency_key.clone().unwrap_or_default();
+                by_key.entry(key).or_default().push(job);
+            }
+            for key in in_round {
+                let Some(ready) = by_key.remove(&key) else {
+                    continue;
+                };
+                let admitted = admit_lane(writer, request, &key, ready).await?;
+                if !admitted.is_empty() {
+                    lanes.push((Some(key), admitted));
+                    if lanes.len() >= count {
+                        break;
+                    }
+                }
+            }
+        }
+        if round_done || lanes.len() >= count {
             break;
         }
-        if !writer.lock_key(space_id, &key).await? {
-            // Another core is leasing this key's jobs right now.
+        if !exhausted {
             continue;
         }
-        let held = writer.leases(space_id, &key).await?;
-        let ready = writer.pick(request, Lane::Key(&key), request.count).await?;
-        let admitted = admit_in_order(ready, held, &limits);
-        if !admitted.is_empty() {
-            lanes.push((Some(key), admitted));
+        // Past the last key: the jobs without one, then round to the first.
+        if !unkeyed_done {
+            unkeyed_done = true;
+            if !any_key && wrapped {
+                // No ready keyed job at all: as before keys existed.
+                *writer.turn(space_id) = None;
+                return writer.pick(request, Lane::Any, request.count).await;
+            }
+            let jobs = writer.pick(request, Lane::Unkeyed, request.count).await?;
+            if !jobs.is_empty() {
+                lanes.push((None, jobs));
+            }
         }
+        if wrapped {
+            break;
+        }
+        wrapped = true;
+        cursor.clear();
     }
     Ok(take_turns(lanes, count, writer.turn(space_id)))
+}
+
+/// Of one key's ready jobs (in order), those that may be leased now: up to
+/// each one's limit. Keys without a limit need no lock and no count.
+async fn admit_lane(
+    writer: &mut impl KeyedDispatch,
+    request: &DeliverRequest,
+    key: &str,
+    ready: Vec<Job>,
+) -> Result<Vec<Job>> {
+    let limits = writer.limits(&request.space_id).await?;
+    if ready
+        .iter()
+        .all(|job| limits.for_job(&job.name, job.concurrency_limit).is_none())
+    {
+        return Ok(ready);
+    }
+    if !writer.lock_key(&request.space_id, key).await? {
+        // Another core is leasing this key's jobs right now.
+        return Ok(Vec::new());
+    }
+    let held = writer.leases(&request.space_id, key).await?;
+    Ok(admit_in_order(ready, held, &limits))
 }
 
 /// The longest run of `ready` (one key's jobs, in order) that fits under
@@ -123,8 +194,12 @@ fn admit_in_order(ready: Vec<Job>, held: u32, limits: &ConcurrencyLimits) -> Vec
 }
 
 /// One job from each lane in turn, up to `count`; `turn` moves to the last
-/// key served, so the next delivery starts after it.
-fn take_turns(lanes: Vec<(Option<String>, Vec<Job>)>, count: usize, turn: &mut String) -> Vec<Job> {
+/// lane served, so the next delivery starts after it.
+fn take_turns(
+    lanes: Vec<(Option<String>, Vec<Job>)>,
+    count: usize,
+    turn: &mut Option<String>,
+) -> Vec<Job> {
     let mut lanes: Vec<(Option<String>, std::vec::IntoIter<Job>)> = lanes
         .into_iter()
         .map(|(key, jobs)| (key, jobs.into_iter()))
@@ -137,9 +212,7 @@ fn take_turns(lanes: Vec<(Option<String>, Vec<Job>)>, count: usize, turn: &mut S
                 break;
             }
             if let Some(job) = jobs.next() {
-                if let Some(key) = key {
-                    turn.clone_from(key);
-                }
+                turn.clone_from(key);
                 taken.push(job);
                 any = true;
             }
@@ -320,11 +393,11 @@ mod tests {
             ),
             (Some("b".to_owned()), vec![job("b1", Some("b"))]),
         ];
-        let mut turn = String::new();
+        let mut turn = None;
         let taken = take_turns(lanes, 4, &mut turn);
         let ids: Vec<&str> = taken.iter().map(|job| job.id.as_str()).collect();
         assert_eq!(ids, ["u1", "a1", "b1", "u2"]);
-        assert_eq!(turn, "b");
+        assert_eq!(turn, None, "the jobs without a key were served last");
     }
 
     #[test]

@@ -84,7 +84,9 @@ pub struct PgWriter {
     /// commit (under the space rows' locks, like every count change).
     forgotten: Vec<Forgotten>,
     /// Per space, the key its last keyed delivery on this core ended on.
-    turns: HashMap<String, String>,
+    turns: HashMap<String, Option<String>>,
+    /// Spaces' concurrency limits, as this transaction read them.
+    limits: HashMap<String, ConcurrencyLimits>,
 }
 
 impl PgWriter {
@@ -171,6 +173,7 @@ impl PgWriter {
             locked: HashMap::new(),
             forgotten: Vec::new(),
             turns: HashMap::new(),
+            limits: HashMap::new(),
         }
     }
 
@@ -452,6 +455,7 @@ impl PgWriter {
 impl batch::Writer for PgWriter {
     async fn begin(&mut self) -> Result<()> {
         self.locked.clear();
+        self.limits.clear();
         sqlx::query("BEGIN").execute(&mut self.conn).await?;
         Ok(())
     }
@@ -920,9 +924,21 @@ impl KeyedDispatch for PgWriter {
         lane: Lane<'_>,
         count: u32,
     ) -> Result<Vec<Job>> {
-        let mut select = QueryBuilder::<Postgres>::new(
-            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-        );
+        let mut select = match lane {
+            Lane::Any | Lane::Unkeyed => QueryBuilder::<Postgres>::new(
+                "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
+            ),
+            // Each key's first jobs, one index seek per key, in one statement.
+            Lane::Keys(keys) => {
+                let mut select = QueryBuilder::<Postgres>::new("SELECT picked.* FROM unnest(");
+                select.push_bind(keys.to_vec()).push(
+                    "::text[]) WITH ORDINALITY AS lane (key, turn) CROSS JOIN LATERAL \
+                     (SELECT * FROM jobs WHERE concurrency_key = lane.key \
+                     AND status = 'pending' AND space_id = ",
+                );
+                select
+            }
+        };
         select.push_bind(&request.space_id);
         select.push(" AND due_at <= ").push_bind(request.now);
         if !request.names.is_empty() {
@@ -931,22 +947,21 @@ impl KeyedDispatch for PgWriter {
                 .push_bind(&request.names)
                 .push(")");
         }
-        match lane {
-            Lane::Any => {}
-            Lane::Unkeyed => {
-                select.push(" AND concurrency_key IS NULL");
-            }
-            Lane::Key(key) => {
-                select
-                    .push(" AND concurrency_key = ")
-                    .push_bind(key.to_owned());
-            }
+        if let Lane::Any | Lane::Unkeyed = lane {
+            // Without ready keyed jobs `Any` is the same as this, and the
+            // condition lets the pick use the unkeyed ready index.
+            select.push(" AND concurrency_key IS NULL");
         }
         select
             .push(super::super::pauses::NOT_PAUSED)
             .push(" ORDER BY priority DESC, due_at, id LIMIT ")
             .push_bind(i64::from(count))
             .push(" FOR UPDATE SKIP LOCKED");
+        if let Lane::Keys(_) = lane {
+            select.push(
+                ") AS picked ORDER BY lane.turn, picked.priority DESC, picked.due_at, picked.id",
+            );
+        }
         let rows = select.build().fetch_all(&mut self.conn).await?;
         rows.iter().map(rows::job).collect()
     }
@@ -977,10 +992,15 @@ impl KeyedDispatch for PgWriter {
     }
 
     async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
-        concurrency::space_limits::<Postgres>(&mut self.conn, space_id).await
+        if let Some(limits) = self.limits.get(space_id) {
+            return Ok(limits.clone());
+        }
+        let limits = concurrency::space_limits::<Postgres>(&mut self.conn, space_id).await?;
+        self.limits.insert(space_id.to_owned(), limits.clone());
+        Ok(limits)
     }
 
-    fn turn(&mut self, space_id: &str) -> &mut String {
+    fn turn(&mut self, space_id: &str) -> &mut Option<String> {
         self.turns.entry(space_id.to_owned()).or_default()
     }
 }

@@ -97,7 +97,9 @@ pub struct SqliteWriter {
     /// Set by the checkpoint task when the WAL has grown past its bound.
     restart_wal: Arc<AtomicBool>,
     /// Per space, the key its last keyed delivery ended on.
-    turns: HashMap<String, String>,
+    turns: HashMap<String, Option<String>>,
+    /// Spaces' concurrency limits, as this transaction read them.
+    limits: HashMap<String, ConcurrencyLimits>,
 }
 
 impl SqliteWriter {
@@ -147,6 +149,7 @@ impl SqliteWriter {
             published,
             restart_wal,
             turns: HashMap::new(),
+            limits: HashMap::new(),
         }
     }
 
@@ -475,6 +478,7 @@ impl<'a> Statements<'a> {
 #[async_trait]
 impl batch::Writer for SqliteWriter {
     async fn begin(&mut self) -> Result<()> {
+        self.limits.clear();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut self.conn)
             .await?;
@@ -914,30 +918,6 @@ impl KeyedDispatch for SqliteWriter {
         lane: Lane<'_>,
         count: u32,
     ) -> Result<Vec<Job>> {
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-        );
-        select.push_bind(&request.space_id);
-        select.push(" AND due_at <= ").push_bind(request.now);
-        if !request.names.is_empty() {
-            select.push(" AND name IN (");
-            let mut names = select.separated(", ");
-            for name in &request.names {
-                names.push_bind(name);
-            }
-            select.push(")");
-        }
-        match lane {
-            Lane::Any => {}
-            Lane::Unkeyed => {
-                select.push(" AND concurrency_key IS NULL");
-            }
-            Lane::Key(key) => {
-                select
-                    .push(" AND concurrency_key = ")
-                    .push_bind(key.to_owned());
-            }
-        }
         // Rows still pending in the database that this batch already took.
         let taken: Vec<&str> = self
             .unwritten
@@ -945,17 +925,56 @@ impl KeyedDispatch for SqliteWriter {
             .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
             .map(|unwritten| unwritten.job.id.as_str())
             .collect();
-        if !taken.is_empty() {
-            let taken = serde_json::to_string(&taken).map_err(Error::internal)?;
+        let taken = (!taken.is_empty())
+            .then(|| serde_json::to_string(&taken))
+            .transpose()
+            .map_err(Error::internal)?;
+        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: Option<&str>| {
+            select.push("SELECT * FROM jobs WHERE status = 'pending' AND space_id = ");
+            select.push_bind(request.space_id.clone());
+            select.push(" AND due_at <= ").push_bind(request.now);
+            if !request.names.is_empty() {
+                select.push(" AND name IN (");
+                let mut names = select.separated(", ");
+                for name in &request.names {
+                    names.push_bind(name.clone());
+                }
+                select.push(")");
+            }
+            match key {
+                // Without ready keyed jobs `Any` is the same as this, and
+                // the condition lets the pick use the unkeyed ready index.
+                None => select.push(" AND concurrency_key IS NULL"),
+                Some(key) => select
+                    .push(" AND concurrency_key = ")
+                    .push_bind(key.to_owned()),
+            };
+            if let Some(taken) = &taken {
+                select
+                    .push(" AND id NOT IN (SELECT value FROM json_each(")
+                    .push_bind(taken.clone())
+                    .push("))");
+            }
             select
-                .push(" AND id NOT IN (SELECT value FROM json_each(")
-                .push_bind(taken)
-                .push("))");
+                .push(super::super::pauses::NOT_PAUSED)
+                .push(" ORDER BY priority DESC, due_at, id LIMIT ")
+                .push_bind(i64::from(count));
+        };
+        let mut select = QueryBuilder::<Sqlite>::new("");
+        match lane {
+            Lane::Any | Lane::Unkeyed => ready(&mut select, None),
+            // Each key's first jobs, one index seek per key, in one statement.
+            Lane::Keys(keys) => {
+                for (index, key) in keys.iter().enumerate() {
+                    if index > 0 {
+                        select.push(" UNION ALL ");
+                    }
+                    select.push("SELECT * FROM (");
+                    ready(&mut select, Some(key));
+                    select.push(")");
+                }
+            }
         }
-        select
-            .push(super::super::pauses::NOT_PAUSED)
-            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-            .push_bind(i64::from(count));
         let rows = select.build().fetch_all(&mut self.conn).await?;
         rows.iter().map(rows::job).collect()
     }
@@ -978,10 +997,15 @@ impl KeyedDispatch for SqliteWriter {
     }
 
     async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
-        concurrency::space_limits::<Sqlite>(&mut self.conn, space_id).await
+        if let Some(limits) = self.limits.get(space_id) {
+            return Ok(limits.clone());
+        }
+        let limits = concurrency::space_limits::<Sqlite>(&mut self.conn, space_id).await?;
+        self.limits.insert(space_id.to_owned(), limits.clone());
+        Ok(limits)
     }
 
-    fn turn(&mut self, space_id: &str) -> &mut String {
+    fn turn(&mut self, space_id: &str) -> &mut Option<String> {
         self.turns.entry(space_id.to_owned()).or_default()
     }
 }
