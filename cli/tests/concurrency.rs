@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 use support::ack_worker::ack_and_complete_all;
-use support::{ADMIN_KEY, PostgresDatabase, Process, post_json};
+use support::{ADMIN_KEY, PostgresDatabase, Process, post_ok};
 use tokio::sync::RwLock;
 
 const KEYS: usize = 20;
@@ -59,18 +59,10 @@ fn addresses(process: &Process) -> (String, String) {
     )
 }
 
-async fn post(http: &reqwest::Client, url: &str, key: &str, body: Value) -> Option<Value> {
-    let response = post_json(http, url, key, &body).await.ok()?;
-    if !response.status().is_success() {
-        return None;
-    }
-    response.json().await.ok()
-}
-
 /// Acks, then completes (or now and then fails) a polled job over REST.
 async fn work(http: &reqwest::Client, base: &str, key: &str, job_id: &str, fail: bool) {
     let job = format!("{base}/api/v1/jobs/{job_id}");
-    if post(http, &format!("{job}/ack"), key, json!({}))
+    if post_ok(http, &format!("{job}/ack"), key, json!({}))
         .await
         .is_none()
     {
@@ -78,7 +70,7 @@ async fn work(http: &reqwest::Client, base: &str, key: &str, job_id: &str, fail:
     }
     tokio::time::sleep(HOLD).await;
     if fail {
-        post(
+        post_ok(
             http,
             &format!("{job}/fail"),
             key,
@@ -86,7 +78,7 @@ async fn work(http: &reqwest::Client, base: &str, key: &str, job_id: &str, fail:
         )
         .await;
     } else {
-        post(
+        post_ok(
             http,
             &format!("{job}/complete"),
             key,
@@ -108,7 +100,7 @@ async fn rest_poller(
     while !stop.load(Ordering::Relaxed) {
         let (base, _) = cluster.next().await;
         let url = format!("{base}/api/v1/spaces/{space_id}/jobs/poll");
-        let Some(polled) = post(
+        let Some(polled) = post_ok(
             &http,
             &url,
             &key,
@@ -228,7 +220,7 @@ async fn run(database_url: &str, cores: usize) {
         turn: AtomicUsize::new(0),
     });
     let base = processes[0].url.clone();
-    let space = post(
+    let space = post_ok(
         &http,
         &format!("{base}/api/v1/spaces"),
         ADMIN_KEY,
@@ -245,7 +237,7 @@ async fn run(database_url: &str, cores: usize) {
         .await
         .unwrap();
     assert!(response.status().is_success());
-    let token = post(
+    let token = post_ok(
         &http,
         &format!("{base}/api/v1/spaces/{space_id}/tokens"),
         ADMIN_KEY,
@@ -266,7 +258,7 @@ async fn run(database_url: &str, cores: usize) {
         .collect();
     let mut ids: Vec<String> = Vec::new();
     for chunk in jobs.chunks(500) {
-        let created = post(
+        let created = post_ok(
             &http,
             &format!("{base}/api/v1/spaces/{space_id}/jobs"),
             ADMIN_KEY,

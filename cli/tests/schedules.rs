@@ -10,19 +10,12 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{ADMIN_KEY, PostgresDatabase, Process, post_json};
+use support::{ADMIN_KEY, PostgresDatabase, Process, instant_millis, post_json};
 
 const RUN: Duration = Duration::from_secs(120);
 /// Seconds between kills, in turn: uneven, so kills land at every point of
 /// the schedule's second (and of a fire's transaction).
 const KILL_GAPS_MS: [u64; 5] = [9_700, 13_300, 7_900, 16_100, 11_500];
-
-fn millis(iso: &Value) -> i64 {
-    iso.as_str()
-        .and_then(|text| text.parse::<jiff::Timestamp>().ok())
-        .unwrap_or_else(|| panic!("an RFC 3339 instant: {iso}"))
-        .as_millisecond()
-}
 
 async fn start(database_url: &str, http: &reqwest::Client) -> Process {
     let process = Process::serve(database_url, Some(ADMIN_KEY), &[]);
@@ -55,7 +48,7 @@ async fn jobs_by_fire_time(
         let jobs = page.as_array().expect("a job list").clone();
         for job in &jobs {
             by_time
-                .entry(millis(&job["fireTime"]))
+                .entry(instant_millis(&job["fireTime"]))
                 .or_default()
                 .push(job["id"].as_str().unwrap().to_owned());
         }

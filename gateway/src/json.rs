@@ -292,15 +292,30 @@ pub fn space(space: pb::Space) -> Value {
             "dead": retention.dead_seconds,
             "killed": retention.killed_seconds,
         })),
-        "concurrency": space.concurrency.map(|limits| json!({
-            "default": limits.default_limit,
-            "names": limits.names,
-        })),
+        "concurrency": space.concurrency.map(concurrency_limits_json),
         "createdAt": iso(space.created_at),
     })
 }
 
-/// `{"default": N, "names": {"report": N}}`: a space's concurrency limits.
+/// A space's flow limits as REST shows them.
+pub fn concurrency_limits_json(limits: pb::ConcurrencyLimits) -> Value {
+    let rates: serde_json::Map<String, Value> = limits
+        .rates
+        .into_iter()
+        .map(|(name, rate)| {
+            let rate = json!({
+                "limit": rate.limit,
+                "periodSeconds": rate.period_seconds,
+                "perKey": rate.per_key,
+            });
+            (name, rate)
+        })
+        .collect();
+    json!({ "default": limits.default_limit, "names": limits.names, "rates": rates })
+}
+
+/// `{"default": N, "names": {"report": N}, "rates": {"report": {"limit",
+/// "periodSeconds", "perKey"}}}`: a space's flow limits.
 pub fn concurrency_limits(value: &Value) -> Result<pb::ConcurrencyLimits, ApiError> {
     let fields = Fields::of(value, "concurrency")?;
     let mut names = std::collections::HashMap::new();
@@ -325,9 +340,39 @@ pub fn concurrency_limits(value: &Value) -> Result<pb::ConcurrencyLimits, ApiErr
             ));
         }
     }
+    let mut rates = std::collections::HashMap::new();
+    match fields.get("rates") {
+        None => {}
+        Some(Value::Object(entries)) => {
+            for (name, rate) in entries {
+                let rate = Fields::of(rate, &format!("concurrency.rates.{name}"))?;
+                let required = |field: &str, value: Option<u32>| {
+                    value.ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "concurrency.rates.{name}.{field} is required"
+                        ))
+                    })
+                };
+                rates.insert(
+                    name.clone(),
+                    pb::RateLimit {
+                        limit: required("limit", rate.u32("limit")?)?,
+                        period_seconds: required("periodSeconds", rate.u32("periodSeconds")?)?,
+                        per_key: rate.bool("perKey")?.unwrap_or(false),
+                    },
+                );
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "concurrency.rates must be an object of job names to rate limits",
+            ));
+        }
+    }
     Ok(pb::ConcurrencyLimits {
         default_limit: fields.u32("default")?,
         names,
+        rates,
     })
 }
 

@@ -77,8 +77,9 @@ async fn a_key_never_holds_more_than_its_limit_and_ending_a_lease_frees_a_slot()
     assert_eq!(
         usage,
         json!({
-            "limits": { "default": 2, "names": {} },
+            "limits": { "default": 2, "names": {}, "rates": {} },
             "keys": [{ "key": "a", "leases": 2 }, { "key": "b", "leases": 2 }],
+            "rates": [],
         })
     );
 
@@ -179,6 +180,10 @@ async fn keys_and_limits_are_checked_and_named() {
         assert_eq!((status, refused["error"].as_str()), (StatusCode::BAD_REQUEST, Some(message)), "{job}");
     }
     for (concurrency, message) in [
+        (json!({ "rates": { "report": { "limit": 0, "periodSeconds": 1 } } }), "concurrency.rates.report.limit must be between 1 and 1000000"),
+        (json!({ "rates": { "report": { "limit": 5, "periodSeconds": 0 } } }), "concurrency.rates.report.periodSeconds must be between 1 and 86400"),
+        (json!({ "rates": { "report": { "limit": 5 } } }), "concurrency.rates.report.periodSeconds is required"),
+        (json!({ "rates": 5 }), "concurrency.rates must be an object of job names to rate limits"),
         (json!({ "default": 0 }), "concurrency.default must be between 1 and 10000"),
         (json!({ "names": { "report": 20000 } }), "concurrency.names.report must be between 1 and 10000"),
         (json!({ "names": { "report": "two" } }), "concurrency.names.report must be a whole number"),
@@ -199,4 +204,66 @@ async fn keys_and_limits_are_checked_and_named() {
         .get(&format!("/api/v1/spaces/{}/concurrency", space.id), &poller)
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
+}
+
+#[tokio::test]
+async fn a_rate_limit_holds_a_name_to_its_limit_per_window_without_holding_up_others() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    limits(&app, &space, json!({ "rates": { "report": { "limit": 3, "periodSeconds": 2 } } })).await;
+    create(&app, &space, (0..6).map(|_| json!({ "name": "report" })).collect()).await;
+    let email = create(&app, &space, vec![json!({ "name": "email" })]).await;
+    let first = app.poll(&space, json!({ "count": 10 })).await;
+    let names: Vec<&str> = first.iter().map(|job| job["name"].as_str().unwrap()).collect();
+    assert_eq!(names.iter().filter(|name| **name == "report").count(), 3, "{names:?}");
+    assert!(first.iter().any(|job| job["id"] == email[0].as_str()), "the other name is not held up");
+    let began = std::time::Instant::now();
+    assert!(app.poll(&space, json!({ "count": 10 })).await.is_empty());
+
+    let (_, pending) = app
+        .get(&format!("/api/v1/spaces/{}/jobs?status=pending", space.id), &space.producer)
+        .await;
+    let pending = pending.as_array().unwrap();
+    assert_eq!(pending.len(), 3);
+    assert!(pending.iter().all(|job| job["waitingReason"] == "rate_limit"), "{pending:?}");
+    let (_, usage) = app
+        .get(&format!("/api/v1/spaces/{}/concurrency", space.id), &space.producer)
+        .await;
+    assert_eq!(usage["rates"], json!([{ "name": "report", "used": 3 }]));
+    let (status, refused) = app
+        .worker_call(&space, pending[0]["id"].as_str().unwrap(), "claim", json!({}))
+        .await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert!(refused["error"].as_str().unwrap().contains("rate limit of 3 per 2 s"), "{refused}");
+
+    // The window moves on: the next three go, not before.
+    let deadline = began + std::time::Duration::from_secs(10);
+    let next = loop {
+        let polled = app.poll(&space, json!({ "count": 10 })).await;
+        if !polled.is_empty() {
+            break polled;
+        }
+        assert!(std::time::Instant::now() < deadline, "the window never moved on");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(began.elapsed() >= std::time::Duration::from_millis(1500), "{:?}", began.elapsed());
+    assert!(next.len() <= 3, "{next:?}");
+}
+
+#[tokio::test]
+async fn a_per_key_rate_limit_counts_each_key_apart() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    limits(
+        &app,
+        &space,
+        json!({ "rates": { "sync": { "limit": 1, "periodSeconds": 60, "perKey": true } } }),
+    )
+    .await;
+    let mut jobs = keyed("sync", "a", 2);
+    jobs.extend(keyed("sync", "b", 2));
+    create(&app, &space, jobs).await;
+    let polled = app.poll(&space, json!({ "count": 10 })).await;
+    assert_eq!(keys_of(&app, &space, &polled).await, [("a".to_owned(), 1), ("b".to_owned(), 1)].into());
+    assert!(app.poll(&space, json!({ "count": 10 })).await.is_empty());
 }

@@ -24,6 +24,29 @@ pub async fn post_json(
         .await
 }
 
+/// POSTs `body` and answers the JSON of a 2xx reply; None for any other
+/// outcome (a refused call, a process that is down).
+pub async fn post_ok(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    body: serde_json::Value,
+) -> Option<serde_json::Value> {
+    let response = post_json(http, url, key, &body).await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// An RFC 3339 instant of a reply, in milliseconds since the epoch.
+pub fn instant_millis(iso: &serde_json::Value) -> i64 {
+    iso.as_str()
+        .and_then(|text| text.parse::<jiff::Timestamp>().ok())
+        .unwrap_or_else(|| panic!("an RFC 3339 instant: {iso}"))
+        .as_millisecond()
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()

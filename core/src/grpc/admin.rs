@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 use super::{presented, principal};
 use crate::auth::{Authenticator, Principal};
 use crate::clock::{UnixMillis, to_timestamp};
-use crate::concurrency::ConcurrencyLimits;
 use crate::retention::RetentionChange;
 use crate::service::AdminApi;
 use crate::store::{PushTarget, SlackTarget, SpaceRecord, SpaceSettings, WHOLE_SPACE};
@@ -120,10 +119,7 @@ impl AdminService for AdminGrpc {
                 (false, None) => None,
             },
             retention: None,
-            concurrency: request.concurrency.map(|limits| ConcurrencyLimits {
-                default: limits.default_limit,
-                names: limits.names.into_iter().collect(),
-            }),
+            concurrency: request.concurrency.map(super::convert::limits_from_proto),
             slack: request.slack.map(|slack| {
                 (!slack.url.is_empty()).then_some(SlackTarget {
                     url: slack.url,

@@ -3,6 +3,7 @@
 use emit_proto::v1 as pb;
 
 use crate::clock::{from_timestamp, to_timestamp};
+use crate::concurrency::{ConcurrencyLimits, RateLimit};
 use crate::error::Error;
 use crate::job::machine::Fence;
 use crate::job::spec::{BackoffInput, JobInput};
@@ -296,10 +297,8 @@ impl From<SpaceRecord> for pb::Space {
             // Pauses live in their own table; the admin service adds them.
             paused: false,
             paused_names: Vec::new(),
-            concurrency: (!space.concurrency.is_empty()).then(|| pb::ConcurrencyLimits {
-                default_limit: space.concurrency.default,
-                names: space.concurrency.names.into_iter().collect(),
-            }),
+            concurrency: (!space.concurrency.is_empty())
+                .then(|| limits_to_proto(space.concurrency)),
         }
     }
 }
@@ -312,5 +311,43 @@ impl From<TokenRecord> for pb::Token {
             scopes: token.scopes,
             created_at: Some(to_timestamp(token.created_at)),
         }
+    }
+}
+
+pub fn limits_to_proto(limits: ConcurrencyLimits) -> pb::ConcurrencyLimits {
+    pb::ConcurrencyLimits {
+        default_limit: limits.default,
+        names: limits.names.into_iter().collect(),
+        rates: limits
+            .rates
+            .into_iter()
+            .map(|(name, rate)| {
+                let rate = pb::RateLimit {
+                    limit: rate.limit,
+                    period_seconds: rate.period_seconds,
+                    per_key: rate.per_key,
+                };
+                (name, rate)
+            })
+            .collect(),
+    }
+}
+
+pub fn limits_from_proto(limits: pb::ConcurrencyLimits) -> ConcurrencyLimits {
+    ConcurrencyLimits {
+        default: limits.default_limit,
+        names: limits.names.into_iter().collect(),
+        rates: limits
+            .rates
+            .into_iter()
+            .map(|(name, rate)| {
+                let rate = RateLimit {
+                    limit: rate.limit,
+                    period_seconds: rate.period_seconds,
+                    per_key: rate.per_key,
+                };
+                (name, rate)
+            })
+            .collect(),
     }
 }

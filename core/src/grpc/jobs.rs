@@ -329,18 +329,21 @@ impl JobService for JobsGrpc {
     ) -> Reply<pb::GetConcurrencyResponse> {
         let who = principal(&self.auth, request.metadata()).await?;
         let request = request.into_inner();
-        let (limits, usage) = self
+        let usage = self
             .jobs
             .concurrency(&who, &request.space_id, request.keys)
             .await?;
         Ok(Response::new(pb::GetConcurrencyResponse {
-            limits: Some(pb::ConcurrencyLimits {
-                default_limit: limits.default,
-                names: limits.names.into_iter().collect(),
-            }),
+            limits: Some(convert::limits_to_proto(usage.limits)),
             keys: usage
+                .keys
                 .into_iter()
                 .map(|(key, leases)| pb::KeyLeases { key, leases })
+                .collect(),
+            rates: usage
+                .rates
+                .into_iter()
+                .map(|(name, used)| pb::RateUsage { name, used })
                 .collect(),
         }))
     }

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 
 use crate::auth::{Principal, Scope};
 use crate::clock::now_millis;
-use crate::concurrency::{self, ConcurrencyLimits};
+use crate::concurrency::{self, ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::machine::{Command, Fence};
@@ -41,6 +41,16 @@ pub struct CreatedJob {
     /// An idempotency key matched an earlier identical create: `id` is the
     /// job that one made.
     pub replayed: bool,
+}
+
+/// A space's flow limits and what is in use now.
+pub struct FlowUsage {
+    pub limits: ConcurrencyLimits,
+    /// Leases by key, most first.
+    pub keys: Vec<(String, u32)>,
+    /// Dispatches in each rate limit's current window, by job name (every
+    /// key's together).
+    pub rates: Vec<(String, u32)>,
 }
 
 /// Most jobs one bulk call acts on.
@@ -298,6 +308,10 @@ impl JobsApi {
                     .any(|name| name == WHOLE_SPACE || *name == job.name)
                 {
                     *reason = Some(concurrency::WAITING_PAUSED);
+                } else if let Some(rate) = limits.rates.get(&job.name)
+                    && self.rate_used(job, rate, now).await? >= rate.limit
+                {
+                    *reason = Some(concurrency::WAITING_RATE);
                 } else if let Some(key) = &job.concurrency_key
                     && let Some(limit) = limits.for_job(&job.name, job.concurrency_limit)
                     && held.get(key).copied().unwrap_or(0) >= limit
@@ -309,6 +323,22 @@ impl JobsApi {
         Ok(reasons)
     }
 
+    /// Dispatches counting against `job`'s rate limit in the window ending
+    /// at `now`.
+    async fn rate_used(&self, job: &Job, rate: &RateLimit, now: i64) -> Result<u32> {
+        let rate_key = rate
+            .per_key
+            .then(|| job.concurrency_key.clone().unwrap_or_default());
+        self.store
+            .dispatches(
+                &job.space_id,
+                &job.name,
+                rate_key.as_deref(),
+                now - rate.period_millis(),
+            )
+            .await
+    }
+
     /// A space's concurrency limits and the leases its keys hold: of `keys`,
     /// or of the keys holding the most when none are named.
     pub async fn concurrency(
@@ -316,7 +346,7 @@ impl JobsApi {
         who: &Principal,
         space_id: &str,
         keys: Vec<String>,
-    ) -> Result<(ConcurrencyLimits, Vec<(String, u32)>)> {
+    ) -> Result<FlowUsage> {
         who.authorize_space(space_id, Scope::JobsRead)?;
         if keys.len() > MAX_LIST_LIMIT as usize {
             return Err(Error::invalid(format!(
@@ -338,7 +368,18 @@ impl JobsApi {
             None => held.into_iter().collect(),
         };
         usage.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        Ok((space.concurrency, usage))
+        let now = now_millis();
+        let mut rates = Vec::with_capacity(space.concurrency.rates.len());
+        for (name, rate) in &space.concurrency.rates {
+            let since = now - rate.period_millis();
+            let used = self.store.dispatches(space_id, name, None, since).await?;
+            rates.push((name.clone(), used));
+        }
+        Ok(FlowUsage {
+            limits: space.concurrency,
+            keys: usage,
+            rates,
+        })
     }
 
     pub async fn progress(&self, who: &Principal, job_id: &str) -> Result<Job> {
@@ -381,6 +422,7 @@ impl JobsApi {
             names: names.clone(),
             count,
             now: now_millis(),
+            excluded_names: Vec::new(),
         };
         let jobs = self.store.deliver(request).await?;
         self.note_deadlines(&jobs);

@@ -8,5 +8,5 @@ mod jobs;
 mod schedules;
 
 pub use admin::AdminApi;
-pub use jobs::{BulkAction, BulkOutcome, JobsApi, ListLimits, MAX_POLL_COUNT};
+pub use jobs::{BulkAction, BulkOutcome, FlowUsage, JobsApi, ListLimits, MAX_POLL_COUNT};
 pub use schedules::SchedulesApi;

@@ -555,6 +555,7 @@ async fn fill(
             names: fill.names.clone(),
             count: fill.room(),
             now,
+            excluded_names: Vec::new(),
         };
         match writer.deliver(request).await {
             Ok(jobs) => handoffs.extend(fill.share(jobs)),

@@ -15,15 +15,23 @@
 //!   the transaction that leases, under a lock per key on PostgreSQL, so two
 //!   cores never both take the last slot; whatever ends a lease frees its
 //!   slot in its own commit.
-//! - A space with no ready keyed job is dispatched exactly as before: one
-//!   statement, by priority, then age.
+//! - **Rates.** A rate-limited job name is leased only while fewer than its
+//!   limit of its dispatches fall in the window ending now. Dispatches are
+//!   rows written in the leasing transaction; the count and the instant
+//!   are taken under a lock per name on PostgreSQL, so the instants the
+//!   cores record are ordered and no window ever holds more than the limit.
+//!   A name whose window is full is left out of the picks, so it cannot
+//!   hold up other names' jobs.
+//! - A space with no ready keyed job and no rate limit is dispatched exactly
+//!   as before: one statement, by priority, then age.
 
 use std::collections::HashMap;
 
 use async_trait::async_trait;
 use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 
-use crate::concurrency::ConcurrencyLimits;
+use crate::clock::{UnixMillis, now_millis};
+use crate::concurrency::{ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
 use crate::job::Job;
 use crate::store::DeliverRequest;
@@ -67,6 +75,142 @@ pub trait KeyedDispatch: Send {
     /// The lane the space's last delivery ended on: a key, or None for the
     /// jobs without one (and at first).
     fn turn(&mut self, space_id: &str) -> &mut Option<String>;
+    /// Takes the lock of a rate-limited name for the rest of the
+    /// transaction, if no other transaction holds it (PostgreSQL).
+    async fn lock_rate(&mut self, space_id: &str, name: &str) -> Result<bool>;
+    /// Dispatches of the name after `since` (with `rate_key`, or all),
+    /// first deleting the older ones.
+    async fn dispatched(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: Option<&str>,
+        since: UnixMillis,
+    ) -> Result<u32>;
+    async fn record_dispatch(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: &str,
+        at: UnixMillis,
+    ) -> Result<()>;
+}
+
+/// What a space's rate limits leave for one delivery.
+struct RateBudget {
+    /// The instant the delivery counts from and records (taken under the
+    /// names' locks).
+    now: UnixMillis,
+    /// Dispatches left, by (name, rate key); per-key budgets are read when
+    /// first needed.
+    left: HashMap<(String, String), u32>,
+    /// Names this delivery may not dispatch at all.
+    full: Vec<String>,
+}
+
+impl RateBudget {
+    async fn of(
+        writer: &mut impl KeyedDispatch,
+        request: &DeliverRequest,
+        limits: &ConcurrencyLimits,
+    ) -> Result<Option<Self>> {
+        let rated: Vec<(&String, &RateLimit)> = limits
+            .rates
+            .iter()
+            .filter(|(name, _)| request.names.is_empty() || request.names.contains(name))
+            .collect();
+        if rated.is_empty() {
+            return Ok(None);
+        }
+        let mut locked = Vec::new();
+        let mut full = Vec::new();
+        for (name, _) in &rated {
+            if writer.lock_rate(&request.space_id, name).await? {
+                locked.push(*name);
+            } else {
+                // Another core is dispatching this name right now.
+                full.push((*name).clone());
+            }
+        }
+        let now = now_millis().max(request.now);
+        let mut left = HashMap::new();
+        for (name, rate) in rated {
+            if !locked.contains(&name) || rate.per_key {
+                continue;
+            }
+            let since = now - rate.period_millis();
+            let used = writer
+                .dispatched(&request.space_id, name, None, since)
+                .await?;
+            match rate.limit.saturating_sub(used) {
+                0 => full.push(name.clone()),
+                room => {
+                    left.insert((name.clone(), String::new()), room);
+                }
+            }
+        }
+        Ok(Some(Self { now, left, full }))
+    }
+
+    /// Whether `job` may go now; if so, its dispatch is recorded.
+    async fn spend(
+        &mut self,
+        writer: &mut impl KeyedDispatch,
+        limits: &ConcurrencyLimits,
+        job: &Job,
+    ) -> Result<bool> {
+        let Some(rate) = limits.rates.get(&job.name) else {
+            return Ok(true);
+        };
+        if self.full.contains(&job.name) {
+            return Ok(false);
+        }
+        let rate_key = match rate.per_key {
+            true => job.concurrency_key.clone().unwrap_or_default(),
+            false => String::new(),
+        };
+        let slot = (job.name.clone(), rate_key.clone());
+        let left = match self.left.get(&slot) {
+            Some(left) => *left,
+            None => {
+                let since = self.now - rate.period_millis();
+                let used = writer
+                    .dispatched(&job.space_id, &job.name, Some(&rate_key), since)
+                    .await?;
+                rate.limit.saturating_sub(used)
+            }
+        };
+        if left == 0 {
+            self.left.insert(slot, 0);
+            return Ok(false);
+        }
+        writer
+            .record_dispatch(&job.space_id, &job.name, &rate_key, self.now)
+            .await?;
+        self.left.insert(slot, left - 1);
+        Ok(true)
+    }
+}
+
+/// The jobs a delivery leases, in the order it hands them out, and the
+/// instant to lease them at (the rate limits' when they apply).
+pub async fn choose_within_limits(
+    writer: &mut impl KeyedDispatch,
+    request: &DeliverRequest,
+) -> Result<(Vec<Job>, UnixMillis)> {
+    let limits = writer.limits(&request.space_id).await?;
+    let Some(mut budget) = RateBudget::of(writer, request, &limits).await? else {
+        return Ok((choose(writer, request).await?, request.now));
+    };
+    let mut narrowed = request.clone();
+    narrowed.excluded_names.extend(budget.full.iter().cloned());
+    let mut leased = Vec::new();
+    for job in choose(writer, &narrowed).await? {
+        if budget.spend(writer, &limits, &job).await? {
+            leased.push(job);
+        }
+    }
+    Ok((leased, budget.now))
 }
 
 /// The jobs a delivery leases, in the order it hands them out.
@@ -75,7 +219,7 @@ pub trait KeyedDispatch: Send {
 /// without a key. A delivery starts after the lane the last one ended on,
 /// fetches lanes lazily, a few keys' jobs per statement (a delivery of one
 /// job reads one lane), and takes one job per lane per round.
-pub async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
+async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
     let space_id = request.space_id.as_str();
     let count = request.count as usize;
     let start = writer.turn(space_id).clone();
@@ -227,10 +371,39 @@ fn take_turns(
 /// Whether a claim may lease `job` now: Conflict when its key is at its
 /// limit (or being leased by another core this instant).
 pub async fn admit_claim(writer: &mut impl KeyedDispatch, job: &Job) -> Result<()> {
+    let limits = writer.limits(&job.space_id).await?;
+    admit_key(writer, job, &limits).await?;
+    if let Some(rate) = limits.rates.get(&job.name) {
+        let request = DeliverRequest {
+            space_id: job.space_id.clone(),
+            names: vec![job.name.clone()],
+            count: 1,
+            now: now_millis(),
+            excluded_names: Vec::new(),
+        };
+        let budget = RateBudget::of(writer, &request, &limits).await?;
+        let admitted = match budget {
+            Some(mut budget) => budget.spend(writer, &limits, job).await?,
+            None => true,
+        };
+        if !admitted {
+            return Err(Error::Conflict(format!(
+                "job {} waits: the rate limit of {} per {} s of {:?} is reached",
+                job.id, rate.limit, rate.period_seconds, job.name
+            )));
+        }
+    }
+    Ok(())
+}
+
+async fn admit_key(
+    writer: &mut impl KeyedDispatch,
+    job: &Job,
+    limits: &ConcurrencyLimits,
+) -> Result<()> {
     let Some(key) = &job.concurrency_key else {
         return Ok(());
     };
-    let limits = writer.limits(&job.space_id).await?;
     let Some(limit) = limits.for_job(&job.name, job.concurrency_limit) else {
         return Ok(());
     };
@@ -368,6 +541,99 @@ where
         }
         None => Ok(ConcurrencyLimits::default()),
     }
+}
+
+/// Dispatches of a rate-limited name after `since`: with `rate_key`, or all.
+pub async fn dispatches<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+    name: &str,
+    rate_key: Option<&str>,
+    since: UnixMillis,
+) -> Result<u32>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+    for<'r> i64: Decode<'r, DB> + Type<DB>,
+    for<'r> (i64,): sqlx::FromRow<'r, DB::Row>,
+{
+    let (count,): (i64,) = match rate_key {
+        Some(rate_key) => {
+            sqlx::query_as::<DB, (i64,)>(
+                "SELECT COUNT(*) FROM dispatches \
+                 WHERE space_id = $1 AND name = $2 AND rate_key = $3 AND at > $4",
+            )
+            .bind(space_id)
+            .bind(name)
+            .bind(rate_key)
+            .bind(since)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+        None => {
+            sqlx::query_as::<DB, (i64,)>(
+                "SELECT COUNT(*) FROM dispatches WHERE space_id = $1 AND name = $2 AND at > $3",
+            )
+            .bind(space_id)
+            .bind(name)
+            .bind(since)
+            .fetch_one(&mut *conn)
+            .await?
+        }
+    };
+    Ok(u32::try_from(count).unwrap_or(u32::MAX))
+}
+
+/// Deletes a name's dispatches at or before `before` (out of every window).
+pub async fn forget_dispatches<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+    name: &str,
+    before: UnixMillis,
+) -> Result<()>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>("DELETE FROM dispatches WHERE space_id = $1 AND name = $2 AND at <= $3")
+        .bind(space_id)
+        .bind(name)
+        .bind(before)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+pub async fn record_dispatch<DB>(
+    conn: &mut DB::Connection,
+    space_id: &str,
+    name: &str,
+    rate_key: &str,
+    at: UnixMillis,
+) -> Result<()>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    sqlx::query::<DB>(
+        "INSERT INTO dispatches (space_id, name, rate_key, at) VALUES ($1, $2, $3, $4)",
+    )
+    .bind(space_id)
+    .bind(name)
+    .bind(rate_key)
+    .bind(at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
 }
 
 #[cfg(test)]

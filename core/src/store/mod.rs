@@ -227,6 +227,8 @@ pub struct DeliverRequest {
     pub names: Vec<String>,
     pub count: u32,
     pub now: UnixMillis,
+    /// Never these job names (rate limits filled for now).
+    pub excluded_names: Vec<String>,
 }
 
 #[derive(Clone, Debug)]
@@ -362,6 +364,15 @@ pub trait Store: Send + Sync + 'static {
         id_hash: &KeyHash,
         now: UnixMillis,
     ) -> Result<Option<SessionRecord>>;
+
+    /// Dispatches of `name` after `since`: with `rate_key`, or all.
+    async fn dispatches(
+        &self,
+        space_id: &str,
+        name: &str,
+        rate_key: Option<&str>,
+        since: UnixMillis,
+    ) -> Result<u32>;
 
     /// Leases each key holds now: of `keys`, or (None) of the keys holding
     /// the most (`concurrency::MAX_LISTED_KEYS`).

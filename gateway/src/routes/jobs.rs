@@ -156,13 +156,17 @@ async fn concurrency(
         .get_concurrency(with_credentials(&headers, request))
         .await?
         .into_inner();
-    let limits = usage.limits.unwrap_or_default();
     Ok(Json(json!({
-        "limits": { "default": limits.default_limit, "names": limits.names },
+        "limits": json::concurrency_limits_json(usage.limits.unwrap_or_default()),
         "keys": usage
             .keys
             .into_iter()
             .map(|key| json!({ "key": key.key, "leases": key.leases }))
+            .collect::<Vec<_>>(),
+        "rates": usage
+            .rates
+            .into_iter()
+            .map(|rate| json!({ "name": rate.name, "used": rate.used }))
             .collect::<Vec<_>>(),
     })))
 }

@@ -374,6 +374,17 @@ impl Store for PostgresStore {
         super::sessions::find::<Postgres, _>(&self.reads, id_hash, now).await
     }
 
+    async fn dispatches(
+        &self,
+        space_id: &str,
+        name: &str,
+        rate_key: Option<&str>,
+        since: UnixMillis,
+    ) -> Result<u32> {
+        let mut conn = self.reads.acquire().await?;
+        super::concurrency::dispatches::<Postgres>(&mut conn, space_id, name, rate_key, since).await
+    }
+
     async fn key_leases(
         &self,
         space_id: &str,

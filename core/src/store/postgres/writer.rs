@@ -733,11 +733,11 @@ impl batch::Writer for PgWriter {
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
-        let chosen = concurrency::choose(self, &request).await?;
+        let (chosen, now) = concurrency::choose_within_limits(self, &request).await?;
         let mut delivered = Vec::with_capacity(chosen.len());
         for job in chosen {
             let command = Command::Deliver { lease: new_id() };
-            delivered.push(self.transition_locked(&job, command, request.now).await?);
+            delivered.push(self.transition_locked(&job, command, now).await?);
         }
         Ok(delivered)
     }
@@ -908,9 +908,29 @@ impl batch::Writer for PgWriter {
     }
 }
 
-/// The advisory-lock class of concurrency keys (two-key locks live apart
-/// from the one-key locks of idempotency keys).
+/// The advisory-lock classes of concurrency keys and rate-limited names
+/// (two-key locks live apart from the one-key locks of idempotency keys).
 const KEY_LOCK_CLASS: i32 = 0x636b_6579; // "ckey"
+const RATE_LOCK_CLASS: i32 = 0x7261_7465; // "rate"
+
+impl PgWriter {
+    /// A transaction-scoped try-lock on (space, name) in `class`: never a
+    /// wait, so no two batches can deadlock on these.
+    async fn try_lock(&mut self, class: i32, space_id: &str, name: &str) -> Result<bool> {
+        let digest = Sha256::new()
+            .chain_update(space_id.as_bytes())
+            .chain_update([0])
+            .chain_update(name.as_bytes())
+            .finalize();
+        let hash = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
+        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
+            .bind(class)
+            .bind(hash)
+            .fetch_one(&mut self.conn)
+            .await?;
+        Ok(locked)
+    }
+}
 
 #[async_trait]
 impl KeyedDispatch for PgWriter {
@@ -947,6 +967,12 @@ impl KeyedDispatch for PgWriter {
                 .push_bind(&request.names)
                 .push(")");
         }
+        if !request.excluded_names.is_empty() {
+            select
+                .push(" AND name <> ALL(")
+                .push_bind(&request.excluded_names)
+                .push(")");
+        }
         if let Lane::Any | Lane::Unkeyed = lane {
             // Without ready keyed jobs `Any` is the same as this, and the
             // condition lets the pick use the unkeyed ready index.
@@ -970,18 +996,7 @@ impl KeyedDispatch for PgWriter {
     /// this time (the holder is leasing its jobs), so no two batches can
     /// deadlock on keys.
     async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool> {
-        let digest = Sha256::new()
-            .chain_update(space_id.as_bytes())
-            .chain_update([0])
-            .chain_update(key.as_bytes())
-            .finalize();
-        let hash = i32::from_be_bytes([digest[0], digest[1], digest[2], digest[3]]);
-        let locked: bool = sqlx::query_scalar("SELECT pg_try_advisory_xact_lock($1, $2)")
-            .bind(KEY_LOCK_CLASS)
-            .bind(hash)
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(locked)
+        self.try_lock(KEY_LOCK_CLASS, space_id, key).await
     }
 
     async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32> {
@@ -1002,5 +1017,30 @@ impl KeyedDispatch for PgWriter {
 
     fn turn(&mut self, space_id: &str) -> &mut Option<String> {
         self.turns.entry(space_id.to_owned()).or_default()
+    }
+
+    async fn lock_rate(&mut self, space_id: &str, name: &str) -> Result<bool> {
+        self.try_lock(RATE_LOCK_CLASS, space_id, name).await
+    }
+
+    async fn dispatched(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: Option<&str>,
+        since: UnixMillis,
+    ) -> Result<u32> {
+        concurrency::forget_dispatches::<Postgres>(&mut self.conn, space_id, name, since).await?;
+        concurrency::dispatches::<Postgres>(&mut self.conn, space_id, name, rate_key, since).await
+    }
+
+    async fn record_dispatch(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: &str,
+        at: UnixMillis,
+    ) -> Result<()> {
+        concurrency::record_dispatch::<Postgres>(&mut self.conn, space_id, name, rate_key, at).await
     }
 }

@@ -754,12 +754,12 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
-        let chosen = concurrency::choose(self, &request).await?;
+        let (chosen, now) = concurrency::choose_within_limits(self, &request).await?;
         let mut delivered = Vec::with_capacity(chosen.len());
         for job in chosen {
             let command = Command::Deliver { lease: new_id() };
             delivered.push(
-                self.transition(&job, command, &Fence::default(), request.now)
+                self.transition(&job, command, &Fence::default(), now)
                     .await?,
             );
         }
@@ -941,6 +941,14 @@ impl KeyedDispatch for SqliteWriter {
                 }
                 select.push(")");
             }
+            if !request.excluded_names.is_empty() {
+                select.push(" AND name NOT IN (");
+                let mut names = select.separated(", ");
+                for name in &request.excluded_names {
+                    names.push_bind(name.clone());
+                }
+                select.push(")");
+            }
             match key {
                 // Without ready keyed jobs `Any` is the same as this, and
                 // the condition lets the pick use the unkeyed ready index.
@@ -1007,5 +1015,31 @@ impl KeyedDispatch for SqliteWriter {
 
     fn turn(&mut self, space_id: &str) -> &mut Option<String> {
         self.turns.entry(space_id.to_owned()).or_default()
+    }
+
+    /// The only writer: no other transaction dispatches meanwhile.
+    async fn lock_rate(&mut self, _space_id: &str, _name: &str) -> Result<bool> {
+        Ok(true)
+    }
+
+    async fn dispatched(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: Option<&str>,
+        since: UnixMillis,
+    ) -> Result<u32> {
+        concurrency::forget_dispatches::<Sqlite>(&mut self.conn, space_id, name, since).await?;
+        concurrency::dispatches::<Sqlite>(&mut self.conn, space_id, name, rate_key, since).await
+    }
+
+    async fn record_dispatch(
+        &mut self,
+        space_id: &str,
+        name: &str,
+        rate_key: &str,
+        at: UnixMillis,
+    ) -> Result<()> {
+        concurrency::record_dispatch::<Sqlite>(&mut self.conn, space_id, name, rate_key, at).await
     }
 }
