@@ -1,6 +1,6 @@
 //! The concurrency-key checker. Workers on every transport (REST polls and
-//! long polls, gRPC polls, gRPC worker streams that drop their stream now
-//! and then) run the jobs of 20 keys with a limit of 2, while the server is
+//! long polls, claims by id, gRPC polls, gRPC worker streams that drop their
+//! stream now and then) run the jobs of 20 keys with a limit of 2, while the server is
 //! killed with SIGKILL and started again: on SQLite its one process, on
 //! PostgreSQL one of three cores at a time. Afterwards every job's events
 //! are replayed in the space's commit order (`seq`): no key ever held more
@@ -154,6 +154,35 @@ async fn grpc_poller(cluster: Arc<Cluster>, space_id: String, key: String, stop:
     }
 }
 
+/// Claim by id, as a worker woken by a push would: a pending job from the
+/// list, claimed, then worked (a claim past its key's limit is refused).
+async fn claimer(cluster: Arc<Cluster>, space_id: String, key: String, stop: Arc<AtomicBool>) {
+    let http = reqwest::Client::new();
+    while !stop.load(Ordering::Relaxed) {
+        let (base, _) = cluster.next().await;
+        let listed = http
+            .get(format!(
+                "{base}/api/v1/spaces/{space_id}/jobs?status=pending&limit=5"
+            ))
+            .header("x-api-key", &key)
+            .send()
+            .await;
+        let Ok(listed) = listed else {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            continue;
+        };
+        let pending: Value = listed.json().await.unwrap_or_default();
+        for job in pending.as_array().into_iter().flatten() {
+            let id = job["id"].as_str().unwrap_or_default();
+            let claim = format!("{base}/api/v1/jobs/{id}/claim");
+            if post_ok(&http, &claim, &key, json!({})).await.is_some() {
+                work(&http, &base, &key, id, false).await;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 /// A stream worker that drops its stream after a while, leaving delivered
 /// jobs to be released and acked ones to time out.
 async fn stream_worker(
@@ -286,6 +315,12 @@ async fn run(database_url: &str, cores: usize) {
             stop.clone(),
         )));
     }
+    workers.push(tokio::spawn(claimer(
+        cluster.clone(),
+        space_id.clone(),
+        key.clone(),
+        stop.clone(),
+    )));
     workers.push(tokio::spawn(grpc_poller(
         cluster.clone(),
         space_id.clone(),

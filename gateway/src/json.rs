@@ -714,6 +714,11 @@ pub fn schedule(schedule: pb::Schedule) -> Value {
         ("maxRetries", template.max_retries.map(Value::from)),
         ("timeoutSeconds", template.timeout_seconds.map(Value::from)),
         ("priority", template.priority.map(Value::from)),
+        ("concurrencyKey", template.concurrency_key.map(Value::from)),
+        (
+            "concurrencyLimit",
+            template.concurrency_limit.map(Value::from),
+        ),
         ("callbackUrl", template.callback_url.map(Value::from)),
         (
             "callbackHeaders",

@@ -94,7 +94,7 @@ async fn a_schedule_fires_once_per_fire_time_and_its_jobs_carry_its_id() {
         &space,
         json!({
             "cron": "* * * * * *",
-            "job": { "name": "tick", "payload": { "report": "daily" }, "priority": 5 },
+            "job": { "name": "tick", "payload": { "report": "daily" }, "priority": 5, "concurrencyKey": "tenant" },
         }),
     )
     .await;
@@ -104,7 +104,10 @@ async fn a_schedule_fires_once_per_fire_time_and_its_jobs_carry_its_id() {
     assert_eq!(created["catchUp"], "one");
     assert_eq!(created["catchUpLimit"], 100);
     assert_eq!(created["paused"], false);
-    assert_eq!(created["job"], json!({ "name": "tick", "payload": { "report": "daily" }, "priority": 5 }));
+    assert_eq!(
+        created["job"],
+        json!({ "name": "tick", "payload": { "report": "daily" }, "priority": 5, "concurrencyKey": "tenant" })
+    );
     let next: Vec<i64> = created["nextFireTimes"].as_array().unwrap().iter().map(millis).collect();
     assert_eq!(next.len(), 5, "{created}");
     assert_consecutive_seconds(&next);
@@ -117,7 +120,7 @@ async fn a_schedule_fires_once_per_fire_time_and_its_jobs_carry_its_id() {
     let job = &jobs[0];
     assert_eq!((job["name"].clone(), job["payload"].clone(), job["priority"].clone()), (json!("tick"), json!({ "report": "daily" }), json!(5)));
     let detail = app.job(&space, job["id"].as_str().unwrap()).await;
-    assert_eq!(detail["scheduleId"], id);
+    assert_eq!((detail["scheduleId"].as_str(), detail["concurrencyKey"].as_str()), (Some(id), Some("tenant")));
     // Its created event names the fire.
     let events = detail["events"].as_array().unwrap();
     let created_event = events.iter().find(|event| event["type"] == "created").unwrap();

@@ -180,8 +180,8 @@ fn render(schedule: Schedule, upcoming: usize) -> pb::Schedule {
             priority: template.priority,
             idempotency_key: None,
             idempotency_window_seconds: None,
-            concurrency_key: None,
-            concurrency_limit: None,
+            concurrency_key: template.concurrency_key.clone(),
+            concurrency_limit: template.concurrency_limit,
         }),
         overlap: match schedule.overlap {
             Overlap::Allow => pb::ScheduleOverlap::Allow,

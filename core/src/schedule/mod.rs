@@ -100,6 +100,10 @@ pub struct JobTemplate {
     /// Kind ("fixed", "exponential" or none for the default), delay, cap.
     pub retry_backoff: Option<(Option<String>, u32, u32)>,
     pub priority: Option<i32>,
+    #[serde(default)]
+    pub concurrency_key: Option<String>,
+    #[serde(default)]
+    pub concurrency_limit: Option<u32>,
 }
 
 impl JobTemplate {
@@ -131,6 +135,8 @@ impl JobTemplate {
                 )
             }),
             priority: input.priority,
+            concurrency_key: input.concurrency_key,
+            concurrency_limit: input.concurrency_limit,
         };
         spec::build_job("job", "", template.input(), now, String::new())?;
         Ok(template)
@@ -153,6 +159,8 @@ impl JobTemplate {
                     max_delay_seconds: *max,
                 }),
             priority: self.priority,
+            concurrency_key: self.concurrency_key.clone(),
+            concurrency_limit: self.concurrency_limit,
             ..JobInput::default()
         }
     }

@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -299,6 +300,8 @@ impl JobsApi {
             keys.sort_unstable();
             keys.dedup();
             let held = self.store.key_leases(space_id, Some(&keys)).await?;
+            // Dispatches in the window, by (name, rate key), read once each.
+            let mut rate_used: HashMap<(String, Option<String>), u32> = HashMap::new();
             for (job, reason) in jobs.iter().zip(reasons.iter_mut()) {
                 if !in_space(&job) {
                     continue;
@@ -309,7 +312,7 @@ impl JobsApi {
                 {
                     *reason = Some(concurrency::WAITING_PAUSED);
                 } else if let Some(rate) = limits.rates.get(&job.name)
-                    && self.rate_used(job, rate, now).await? >= rate.limit
+                    && self.rate_used(job, rate, now, &mut rate_used).await? >= rate.limit
                 {
                     *reason = Some(concurrency::WAITING_RATE);
                 } else if let Some(key) = &job.concurrency_key
@@ -324,19 +327,28 @@ impl JobsApi {
     }
 
     /// Dispatches counting against `job`'s rate limit in the window ending
-    /// at `now`.
-    async fn rate_used(&self, job: &Job, rate: &RateLimit, now: i64) -> Result<u32> {
+    /// at `now` (remembered in `seen` for the jobs after it).
+    async fn rate_used(
+        &self,
+        job: &Job,
+        rate: &RateLimit,
+        now: i64,
+        seen: &mut HashMap<(String, Option<String>), u32>,
+    ) -> Result<u32> {
         let rate_key = rate
             .per_key
             .then(|| job.concurrency_key.clone().unwrap_or_default());
-        self.store
-            .dispatches(
-                &job.space_id,
-                &job.name,
-                rate_key.as_deref(),
-                now - rate.period_millis(),
-            )
-            .await
+        let slot = (job.name.clone(), rate_key.clone());
+        if let Some(used) = seen.get(&slot) {
+            return Ok(*used);
+        }
+        let since = now - rate.period_millis();
+        let used = self
+            .store
+            .dispatches(&job.space_id, &job.name, rate_key.as_deref(), since)
+            .await?;
+        seen.insert(slot, used);
+        Ok(used)
     }
 
     /// A space's concurrency limits and the leases its keys hold: of `keys`,
