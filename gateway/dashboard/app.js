@@ -121,6 +121,13 @@ function statusBadge(status) {
   return h("span", { class: `status ${status}`, "data-status": status }, status);
 }
 
+// Why a ready job is held back (its key's slots, its name's rate, a pause).
+const WAITING = { concurrency_limit: "key at its limit", rate_limit: "rate limit reached", paused: "paused" };
+function waiting(job) {
+  if (!job.waitingReason) return "";
+  return h("span", { class: "hint waiting", text: ` · ${WAITING[job.waitingReason] || job.waitingReason}` });
+}
+
 function json(value) {
   return h("pre", { class: "mono" }, JSON.stringify(value, null, 2));
 }
@@ -516,7 +523,7 @@ async function jobsView(view, spaceId, params) {
     return [
       h("td", { class: "id mono" }, h("a", { href: `#/jobs/${encodeURIComponent(job.id)}?space=${encodeURIComponent(spaceId)}`, text: job.id })),
       h("td", { text: job.name }),
-      h("td", {}, statusBadge(job.status)),
+      h("td", {}, statusBadge(job.status), waiting(job)),
       h("td", {}, progress ? h("div", {}, bar(progress.percent, `Progress of ${job.id}`), h("span", { class: "hint", text: `${Math.round(progress.percent)}%${progress.message ? ` · ${progress.message}` : ""}` })) : h("span", { class: "hint", text: "—" })),
       h("td", { class: "optional" }, when(job.createdAt)),
       h("td", { class: "optional" }, when(job.updatedAt)),
@@ -667,6 +674,14 @@ async function jobView(view, jobId) {
       ["Finished", when(job.completedAt)],
       ["Updated", when(job.updatedAt)],
     ];
+    if (job.waitingReason) rowsOf.push(["Waiting", WAITING[job.waitingReason] || job.waitingReason]);
+    if (job.concurrencyKey) {
+      const limit = job.concurrencyLimit ? ` (own limit ${job.concurrencyLimit})` : "";
+      rowsOf.push(["Concurrency key", h("span", { class: "mono", text: `${job.concurrencyKey}${limit}` })]);
+    }
+    if (job.scheduleId) {
+      rowsOf.push(["Schedule", h("span", {}, h("span", { class: "mono", text: job.scheduleId }), " · fire ", when(job.fireTime))]);
+    }
     if (job.killReason) rowsOf.push(["Kill reason", job.killReason]);
     if (job.callbackUrl) rowsOf.push(["Callback", job.callbackUrl]);
     const blocks = [["Payload", job.payload], ["Result", job.result], ["Error", job.error], ["Checkpoint", job.checkpoint]]

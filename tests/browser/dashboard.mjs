@@ -235,6 +235,22 @@ try {
   await until("the job created after the restart", async () => (await page.locator(`#jobs tr[data-job="${late}"]`).count()) === 1);
   await until("pending count after the restart", async () => (await count(page, "pending")) === "5");
 
+  // --- A keyed job held back by its key's limit says why (in a space of
+  // its own, so the counts checked below stay as they are). ---
+  const keyed = (await rest("POST", "/api/v1/spaces", ADMIN, { name: "keyed" })).body.id;
+  check((await rest("PATCH", `/api/v1/spaces/${keyed}`, ADMIN, { concurrency: { names: { sync: 1 } } })).status === 200, "a limit is set");
+  const syncs = (await rest("POST", `/api/v1/spaces/${keyed}/jobs`, ADMIN,
+    [{ name: "sync", concurrencyKey: "acme" }, { name: "sync", concurrencyKey: "acme" }])).body.map((job) => job.id);
+  const leased = (await rest("POST", `/api/v1/spaces/${keyed}/jobs/poll`, ADMIN, { count: 5 })).body.jobs;
+  check(leased.length === 1, `one lease for the key (${leased.length})`);
+  const held = syncs.find((id) => id !== leased[0].id);
+  await page.goto(`${BASE}/#/jobs/${held}?space=${keyed}`);
+  await until("the waiting reason", async () => (await page.locator("dd", { hasText: "key at its limit" }).count()) === 1);
+  check((await page.locator("dd", { hasText: "acme" }).count()) === 1, "the concurrency key is shown");
+  await shot(page, "job-waiting");
+  await page.goto(`${BASE}/#/spaces/${spaceId}/jobs`);
+  await page.locator("#live.on").waitFor();
+
   // --- Settings: push wake-up and the webhook signing secret. ---
   await page.getByRole("link", { name: "Settings" }).click();
   await page.fill("#push-url", "https://worker.example/wake");
