@@ -33,7 +33,7 @@ use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 use crate::clock::{UnixMillis, now_millis};
 use crate::concurrency::{ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
-use crate::job::Job;
+use crate::job::{Job, JobStatus};
 use crate::store::DeliverRequest;
 
 /// Keys one delivery looks at (it needs at most one per job it hands out,
@@ -371,6 +371,10 @@ fn take_turns(
 /// Whether a claim may lease `job` now: Conflict when its key is at its
 /// limit (or being leased by another core this instant).
 pub async fn admit_claim(writer: &mut impl KeyedDispatch, job: &Job) -> Result<()> {
+    if job.status() != JobStatus::Pending {
+        // The claim fails on the job's state; it must not spend a dispatch.
+        return Ok(());
+    }
     let limits = writer.limits(&job.space_id).await?;
     admit_key(writer, job, &limits).await?;
     if let Some(rate) = limits.rates.get(&job.name) {
