@@ -1,8 +1,8 @@
-//! Dispatch of keyed jobs, for both backends: which ready jobs a delivery
-//! takes when some carry a concurrency key, and whether a claim of one may
-//! lease it. The rules live here once; each writer supplies the statements
-//! (`KeyedDispatch`), because how rows are locked and what a batch has
-//! written so far differ.
+//! Dispatch under a space's flow limits (concurrency keys and rate
+//! limits), for both backends: which ready jobs a delivery takes, and
+//! whether a claim may lease its job. The rules live here once; each writer
+//! supplies the statements (`FlowDispatch`), because how rows are locked
+//! and what a batch has written so far differ.
 //!
 //! - **Turns.** Each key is a lane, and jobs without a key are one more.
 //!   A delivery takes one job from each lane in turn (within a lane by
@@ -51,9 +51,9 @@ pub enum Lane<'a> {
     Keys(&'a [String]),
 }
 
-/// What a writer provides for keyed dispatch.
+/// What a writer provides for dispatch under flow limits.
 #[async_trait]
-pub trait KeyedDispatch: Send {
+pub trait FlowDispatch: Send {
     /// Ready keys of the space after `after`, in key order, at most `max`.
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>>;
     /// The first `count` ready jobs of the lane (of each key, for keys), in
@@ -110,7 +110,7 @@ struct RateBudget {
 
 impl RateBudget {
     async fn of(
-        writer: &mut impl KeyedDispatch,
+        writer: &mut impl FlowDispatch,
         request: &DeliverRequest,
         limits: &ConcurrencyLimits,
     ) -> Result<Option<Self>> {
@@ -155,7 +155,7 @@ impl RateBudget {
     /// Whether `job` may go now; if so, its dispatch is recorded.
     async fn spend(
         &mut self,
-        writer: &mut impl KeyedDispatch,
+        writer: &mut impl FlowDispatch,
         limits: &ConcurrencyLimits,
         job: &Job,
     ) -> Result<bool> {
@@ -195,7 +195,7 @@ impl RateBudget {
 /// The jobs a delivery leases, in the order it hands them out, and the
 /// instant to lease them at (the rate limits' when they apply).
 pub async fn choose_within_limits(
-    writer: &mut impl KeyedDispatch,
+    writer: &mut impl FlowDispatch,
     request: &DeliverRequest,
 ) -> Result<(Vec<Job>, UnixMillis)> {
     let limits = writer.limits(&request.space_id).await?;
@@ -219,7 +219,7 @@ pub async fn choose_within_limits(
 /// without a key. A delivery starts after the lane the last one ended on,
 /// fetches lanes lazily, a few keys' jobs per statement (a delivery of one
 /// job reads one lane), and takes one job per lane per round.
-async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
+async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Result<Vec<Job>> {
     let space_id = request.space_id.as_str();
     let count = request.count as usize;
     let start = writer.turn(space_id).clone();
@@ -299,7 +299,7 @@ async fn choose(writer: &mut impl KeyedDispatch, request: &DeliverRequest) -> Re
 /// Of one key's ready jobs (in order), those that may be leased now: up to
 /// each one's limit. Keys without a limit need no lock and no count.
 async fn admit_lane(
-    writer: &mut impl KeyedDispatch,
+    writer: &mut impl FlowDispatch,
     request: &DeliverRequest,
     key: &str,
     ready: Vec<Job>,
@@ -370,7 +370,7 @@ fn take_turns(
 
 /// Whether a claim may lease `job` now: Conflict when its key is at its
 /// limit (or being leased by another core this instant).
-pub async fn admit_claim(writer: &mut impl KeyedDispatch, job: &Job) -> Result<()> {
+pub async fn admit_claim(writer: &mut impl FlowDispatch, job: &Job) -> Result<()> {
     if job.status() != JobStatus::Pending {
         // The claim fails on the job's state; it must not spend a dispatch.
         return Ok(());
@@ -401,7 +401,7 @@ pub async fn admit_claim(writer: &mut impl KeyedDispatch, job: &Job) -> Result<(
 }
 
 async fn admit_key(
-    writer: &mut impl KeyedDispatch,
+    writer: &mut impl FlowDispatch,
     job: &Job,
     limits: &ConcurrencyLimits,
 ) -> Result<()> {

@@ -38,7 +38,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
-use crate::store::concurrency::{self, KeyedDispatch, Lane};
+use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -933,7 +933,7 @@ impl PgWriter {
 }
 
 #[async_trait]
-impl KeyedDispatch for PgWriter {
+impl FlowDispatch for PgWriter {
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
         concurrency::ready_keys::<Postgres>(&mut self.conn, space_id, after, max).await
     }

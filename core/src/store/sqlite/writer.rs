@@ -31,7 +31,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, callback_try_event};
-use crate::store::concurrency::{self, KeyedDispatch, Lane};
+use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -907,7 +907,7 @@ impl batch::Writer for SqliteWriter {
 }
 
 #[async_trait]
-impl KeyedDispatch for SqliteWriter {
+impl FlowDispatch for SqliteWriter {
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
         concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
     }
