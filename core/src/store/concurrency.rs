@@ -47,8 +47,12 @@ pub enum Lane<'a> {
     Any,
     Unkeyed,
     /// The jobs of these keys: up to the pick's count of each, in one
-    /// statement.
-    Keys(&'a [String]),
+    /// statement; with `then_unkeyed`, the unkeyed lane's too (up to the
+    /// request's count), in the same statement.
+    Keys {
+        keys: &'a [String],
+        then_unkeyed: bool,
+    },
 }
 
 /// What a writer provides for dispatch under flow limits.
@@ -247,13 +251,22 @@ async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Res
             any_key = true;
             visited += in_round.len() as u32;
             cursor.clone_from(last);
+            // Past the last key the unkeyed lane is next: read it with them.
+            let then_unkeyed = exhausted && !round_done && !unkeyed_done;
+            unkeyed_done |= then_unkeyed;
             // Enough of each key for the turns still to fill.
             let per_key = (count - lanes.len()).div_ceil(in_round.len()).max(1) as u32;
-            let picked = writer.pick(request, Lane::Keys(&in_round), per_key).await?;
+            let lane = Lane::Keys {
+                keys: &in_round,
+                then_unkeyed,
+            };
+            let mut unkeyed = Vec::new();
             let mut by_key: HashMap<String, Vec<Job>> = HashMap::new();
-            for job in picked {
-                let key = job.concurrency_key.clone().unwrap_or_default();
-                by_key.entry(key).or_default().push(job);
+            for job in writer.pick(request, lane, per_key).await? {
+                match job.concurrency_key.clone() {
+                    Some(key) => by_key.entry(key).or_default().push(job),
+                    None => unkeyed.push(job),
+                }
             }
             for key in in_round {
                 let Some(ready) = by_key.remove(&key) else {
@@ -266,6 +279,9 @@ async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Res
                         break;
                     }
                 }
+            }
+            if !unkeyed.is_empty() && lanes.len() < count {
+                lanes.push((None, unkeyed));
             }
         }
         if round_done || lanes.len() >= count {

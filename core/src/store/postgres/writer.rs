@@ -944,49 +944,60 @@ impl FlowDispatch for PgWriter {
         lane: Lane<'_>,
         count: u32,
     ) -> Result<Vec<Job>> {
-        let mut select = match lane {
-            Lane::Any | Lane::Unkeyed => QueryBuilder::<Postgres>::new(
-                "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ",
-            ),
-            // Each key's first jobs, one index seek per key, in one statement.
-            Lane::Keys(keys) => {
-                let mut select = QueryBuilder::<Postgres>::new("SELECT picked.* FROM unnest(");
+        // The conditions every pick shares, then its order and row locks.
+        let ready = |select: &mut QueryBuilder<'_, Postgres>, unkeyed: bool, limit: u32| {
+            select.push_bind(request.space_id.clone());
+            select.push(" AND due_at <= ").push_bind(request.now);
+            if !request.names.is_empty() {
+                select
+                    .push(" AND name = ANY(")
+                    .push_bind(request.names.clone())
+                    .push(")");
+            }
+            if !request.excluded_names.is_empty() {
+                select
+                    .push(" AND name <> ALL(")
+                    .push_bind(request.excluded_names.clone())
+                    .push(")");
+            }
+            if unkeyed {
+                // Without ready keyed jobs `Any` is the same as this, and
+                // the condition lets the pick use the unkeyed ready index.
+                select.push(" AND concurrency_key IS NULL");
+            }
+            select
+                .push(super::super::pauses::NOT_PAUSED)
+                .push(" ORDER BY priority DESC, due_at, id LIMIT ")
+                .push_bind(i64::from(limit))
+                .push(" FOR UPDATE SKIP LOCKED");
+        };
+        const UNKEYED: &str = "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ";
+        let mut select = QueryBuilder::<Postgres>::new("");
+        match lane {
+            Lane::Any | Lane::Unkeyed => {
+                select.push(UNKEYED);
+                ready(&mut select, true, count);
+            }
+            // Each key's first jobs, one index seek per key, in one
+            // statement; then, when the turn reaches them, the unkeyed.
+            Lane::Keys { keys, then_unkeyed } => {
+                select.push("(SELECT picked.* FROM unnest(");
                 select.push_bind(keys.to_vec()).push(
                     "::text[]) WITH ORDINALITY AS lane (key, turn) CROSS JOIN LATERAL \
                      (SELECT * FROM jobs WHERE concurrency_key = lane.key \
                      AND status = 'pending' AND space_id = ",
                 );
-                select
+                ready(&mut select, false, count);
+                select.push(
+                    ") AS picked ORDER BY lane.turn, picked.priority DESC, picked.due_at, \
+                     picked.id)",
+                );
+                if then_unkeyed {
+                    select.push(" UNION ALL SELECT * FROM (").push(UNKEYED);
+                    ready(&mut select, true, request.count);
+                    select.push(") AS unkeyed");
+                }
             }
-        };
-        select.push_bind(&request.space_id);
-        select.push(" AND due_at <= ").push_bind(request.now);
-        if !request.names.is_empty() {
-            select
-                .push(" AND name = ANY(")
-                .push_bind(&request.names)
-                .push(")");
-        }
-        if !request.excluded_names.is_empty() {
-            select
-                .push(" AND name <> ALL(")
-                .push_bind(&request.excluded_names)
-                .push(")");
-        }
-        if let Lane::Any | Lane::Unkeyed = lane {
-            // Without ready keyed jobs `Any` is the same as this, and the
-            // condition lets the pick use the unkeyed ready index.
-            select.push(" AND concurrency_key IS NULL");
-        }
-        select
-            .push(super::super::pauses::NOT_PAUSED)
-            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-            .push_bind(i64::from(count))
-            .push(" FOR UPDATE SKIP LOCKED");
-        if let Lane::Keys(_) = lane {
-            select.push(
-                ") AS picked ORDER BY lane.turn, picked.priority DESC, picked.due_at, picked.id",
-            );
         }
         let rows = select.build().fetch_all(&mut self.conn).await?;
         rows.iter().map(rows::job).collect()

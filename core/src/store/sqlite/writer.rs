@@ -929,7 +929,7 @@ impl FlowDispatch for SqliteWriter {
             .then(|| serde_json::to_string(&taken))
             .transpose()
             .map_err(Error::internal)?;
-        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: Option<&str>| {
+        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: Option<&str>, limit: u32| {
             select.push("SELECT * FROM jobs WHERE status = 'pending' AND space_id = ");
             select.push_bind(request.space_id.clone());
             select.push(" AND due_at <= ").push_bind(request.now);
@@ -966,19 +966,25 @@ impl FlowDispatch for SqliteWriter {
             select
                 .push(super::super::pauses::NOT_PAUSED)
                 .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-                .push_bind(i64::from(count));
+                .push_bind(i64::from(limit));
         };
         let mut select = QueryBuilder::<Sqlite>::new("");
         match lane {
-            Lane::Any | Lane::Unkeyed => ready(&mut select, None),
-            // Each key's first jobs, one index seek per key, in one statement.
-            Lane::Keys(keys) => {
+            Lane::Any | Lane::Unkeyed => ready(&mut select, None, count),
+            // Each key's first jobs, one index seek per key, in one
+            // statement; then, when the turn reaches them, the unkeyed.
+            Lane::Keys { keys, then_unkeyed } => {
                 for (index, key) in keys.iter().enumerate() {
                     if index > 0 {
                         select.push(" UNION ALL ");
                     }
                     select.push("SELECT * FROM (");
-                    ready(&mut select, Some(key));
+                    ready(&mut select, Some(key), count);
+                    select.push(")");
+                }
+                if then_unkeyed {
+                    select.push(" UNION ALL SELECT * FROM (");
+                    ready(&mut select, None, request.count);
                     select.push(")");
                 }
             }
