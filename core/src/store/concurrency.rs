@@ -74,8 +74,11 @@ pub trait FlowDispatch: Send {
     async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool>;
     /// Leases the key holds now.
     async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32>;
-    /// The space's limits, read once per transaction.
-    async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits>;
+    /// The space's limits as stored (`limits_of` reads them once per
+    /// transaction).
+    async fn read_limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits>;
+    /// The limits this transaction has read, by space (emptied at BEGIN).
+    fn limits_read(&mut self) -> &mut HashMap<String, ConcurrencyLimits>;
     /// The lane the space's last delivery ended on: a key, or None for the
     /// jobs without one (and at first).
     fn turn(&mut self, space_id: &str) -> &mut Option<String>;
@@ -98,6 +101,19 @@ pub trait FlowDispatch: Send {
         rate_key: &str,
         at: UnixMillis,
     ) -> Result<()>;
+}
+
+/// The space's limits, read once per transaction: a change applies from
+/// the next batch on, on every core.
+async fn limits_of(writer: &mut impl FlowDispatch, space_id: &str) -> Result<ConcurrencyLimits> {
+    if let Some(limits) = writer.limits_read().get(space_id) {
+        return Ok(limits.clone());
+    }
+    let limits = writer.read_limits(space_id).await?;
+    writer
+        .limits_read()
+        .insert(space_id.to_owned(), limits.clone());
+    Ok(limits)
 }
 
 /// What a space's rate limits leave for one delivery.
@@ -202,7 +218,7 @@ pub async fn choose_within_limits(
     writer: &mut impl FlowDispatch,
     request: &DeliverRequest,
 ) -> Result<(Vec<Job>, UnixMillis)> {
-    let limits = writer.limits(&request.space_id).await?;
+    let limits = limits_of(writer, &request.space_id).await?;
     let Some(mut budget) = RateBudget::of(writer, request, &limits).await? else {
         return Ok((choose(writer, request).await?, request.now));
     };
@@ -320,7 +336,7 @@ async fn admit_lane(
     key: &str,
     ready: Vec<Job>,
 ) -> Result<Vec<Job>> {
-    let limits = writer.limits(&request.space_id).await?;
+    let limits = limits_of(writer, &request.space_id).await?;
     if ready
         .iter()
         .all(|job| limits.for_job(&job.name, job.concurrency_limit).is_none())
@@ -391,7 +407,7 @@ pub async fn admit_claim(writer: &mut impl FlowDispatch, job: &Job) -> Result<()
         // The claim fails on the job's state; it must not spend a dispatch.
         return Ok(());
     }
-    let limits = writer.limits(&job.space_id).await?;
+    let limits = limits_of(writer, &job.space_id).await?;
     admit_key(writer, job, &limits).await?;
     if let Some(rate) = limits.rates.get(&job.name) {
         let request = DeliverRequest {

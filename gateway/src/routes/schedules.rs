@@ -29,11 +29,11 @@ pub fn router() -> Router<CoreClient> {
         )
         .route(
             "/api/v1/spaces/{space_id}/schedules/{schedule_id}/pause",
-            post(pause_schedule),
+            post(set_paused::<true>),
         )
         .route(
             "/api/v1/spaces/{space_id}/schedules/{schedule_id}/resume",
-            post(resume_schedule),
+            post(set_paused::<false>),
         )
 }
 
@@ -140,27 +140,15 @@ async fn update_schedule(
     update(&core, &headers, ids, settings, &uri).await
 }
 
-async fn pause_schedule(
+/// `POST .../pause` (PAUSED) and `POST .../resume`: an update of `paused`.
+async fn set_paused<const PAUSED: bool>(
     State(core): State<CoreClient>,
     headers: HeaderMap,
     Path(ids): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
     let settings = pb::ScheduleSettings {
-        paused: Some(true),
-        ..Default::default()
-    };
-    update(&core, &headers, ids, settings, &uri).await
-}
-
-async fn resume_schedule(
-    State(core): State<CoreClient>,
-    headers: HeaderMap,
-    Path(ids): Path<(String, String)>,
-    uri: Uri,
-) -> Result<Json<Value>, ApiError> {
-    let settings = pb::ScheduleSettings {
-        paused: Some(false),
+        paused: Some(PAUSED),
         ..Default::default()
     };
     update(&core, &headers, ids, settings, &uri).await

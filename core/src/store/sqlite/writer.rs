@@ -1010,13 +1010,12 @@ impl FlowDispatch for SqliteWriter {
         Ok(held.get(key).copied().unwrap_or(0))
     }
 
-    async fn limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
-        if let Some(limits) = self.limits.get(space_id) {
-            return Ok(limits.clone());
-        }
-        let limits = concurrency::space_limits::<Sqlite>(&mut self.conn, space_id).await?;
-        self.limits.insert(space_id.to_owned(), limits.clone());
-        Ok(limits)
+    async fn read_limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits> {
+        concurrency::space_limits::<Sqlite>(&mut self.conn, space_id).await
+    }
+
+    fn limits_read(&mut self) -> &mut HashMap<String, ConcurrencyLimits> {
+        &mut self.limits
     }
 
     fn turn(&mut self, space_id: &str) -> &mut Option<String> {
