@@ -13,11 +13,12 @@ use emit_proto::v1::schedule_service_client::ScheduleServiceClient;
 use emit_proto::wire::{MAX_MESSAGE_BYTES, SESSION_METADATA};
 use tonic::transport::{Channel, Endpoint};
 
+use crate::feeds::{JobFeeds, MAX_UNREAD_BYTES, RingBounds};
 use crate::metrics::GatewayMetrics;
 
 const CHANNELS: usize = 4;
 /// Headers that carry the caller's credentials, forwarded to the core as is.
-const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
+pub const CREDENTIAL_HEADERS: [&str; 2] = ["x-api-key", "authorization"];
 /// Longest credential forwarded. Keys are 69 characters; a much longer one is
 /// certainly not a key, and metadata that large would break the HTTP/2
 /// connection to the core that every other caller shares.
@@ -32,6 +33,9 @@ pub struct CoreClient {
     next: Arc<AtomicUsize>,
     stream_queue: usize,
     metrics: Arc<GatewayMetrics>,
+    /// The job streams WebSocket watchers share (not job state: a relay's
+    /// buffers).
+    job_feeds: Arc<JobFeeds>,
 }
 
 impl CoreClient {
@@ -47,6 +51,7 @@ impl CoreClient {
             next: Arc::new(AtomicUsize::new(0)),
             stream_queue,
             metrics: Arc::default(),
+            job_feeds: Arc::new(JobFeeds::new(Self::ring_bounds(stream_queue))),
         })
     }
 
@@ -70,8 +75,21 @@ impl CoreClient {
         EventServiceClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub fn stream_queue(&self) -> usize {
-        self.stream_queue
+    /// What a WebSocket client may leave unread before it is disconnected
+    /// as a slow consumer.
+    pub fn ring_bounds(stream_queue: usize) -> RingBounds {
+        RingBounds {
+            messages: stream_queue,
+            bytes: MAX_UNREAD_BYTES,
+        }
+    }
+
+    pub fn stream_bounds(&self) -> RingBounds {
+        Self::ring_bounds(self.stream_queue)
+    }
+
+    pub fn job_feeds(&self) -> &Arc<JobFeeds> {
+        &self.job_feeds
     }
 
     pub fn schedules(&self) -> ScheduleServiceClient<Channel> {

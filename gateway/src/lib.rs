@@ -6,6 +6,7 @@ mod auth_failures;
 mod core_client;
 mod error;
 mod extract;
+mod feeds;
 mod json;
 pub mod metrics;
 mod routes;

@@ -30,6 +30,7 @@ pub struct GatewayMetrics {
     requests: Family<RequestLabels, Counter>,
     seconds: Family<RouteLabels, Histogram>,
     subscribers: Gauge,
+    job_feeds: Gauge,
 }
 
 impl Default for GatewayMetrics {
@@ -41,6 +42,7 @@ impl Default for GatewayMetrics {
                 Histogram::new(exponential_buckets(0.0005, 2.0, 18))
             }),
             subscribers: Gauge::default(),
+            job_feeds: Gauge::default(),
         };
         let registry = &mut metrics.registry;
         registry.register(
@@ -57,6 +59,11 @@ impl Default for GatewayMetrics {
             "websocket_subscribers",
             "Open WebSocket streams (job and space)",
             metrics.subscribers.clone(),
+        );
+        registry.register(
+            "websocket_job_feeds",
+            "Core streams of job events shared by the WebSocket watchers of a job",
+            metrics.job_feeds.clone(),
         );
         metrics
     }
@@ -95,6 +102,12 @@ impl GatewayMetrics {
         Subscriber(self.subscribers.clone())
     }
 
+    /// A shared job feed is counted until the guard drops.
+    pub fn job_feed(&self) -> FeedGuard {
+        self.job_feeds.inc();
+        FeedGuard(self.job_feeds.clone())
+    }
+
     /// The core's metrics text followed by these, closed.
     pub fn render_after(&self, core: &str) -> String {
         let mut text = core.to_owned();
@@ -110,6 +123,15 @@ impl GatewayMetrics {
 pub struct Subscriber(Gauge);
 
 impl Drop for Subscriber {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+/// Keeps the job feed gauge up while a shared feed lives.
+pub struct FeedGuard(Gauge);
+
+impl Drop for FeedGuard {
     fn drop(&mut self) {
         self.0.dec();
     }

@@ -7,7 +7,7 @@ use serde_json::json;
 
 use crate::helpers::{ADMIN_KEY, Options, TestApp, next_json};
 
-async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, String) {
+pub async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, String) {
     let mut request = app.http.get(format!("{}/metrics", app.base));
     if let Some(key) = key {
         request = request.header("authorization", format!("Bearer {key}"));
@@ -23,7 +23,7 @@ async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, String
 }
 
 /// The value of the sample line starting with `series` (name and labels).
-fn sample(text: &str, series: &str) -> Option<f64> {
+pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
         .and_then(|line| line.rsplit(' ').next())

@@ -693,6 +693,7 @@ mod grpc {
 
         let request = pb::WatchJobRequest {
             job_id: job.clone(),
+            ..Default::default()
         };
         let mut limited = events
             .watch_job(keyed(request.clone(), &space.public_token))
@@ -712,6 +713,22 @@ mod grpc {
             panic!("init first");
         };
         assert_eq!(init.status, pb::JobStatus::Pending as i32);
+        assert_eq!(init.seq, 1, "the snapshot reflects the created event");
+        assert_eq!(init.visibility, pb::WatchVisibility::ProgressOnly as i32);
+        // Without events: the snapshot, then nothing until the stream ends.
+        let request = pb::WatchJobRequest {
+            job_id: job.clone(),
+            without_events: true,
+        };
+        let mut quiet = events
+            .watch_job(keyed(request, &space.producer))
+            .await
+            .unwrap()
+            .into_inner();
+        let Some(JobMessage::Init(init)) = next(&mut quiet).await.message else {
+            panic!("init first");
+        };
+        assert_eq!(init.visibility, pb::WatchVisibility::Full as i32);
         let Some(SpaceMessage::Connected(connected)) = next(&mut space_stream).await.message else {
             panic!("connected first");
         };
@@ -744,10 +761,14 @@ mod grpc {
             assert!(event.counts.is_some());
         }
 
+        let nothing = tokio::time::timeout(Duration::from_millis(100), quiet.message()).await;
+        assert!(nothing.is_err(), "no events on a stream without them: {nothing:?}");
+
         // Handshake refusals are gRPC status codes.
         let refused = events
             .watch_job(pb::WatchJobRequest {
                 job_id: job.clone(),
+                ..Default::default()
             })
             .await
             .unwrap_err();
@@ -806,6 +827,72 @@ mod grpc {
         assert!(ended.message().contains("slow consumer"), "{ended:?}");
         assert!(received < 200, "ended before the backlog: {received}");
     }
+}
+
+/// The value of the shared job feeds gauge once it reads `wanted`.
+async fn job_feeds_reach(app: &TestApp, wanted: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, text) = crate::metrics::scrape(app, Some(ADMIN_KEY)).await;
+        let feeds = crate::metrics::sample(&text, "emit_websocket_job_feeds");
+        if feeds == Some(wanted) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "feeds stayed {feeds:?}, not {wanted}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Watchers of a job that present one credential share one core stream:
+/// each still starts from its own snapshot, gets every later event once and
+/// sees what its scope shows; the shared streams close with their watchers.
+#[tokio::test]
+async fn watchers_of_a_job_share_one_core_stream_per_credential() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    let (mut limited, mut full) = (Vec::new(), Vec::new());
+    for _ in 0..10 {
+        limited.push(app.watch_job(&job, &space.public_token).await);
+        full.push(app.watch_job(&job, &space.producer).await);
+    }
+    for socket in limited.iter_mut().chain(&mut full) {
+        let init = next_json(socket).await;
+        assert_eq!((init["type"].as_str(), init["status"].as_str()), (Some("init"), Some("pending")));
+    }
+    job_feeds_reach(&app, 2.0).await;
+
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "ack", json!({})).await;
+    app.worker_call(&space, &job, "progress", json!({ "percent": 50 }))
+        .await;
+    // Joining later: its own snapshot, then only what follows it.
+    let mut late = app.watch_job(&job, &space.public_token).await;
+    let init = next_json(&mut late).await;
+    assert_eq!((init["type"].as_str(), init["status"].as_str()), (Some("init"), Some("running")));
+    assert_eq!(init["progress"]["percent"], 50);
+    let result = json!({ "result": { "url": "s3://out" } });
+    app.worker_call(&space, &job, "complete", result).await;
+
+    let expected = ["delivered", "acked", "progress", "completed"];
+    for socket in &mut full {
+        let events = read_until(socket, "completed").await;
+        assert_eq!(types(&events), expected);
+        assert_eq!(events[2]["data"]["percent"], 50);
+        assert_eq!(events[3]["data"], json!({ "url": "s3://out" }));
+    }
+    for socket in &mut limited {
+        let events = read_until(socket, "completed").await;
+        assert_eq!(types(&events), expected);
+        assert_eq!(events[2]["data"]["percent"], 50, "progress shows at every scope");
+        assert!(events[3].get("data").is_none(), "{}", events[3]);
+    }
+    let events = read_until(&mut late, "completed").await;
+    assert_eq!(types(&events), ["completed"]);
+    job_feeds_reach(&app, 2.0).await;
+
+    drop((limited, full, late));
+    job_feeds_reach(&app, 0.0).await;
 }
 
 #[tokio::test]

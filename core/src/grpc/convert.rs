@@ -10,7 +10,7 @@ use crate::job::spec::{BackoffInput, JobInput};
 use crate::job::{
     BackoffKind, EventKind, Job, JobEvent, JobStatus, SpaceEventKind, StatusCounts, StoredLogLine,
 };
-use crate::realtime::{JobStreamItem, SpaceStreamItem};
+use crate::realtime::{JobStreamItem, SpaceStreamItem, Visibility};
 use crate::store::{SpaceRecord, TokenRecord};
 
 pub fn status_to_proto(status: JobStatus) -> pb::JobStatus {
@@ -176,6 +176,11 @@ impl From<JobStreamItem> for pb::WatchJobResponse {
                 status: status_to_proto(init.status) as i32,
                 progress_json: init.progress,
                 timestamp: Some(to_timestamp(init.at)),
+                seq: u64::try_from(init.seq).unwrap_or_default(),
+                visibility: match init.visibility {
+                    Visibility::Full => pb::WatchVisibility::Full,
+                    Visibility::ProgressOnly => pb::WatchVisibility::ProgressOnly,
+                } as i32,
             }),
             JobStreamItem::Event(event) => Message::Event((&*event).into()),
             JobStreamItem::Log { entry, show_line } => Message::Log(pb::JobLogEntry {

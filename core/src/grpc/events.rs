@@ -89,9 +89,10 @@ impl EventService for EventsGrpc {
         request: Request<pb::WatchJobRequest>,
     ) -> Reply<Self::WatchJobStream> {
         let who = optional_principal(&self.auth, request.metadata()).await?;
+        let request = request.get_ref();
         let watch = self
             .realtime
-            .watch_job(who.as_ref(), &request.get_ref().job_id)
+            .watch_job(who.as_ref(), &request.job_id, !request.without_events)
             .await?;
         let revocation = self.auth.revocation(who.as_ref());
         Ok(Response::new(pump(watch, revocation)))

@@ -14,7 +14,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-use tokio::sync::{broadcast, mpsc};
+use tokio::sync::{broadcast, mpsc, watch};
 
 use crate::job::{JobEvent, JobStatus, LiveEvent};
 
@@ -94,6 +94,8 @@ impl Topics {
 struct Shared {
     topics: Mutex<Topics>,
     queue_capacity: usize,
+    /// Set once when the hub closes.
+    closed: watch::Sender<bool>,
 }
 
 impl Shared {
@@ -210,6 +212,7 @@ impl EventHub {
         let shared = Arc::new(Shared {
             topics: Mutex::new(Topics::default()),
             queue_capacity: queue_capacity.max(1),
+            closed: watch::Sender::new(false),
         });
         tokio::spawn(route(shared.clone(), published));
         Self { shared }
@@ -264,6 +267,12 @@ impl EventHub {
         topics.closed = true;
         topics.jobs.clear();
         topics.spaces.clear();
+        self.shared.closed.send_replace(true);
+    }
+
+    /// Resolves when the hub closes, for a watcher that takes no events.
+    pub fn closing(&self) -> Closing {
+        Closing(self.shared.closed.subscribe())
     }
 
     #[cfg(test)]
@@ -285,6 +294,17 @@ async fn route(shared: Arc<Shared>, mut published: broadcast::Receiver<Arc<[Live
         if shared.lock().closed {
             break;
         }
+    }
+    shared.closed.send_replace(true);
+}
+
+/// The hub's closing, awaited by a watcher that takes no events.
+pub struct Closing(watch::Receiver<bool>);
+
+impl Closing {
+    pub async fn wait(&mut self) {
+        // An error means the hub itself is gone: closed too.
+        let _ = self.0.wait_for(|closed| *closed).await;
     }
 }
 

@@ -10,7 +10,7 @@
 
 mod hub;
 
-pub use hub::{Ended, EventHub, Subscription, Topic, Woke, last_events};
+pub use hub::{Closing, Ended, EventHub, Subscription, Topic, Woke, last_events};
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -75,6 +75,9 @@ pub struct JobInit {
     /// The latest progress; shown at every visibility.
     pub progress: Option<String>,
     pub at: UnixMillis,
+    /// Events up to this space sequence number are reflected here.
+    pub seq: i64,
+    pub visibility: Visibility,
 }
 
 #[derive(Clone, Debug)]
@@ -130,8 +133,16 @@ impl RealtimeApi {
     }
 
     /// `who` is None for a watcher that presented no key, allowed only where
-    /// the job's space opted in to anonymous progress streams.
-    pub async fn watch_job(&self, who: Option<&Principal>, job_id: &str) -> Result<JobWatch> {
+    /// the job's space opted in to anonymous progress streams. Without
+    /// `events` the watch yields its `init` and then waits for the server to
+    /// stop: a relay sharing one stream of events among watchers follows
+    /// each one's key with it, at no cost per event.
+    pub async fn watch_job(
+        &self,
+        who: Option<&Principal>,
+        job_id: &str,
+        events: bool,
+    ) -> Result<JobWatch> {
         let not_found = || match who {
             // An anonymous caller learns nothing about which jobs exist.
             None => Error::Unauthenticated("missing API key"),
@@ -140,7 +151,7 @@ impl RealtimeApi {
         if !is_well_formed(job_id) {
             return Err(not_found());
         }
-        let subscription = self.hub.subscribe(Topic::Job(job_id.to_owned()));
+        let subscription = events.then(|| self.hub.subscribe(Topic::Job(job_id.to_owned())));
         let (job, after_seq) = self
             .store
             .job_snapshot(job_id)
@@ -177,10 +188,16 @@ impl RealtimeApi {
             job_name: job.name,
             progress: job.progress,
             at: now_millis(),
+            seq: after_seq,
+            visibility,
+        };
+        let live = match subscription {
+            Some(subscription) => Live::new(subscription, self.hub.queue_capacity()),
+            None => Live::Nothing(self.hub.closing()),
         };
         Ok(JobWatch {
             init: Some(init),
-            live: Live::new(subscription, self.hub.queue_capacity()),
+            live,
             after_seq,
             visibility,
         })
@@ -262,8 +279,14 @@ impl RealtimeApi {
     }
 }
 
-/// The live part of a stream: chunks from the hub, flattened.
-struct Live {
+/// The live part of a stream: chunks from the hub, flattened; or nothing
+/// until the server stops.
+enum Live {
+    Events(LiveEvents),
+    Nothing(Closing),
+}
+
+struct LiveEvents {
     subscription: Subscription,
     chunk: Option<Chunk>,
     next: usize,
@@ -272,15 +295,27 @@ struct Live {
 
 impl Live {
     fn new(subscription: Subscription, queue_capacity: usize) -> Self {
-        Self {
+        Self::Events(LiveEvents {
             subscription,
             chunk: None,
             next: 0,
             queue_capacity,
-        }
+        })
     }
 
     /// The next live event; `Ok(None)` when the server is stopping.
+    async fn next(&mut self) -> Result<Option<LiveEvent>> {
+        match self {
+            Self::Events(events) => events.next().await,
+            Self::Nothing(closing) => {
+                closing.wait().await;
+                Ok(None)
+            }
+        }
+    }
+}
+
+impl LiveEvents {
     async fn next(&mut self) -> Result<Option<LiveEvent>> {
         loop {
             if let Some(chunk) = &self.chunk

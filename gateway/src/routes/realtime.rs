@@ -1,41 +1,45 @@
-//! WebSocket streams: each connection relays one of the core's server
-//! streams (WatchJob or WatchSpace) as JSON text messages.
+//! WebSocket streams: each connection relays the core's events of a job
+//! (WatchJob) or a space (WatchSpace) as JSON text messages, read from a
+//! feed (see `feeds`): a job's watchers share one, a space stream has its
+//! own.
 //!
 //! The core's answer decides the handshake: a refused stream is an HTTP error
 //! (401, 403, 404) before any upgrade. After it, the core's stream is read
-//! promptly into a bounded per-connection queue whatever the client does: a
-//! stalled client must never hold the HTTP/2 connection it shares with other
-//! watchers. A client that lets that queue fill is disconnected (1013) and
+//! promptly into the feed's bounded ring whatever the clients do: a stalled
+//! client must never hold the HTTP/2 connection it shares with other
+//! watchers. A client that falls off the ring is disconnected (1013) and
 //! reconnects, with `since` on a space stream.
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use axum::Router;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade, close_code};
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade, close_code};
 use axum::extract::{Path, State};
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use emit_proto::v1 as pb;
 use futures_util::{SinkExt, StreamExt};
-use serde_json::Value;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
+use tokio::task::AbortHandle;
 
 use super::{integer_param, query_params};
 use crate::core_client::{set_credential, with_credentials};
 use crate::error::close_frame_for;
+use crate::feeds::{Cursor, Feed, Next};
 use crate::json;
 use crate::{ApiError, CoreClient};
 
 /// Client messages are only ever control frames or small; refuse big ones.
 const MAX_INCOMING_BYTES: usize = 64 * 1024;
-/// Bytes of messages one client may leave unread (besides the count bound,
-/// `--ws-queue`): event messages can be up to about 1 MiB each.
-pub const MAX_UNREAD_BYTES: usize = 16 * 1024 * 1024;
+/// Bytes read from a client's socket at once. The WebSocket layer zeroes
+/// this much before every read, and a relay polls its client for input
+/// each time it sends: at the layer's default (128 KiB) zeroing was a
+/// quarter of the gateway's CPU in a 10k-subscriber fan-out. Clients send
+/// only small frames; a bigger one is read in several chunks.
+const READ_CHUNK_BYTES: usize = 4 * 1024;
 /// Pings find peers that vanished without closing.
 const PING_EVERY: Duration = Duration::from_secs(30);
 /// How long a disconnected slow consumer gets to take its close frame.
@@ -65,7 +69,11 @@ fn upgrade_required(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<WebSocketUpgrade, ApiError> {
     upgrade
-        .map(|upgrade| upgrade.max_message_size(MAX_INCOMING_BYTES))
+        .map(|upgrade| {
+            upgrade
+                .max_message_size(MAX_INCOMING_BYTES)
+                .read_buffer_size(READ_CHUNK_BYTES)
+        })
         .map_err(|_| {
             ApiError::new(
                 StatusCode::UPGRADE_REQUIRED,
@@ -82,16 +90,36 @@ async fn watch_job(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Result<Response, ApiError> {
     let params = query_params(&uri)?;
-    let request = stream_request(&headers, &params, pb::WatchJobRequest { job_id });
-    let upstream = core.events().watch_job(request).await?.into_inner();
+    // The watcher's own stream, without events: the core authorizes it on
+    // it and ends it when its key is revoked. Events come from the job's
+    // shared feed (see `feeds`).
+    let own = pb::WatchJobRequest {
+        job_id: job_id.clone(),
+        without_events: true,
+    };
+    let mut watcher = core
+        .events()
+        .watch_job(stream_request(&headers, &params, own))
+        .await?
+        .into_inner();
     let upgrade = upgrade_required(upgrade)?;
-    let queue = core.stream_queue();
+    let snapshot = match watcher.message().await? {
+        Some(pb::WatchJobResponse {
+            message: Some(pb::watch_job_response::Message::Init(snapshot)),
+        }) => snapshot,
+        _ => return Err(tonic::Status::internal("the job stream did not start with init").into()),
+    };
+    let open = pb::WatchJobRequest {
+        job_id,
+        without_events: false,
+    };
+    let (first, cursor) = core
+        .job_feeds()
+        .join(&core, snapshot, stream_request(&headers, &params, open))
+        .await?;
     let subscriber = core.metrics().subscribed();
     Ok(upgrade.on_upgrade(move |socket| async move {
-        relay(socket, upstream, queue, |response: pb::WatchJobResponse| {
-            response.message.map(json::job_stream_message)
-        })
-        .await;
+        relay(socket, Some(first), cursor, Some(watcher)).await;
         drop(subscriber);
     }))
 }
@@ -115,129 +143,125 @@ async fn watch_space(
     let request = stream_request(&headers, &params, message);
     let upstream = core.events().watch_space(request).await?.into_inner();
     let upgrade = upgrade_required(upgrade)?;
-    let queue = core.stream_queue();
+    let cursor = Feed::private(
+        upstream,
+        core.stream_bounds(),
+        |response: pb::WatchSpaceResponse| response.message.map(json::space_stream_message),
+    );
     let subscriber = core.metrics().subscribed();
     Ok(upgrade.on_upgrade(move |socket| async move {
-        relay(
-            socket,
-            upstream,
-            queue,
-            |response: pb::WatchSpaceResponse| response.message.map(json::space_stream_message),
-        )
-        .await;
+        relay(socket, None, cursor, None).await;
         drop(subscriber);
     }))
 }
 
-/// How the relay of the core's stream ended.
-enum Ending {
-    /// Close after the messages already queued.
-    AfterQueued(CloseFrame),
-    /// Close at once: the client is too far behind to be worth catching up.
-    Now(CloseFrame),
+/// The end of a watcher's own stream (without events): the frame to close
+/// its WebSocket with. Followed by a task of its own, so the relay's loop
+/// polls a oneshot per message, not the HTTP/2 stream (whose connection
+/// lock every watcher shares).
+struct OwnStreamEnd {
+    ended: Option<oneshot::Receiver<CloseFrame>>,
+    follower: Option<AbortHandle>,
 }
 
-async fn relay<M: Send + 'static>(
-    socket: WebSocket,
-    mut upstream: tonic::Streaming<M>,
-    queue: usize,
-    render: fn(M) -> Option<Value>,
-) {
-    let (mut sink, mut incoming) = socket.split();
-    let (outbox, mut outgoing) = mpsc::channel::<Message>(queue.max(1));
-    // Bytes queued and not yet written to the client.
-    let unread = Arc::new(AtomicUsize::new(0));
-    let unread_by_reader = unread.clone();
-    let (abort, mut aborted) = oneshot::channel::<CloseFrame>();
-    let reader = tokio::spawn(async move {
-        let ending = loop {
-            match upstream.message().await {
-                Ok(Some(message)) => {
-                    let Some(value) = render(message) else {
-                        continue;
-                    };
-                    let text = value.to_string();
-                    let size = text.len();
-                    if unread_by_reader.load(Ordering::Acquire) + size > MAX_UNREAD_BYTES {
-                        break Ending::Now(CloseFrame {
-                            code: close_code::AGAIN,
-                            reason: format!(
-                                "slow consumer: more than {MAX_UNREAD_BYTES} bytes unread; reconnect"
-                            )
-                            .into(),
-                        });
-                    }
-                    unread_by_reader.fetch_add(size, Ordering::AcqRel);
-                    match outbox.try_send(Message::Text(text.into())) {
-                        Ok(()) => {}
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            break Ending::Now(CloseFrame {
-                                code: close_code::AGAIN,
-                                reason: format!(
-                                    "slow consumer: more than {queue} messages unread; reconnect"
-                                )
-                                .into(),
-                            });
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => return,
-                    }
-                }
-                Ok(None) => {
-                    break Ending::AfterQueued(CloseFrame {
-                        code: close_code::AWAY,
-                        reason: "stream ended".into(),
-                    });
-                }
-                Err(status) => break Ending::AfterQueued(close_frame_for(&status)),
-            }
+impl OwnStreamEnd {
+    fn follow(watcher: Option<tonic::Streaming<pb::WatchJobResponse>>) -> Self {
+        let Some(mut stream) = watcher else {
+            return Self {
+                ended: None,
+                follower: None,
+            };
         };
-        // Dropping `upstream` here cancels the core's stream at once.
-        drop(upstream);
-        match ending {
-            Ending::Now(frame) => {
-                let _ = abort.send(frame);
-            }
-            Ending::AfterQueued(frame) => {
-                let _ = outbox.send(Message::Close(Some(frame))).await;
-            }
+        let (end, ended) = oneshot::channel();
+        let follower = tokio::spawn(async move {
+            let frame = loop {
+                match stream.message().await {
+                    Ok(Some(_)) => continue,
+                    Ok(None) => {
+                        break CloseFrame {
+                            code: close_code::AWAY,
+                            reason: "stream ended".into(),
+                        };
+                    }
+                    Err(status) => break close_frame_for(&status),
+                }
+            };
+            let _ = end.send(frame);
+        });
+        Self {
+            ended: Some(ended),
+            follower: Some(follower.abort_handle()),
         }
-    });
+    }
 
+    async fn wait(&mut self) -> CloseFrame {
+        if let Some(ended) = &mut self.ended
+            && let Ok(frame) = ended.await
+        {
+            return frame;
+        }
+        std::future::pending().await
+    }
+}
+
+impl Drop for OwnStreamEnd {
+    fn drop(&mut self) {
+        // Cancels the core's stream with the task reading it.
+        if let Some(follower) = &self.follower {
+            follower.abort();
+        }
+    }
+}
+
+/// Writes `first` and then what `cursor` reads to the client, answers its
+/// control frames and pings it, until either side ends. A client that
+/// cannot keep up falls off its feed and is closed (1013) even while a send
+/// to it is stuck; the feed's end is sent after everything before it.
+async fn relay(
+    socket: WebSocket,
+    first: Option<Utf8Bytes>,
+    mut cursor: Cursor,
+    watcher: Option<tonic::Streaming<pb::WatchJobResponse>>,
+) {
+    let mut own_end = OwnStreamEnd::follow(watcher);
+    let (mut sink, mut incoming) = socket.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
-    // Set once the reader has finished without asking for an abort.
-    let mut abort_dropped = false;
+    let mut first = first;
     loop {
+        let next = async {
+            match first.take() {
+                Some(text) => Next::Message(text),
+                None => cursor.next().await,
+            }
+        };
         tokio::select! {
             biased;
-            frame = &mut aborted, if !abort_dropped => match frame {
-                Ok(frame) => {
+            frame = own_end.wait() => {
+                close_now(&mut sink, frame).await;
+                break;
+            }
+            next = next => match next {
+                Next::Message(text) => {
+                    // A send to a stalled client may block; falling off the
+                    // feed, or the watcher's end, still wins.
+                    tokio::select! {
+                        sent = sink.send(Message::Text(text)) => if sent.is_err() { break },
+                        frame = cursor.fallen_behind() => {
+                            close_now(&mut sink, frame).await;
+                            break;
+                        }
+                        frame = own_end.wait() => {
+                            close_now(&mut sink, frame).await;
+                            break;
+                        }
+                    }
+                }
+                Next::TooSlow(frame) | Next::Ended(frame) => {
                     close_now(&mut sink, frame).await;
                     break;
                 }
-                Err(_) => abort_dropped = true,
             },
-            message = outgoing.recv() => {
-                let Some(message) = message else { break };
-                let closing = matches!(message, Message::Close(_));
-                let size = match &message {
-                    Message::Text(text) => text.len(),
-                    _ => 0,
-                };
-                // A send to a stalled client may block; an abort still wins.
-                tokio::select! {
-                    sent = sink.send(message) => {
-                        unread.fetch_sub(size, Ordering::AcqRel);
-                        if sent.is_err() || closing { break }
-                    },
-                    frame = &mut aborted, if !abort_dropped => {
-                        if let Ok(frame) = frame {
-                            close_now(&mut sink, frame).await;
-                        }
-                        break;
-                    }
-                }
-            }
             received = incoming.next() => match received {
                 // The WebSocket layer queued the answer to a client's close
                 // (echoing its code); flushing sends it, so the client sees
@@ -270,7 +294,6 @@ async fn relay<M: Send + 'static>(
             }
         }
     }
-    reader.abort();
 }
 
 fn is_too_big(error: axum::Error) -> bool {
