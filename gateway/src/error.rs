@@ -29,6 +29,15 @@ impl ApiError {
     }
 }
 
+/// A field the core always sets in its reply. Its absence is a fault between
+/// core and gateway: answered 500, never 200 with an empty default.
+pub fn required<T>(field: Option<T>, name: &'static str) -> Result<T, ApiError> {
+    field.ok_or_else(|| {
+        tracing::error!(field = name, "a core reply lacks a field it always sets");
+        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    })
+}
+
 impl From<tonic::Status> for ApiError {
     fn from(status: tonic::Status) -> Self {
         let http = match status.code() {
@@ -107,5 +116,17 @@ impl IntoResponse for ApiError {
                 .insert(header::RETRY_AFTER, retry_after);
         }
         response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_reply_field_is_a_server_error_not_an_empty_answer() {
+        assert_eq!(required(Some(7), "job").unwrap(), 7);
+        let response = required::<u8>(None, "job").unwrap_err().into_response();
+        assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

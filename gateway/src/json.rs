@@ -7,6 +7,7 @@ use emit_proto::v1 as pb;
 use serde_json::{Map, Value, json};
 
 use crate::ApiError;
+use crate::error::required;
 
 // ---- protobuf -> JSON ----------------------------------------------------
 
@@ -703,8 +704,8 @@ pub fn schedule_settings(body: &Value) -> Result<pb::ScheduleSettings, ApiError>
 }
 
 /// A schedule; its job template shows the fields it sets.
-pub fn schedule(schedule: pb::Schedule) -> Value {
-    let template = schedule.job.unwrap_or_default();
+pub fn schedule(schedule: pb::Schedule) -> Result<Value, ApiError> {
+    let template = required(schedule.job, "schedule.job")?;
     let mut job = json!({ "name": template.name });
     let optional = [
         (
@@ -749,7 +750,7 @@ pub fn schedule(schedule: pb::Schedule) -> Value {
         }
     }
     let enum_name = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_ascii_lowercase();
-    json!({
+    Ok(json!({
         "id": schedule.id,
         "spaceId": schedule.space_id,
         "cron": schedule.cron,
@@ -770,5 +771,5 @@ pub fn schedule(schedule: pb::Schedule) -> Value {
         "lastJobId": schedule.last_job_id,
         "createdAt": iso(schedule.created_at),
         "updatedAt": iso(schedule.updated_at),
-    })
+    }))
 }

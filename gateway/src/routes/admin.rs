@@ -8,6 +8,7 @@ use emit_proto::v1 as pb;
 use serde_json::Value;
 
 use crate::core_client::with_credentials;
+use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
 use crate::{ApiError, CoreClient};
@@ -50,7 +51,7 @@ async fn create_space(
     let space = core.admin().create_space(request).await?.into_inner().space;
     Ok((
         StatusCode::CREATED,
-        Json(json::space(space.unwrap_or_default())),
+        Json(json::space(required(space, "space")?)),
     ))
 }
 
@@ -129,7 +130,7 @@ async fn update_space(
     };
     let request = with_credentials(&headers, message);
     let space = core.admin().update_space(request).await?.into_inner().space;
-    Ok(Json(json::space(space.unwrap_or_default())))
+    Ok(Json(json::space(required(space, "space")?)))
 }
 
 /// A new public token for the space; the one before stops working.
@@ -145,7 +146,7 @@ async fn rotate_public_token(
         .await?
         .into_inner()
         .space;
-    Ok(Json(json::space(space.unwrap_or_default())))
+    Ok(Json(json::space(required(space, "space")?)))
 }
 
 /// Standard Webhooks signing for the space's callbacks: `{"secret": "whsec_..."}`.
@@ -188,7 +189,7 @@ async fn pause_space(
     let name = Fields::of(&body, "")?.string("name")?;
     let request = with_credentials(&headers, pb::PauseSpaceRequest { space_id, name });
     let space = core.admin().pause_space(request).await?.into_inner().space;
-    Ok(Json(json::space(space.unwrap_or_default())))
+    Ok(Json(json::space(required(space, "space")?)))
 }
 
 /// `POST /api/v1/spaces/:id/resume {"name"?}`: lifts that pause. (The two
@@ -202,7 +203,7 @@ async fn resume_space(
     let name = Fields::of(&body, "")?.string("name")?;
     let request = with_credentials(&headers, pb::ResumeSpaceRequest { space_id, name });
     let space = core.admin().resume_space(request).await?.into_inner().space;
-    Ok(Json(json::space(space.unwrap_or_default())))
+    Ok(Json(json::space(required(space, "space")?)))
 }
 
 async fn list_spaces(
@@ -221,7 +222,7 @@ async fn get_space(
 ) -> Result<Json<Value>, ApiError> {
     let request = with_credentials(&headers, pb::GetSpaceRequest { space_id });
     let space = core.admin().get_space(request).await?.into_inner().space;
-    Ok(Json(json::space(space.unwrap_or_default())))
+    Ok(Json(json::space(required(space, "space")?)))
 }
 
 async fn create_token(
@@ -241,7 +242,7 @@ async fn create_token(
         .create_token(with_credentials(&headers, request))
         .await?
         .into_inner();
-    let mut token = json::token(response.token.unwrap_or_default());
+    let mut token = json::token(required(response.token, "token")?);
     token["key"] = Value::String(response.key);
     Ok((StatusCode::CREATED, Json(token)))
 }

@@ -11,6 +11,7 @@ use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::core_client::{set_credential, with_credentials};
+use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::Fields;
 use crate::session;
@@ -65,15 +66,15 @@ async fn style() -> Response {
 
 /// What the page learns of its session: who it is, until when, and the
 /// CSRF token it must send with every change.
-fn session_json(session: Option<pb::DashboardSession>, token: &str) -> Value {
-    let session = session.unwrap_or_default();
-    json!({
+fn session_json(session: Option<pb::DashboardSession>, token: &str) -> Result<Value, ApiError> {
+    let session = required(session, "session")?;
+    Ok(json!({
         "admin": session.admin,
         "spaceId": (!session.space_id.is_empty()).then_some(session.space_id),
         "scopes": session.scopes,
         "expiresAt": crate::json::iso(session.expires_at),
         "csrfToken": session::csrf_token(token),
-    })
+    }))
 }
 
 /// `POST /dashboard/api/session {"key": "..."}`: the key buys a session.
@@ -108,7 +109,7 @@ async fn sign_in(
             expires.seconds - chrono::Utc::now().timestamp()
         });
     let cookie = session::set_cookie(&started.token, max_age, session::https(&headers));
-    let body = session_json(started.session, &started.token);
+    let body = session_json(started.session, &started.token)?;
     Ok((
         StatusCode::CREATED,
         [(header::SET_COOKIE, cookie)],
@@ -130,7 +131,7 @@ async fn get_session(
         .await?
         .into_inner()
         .session;
-    Ok(Json(session_json(session, token)))
+    Ok(Json(session_json(session, token)?))
 }
 
 /// `DELETE /dashboard/api/session` (with the CSRF token): signs out on

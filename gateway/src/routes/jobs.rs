@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use super::{integer_param, query_params};
 use crate::core_client::with_credentials;
+use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
 use crate::{ApiError, CoreClient};
@@ -157,7 +158,7 @@ async fn concurrency(
         .await?
         .into_inner();
     Ok(Json(json!({
-        "limits": json::concurrency_limits_json(usage.limits.unwrap_or_default()),
+        "limits": json::concurrency_limits_json(required(usage.limits, "limits")?),
         "keys": usage
             .keys
             .into_iter()
@@ -228,7 +229,7 @@ async fn get_job(
 ) -> Result<Json<Value>, ApiError> {
     let request = with_credentials(&headers, pb::GetJobRequest { job_id });
     let response = core.jobs().get_job(request).await?.into_inner();
-    let mut job = json::job_detail(response.job.unwrap_or_default());
+    let mut job = json::job_detail(required(response.job, "job")?);
     job["events"] = response.events.into_iter().map(json::event).collect();
     Ok(Json(job))
 }
@@ -341,7 +342,7 @@ async fn kill_job(
     let reason = Fields::of(&body, "")?.string("reason")?;
     let request = with_credentials(&headers, pb::KillJobRequest { job_id, reason });
     let job = core.jobs().kill_job(request).await?.into_inner().job;
-    Ok(Json(json::job_detail(job.unwrap_or_default())))
+    Ok(Json(json::job_detail(required(job, "job")?)))
 }
 
 /// An operator's retry: the dead or killed job is pending again.
@@ -352,7 +353,7 @@ async fn retry_job(
 ) -> Result<Json<Value>, ApiError> {
     let request = with_credentials(&headers, pb::RetryJobRequest { job_id });
     let job = core.jobs().retry_job(request).await?.into_inner().job;
-    Ok(Json(json::job_detail(job.unwrap_or_default())))
+    Ok(Json(json::job_detail(required(job, "job")?)))
 }
 
 /// Deletes a finished job; answers with the job as it was.
@@ -363,7 +364,7 @@ async fn delete_job(
 ) -> Result<Json<Value>, ApiError> {
     let request = with_credentials(&headers, pb::DeleteJobRequest { job_id });
     let job = core.jobs().delete_job(request).await?.into_inner().job;
-    let mut body = json::job_detail(job.unwrap_or_default());
+    let mut body = json::job_detail(required(job, "job")?);
     body["deleted"] = Value::Bool(true);
     Ok(Json(body))
 }

@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 
 use super::{integer_param, query_params};
 use crate::core_client::with_credentials;
+use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json;
 use crate::{ApiError, CoreClient};
@@ -44,9 +45,7 @@ fn next_count(uri: &Uri) -> Result<Option<u32>, ApiError> {
 }
 
 fn answer(schedule: Option<pb::Schedule>) -> Result<Json<Value>, ApiError> {
-    schedule
-        .map(|schedule| Json(json::schedule(schedule)))
-        .ok_or_else(|| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error"))
+    Ok(Json(json::schedule(required(schedule, "schedule")?)?))
 }
 
 async fn create_schedule(
@@ -84,9 +83,8 @@ async fn list_schedules(
         .list_schedules(with_credentials(&headers, request))
         .await?
         .into_inner();
-    Ok(Json(Value::Array(
-        listed.schedules.into_iter().map(json::schedule).collect(),
-    )))
+    let schedules = listed.schedules.into_iter().map(json::schedule);
+    Ok(Json(Value::Array(schedules.collect::<Result<_, _>>()?)))
 }
 
 async fn get_schedule(

@@ -10,6 +10,7 @@ use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use crate::core_client::with_credentials;
+use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields, fence};
 use crate::{ApiError, CoreClient};
@@ -29,7 +30,7 @@ pub fn router() -> Router<CoreClient> {
 type JobReply = Result<Json<Value>, ApiError>;
 
 fn reply(job: Option<pb::Job>) -> JobReply {
-    Ok(Json(json::job_detail(job.unwrap_or_default())))
+    Ok(Json(json::job_detail(required(job, "job")?)))
 }
 
 async fn poll(
@@ -71,7 +72,7 @@ async fn claim(
 ) -> JobReply {
     let request = with_credentials(&headers, pb::ClaimJobRequest { job_id });
     let job = core.jobs().claim_job(request).await?.into_inner().job;
-    Ok(Json(json::delivery(job.unwrap_or_default())))
+    Ok(Json(json::delivery(required(job, "job")?)))
 }
 
 async fn ack(
