@@ -107,8 +107,9 @@ pub struct CoreMetrics {
 }
 
 impl CoreMetrics {
-    /// `rate_limited` counts requests refused by the per-key rate limit.
-    pub fn new(writer: WriterMetrics, rate_limited: Counter) -> Self {
+    /// `rate_limited` counts requests refused by the per-key rate limit;
+    /// `long_polls` gauges the long polls waiting for a job.
+    pub fn new(writer: WriterMetrics, rate_limited: Counter, long_polls: Gauge) -> Self {
         let mut metrics = Self {
             registry: Registry::with_prefix("emit"),
             jobs_created: Family::default(),
@@ -184,6 +185,11 @@ impl CoreMetrics {
             "rate_limited",
             "Requests refused by the per-key rate limit",
             rate_limited,
+        );
+        registry.register(
+            "long_polls_waiting",
+            "REST polls waiting (waitSeconds) for a job to become ready",
+            long_polls,
         );
         registry.register(
             "grpc_requests",

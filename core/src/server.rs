@@ -130,6 +130,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let metrics = Arc::new(CoreMetrics::new(
         store.writer_metrics(),
         auth.rate_limited(),
+        jobs.long_polls(),
     ));
     let admin = Arc::new(AdminApi::new(
         store.clone(),

@@ -9,6 +9,11 @@ use serde_json::json;
 
 use crate::helpers::TestApp;
 
+/// Waits until `count` long polls wait in the core (its metrics tell).
+async fn polls_waiting(app: &TestApp, count: f64) {
+    crate::metrics::sample_reaches(app, "emit_long_polls_waiting", count).await;
+}
+
 #[tokio::test]
 async fn a_long_poll_returns_as_soon_as_a_matching_job_is_ready() {
     let app = Arc::new(TestApp::spawn().await);
@@ -21,7 +26,7 @@ async fn a_long_poll_returns_as_soon_as_a_matching_job_is_ready() {
                 .await
         })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    polls_waiting(&app, 1.0).await;
     // A job of another name does not end the wait.
     app.create_job(&space, json!({ "name": "other" })).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
@@ -32,6 +37,7 @@ async fn a_long_poll_returns_as_soon_as_a_matching_job_is_ready() {
     let jobs = waiting.await.unwrap();
     assert_eq!(jobs.len(), 1);
     assert_eq!(jobs[0]["id"], wanted.as_str());
+    polls_waiting(&app, 0.0).await;
     assert!(
         started.elapsed() < Duration::from_secs(20),
         "answered on the job, not at the deadline"
@@ -49,7 +55,7 @@ async fn a_long_poll_wakes_on_a_retry_and_ends_empty_at_its_deadline() {
         let (app, space) = (app.clone(), space.clone());
         tokio::spawn(async move { app.poll(&space, json!({ "waitSeconds": 20 })).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    polls_waiting(&app, 1.0).await;
     app.worker_call(&space, &job, "fail", json!({ "error": "again" }))
         .await;
     let jobs = waiting.await.unwrap();

@@ -22,6 +22,20 @@ pub async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, St
     (status, content_type, response.text().await.unwrap())
 }
 
+/// Waits until the sample `series` reads `wanted`.
+pub async fn sample_reaches(app: &TestApp, series: &str, wanted: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, _, text) = scrape(app, Some(ADMIN_KEY)).await;
+        let value = sample(&text, series);
+        if value == Some(wanted) {
+            return;
+        }
+        assert!(Instant::now() < deadline, "{series} stayed {value:?}, not {wanted}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// The value of the sample line starting with `series` (name and labels).
 pub fn sample(text: &str, series: &str) -> Option<f64> {
     text.lines()

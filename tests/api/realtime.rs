@@ -829,18 +829,9 @@ mod grpc {
     }
 }
 
-/// The value of the shared job feeds gauge once it reads `wanted`.
+/// Waits until the gateway's shared job feeds number `wanted`.
 async fn job_feeds_reach(app: &TestApp, wanted: f64) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, text) = crate::metrics::scrape(app, Some(ADMIN_KEY)).await;
-        let feeds = crate::metrics::sample(&text, "emit_websocket_job_feeds");
-        if feeds == Some(wanted) {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "feeds stayed {feeds:?}, not {wanted}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    crate::metrics::sample_reaches(app, "emit_websocket_job_feeds", wanted).await;
 }
 
 /// Watchers of a job that present one credential share one core stream:

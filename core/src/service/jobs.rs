@@ -3,6 +3,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use crate::auth::{Principal, Scope};
@@ -90,6 +91,8 @@ pub struct JobsApi {
     hub: EventHub,
     /// Set when the server begins to stop: no job is leased from then on.
     stopping: AtomicBool,
+    /// Long polls waiting for a job now.
+    long_polls: Gauge,
 }
 
 impl JobsApi {
@@ -99,7 +102,13 @@ impl JobsApi {
             timers,
             hub,
             stopping: AtomicBool::new(false),
+            long_polls: Gauge::default(),
         }
+    }
+
+    /// The gauge of long polls waiting for a job, for the metrics.
+    pub fn long_polls(&self) -> Gauge {
+        self.long_polls.clone()
     }
 
     /// The first step of a graceful stop: polls (waiting ones included)
@@ -448,11 +457,8 @@ impl JobsApi {
         // job ready also leases it to this poll.
         let deadline = Instant::now() + Duration::from_secs(wait_seconds.into());
         let (waiter, handed) = self.wait_for_jobs(space_id, names.clone(), count);
-        let mut waiting = PollWaiter {
-            store: self.store.clone(),
-            waiter,
-            handed,
-        };
+        let mut waiting =
+            PollWaiter::counted(self.store.clone(), waiter, handed, self.long_polls.clone());
         loop {
             let recheck = deadline.min(Instant::now() + POLL_RECHECK);
             let woke = tokio::select! {
@@ -769,9 +775,22 @@ struct PollWaiter {
     store: Arc<dyn Store>,
     waiter: Arc<Waiter>,
     handed: Handed,
+    /// Counts this poll among the waiting ones until it drops.
+    counted: Gauge,
 }
 
 impl PollWaiter {
+    /// A waiting poll, counted in `gauge` until it drops.
+    fn counted(store: Arc<dyn Store>, waiter: Arc<Waiter>, handed: Handed, gauge: Gauge) -> Self {
+        gauge.inc();
+        Self {
+            store,
+            waiter,
+            handed,
+            counted: gauge,
+        }
+    }
+
     /// Stops waiting; returns `jobs` with whatever else was leased to the
     /// poll before it stopped. Jobs leased after that are the writer's to
     /// release.
@@ -787,6 +806,7 @@ impl PollWaiter {
 
 impl Drop for PollWaiter {
     fn drop(&mut self) {
+        self.counted.dec();
         let left = self.stop();
         if left.is_empty() {
             return;
@@ -822,14 +842,13 @@ mod tests {
         let (store, space_id, dir) = store_with_space().await;
         let store: Arc<dyn Store> = Arc::new(store);
         let (waiter, handed) = store.waiters().register(&space_id, vec![], 1);
-        let waiting = PollWaiter {
-            store: store.clone(),
-            waiter,
-            handed,
-        };
+        let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
+        let waiting = PollWaiter::counted(store.clone(), waiter, handed, gauge.clone());
+        assert_eq!(gauge.get(), 1);
         let ids = create(&*store, &space_id, 1).await;
         // The create leased the job to the poll; then its client went away.
         drop(waiting);
+        assert_eq!(gauge.get(), 0);
         let seen = events_once_there_are(&*store, &ids[0], 3).await;
         assert_eq!(seen, ["created", "delivered", "released"]);
         let _ = std::fs::remove_dir_all(dir);
