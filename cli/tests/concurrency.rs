@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 use support::ack_worker::ack_and_complete_all;
-use support::{ADMIN_KEY, PostgresDatabase, Process, post_ok};
+use support::{ADMIN_KEY, PostgresDatabase, Process, get_ok, post_ok};
 use tokio::sync::RwLock;
 
 const KEYS: usize = 20;
@@ -207,13 +207,7 @@ async fn stream_worker(
 }
 
 async fn job_detail(http: &reqwest::Client, base: &str, job_id: &str) -> Option<Value> {
-    let response = http
-        .get(format!("{base}/api/v1/jobs/{job_id}"))
-        .header("x-api-key", ADMIN_KEY)
-        .send()
-        .await
-        .ok()?;
-    response.json().await.ok()
+    get_ok(http, &format!("{base}/api/v1/jobs/{job_id}"), ADMIN_KEY).await
 }
 
 async fn finished(http: &reqwest::Client, base: &str, space_id: &str) -> Option<u64> {
@@ -249,32 +243,8 @@ async fn run(database_url: &str, cores: usize) {
         turn: AtomicUsize::new(0),
     });
     let base = processes[0].url.clone();
-    let space = post_ok(
-        &http,
-        &format!("{base}/api/v1/spaces"),
-        ADMIN_KEY,
-        json!({ "name": "keys" }),
-    )
-    .await
-    .expect("the space is created");
-    let space_id = space["id"].as_str().unwrap().to_owned();
-    let response = http
-        .patch(format!("{base}/api/v1/spaces/{space_id}"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&json!({ "concurrency": { "default": LIMIT } }))
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let token = post_ok(
-        &http,
-        &format!("{base}/api/v1/spaces/{space_id}/tokens"),
-        ADMIN_KEY,
-        json!({ "name": "workers", "scopes": ["jobs:worker"] }),
-    )
-    .await
-    .expect("a worker key");
-    let key = token["key"].as_str().unwrap().to_owned();
+    let limits = json!({ "concurrency": { "default": LIMIT } });
+    let (space_id, key) = support::space_for_workers(&http, &base, "keys", limits).await;
     let jobs: Vec<Value> = (0..KEYS * JOBS_PER_KEY)
         .map(|n| {
             json!({

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use support::worker::{self, Ledger};
-use support::{ADMIN_KEY, PostgresDatabase, Process};
+use support::{ADMIN_KEY, PostgresDatabase, Process, get_ok};
 
 const KILLS: usize = 25;
 /// Bulk creates of `BULK` jobs, `PRODUCERS` of them each every `EVERY`:
@@ -358,17 +358,8 @@ fn start_workers(
 /// Whether no job of the space is scheduled, pending, delivered or running.
 async fn all_terminal(http: &reqwest::Client, base: &str, space_id: &str) -> bool {
     for status in ["scheduled", "pending", "delivered", "running"] {
-        let page: Value = http
-            .get(format!(
-                "{base}/api/v1/spaces/{space_id}/jobs?status={status}&limit=1"
-            ))
-            .header("x-api-key", ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let url = format!("{base}/api/v1/spaces/{space_id}/jobs?status={status}&limit=1");
+        let page = get_ok(http, &url, ADMIN_KEY).await.expect("a job list");
         let jobs = page.get("jobs").unwrap_or(&page);
         if jobs.as_array().is_some_and(|jobs| !jobs.is_empty()) {
             return false;

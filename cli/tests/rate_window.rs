@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::{ADMIN_KEY, PostgresDatabase, Process, instant_millis, post_ok};
+use support::{ADMIN_KEY, PostgresDatabase, Process, get_ok, instant_millis, post_ok};
 
 const LIMIT: usize = 50;
 const PERIOD_MS: i64 = 5_000;
@@ -51,33 +51,8 @@ async fn postgres_three_cores_hold_a_rate_limit_for_60_seconds() {
         cores.push(core);
     }
     let base = cores[0].url.clone();
-    let space = post_ok(
-        &http,
-        &format!("{base}/api/v1/spaces"),
-        ADMIN_KEY,
-        json!({ "name": "rate" }),
-    )
-    .await
-    .unwrap();
-    let space_id = space["id"].as_str().unwrap().to_owned();
     let limits = json!({ "concurrency": { "rates": { "tick": { "limit": LIMIT, "periodSeconds": PERIOD_MS / 1000 } } } });
-    let response = http
-        .patch(format!("{base}/api/v1/spaces/{space_id}"))
-        .header("x-api-key", ADMIN_KEY)
-        .json(&limits)
-        .send()
-        .await
-        .unwrap();
-    assert!(response.status().is_success());
-    let token = post_ok(
-        &http,
-        &format!("{base}/api/v1/spaces/{space_id}/tokens"),
-        ADMIN_KEY,
-        json!({ "name": "w", "scopes": ["jobs:worker"] }),
-    )
-    .await
-    .unwrap();
-    let key = token["key"].as_str().unwrap().to_owned();
+    let (space_id, key) = support::space_for_workers(&http, &base, "rate", limits).await;
     let mut ids = Vec::new();
     for _ in 0..BACKLOG / 500 {
         let jobs: Vec<Value> = (0..500).map(|_| json!({ "name": "tick" })).collect();
@@ -113,15 +88,9 @@ async fn postgres_three_cores_hold_a_rate_limit_for_60_seconds() {
 
     let mut delivered = Vec::new();
     for id in &ids {
-        let job: Value = http
-            .get(format!("{base}/api/v1/jobs/{id}"))
-            .header("x-api-key", ADMIN_KEY)
-            .send()
+        let job = get_ok(&http, &format!("{base}/api/v1/jobs/{id}"), ADMIN_KEY)
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+            .expect("the job");
         for event in job["events"].as_array().unwrap() {
             if event["type"] == "delivered" {
                 delivered.push(instant_millis(&event["timestamp"]));

@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use support::{ADMIN_KEY, PostgresDatabase, Process, instant_millis, post_json};
+use support::{ADMIN_KEY, PostgresDatabase, Process, get_ok, instant_millis, post_json};
 
 const RUN: Duration = Duration::from_secs(120);
 /// Seconds between kills, in turn: uneven, so kills land at every point of
@@ -36,15 +36,7 @@ async fn jobs_by_fire_time(
         let url = format!(
             "{base}/api/v1/spaces/{space_id}/jobs?scheduleId={schedule_id}&limit=100{before}"
         );
-        let page: Value = http
-            .get(url)
-            .header("x-api-key", ADMIN_KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let page = get_ok(http, &url, ADMIN_KEY).await.expect("a job list");
         let jobs = page.as_array().expect("a job list").clone();
         for job in &jobs {
             by_time

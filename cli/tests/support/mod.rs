@@ -39,6 +39,49 @@ pub async fn post_ok(
     response.json().await.ok()
 }
 
+/// GETs `url` with `key` and answers the JSON of a 2xx reply; None for any
+/// other outcome.
+pub async fn get_ok(http: &reqwest::Client, url: &str, key: &str) -> Option<serde_json::Value> {
+    let response = http.get(url).header("x-api-key", key).send().await.ok()?;
+    if !response.status().is_success() {
+        return None;
+    }
+    response.json().await.ok()
+}
+
+/// A new space named `name` with `settings` PATCHed onto it, and a
+/// `jobs:worker` key for it: (space id, key).
+pub async fn space_for_workers(
+    http: &reqwest::Client,
+    base: &str,
+    name: &str,
+    settings: serde_json::Value,
+) -> (String, String) {
+    let body = serde_json::json!({ "name": name });
+    let space = post_ok(http, &format!("{base}/api/v1/spaces"), ADMIN_KEY, body)
+        .await
+        .expect("the space is created");
+    let space_id = space["id"].as_str().expect("a space id").to_owned();
+    let response = http
+        .patch(format!("{base}/api/v1/spaces/{space_id}"))
+        .header("x-api-key", ADMIN_KEY)
+        .json(&settings)
+        .send()
+        .await
+        .expect("the server answers");
+    assert!(response.status().is_success(), "{settings} refused");
+    let token = post_ok(
+        http,
+        &format!("{base}/api/v1/spaces/{space_id}/tokens"),
+        ADMIN_KEY,
+        serde_json::json!({ "name": "workers", "scopes": ["jobs:worker"] }),
+    )
+    .await
+    .expect("a worker key");
+    let key = token["key"].as_str().expect("a key").to_owned();
+    (space_id, key)
+}
+
 /// An RFC 3339 instant of a reply, in milliseconds since the epoch.
 pub fn instant_millis(iso: &serde_json::Value) -> i64 {
     iso.as_str()
