@@ -1,10 +1,15 @@
 //! PostgreSQL's side of the group-commit writer (see `store::batch`).
 //!
 //! Several replicas (and several writers per replica) write concurrently, so
-//! nothing here trusts memory across statements:
-//! - a transition is an UPDATE conditional on the state that was read; when
-//!   another writer got there first it matches no row, and the command is
-//!   decided again against the job as it now is;
+//! nothing here trusts memory across statements it does not lock:
+//! - a transition on a row this transaction holds locked (locked ahead, or
+//!   claimed by a delivery or a timer sweep) is staged in memory, and the
+//!   staged rows are written by one set-based UPDATE before the next
+//!   statement that reads jobs and before COMMIT (`settle`): one statement
+//!   for the batch's transitions, not one each;
+//! - any other transition is an UPDATE conditional on the state that was
+//!   read; when another writer got there first it matches no row, and the
+//!   command is decided again against the job as it now is;
 //! - deliveries and timers claim rows `FOR UPDATE SKIP LOCKED`, so writers
 //!   never wait on each other's candidates and never take the same job;
 //! - a batch numbers its events only at commit time, with the rows of the
@@ -60,6 +65,13 @@ const fn rows_per_insert(columns: usize) -> usize {
 /// and decided again, this many times at most.
 const TRANSITION_ATTEMPTS: usize = 8;
 
+/// A transition on a locked row, not written yet.
+struct Staged {
+    /// The row as it is in the database: the update is conditional on it.
+    stored: Job,
+    job: Job,
+}
+
 /// What the open transaction recorded, in order.
 enum Recorded {
     /// Numbered (`seq`, `counts`) at commit.
@@ -76,10 +88,12 @@ pub struct PgWriter {
     recorded: Vec<Recorded>,
     /// The open batch's commit number and what it publishes, once numbered.
     pending: Option<(u64, Arc<[LiveEvent]>)>,
-    /// Jobs this transaction locked ahead, as it last wrote or read them.
-    /// Only a shortcut for the read: the update stays conditional, and a job
-    /// that changed anyway (a timer sweep in the same batch) is read again.
+    /// Jobs this transaction locked ahead, as it last staged or read them.
+    /// A statement of the batch that may change one otherwise (a delivery,
+    /// a timer sweep, a delete) drops it from here first.
     locked: HashMap<String, Job>,
+    /// Transitions on locked rows, by job id, written by `settle`.
+    staged: HashMap<String, Staged>,
     /// Jobs the open transaction deleted, taken off their spaces' counts at
     /// commit (under the space rows' locks, like every count change).
     forgotten: Vec<Forgotten>,
@@ -171,6 +185,7 @@ impl PgWriter {
             recorded: Vec::new(),
             pending: None,
             locked: HashMap::new(),
+            staged: HashMap::new(),
             forgotten: Vec::new(),
             turns: HashMap::new(),
             limits: HashMap::new(),
@@ -203,6 +218,7 @@ impl PgWriter {
     }
 
     async fn load(&mut self, target: &JobTarget) -> Result<Job> {
+        self.settle().await?;
         let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
             .bind(&target.job_id)
             .fetch_optional(&mut self.conn)
@@ -226,7 +242,6 @@ impl PgWriter {
         now: UnixMillis,
     ) -> Result<Option<Job>> {
         let transition = machine::apply(job, command, fence, now)?;
-        let next = transition.job;
         let updated = sqlx::query(
             "UPDATE jobs SET status = $1, attempt_number = $2, due_at = $3, lease_id = $4, \
              delivered_at = $5, started_at = $6, completed_at = $7, result = $8, progress = $9, \
@@ -234,19 +249,19 @@ impl PgWriter {
              WHERE id = $14 AND status = $15 AND attempt_number = $16 \
              AND lease_id IS NOT DISTINCT FROM $17 AND updated_at = $18",
         )
-        .bind(next.status().as_str())
-        .bind(i64::from(next.attempt_number))
-        .bind(next.state.due_at())
-        .bind(next.state.lease())
-        .bind(next.delivered_at)
-        .bind(next.started_at)
-        .bind(next.completed_at)
-        .bind(&next.result)
-        .bind(&next.progress)
-        .bind(&next.checkpoint)
-        .bind(&next.last_error)
-        .bind(&next.kill_reason)
-        .bind(next.updated_at)
+        .bind(transition.job.status().as_str())
+        .bind(i64::from(transition.job.attempt_number))
+        .bind(transition.job.state.due_at())
+        .bind(transition.job.state.lease())
+        .bind(transition.job.delivered_at)
+        .bind(transition.job.started_at)
+        .bind(transition.job.completed_at)
+        .bind(&transition.job.result)
+        .bind(&transition.job.progress)
+        .bind(&transition.job.checkpoint)
+        .bind(&transition.job.last_error)
+        .bind(&transition.job.kill_reason)
+        .bind(transition.job.updated_at)
         .bind(&job.id)
         .bind(job.status().as_str())
         .bind(i64::from(job.attempt_number))
@@ -257,6 +272,43 @@ impl PgWriter {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
+        self.transitioned(job, transition, now).await.map(Some)
+    }
+
+    /// A transition on a row this transaction holds locked: nobody else can
+    /// change it, so it is staged and written with the batch's others.
+    async fn transition_locked(
+        &mut self,
+        job: &Job,
+        command: Command,
+        fence: &Fence,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        let transition = machine::apply(job, command, fence, now)?;
+        match self.staged.get_mut(&job.id) {
+            Some(staged) => staged.job = transition.job.clone(),
+            None => {
+                self.staged.insert(
+                    job.id.clone(),
+                    Staged {
+                        stored: job.clone(),
+                        job: transition.job.clone(),
+                    },
+                );
+            }
+        }
+        self.transitioned(job, transition, now).await
+    }
+
+    /// What a written or staged transition records besides the row: its
+    /// events, and the callback's outbox entry when the job ended.
+    async fn transitioned(
+        &mut self,
+        job: &Job,
+        transition: machine::Transition,
+        now: UnixMillis,
+    ) -> Result<Job> {
+        let next = transition.job;
         for draft in transition.events {
             self.record(&next, draft, now);
         }
@@ -278,20 +330,71 @@ impl PgWriter {
             .execute(&mut self.conn)
             .await?;
         }
-        Ok(Some(next))
+        Ok(next)
     }
 
-    /// A transition on a row this transaction has locked: nobody else can
-    /// have changed it.
-    async fn transition_locked(
-        &mut self,
-        job: &Job,
-        command: Command,
-        now: UnixMillis,
-    ) -> Result<Job> {
-        self.transition(job, command, &Fence::default(), now)
-            .await?
-            .ok_or_else(|| Error::internal(format!("locked job {} changed", job.id)))
+    /// Writes every staged transition in one statement, each conditional on
+    /// its row being as it was read. The rows are locked by this
+    /// transaction, so anything but all of them changing is a bug, and
+    /// fails the batch.
+    async fn settle(&mut self) -> Result<()> {
+        if self.staged.is_empty() {
+            return Ok(());
+        }
+        let staged: Vec<Staged> = self.staged.drain().map(|(_, staged)| staged).collect();
+        let column = |value: fn(&Job) -> Option<String>| -> Vec<Option<String>> {
+            staged.iter().map(|staged| value(&staged.job)).collect()
+        };
+        let number = |value: fn(&Job) -> Option<i64>| -> Vec<Option<i64>> {
+            staged.iter().map(|staged| value(&staged.job)).collect()
+        };
+        let was = |value: fn(&Job) -> Option<String>| -> Vec<Option<String>> {
+            staged.iter().map(|staged| value(&staged.stored)).collect()
+        };
+        let was_number = |value: fn(&Job) -> Option<i64>| -> Vec<Option<i64>> {
+            staged.iter().map(|staged| value(&staged.stored)).collect()
+        };
+        let updated = sqlx::query(
+            "UPDATE jobs SET status = v.status, attempt_number = v.attempt_number, \
+             due_at = v.due_at, lease_id = v.lease_id, delivered_at = v.delivered_at, \
+             started_at = v.started_at, completed_at = v.completed_at, result = v.result, \
+             progress = v.progress, checkpoint = v.checkpoint, last_error = v.last_error, \
+             kill_reason = v.kill_reason, updated_at = v.updated_at \
+             FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::text[], $6::int8[], \
+             $7::int8[], $8::int8[], $9::text[], $10::text[], $11::text[], $12::text[], \
+             $13::text[], $14::int8[], $15::text[], $16::int8[], $17::text[], $18::int8[]) \
+             AS v(id, status, attempt_number, due_at, lease_id, delivered_at, started_at, \
+             completed_at, result, progress, checkpoint, last_error, kill_reason, updated_at, \
+             was_status, was_attempt_number, was_lease_id, was_updated_at) \
+             WHERE jobs.id = v.id AND jobs.status = v.was_status \
+             AND jobs.attempt_number = v.was_attempt_number \
+             AND jobs.lease_id IS NOT DISTINCT FROM v.was_lease_id \
+             AND jobs.updated_at = v.was_updated_at",
+        )
+        .bind(column(|job| Some(job.id.clone())))
+        .bind(column(|job| Some(job.status().as_str().to_owned())))
+        .bind(number(|job| Some(i64::from(job.attempt_number))))
+        .bind(number(|job| job.state.due_at()))
+        .bind(column(|job| job.state.lease().map(str::to_owned)))
+        .bind(number(|job| job.delivered_at))
+        .bind(number(|job| job.started_at))
+        .bind(number(|job| job.completed_at))
+        .bind(column(|job| job.result.clone()))
+        .bind(column(|job| job.progress.clone()))
+        .bind(column(|job| job.checkpoint.clone()))
+        .bind(column(|job| job.last_error.clone()))
+        .bind(column(|job| job.kill_reason.clone()))
+        .bind(number(|job| Some(job.updated_at)))
+        .bind(was(|job| Some(job.status().as_str().to_owned())))
+        .bind(was_number(|job| Some(i64::from(job.attempt_number))))
+        .bind(was(|job| job.state.lease().map(str::to_owned)))
+        .bind(was_number(|job| Some(job.updated_at)))
+        .execute(&mut self.conn)
+        .await?;
+        if updated.rows_affected() != staged.len() as u64 {
+            return Err(Error::internal("locked jobs changed under their writer"));
+        }
+        Ok(())
     }
 
     fn record(&mut self, job: &Job, draft: EventDraft, now: UnixMillis) {
@@ -455,6 +558,7 @@ impl PgWriter {
 impl batch::Writer for PgWriter {
     async fn begin(&mut self) -> Result<()> {
         self.locked.clear();
+        self.staged.clear();
         self.limits.clear();
         sqlx::query("BEGIN").execute(&mut self.conn).await?;
         Ok(())
@@ -485,6 +589,7 @@ impl batch::Writer for PgWriter {
 
     async fn commit(&mut self) -> Result<()> {
         self.locked.clear();
+        self.settle().await?;
         self.flush().await?;
         sqlx::query("COMMIT").execute(&mut self.conn).await?;
         Ok(())
@@ -496,6 +601,7 @@ impl batch::Writer for PgWriter {
         }
         self.recorded.clear();
         self.locked.clear();
+        self.staged.clear();
         self.forgotten.clear();
         if let Some((commit, _)) = self.pending.take() {
             self.relay.unstash(commit);
@@ -679,6 +785,8 @@ impl batch::Writer for PgWriter {
     }
 
     async fn write_schedule(&mut self, write: &ScheduleWrite) -> Result<ScheduleWritten> {
+        // An overlap rule reads the previous fire's job.
+        self.settle().await?;
         super::super::schedules::write::<Postgres>(&mut self.conn, write).await
     }
 
@@ -688,6 +796,8 @@ impl batch::Writer for PgWriter {
             return Ok(Vec::new());
         };
         self.require_space(&space_id).await?;
+        // Replays read their jobs as this batch left them.
+        self.settle().await?;
         let (jobs, replays) = idempotency::claim::<Postgres>(&mut self.conn, new).await?;
         for chunk in jobs.chunks(rows_per_insert(23)) {
             let mut insert = QueryBuilder::<Postgres>::new(
@@ -731,13 +841,18 @@ impl batch::Writer for PgWriter {
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
+        // Its picks read the jobs as this batch left them.
+        self.settle().await?;
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
         let (chosen, now) = concurrency::choose_within_limits(self, &request).await?;
         let mut delivered = Vec::with_capacity(chosen.len());
         for job in chosen {
             let command = Command::Deliver { lease: new_id() };
-            delivered.push(self.transition_locked(&job, command, now).await?);
+            delivered.push(
+                self.transition_locked(&job, command, &Fence::default(), now)
+                    .await?,
+            );
         }
         Ok(delivered)
     }
@@ -761,12 +876,12 @@ impl batch::Writer for PgWriter {
             {
                 return Err(Error::NotFound("job"));
             }
-            if let Some(next) = self.transition(&job, command.clone(), fence, now).await? {
-                self.locked.insert(next.id.clone(), next.clone());
-                return Ok(next);
-            }
-            // Changed by another statement of this batch: read it again.
-            self.locked.remove(&target.job_id);
+            // Statements of this batch that change jobs other than through
+            // here (deliveries, timer sweeps, deletes) drop them from
+            // `locked`, so this is the row as it is.
+            let next = self.transition_locked(&job, command, fence, now).await?;
+            self.locked.insert(next.id.clone(), next.clone());
+            return Ok(next);
         }
         for _ in 0..TRANSITION_ATTEMPTS {
             let job = self.load(target).await?;
@@ -778,6 +893,7 @@ impl batch::Writer for PgWriter {
     }
 
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        self.settle().await?;
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
         let due = sqlx::query(
@@ -791,11 +907,14 @@ impl batch::Writer for PgWriter {
         let mut ready = Vec::new();
         for row in &due {
             let job = rows::job(row)?;
-            let expired = self.transition_locked(&job, Command::Expire, now).await?;
+            let expired = self
+                .transition_locked(&job, Command::Expire, &Fence::default(), now)
+                .await?;
             if expired.status() == JobStatus::Pending {
                 ready.push((expired.space_id, expired.name));
             }
         }
+        self.settle().await?;
         let next_due: Option<i64> = sqlx::query_scalar(
             "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
         )
@@ -821,6 +940,7 @@ impl batch::Writer for PgWriter {
                 "the job changed while it was being deleted; try again".into(),
             ));
         }
+        self.locked.remove(&job.id);
         let (job, forgotten) = forget::delete_one::<Postgres>(&mut self.conn, job).await?;
         self.forgotten.extend(forgotten);
         Ok(job)
@@ -830,6 +950,9 @@ impl batch::Writer for PgWriter {
         // One statement. SKIP LOCKED: replicas pruning at once take
         // different jobs, and a job another writer holds (an operator's
         // retry) is left to it.
+        self.settle().await?;
+        // It may delete jobs locked ahead (its own locks do not stop it).
+        self.locked.clear();
         let pick = forget::expired_ids(expired.status, "$1", "$2", "$3");
         let mut sql = format!("WITH doomed AS ({pick} FOR UPDATE SKIP LOCKED)");
         for table in forget::DEPENDENTS {
