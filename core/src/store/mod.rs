@@ -6,6 +6,8 @@
 
 mod batch;
 pub mod concurrency;
+#[cfg(test)]
+mod conformance;
 mod filter;
 mod forget;
 pub mod handoff;
