@@ -35,7 +35,7 @@ use tokio::task::AbortHandle;
 
 use crate::CoreClient;
 use crate::core_client::CREDENTIAL_HEADERS;
-use crate::error::close_frame_for;
+use crate::error::{ApiError, close_frame_for};
 use crate::json;
 use crate::metrics::FeedGuard;
 use emit_proto::wire::SESSION_METADATA;
@@ -172,8 +172,10 @@ impl Shared {
     }
 }
 
-/// A rendered message: its text and, for an event, its `seq`.
-type Rendered = Option<(Utf8Bytes, Option<u64>)>;
+/// A rendered message: its text and, for an event, its `seq`; None for a
+/// message clients do not see. Err ends the feed: the core's message lacked
+/// what it always sends.
+type Rendered = Result<Option<(Utf8Bytes, Option<u64>)>, ApiError>;
 
 pub struct Feed {
     shared: Arc<Shared>,
@@ -203,10 +205,10 @@ impl Feed {
     pub fn private<M: Send + 'static>(
         upstream: tonic::Streaming<M>,
         bounds: RingBounds,
-        render: fn(M) -> Option<serde_json::Value>,
+        render: fn(M) -> Result<Option<serde_json::Value>, ApiError>,
     ) -> Cursor {
         let feed = Arc::new(Self::start(upstream, bounds, None, None, move |message| {
-            render(message).map(|value| (Utf8Bytes::from(value.to_string()), None))
+            Ok(render(message)?.map(|value| (Utf8Bytes::from(value.to_string()), None)))
         }));
         let changed = feed.shared.changed.subscribe();
         Cursor {
@@ -232,11 +234,16 @@ impl Feed {
         let reader = tokio::spawn(async move {
             let frame = loop {
                 match upstream.message().await {
-                    Ok(Some(message)) => {
-                        if let Some((text, seq)) = render(message) {
-                            writer.push(text, seq);
+                    Ok(Some(message)) => match render(message) {
+                        Ok(Some((text, seq))) => writer.push(text, seq),
+                        Ok(None) => {}
+                        Err(_) => {
+                            break CloseFrame {
+                                code: close_code::ERROR,
+                                reason: "internal error".into(),
+                            };
                         }
-                    }
+                    },
                     Ok(None) => {
                         break CloseFrame {
                             code: close_code::AWAY,
@@ -395,15 +402,17 @@ impl JobFeeds {
             Some((render_snapshot(snapshot), seq)),
             Some(core.metrics().job_feed()),
             |response: pb::WatchJobResponse| {
-                let message = response.message?;
+                let Some(message) = response.message else {
+                    return Ok(None);
+                };
                 let seq = match &message {
                     pb::watch_job_response::Message::Event(event) => Some(event.seq),
                     pb::watch_job_response::Message::Log(_) => None,
                     // Only the first message is a snapshot.
-                    pb::watch_job_response::Message::Init(_) => return None,
+                    pb::watch_job_response::Message::Init(_) => return Ok(None),
                 };
                 let text = json::job_stream_message(message).to_string();
-                Some((Utf8Bytes::from(text), seq))
+                Ok(Some((Utf8Bytes::from(text), seq)))
             },
         );
         feed.registration = Some((Arc::downgrade(self), key.clone()));

@@ -204,9 +204,10 @@ pub fn job_stream_message(message: pb::watch_job_response::Message) -> Value {
 
 /// A space-stream message: `connected`, or an event with `seq`,
 /// `previousStatus` on transitions and `counts` when they changed.
-pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value {
+/// A `connected` without the counts the core always sends is an error.
+pub fn space_stream_message(message: pb::watch_space_response::Message) -> Result<Value, ApiError> {
     use pb::watch_space_response::Message;
-    match message {
+    Ok(match message {
         // `jobName` and `status` are null (no job): the reference's own
         // snippets read both from every message of this stream.
         Message::Connected(connected) => json!({
@@ -217,7 +218,7 @@ pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value
             "seq": connected.seq,
             "streamInstanceId": connected.stream_instance_id,
             "missed": connected.missed,
-            "counts": counts(connected.counts.unwrap_or_default()),
+            "counts": counts(required(connected.counts, "connected.counts")?),
             "timestamp": iso(connected.timestamp),
         }),
         // The space's own: no job and no status; `jobName` and `data.name`
@@ -244,7 +245,7 @@ pub fn space_stream_message(message: pb::watch_space_response::Message) -> Value
             }
             value
         }
-    }
+    })
 }
 
 fn now() -> Option<prost_types::Timestamp> {
@@ -772,4 +773,31 @@ pub fn schedule(schedule: pb::Schedule) -> Result<Value, ApiError> {
         "createdAt": iso(schedule.created_at),
         "updatedAt": iso(schedule.updated_at),
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_space_stream_connected_without_counts_is_an_error_not_zero_counts() {
+        use pb::watch_space_response::Message;
+        let connected = |counts| {
+            Message::Connected(pb::SpaceStreamConnected {
+                space_id: "s".into(),
+                seq: 3,
+                stream_instance_id: "i".into(),
+                missed: false,
+                counts,
+                timestamp: None,
+            })
+        };
+        let counts = pb::StatusCounts {
+            pending: 2,
+            ..Default::default()
+        };
+        let message = space_stream_message(connected(Some(counts))).unwrap();
+        assert_eq!(message["counts"]["pending"], 2);
+        assert!(space_stream_message(connected(None)).is_err());
+    }
 }

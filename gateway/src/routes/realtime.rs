@@ -146,7 +146,9 @@ async fn watch_space(
     let cursor = Feed::private(
         upstream,
         core.stream_bounds(),
-        |response: pb::WatchSpaceResponse| response.message.map(json::space_stream_message),
+        |response: pb::WatchSpaceResponse| {
+            response.message.map(json::space_stream_message).transpose()
+        },
     );
     let subscriber = core.metrics().subscribed();
     Ok(upgrade.on_upgrade(move |socket| async move {
