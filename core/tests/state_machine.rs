@@ -7,7 +7,7 @@
 
 use emit_core::error::Error;
 use emit_core::job::machine::{self, Command, Fence};
-use emit_core::job::{BackoffKind, Job, JobState, JobStatus, RetryBackoff};
+use emit_core::job::{BackoffKind, Callback, Job, JobState, JobStatus, RetryBackoff};
 use proptest::prelude::*;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -272,9 +272,13 @@ proptest! {
         max_retries in 0u32..4,
         timeout_seconds in 1u32..10,
         backoff in 0u32..5,
+        with_callback in any::<bool>(),
         steps in prop::collection::vec(step(), 1..60),
     ) {
         let mut job = new_job(scheduled_in, max_retries, timeout_seconds, backoff);
+        if with_callback {
+            job.callback = Some(Callback { url: "http://callback.test/".into(), headers: vec![] });
+        }
         let mut model = Model {
             status: if scheduled_in.is_some() { Status::Scheduled } else { Status::Pending },
             lease: None,
@@ -316,6 +320,19 @@ proptest! {
                         let changed = after != before.status;
                         prop_assert_eq!(event.previous_status.map(status_of), changed.then_some(before.status));
                     }
+                    let effects = transition.effects;
+                    let ended = model.is_terminal() && !before.is_terminal();
+                    prop_assert_eq!(effects.callback, ended && transition.job.callback.is_some());
+                    prop_assert_eq!(
+                        effects.ready,
+                        model.status == Status::Pending && before.status != Status::Pending
+                    );
+                    prop_assert_eq!(
+                        effects.lease_ended,
+                        before.lease.is_some() && model.lease != before.lease
+                    );
+                    let timed = matches!(model.status, Status::Scheduled | Status::Delivered | Status::Running);
+                    prop_assert_eq!(effects.timer_at, model.due.filter(|_| timed));
                     if let Some(held) = &before.lease
                         && model.lease.as_ref() != Some(held)
                     {

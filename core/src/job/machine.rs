@@ -102,6 +102,40 @@ impl Fence {
 pub struct Transition {
     pub job: Job,
     pub events: Vec<EventDraft>,
+    pub effects: Effects,
+}
+
+/// What a transition implies beyond the job's row, decided here once:
+/// stores, write batches and timers act on these instead of working them
+/// out again from the states.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Effects {
+    /// The job ended and has a callback: its outbox entry is written with
+    /// the transition.
+    pub callback: bool,
+    /// The job entered pending: waiting workers may take it once it is
+    /// available.
+    pub ready: bool,
+    /// The lease the job was held under ended: the holder's slot is free.
+    pub lease_ended: bool,
+    /// When the job's new state needs a timer (`JobState::timer_at`).
+    pub timer_at: Option<UnixMillis>,
+}
+
+impl Effects {
+    fn of(before: &Job, after: &Job) -> Self {
+        let ended = after.status().is_terminal() && !before.status().is_terminal();
+        Self {
+            callback: ended && after.callback.is_some(),
+            ready: matches!(after.state, JobState::Pending { .. })
+                && !matches!(before.state, JobState::Pending { .. }),
+            lease_ended: before
+                .state
+                .lease()
+                .is_some_and(|held| after.state.lease() != Some(held)),
+            timer_at: after.state.timer_at(),
+        }
+    }
 }
 
 pub fn apply(
@@ -229,7 +263,12 @@ pub fn apply(
             )));
         }
     }
-    Ok(Transition { job: next, events })
+    let effects = Effects::of(job, &next);
+    Ok(Transition {
+        job: next,
+        events,
+        effects,
+    })
 }
 
 /// Whether a timer due now should fire for this job.

@@ -21,7 +21,7 @@ use tracing::Instrument;
 use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
 use crate::clock::{UnixMillis, now_millis};
 use crate::error::{Error, Result};
-use crate::job::machine::{Command, Fence};
+use crate::job::machine::{Command, Effects, Fence};
 use crate::job::spec::NewJobs;
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
 use crate::metrics::WriterMetrics;
@@ -37,6 +37,13 @@ use crate::store::{
 pub const MAX_BATCH: usize = 512;
 
 pub type Reply<T> = oneshot::Sender<Result<T>>;
+
+/// A transition a writer made: the job as it now is, and what the state
+/// machine says the transition implies.
+pub struct Applied {
+    pub job: Job,
+    pub effects: Effects,
+}
 
 pub enum WriteOp {
     CreateSpace {
@@ -233,7 +240,7 @@ pub trait Writer: Send {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Job>;
+    ) -> Result<Applied>;
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep>;
     /// Deletes a finished job (see `Store::delete_job`).
     async fn delete_job(&mut self, target: &JobTarget) -> Result<Job>;
@@ -413,7 +420,7 @@ fn finish<T: Send + 'static>(result: Result<T>, reply: Reply<T>) -> (Option<Stri
 }
 
 /// What a batch's operations did that the handoff needs to know.
-struct Effects {
+struct ToFill {
     /// Spaces in which jobs became ready.
     touched: Touched,
     /// Waiters whose jobs the batch ended: each gets a slot back.
@@ -428,7 +435,7 @@ async fn run_batch(
     orphans: &mut Vec<Job>,
 ) -> bool {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
-    let mut effects = Effects {
+    let mut to_fill = ToFill {
         touched: Touched::none(),
         freed: Vec::new(),
     };
@@ -461,7 +468,7 @@ async fn run_batch(
         batch_error = writer.lock_ahead(named, keys).await.err();
     }
     if batch_error.is_none() {
-        batch_error = release(writer, &released, &mut effects).await.err();
+        batch_error = release(writer, &released, &mut to_fill).await.err();
     }
     let mut not_run = Vec::new();
     let mut failed_by_an_operation = false;
@@ -476,7 +483,7 @@ async fn run_batch(
             }
             continue;
         }
-        let (failed, finish) = execute(writer, op, &mut effects).await;
+        let (failed, finish) = execute(writer, op, &mut to_fill).await;
         finishes.push(finish);
         if let Some(cause) = failed {
             failed_by_an_operation = true;
@@ -488,7 +495,7 @@ async fn run_batch(
     batch.extend(not_run);
     let mut handoffs = Vec::new();
     if batch_error.is_none() {
-        match fill(writer, waiters, &effects).await {
+        match fill(writer, waiters, &to_fill).await {
             Ok(filled) => handoffs = filled,
             Err(error) => batch_error = Some(error),
         }
@@ -520,7 +527,7 @@ async fn run_batch(
 }
 
 /// Hands back jobs whose waiter was gone when their lease committed.
-async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) -> Result<()> {
+async fn release(writer: &mut impl Writer, jobs: &[Job], to_fill: &mut ToFill) -> Result<()> {
     let now = now_millis();
     for job in jobs {
         let target = JobTarget {
@@ -531,7 +538,11 @@ async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) 
             .apply(&target, Command::Release, &Fence::holding(job), now)
             .await
         {
-            Ok(job) => effects.touched.add(&job.space_id, &job.name),
+            Ok(Applied { job, effects: made }) => {
+                if made.ready {
+                    to_fill.touched.add(&job.space_id, &job.name);
+                }
+            }
             Err(error @ Error::Internal(_)) => return Err(error),
             // It moved on meanwhile (timed out, killed): nothing to hand back.
             Err(_) => {}
@@ -544,9 +555,9 @@ async fn release(writer: &mut impl Writer, jobs: &[Job], effects: &mut Effects) 
 async fn fill(
     writer: &mut impl Writer,
     waiters: &Waiters,
-    effects: &Effects,
+    to_fill: &ToFill,
 ) -> Result<Vec<Handoff>> {
-    let mut fills = waiters.take(&effects.touched, &effects.freed).into_iter();
+    let mut fills = waiters.take(&to_fill.touched, &to_fill.freed).into_iter();
     let mut handoffs = Vec::new();
     let now = now_millis();
     while let Some(fill) = fills.next() {
@@ -601,7 +612,7 @@ fn refuse(op: WriteOp) {
 async fn execute(
     writer: &mut impl Writer,
     op: WriteOp,
-    effects: &mut Effects,
+    to_fill: &mut ToFill,
 ) -> (Option<String>, Finish) {
     match op {
         WriteOp::CreateSpace {
@@ -649,9 +660,9 @@ async fn execute(
             // A resume makes the jobs it covers ready for the waiters here.
             if !paused && matches!(changed, Ok(true)) {
                 if name == pauses::WHOLE_SPACE {
-                    effects.touched.add_space(&space_id);
+                    to_fill.touched.add_space(&space_id);
                 } else {
-                    effects.touched.add(&space_id, &name);
+                    to_fill.touched.add(&space_id, &name);
                 }
             }
             finish(changed, reply)
@@ -676,7 +687,7 @@ async fn execute(
                 {
                     for job in &fire.jobs {
                         if job.status() == JobStatus::Pending {
-                            effects.touched.add(&job.space_id, &job.name);
+                            to_fill.touched.add(&job.space_id, &job.name);
                         }
                     }
                     let created = writer.create_jobs(fire.jobs.into()).await;
@@ -697,7 +708,7 @@ async fn execute(
             if let Ok(replays) = &created {
                 for (index, space_id, name) in &ready {
                     if !replays.iter().any(|replay| replay.index == *index) {
-                        effects.touched.add(space_id, name);
+                        to_fill.touched.add(space_id, name);
                     }
                 }
             }
@@ -716,25 +727,23 @@ async fn execute(
             for Step { command, fence } in steps {
                 match writer.apply(&target, command, &fence, now).await {
                     Err(error @ Error::Internal(_)) => return finish(Err(error), reply),
-                    outcome => {
-                        if let Ok(job) = &outcome {
-                            if job.status() == JobStatus::Pending {
-                                effects.touched.add(&job.space_id, &job.name);
-                            }
-                            // The same test `dispatch` applies to the outcome.
-                            ended |= fence
-                                .lease
-                                .as_deref()
-                                .is_some_and(|held| job.state.lease() != Some(held));
+                    Ok(Applied { job, effects: made }) => {
+                        if made.ready {
+                            to_fill.touched.add(&job.space_id, &job.name);
                         }
-                        outcomes.push(outcome);
+                        // A refill's steps carry its lease (`dispatch`
+                        // fences them with it), so this is the lease it
+                        // held.
+                        ended |= made.lease_ended;
+                        outcomes.push(Ok(job));
                     }
+                    Err(refused) => outcomes.push(Err(refused)),
                 }
             }
             // The freed slot alone qualifies the waiter for this batch's
             // fill; other waiters of the space have nothing new to take.
             if ended && let Some(waiter) = refill {
-                effects.freed.push(waiter);
+                to_fill.freed.push(waiter);
             }
             finish(Ok(outcomes), reply)
         }
@@ -742,7 +751,7 @@ async fn execute(
             let swept = writer.fire_due_timers(now, limit).await;
             if let Ok(sweep) = &swept {
                 for (space_id, name) in &sweep.ready {
-                    effects.touched.add(space_id, name);
+                    to_fill.touched.add(space_id, name);
                 }
             }
             finish(swept, reply)

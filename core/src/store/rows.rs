@@ -398,3 +398,37 @@ pub fn live_event(row: &impl Columns) -> Result<crate::job::LiveEvent> {
 pub const SPACE_EVENTS: &str = "SELECT e.*, COALESCE(j.name, '') AS job_name \
      FROM job_events e LEFT JOIN jobs j ON j.id = e.job_id \
      WHERE (j.id IS NOT NULL OR e.job_id = '')";
+
+/// The statuses whose states carry a timer (`JobState::timer_at`), as an
+/// SQL list for the timer scans; the partial index `jobs_timers` covers
+/// the same list.
+pub const TIMED_STATUSES: &str = "('scheduled', 'delivered', 'running')";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::job::JobState;
+
+    #[test]
+    fn the_timed_statuses_are_those_whose_states_have_timers() {
+        let states = [
+            JobState::Scheduled { run_at: 1 },
+            JobState::Pending { available_at: 1 },
+            JobState::Delivered {
+                lease: "l".into(),
+                ack_deadline: 1,
+            },
+            JobState::Running {
+                lease: "l".into(),
+                deadline: 1,
+            },
+            JobState::Completed,
+            JobState::Dead,
+            JobState::Killed,
+        ];
+        for state in states {
+            let listed = TIMED_STATUSES.contains(&format!("'{}'", state.status().as_str()));
+            assert_eq!(listed, state.timer_at().is_some(), "{state:?}");
+        }
+    }
+}

@@ -38,11 +38,10 @@ use sha2::{Digest, Sha256};
 use crate::concurrency::ConcurrencyLimits;
 use crate::job::spec::NewJobs;
 use crate::job::{
-    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, SpaceEvent,
-    StoredLogLine,
+    EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, SpaceEvent, StoredLogLine,
 };
 use crate::retention::Expired;
-use crate::store::batch::{self, callback_try_event};
+use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
@@ -240,7 +239,7 @@ impl PgWriter {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Option<Job>> {
+    ) -> Result<Option<Applied>> {
         let transition = machine::apply(job, command, fence, now)?;
         let updated = sqlx::query(
             "UPDATE jobs SET status = $1, attempt_number = $2, due_at = $3, lease_id = $4, \
@@ -272,7 +271,7 @@ impl PgWriter {
         if updated.rows_affected() != 1 {
             return Ok(None);
         }
-        self.transitioned(job, transition, now).await.map(Some)
+        self.transitioned(transition, now).await.map(Some)
     }
 
     /// A transition on a row this transaction holds locked: nobody else can
@@ -283,7 +282,7 @@ impl PgWriter {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Job> {
+    ) -> Result<Applied> {
         let transition = machine::apply(job, command, fence, now)?;
         match self.staged.get_mut(&job.id) {
             Some(staged) => staged.job = transition.job.clone(),
@@ -297,23 +296,21 @@ impl PgWriter {
                 );
             }
         }
-        self.transitioned(job, transition, now).await
+        self.transitioned(transition, now).await
     }
 
     /// What a written or staged transition records besides the row: its
     /// events, and the callback's outbox entry when the job ended.
     async fn transitioned(
         &mut self,
-        job: &Job,
         transition: machine::Transition,
         now: UnixMillis,
-    ) -> Result<Job> {
+    ) -> Result<Applied> {
         let next = transition.job;
         for draft in transition.events {
             self.record(&next, draft, now);
         }
-        if next.status().is_terminal()
-            && !job.status().is_terminal()
+        if transition.effects.callback
             && let Some(callback) = &next.callback
         {
             sqlx::query(
@@ -330,7 +327,10 @@ impl PgWriter {
             .execute(&mut self.conn)
             .await?;
         }
-        Ok(next)
+        Ok(Applied {
+            job: next,
+            effects: transition.effects,
+        })
     }
 
     /// Writes every staged transition in one statement, each conditional on
@@ -851,7 +851,8 @@ impl batch::Writer for PgWriter {
             let command = Command::Deliver { lease: new_id() };
             delivered.push(
                 self.transition_locked(&job, command, &Fence::default(), now)
-                    .await?,
+                    .await?
+                    .job,
             );
         }
         Ok(delivered)
@@ -863,7 +864,7 @@ impl batch::Writer for PgWriter {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Job> {
+    ) -> Result<Applied> {
         if matches!(command, Command::Deliver { .. }) {
             let job = self.load(target).await?;
             concurrency::admit_claim(self, &job).await?;
@@ -879,9 +880,10 @@ impl batch::Writer for PgWriter {
             // Statements of this batch that change jobs other than through
             // here (deliveries, timer sweeps, deletes) drop them from
             // `locked`, so this is the row as it is.
-            let next = self.transition_locked(&job, command, fence, now).await?;
-            self.locked.insert(next.id.clone(), next.clone());
-            return Ok(next);
+            let applied = self.transition_locked(&job, command, fence, now).await?;
+            self.locked
+                .insert(applied.job.id.clone(), applied.job.clone());
+            return Ok(applied);
         }
         for _ in 0..TRANSITION_ATTEMPTS {
             let job = self.load(target).await?;
@@ -896,10 +898,11 @@ impl batch::Writer for PgWriter {
         self.settle().await?;
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
-        let due = sqlx::query(
-            "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= $1 \
+        let due = sqlx::query(&format!(
+            "SELECT * FROM jobs WHERE status IN {} AND due_at <= $1 \
              ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-        )
+            rows::TIMED_STATUSES
+        ))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
@@ -910,14 +913,15 @@ impl batch::Writer for PgWriter {
             let expired = self
                 .transition_locked(&job, Command::Expire, &Fence::default(), now)
                 .await?;
-            if expired.status() == JobStatus::Pending {
-                ready.push((expired.space_id, expired.name));
+            if expired.effects.ready {
+                ready.push((expired.job.space_id, expired.job.name));
             }
         }
         self.settle().await?;
-        let next_due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
-        )
+        let next_due: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(due_at) FROM jobs WHERE status IN {}",
+            rows::TIMED_STATUSES
+        ))
         .fetch_one(&mut self.conn)
         .await?;
         Ok(Sweep {

@@ -738,7 +738,7 @@ mod tests {
             command: Command,
             fence: &Fence,
             now: UnixMillis,
-        ) -> Result<Job> {
+        ) -> Result<batch::Applied> {
             self.0.apply(target, command, fence, now).await
         }
         async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {

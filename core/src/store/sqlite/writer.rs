@@ -30,7 +30,7 @@ use crate::job::{
     StatusCounts, StoredLogLine,
 };
 use crate::retention::Expired;
-use crate::store::batch::{self, callback_try_event};
+use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
@@ -212,7 +212,7 @@ impl SqliteWriter {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Job> {
+    ) -> Result<Applied> {
         let transition = machine::apply(job, command, fence, now)?;
         let next = transition.job;
         match self.unwritten.get_mut(&next.id) {
@@ -231,8 +231,7 @@ impl SqliteWriter {
         for draft in transition.events {
             self.record(&next, draft, now).await?;
         }
-        if next.status().is_terminal()
-            && !job.status().is_terminal()
+        if transition.effects.callback
             && let Some(callback) = &next.callback
         {
             sqlx::query(
@@ -249,7 +248,10 @@ impl SqliteWriter {
             .execute(&mut self.conn)
             .await?;
         }
-        Ok(next)
+        Ok(Applied {
+            job: next,
+            effects: transition.effects,
+        })
     }
 
     fn remember(&mut self, job: &Job) {
@@ -760,7 +762,8 @@ impl batch::Writer for SqliteWriter {
             let command = Command::Deliver { lease: new_id() };
             delivered.push(
                 self.transition(&job, command, &Fence::default(), now)
-                    .await?,
+                    .await?
+                    .job,
             );
         }
         Ok(delivered)
@@ -772,7 +775,7 @@ impl batch::Writer for SqliteWriter {
         command: Command,
         fence: &Fence,
         now: UnixMillis,
-    ) -> Result<Job> {
+    ) -> Result<Applied> {
         let job = self.load(target).await?;
         if matches!(command, Command::Deliver { .. }) {
             concurrency::admit_claim(self, &job).await?;
@@ -783,10 +786,10 @@ impl batch::Writer for SqliteWriter {
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
         // The scan below must see this batch's transitions.
         self.write_jobs().await?;
-        let due = sqlx::query(
-            "SELECT * FROM jobs WHERE status IN ('scheduled', 'delivered', 'running') AND due_at <= ? \
-             ORDER BY due_at LIMIT ?",
-        )
+        let due = sqlx::query(&format!(
+            "SELECT * FROM jobs WHERE status IN {} AND due_at <= ? ORDER BY due_at LIMIT ?",
+            rows::TIMED_STATUSES
+        ))
         .bind(now)
         .bind(i64::from(limit))
         .fetch_all(&mut self.conn)
@@ -797,13 +800,14 @@ impl batch::Writer for SqliteWriter {
             let expired = self
                 .transition(&job, Command::Expire, &Fence::default(), now)
                 .await?;
-            if expired.status() == JobStatus::Pending {
-                ready.push((expired.space_id, expired.name));
+            if expired.effects.ready {
+                ready.push((expired.job.space_id, expired.job.name));
             }
         }
-        let next_due: Option<i64> = sqlx::query_scalar(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN ('scheduled', 'delivered', 'running')",
-        )
+        let next_due: Option<i64> = sqlx::query_scalar(&format!(
+            "SELECT MIN(due_at) FROM jobs WHERE status IN {}",
+            rows::TIMED_STATUSES
+        ))
         .fetch_one(&mut self.conn)
         .await?;
         Ok(Sweep {
