@@ -41,6 +41,22 @@ fn step(command: Command, fence: &Fence) -> Step {
     }
 }
 
+/// The worker holding `delivered` reports `command` for it: the command's
+/// own outcome.
+async fn report(
+    store: &dyn Store,
+    delivered: &Job,
+    command: Command,
+    now: UnixMillis,
+) -> crate::error::Result<Job> {
+    let steps = vec![step(command, &Fence::holding(delivered))];
+    let mut outcomes = store
+        .apply(&target(delivered), steps, now, None)
+        .await
+        .unwrap();
+    outcomes.remove(0)
+}
+
 async fn event_kinds(store: &dyn Store, job_id: &str) -> Vec<&'static str> {
     let events = store.job_events(job_id).await.unwrap();
     events.iter().map(|event| event.kind.as_str()).collect()
@@ -174,32 +190,11 @@ async fn an_expired_delivery_fences_its_lease(store: &dyn Store, space_id: &str)
         .unwrap()
         .remove(0);
     assert_ne!(first.state.lease(), second.state.lease());
-    let stale = store
-        .apply(
-            &target(&first),
-            vec![step(
-                Command::Complete { result: None },
-                &Fence::holding(&first),
-            )],
-            later,
-            None,
-        )
-        .await
-        .unwrap();
-    assert!(matches!(stale[0], Err(Error::Stale(_))), "{stale:?}");
-    let current = store
-        .apply(
-            &target(&second),
-            vec![step(
-                Command::Complete { result: None },
-                &Fence::holding(&second),
-            )],
-            later,
-            None,
-        )
-        .await
-        .unwrap();
-    assert_eq!(current[0].as_ref().unwrap().status(), JobStatus::Completed);
+    let complete = || Command::Complete { result: None };
+    let stale = report(store, &first, complete(), later).await;
+    assert!(matches!(stale, Err(Error::Stale(_))), "{stale:?}");
+    let current = report(store, &second, complete(), later).await.unwrap();
+    assert_eq!(current.status(), JobStatus::Completed);
     assert_eq!(
         event_kinds(store, &id).await,
         [
@@ -235,17 +230,7 @@ async fn concurrent_calls_share_batches_without_losing_writes(store: &dyn Store,
                     } else {
                         Command::Complete { result: None }
                     };
-                    let outcome = store
-                        .apply(
-                            &target(&job),
-                            vec![step(command, &Fence::holding(&job))],
-                            now,
-                            None,
-                        )
-                        .await
-                        .unwrap()
-                        .remove(0)
-                        .unwrap();
+                    let outcome = report(store, &job, command, now).await.unwrap();
                     if outcome.status() == JobStatus::Completed {
                         assert!(completed.lock().unwrap().insert(job.id.clone()));
                     }
@@ -351,17 +336,12 @@ async fn postgres_replicas_racing_on_one_job_apply_it_once() {
         .await
         .unwrap();
     for job in &delivered {
-        let addressed = target(job);
         let complete = |store: &'static str| {
             let store: &dyn Store = if store == "one" { &one } else { &two };
-            let steps = vec![step(
-                Command::Complete { result: None },
-                &Fence::holding(job),
-            )];
-            store.apply(&addressed, steps, now_millis(), None)
+            report(store, job, Command::Complete { result: None }, now_millis())
         };
         let (a, b) = tokio::join!(complete("one"), complete("two"));
-        let outcomes = [a.unwrap().remove(0), b.unwrap().remove(0)];
+        let outcomes = [a, b];
         let applied = outcomes.iter().filter(|outcome| outcome.is_ok()).count();
         assert_eq!(applied, 1, "{outcomes:?}");
         assert!(

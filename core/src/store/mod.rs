@@ -12,6 +12,7 @@ mod filter;
 mod forget;
 pub mod handoff;
 mod idempotency;
+mod outbox;
 mod pauses;
 pub mod postgres;
 mod rows;

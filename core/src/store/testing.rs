@@ -47,52 +47,9 @@ pub async fn add_space(store: &(impl Store + ?Sized)) -> String {
     space_id
 }
 
-/// A fresh database on the PostgreSQL server the tests use
-/// (`EMIT_TEST_POSTGRES`), dropped with this value.
-pub struct PostgresDatabase {
-    name: String,
-    pub url: String,
-}
-
-fn postgres_server() -> String {
-    std::env::var("EMIT_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-async fn postgres_admin(statement: &str) {
-    use sqlx::Connection;
-    let url = format!("{}/postgres", postgres_server());
-    let mut connection = sqlx::PgConnection::connect(&url).await.unwrap();
-    sqlx::query(statement)
-        .execute(&mut connection)
-        .await
-        .unwrap();
-}
-
-impl PostgresDatabase {
-    pub async fn create() -> Self {
-        let name = format!("emit_unit_{}", new_id()).to_lowercase();
-        postgres_admin(&format!("CREATE DATABASE {name}")).await;
-        Self {
-            url: format!("{}/{name}", postgres_server()),
-            name,
-        }
-    }
-}
-
-impl Drop for PostgresDatabase {
-    fn drop(&mut self) {
-        let statement = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
-        let _ = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(postgres_admin(&statement))
-        })
-        .join();
-    }
-}
+#[path = "../../../cli/tests/support/postgres.rs"]
+mod postgres;
+pub use postgres::PostgresDatabase;
 
 /// `count` ready jobs named "a", not yet stored.
 pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {

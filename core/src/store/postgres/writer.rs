@@ -28,7 +28,6 @@ use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::broadcast;
 
 use super::relay::{CommitNotice, Relay};
-use crate::callbacks;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
@@ -45,6 +44,7 @@ use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
+use crate::store::outbox;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
@@ -310,22 +310,8 @@ impl PgWriter {
         for draft in transition.events {
             self.record(&next, draft, now);
         }
-        if transition.effects.callback
-            && let Some(callback) = &next.callback
-        {
-            sqlx::query(
-                "INSERT INTO callback_outbox (job_id, space_id, url, headers, body, next_at, created_at) \
-                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
-            )
-            .bind(&next.id)
-            .bind(&next.space_id)
-            .bind(&callback.url)
-            .bind(rows::callback_headers_json(&next))
-            .bind(callbacks::payload(&next, now))
-            .bind(now)
-            .bind(now)
-            .execute(&mut self.conn)
-            .await?;
+        if transition.effects.callback {
+            outbox::owe_callback::<Postgres>(&mut self.conn, &next, now).await?;
         }
         Ok(Applied {
             job: next,

@@ -18,7 +18,6 @@ use async_trait::async_trait;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use crate::callbacks;
 use crate::clock::UnixMillis;
 use crate::concurrency::ConcurrencyLimits;
 use crate::error::{Error, Result};
@@ -34,6 +33,7 @@ use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
+use crate::store::outbox;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
@@ -231,22 +231,8 @@ impl SqliteWriter {
         for draft in transition.events {
             self.record(&next, draft, now).await?;
         }
-        if transition.effects.callback
-            && let Some(callback) = &next.callback
-        {
-            sqlx::query(
-                "INSERT INTO callback_outbox (job_id, space_id, url, headers, body, next_at, created_at) \
-                 VALUES (?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&next.id)
-            .bind(&next.space_id)
-            .bind(&callback.url)
-            .bind(rows::callback_headers_json(&next))
-            .bind(callbacks::payload(&next, now))
-            .bind(now)
-            .bind(now)
-            .execute(&mut self.conn)
-            .await?;
+        if transition.effects.callback {
+            outbox::owe_callback::<Sqlite>(&mut self.conn, &next, now).await?;
         }
         Ok(Applied {
             job: next,
