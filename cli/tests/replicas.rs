@@ -488,7 +488,9 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
         );
         tokio::spawn(async move { post(&client, url, &key, json!({"waitSeconds": 20})).await })
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Created only once the poll waits, so only a wake-up from A's commit
+    // can answer it.
+    support::metric_reaches(&client, &gateways[1].url, "emit_long_polls_waiting", 1.0).await;
     let created = create_job("z").await;
     let polled = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -422,6 +422,21 @@ impl TestApp {
         jobs.remove(0)
     }
 
+    /// Polls until a job is ready (a retry's backoff or a timeout past),
+    /// then returns it; fails after 10 s.
+    pub async fn poll_until_one(&self, space: &Space) -> Value {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let mut jobs = self.poll(space, json!({})).await;
+            if let Some(job) = jobs.pop() {
+                assert!(jobs.is_empty(), "one job at most");
+                return job;
+            }
+            assert!(Instant::now() < deadline, "no job became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     pub async fn worker_call(
         &self,
         space: &Space,

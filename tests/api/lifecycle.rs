@@ -267,14 +267,17 @@ async fn retry_backoff_delays_the_next_attempt() {
         )
         .await;
     app.poll_one(&space).await;
+    let failed_at = std::time::Instant::now();
     app.worker_call(&space, &id, "fail", json!({ "error": "x" }))
         .await;
     assert!(
         app.poll(&space, json!({})).await.is_empty(),
         "not before the backoff"
     );
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    assert_eq!(app.poll_one(&space).await["attemptNumber"], 1);
+    assert_eq!(app.poll_until_one(&space).await["attemptNumber"], 1);
+    // The backoff began when the failure was written, after `failed_at`
+    // (less the server clock's millisecond rounding).
+    assert!(failed_at.elapsed() >= std::time::Duration::from_millis(990));
 }
 
 #[tokio::test]

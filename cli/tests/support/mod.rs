@@ -49,6 +49,37 @@ pub async fn get_ok(http: &reqwest::Client, url: &str, key: &str) -> Option<serd
     response.json().await.ok()
 }
 
+/// Waits (up to 10 s) until the gateway at `base` reports the sample
+/// `series` (name and labels) at `wanted` on `/metrics`, which carries its
+/// core's metrics too.
+pub async fn metric_reaches(http: &reqwest::Client, base: &str, series: &str, wanted: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = match http
+            .get(format!("{base}/metrics"))
+            .header("authorization", format!("Bearer {ADMIN_KEY}"))
+            .send()
+            .await
+        {
+            Ok(response) => response.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        let value = text
+            .lines()
+            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+            .and_then(|line| line.rsplit(' ').next())
+            .and_then(|value| value.parse::<f64>().ok());
+        if value == Some(wanted) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} stayed {value:?}, not {wanted}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 /// A new space named `name` with `settings` PATCHed onto it, and a
 /// `jobs:worker` key for it: (space id, key).
 pub async fn space_for_workers(
