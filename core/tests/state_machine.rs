@@ -331,8 +331,6 @@ proptest! {
                         effects.lease_ended,
                         before.lease.is_some() && model.lease != before.lease
                     );
-                    let timed = matches!(model.status, Status::Scheduled | Status::Delivered | Status::Running);
-                    prop_assert_eq!(effects.timer_at, model.due.filter(|_| timed));
                     if let Some(held) = &before.lease
                         && model.lease.as_ref() != Some(held)
                     {

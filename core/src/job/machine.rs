@@ -106,8 +106,9 @@ pub struct Transition {
 }
 
 /// What a transition implies beyond the job's row, decided here once:
-/// stores, write batches and timers act on these instead of working them
-/// out again from the states.
+/// stores, write batches and timer sweeps act on these instead of working
+/// them out again from the states. (When the new state needs a timer is
+/// the state's own `JobState::timer_at`.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Effects {
     /// The job ended and has a callback: its outbox entry is written with
@@ -118,8 +119,6 @@ pub struct Effects {
     pub ready: bool,
     /// The lease the job was held under ended: the holder's slot is free.
     pub lease_ended: bool,
-    /// When the job's new state needs a timer (`JobState::timer_at`).
-    pub timer_at: Option<UnixMillis>,
 }
 
 impl Effects {
@@ -133,7 +132,6 @@ impl Effects {
                 .state
                 .lease()
                 .is_some_and(|held| after.state.lease() != Some(held)),
-            timer_at: after.state.timer_at(),
         }
     }
 }

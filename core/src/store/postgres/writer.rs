@@ -328,10 +328,12 @@ impl PgWriter {
             return Ok(());
         }
         let staged: Vec<Staged> = self.staged.drain().map(|(_, staged)| staged).collect();
-        let column = |value: fn(&Job) -> Option<String>| -> Vec<Option<String>> {
+        // One array per column, for `unnest`: the new values, then the
+        // values the update is conditional on.
+        let new = |value: fn(&Job) -> Option<String>| -> Vec<Option<String>> {
             staged.iter().map(|staged| value(&staged.job)).collect()
         };
-        let number = |value: fn(&Job) -> Option<i64>| -> Vec<Option<i64>> {
+        let new_number = |value: fn(&Job) -> Option<i64>| -> Vec<Option<i64>> {
             staged.iter().map(|staged| value(&staged.job)).collect()
         };
         let was = |value: fn(&Job) -> Option<String>| -> Vec<Option<String>> {
@@ -340,6 +342,10 @@ impl PgWriter {
         let was_number = |value: fn(&Job) -> Option<i64>| -> Vec<Option<i64>> {
             staged.iter().map(|staged| value(&staged.stored)).collect()
         };
+        let status = |job: &Job| Some(job.status().as_str().to_owned());
+        let attempt = |job: &Job| Some(i64::from(job.attempt_number));
+        let lease = |job: &Job| job.state.lease().map(str::to_owned);
+        let updated_at = |job: &Job| Some(job.updated_at);
         let updated = sqlx::query(
             "UPDATE jobs SET status = v.status, attempt_number = v.attempt_number, \
              due_at = v.due_at, lease_id = v.lease_id, delivered_at = v.delivered_at, \
@@ -357,24 +363,24 @@ impl PgWriter {
              AND jobs.lease_id IS NOT DISTINCT FROM v.was_lease_id \
              AND jobs.updated_at = v.was_updated_at",
         )
-        .bind(column(|job| Some(job.id.clone())))
-        .bind(column(|job| Some(job.status().as_str().to_owned())))
-        .bind(number(|job| Some(i64::from(job.attempt_number))))
-        .bind(number(|job| job.state.due_at()))
-        .bind(column(|job| job.state.lease().map(str::to_owned)))
-        .bind(number(|job| job.delivered_at))
-        .bind(number(|job| job.started_at))
-        .bind(number(|job| job.completed_at))
-        .bind(column(|job| job.result.clone()))
-        .bind(column(|job| job.progress.clone()))
-        .bind(column(|job| job.checkpoint.clone()))
-        .bind(column(|job| job.last_error.clone()))
-        .bind(column(|job| job.kill_reason.clone()))
-        .bind(number(|job| Some(job.updated_at)))
-        .bind(was(|job| Some(job.status().as_str().to_owned())))
-        .bind(was_number(|job| Some(i64::from(job.attempt_number))))
-        .bind(was(|job| job.state.lease().map(str::to_owned)))
-        .bind(was_number(|job| Some(job.updated_at)))
+        .bind(new(|job| Some(job.id.clone())))
+        .bind(new(status))
+        .bind(new_number(attempt))
+        .bind(new_number(|job| job.state.due_at()))
+        .bind(new(lease))
+        .bind(new_number(|job| job.delivered_at))
+        .bind(new_number(|job| job.started_at))
+        .bind(new_number(|job| job.completed_at))
+        .bind(new(|job| job.result.clone()))
+        .bind(new(|job| job.progress.clone()))
+        .bind(new(|job| job.checkpoint.clone()))
+        .bind(new(|job| job.last_error.clone()))
+        .bind(new(|job| job.kill_reason.clone()))
+        .bind(new_number(updated_at))
+        .bind(was(status))
+        .bind(was_number(attempt))
+        .bind(was(lease))
+        .bind(was_number(updated_at))
         .execute(&mut self.conn)
         .await?;
         if updated.rows_affected() != staged.len() as u64 {
