@@ -115,18 +115,49 @@ pub fn set_credential<T>(request: &mut tonic::Request<T>, name: &'static str, va
     request.metadata_mut().insert(name, value);
 }
 
-/// A gRPC request carrying the caller's credentials: its key headers, and
-/// the dashboard session from its cookie (the core prefers a key).
-pub fn with_credentials<T>(headers: &HeaderMap, message: T) -> tonic::Request<T> {
-    let mut request = tonic::Request::new(message);
-    for name in CREDENTIAL_HEADERS {
-        if let Some(value) = headers.get(name).and_then(|value| value.to_str().ok()) {
+/// Who is calling, as the core is to be told: the credentials the request
+/// carries (its key headers, and the dashboard session from its cookie; the
+/// core prefers a key). Handlers take it as an extractor and make each call
+/// to the core on its behalf. No `Debug`: it holds secrets.
+#[derive(Clone)]
+pub struct Caller {
+    credentials: Vec<(&'static str, String)>,
+}
+
+impl Caller {
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut credentials: Vec<(&'static str, String)> = CREDENTIAL_HEADERS
+            .into_iter()
+            .filter_map(|name| {
+                let value = headers.get(name)?.to_str().ok()?;
+                Some((name, value.to_owned()))
+            })
+            .collect();
+        if let Some(session) = crate::session::token(headers) {
+            credentials.push((SESSION_METADATA, session.to_owned()));
+        }
+        Self { credentials }
+    }
+
+    /// `message` as a call to the core on the caller's behalf, in the
+    /// caller's trace.
+    pub fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        for (name, value) in &self.credentials {
             set_credential(&mut request, name, value);
         }
+        crate::tracing_context::inject(&mut request);
+        request
     }
-    if let Some(session) = crate::session::token(headers) {
-        set_credential(&mut request, SESSION_METADATA, session);
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(&parts.headers))
     }
-    crate::tracing_context::inject(&mut request);
-    request
 }

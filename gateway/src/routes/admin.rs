@@ -1,13 +1,13 @@
 //! Spaces and tokens (admin key).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
 use serde_json::Value;
 
-use crate::core_client::with_credentials;
+use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
@@ -42,12 +42,12 @@ pub fn router() -> Router<CoreClient> {
 
 async fn create_space(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
     let fields = Fields::of(&body, "")?;
     let name = fields.string("name")?.unwrap_or_default();
-    let request = with_credentials(&headers, pb::CreateSpaceRequest { name });
+    let request = caller.request(pb::CreateSpaceRequest { name });
     let space = core.admin().create_space(request).await?.into_inner().space;
     Ok((
         StatusCode::CREATED,
@@ -79,7 +79,7 @@ fn retention_change(value: &Value) -> Result<pb::RetentionChange, ApiError> {
 /// `anonymousProgressStreams`, `push`, `retention`, `concurrency`.
 async fn update_space(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
@@ -128,7 +128,7 @@ async fn update_space(
         slack,
         concurrency,
     };
-    let request = with_credentials(&headers, message);
+    let request = caller.request(message);
     let space = core.admin().update_space(request).await?.into_inner().space;
     Ok(Json(json::space(required(space, "space")?)))
 }
@@ -136,10 +136,10 @@ async fn update_space(
 /// A new public token for the space; the one before stops working.
 async fn rotate_public_token(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::RotatePublicTokenRequest { space_id });
+    let request = caller.request(pb::RotatePublicTokenRequest { space_id });
     let space = core
         .admin()
         .rotate_public_token(request)
@@ -152,10 +152,10 @@ async fn rotate_public_token(
 /// Standard Webhooks signing for the space's callbacks: `{"secret": "whsec_..."}`.
 async fn rotate_webhook_secret(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
-    let request = with_credentials(&headers, pb::RotateWebhookSecretRequest { space_id });
+    let request = caller.request(pb::RotateWebhookSecretRequest { space_id });
     let secret = core
         .admin()
         .rotate_webhook_secret(request)
@@ -170,10 +170,10 @@ async fn rotate_webhook_secret(
 
 async fn delete_webhook_secret(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    let request = with_credentials(&headers, pb::DeleteWebhookSecretRequest { space_id });
+    let request = caller.request(pb::DeleteWebhookSecretRequest { space_id });
     core.admin().delete_webhook_secret(request).await?;
     Ok(StatusCode::NO_CONTENT)
 }
@@ -182,12 +182,12 @@ async fn delete_webhook_secret(
 /// or of one job name in it.
 async fn pause_space(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = Fields::of(&body, "")?.string("name")?;
-    let request = with_credentials(&headers, pb::PauseSpaceRequest { space_id, name });
+    let request = caller.request(pb::PauseSpaceRequest { space_id, name });
     let space = core.admin().pause_space(request).await?.into_inner().space;
     Ok(Json(json::space(required(space, "space")?)))
 }
@@ -196,38 +196,38 @@ async fn pause_space(
 /// calls differ only in their messages, which the proto keeps apart.)
 async fn resume_space(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = Fields::of(&body, "")?.string("name")?;
-    let request = with_credentials(&headers, pb::ResumeSpaceRequest { space_id, name });
+    let request = caller.request(pb::ResumeSpaceRequest { space_id, name });
     let space = core.admin().resume_space(request).await?.into_inner().space;
     Ok(Json(json::space(required(space, "space")?)))
 }
 
 async fn list_spaces(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::ListSpacesRequest {});
+    let request = caller.request(pb::ListSpacesRequest {});
     let spaces = core.admin().list_spaces(request).await?.into_inner().spaces;
     Ok(Json(spaces.into_iter().map(json::space).collect()))
 }
 
 async fn get_space(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::GetSpaceRequest { space_id });
+    let request = caller.request(pb::GetSpaceRequest { space_id });
     let space = core.admin().get_space(request).await?.into_inner().space;
     Ok(Json(json::space(required(space, "space")?)))
 }
 
 async fn create_token(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -239,7 +239,7 @@ async fn create_token(
     };
     let response = core
         .admin()
-        .create_token(with_credentials(&headers, request))
+        .create_token(caller.request(request))
         .await?
         .into_inner();
     let mut token = json::token(required(response.token, "token")?);
@@ -249,20 +249,20 @@ async fn create_token(
 
 async fn list_tokens(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::ListTokensRequest { space_id });
+    let request = caller.request(pb::ListTokensRequest { space_id });
     let tokens = core.admin().list_tokens(request).await?.into_inner().tokens;
     Ok(Json(tokens.into_iter().map(json::token).collect()))
 }
 
 async fn revoke_token(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((space_id, token_id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
-    let request = with_credentials(&headers, pb::RevokeTokenRequest { space_id, token_id });
+    let request = caller.request(pb::RevokeTokenRequest { space_id, token_id });
     core.admin().revoke_token(request).await?;
     Ok(StatusCode::NO_CONTENT)
 }

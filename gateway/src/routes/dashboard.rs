@@ -10,7 +10,7 @@ use axum::{Json, Router};
 use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use crate::core_client::{set_credential, with_credentials};
+use crate::core_client::{Caller, set_credential};
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::Fields;
@@ -124,7 +124,7 @@ async fn get_session(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     let token = signed_in(&headers)?;
-    let request = with_credentials(&headers, pb::GetDashboardSessionRequest {});
+    let request = Caller::of(&headers).request(pb::GetDashboardSessionRequest {});
     let session = core
         .admin()
         .get_dashboard_session(request)
@@ -141,7 +141,7 @@ async fn sign_out(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     signed_in(&headers)?;
-    let request = with_credentials(&headers, pb::EndDashboardSessionRequest {});
+    let request = Caller::of(&headers).request(pb::EndDashboardSessionRequest {});
     core.admin().end_dashboard_session(request).await?;
     Ok((
         StatusCode::NO_CONTENT,

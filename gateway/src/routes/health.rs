@@ -1,5 +1,5 @@
 use axum::extract::State;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
-use crate::core_client::with_credentials;
+use crate::core_client::Caller;
 use crate::{ApiError, CoreClient};
 
 pub fn router() -> Router<CoreClient> {
@@ -23,9 +23,9 @@ pub fn router() -> Router<CoreClient> {
 /// {credentials: KEY}`).
 async fn metrics(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
 ) -> Result<impl IntoResponse, ApiError> {
-    let request = with_credentials(&headers, pb::GetMetricsRequest {});
+    let request = caller.request(pb::GetMetricsRequest {});
     let text = core.admin().get_metrics(request).await?.into_inner().text;
     Ok((
         [(

@@ -9,7 +9,7 @@ use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::{integer_param, query_params};
-use crate::core_client::with_credentials;
+use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
@@ -56,7 +56,7 @@ async fn create_jobs(
             })
             .transpose()?;
     }
-    let request = with_credentials(&headers, pb::CreateJobsRequest { space_id, jobs });
+    let request = Caller::of(&headers).request(pb::CreateJobsRequest { space_id, jobs });
     let created = core.jobs().create_jobs(request).await?.into_inner().jobs;
     let replayed = !created.is_empty() && created.iter().all(|job| job.replayed);
     // `replayed` appears only on replays, so a create without a key answers
@@ -85,7 +85,7 @@ async fn create_jobs(
 
 async fn list_jobs(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
 ) -> Result<(HeaderMap, Json<Value>), ApiError> {
@@ -111,7 +111,7 @@ async fn list_jobs(
     };
     let listed = core
         .jobs()
-        .list_jobs(with_credentials(&headers, request))
+        .list_jobs(caller.request(request))
         .await?
         .into_inner();
     // The body stays the reference's array; the filter's total rides in a
@@ -137,7 +137,7 @@ async fn list_jobs(
 /// the leases its keys hold (the named keys, or those holding the most).
 async fn concurrency(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
@@ -154,7 +154,7 @@ async fn concurrency(
     let request = pb::GetConcurrencyRequest { space_id, keys };
     let usage = core
         .jobs()
-        .get_concurrency(with_credentials(&headers, request))
+        .get_concurrency(caller.request(request))
         .await?
         .into_inner();
     Ok(Json(json!({
@@ -174,7 +174,7 @@ async fn concurrency(
 
 async fn bulk_jobs(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
@@ -211,7 +211,7 @@ async fn bulk_jobs(
     };
     let outcome = core
         .jobs()
-        .bulk_jobs(with_credentials(&headers, request))
+        .bulk_jobs(caller.request(request))
         .await?
         .into_inner();
     Ok(Json(json!({
@@ -224,10 +224,10 @@ async fn bulk_jobs(
 
 async fn get_job(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::GetJobRequest { job_id });
+    let request = caller.request(pb::GetJobRequest { job_id });
     let response = core.jobs().get_job(request).await?.into_inner();
     let mut job = json::job_detail(required(response.job, "job")?);
     job["events"] = response.events.into_iter().map(json::event).collect();
@@ -236,10 +236,10 @@ async fn get_job(
 
 async fn get_progress(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::GetJobProgressRequest { job_id });
+    let request = caller.request(pb::GetJobProgressRequest { job_id });
     let progress = core.jobs().get_job_progress(request).await?.into_inner();
     let data = progress
         .progress_json
@@ -255,7 +255,7 @@ async fn get_progress(
 
 async fn append_logs(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<(StatusCode, Json<Value>), ApiError> {
@@ -282,7 +282,7 @@ async fn append_logs(
         })
         .collect::<Result<Vec<_>, ApiError>>()?;
     let count = lines.len();
-    let request = with_credentials(&headers, pb::AppendLogsRequest { job_id, lines });
+    let request = caller.request(pb::AppendLogsRequest { job_id, lines });
     let last_seq = core
         .jobs()
         .append_logs(request)
@@ -297,7 +297,7 @@ async fn append_logs(
 
 async fn list_logs(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
@@ -313,7 +313,7 @@ async fn list_logs(
     };
     let lines = core
         .jobs()
-        .list_logs(with_credentials(&headers, request))
+        .list_logs(caller.request(request))
         .await?
         .into_inner()
         .lines;
@@ -335,12 +335,12 @@ async fn list_logs(
 
 async fn kill_job(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let reason = Fields::of(&body, "")?.string("reason")?;
-    let request = with_credentials(&headers, pb::KillJobRequest { job_id, reason });
+    let request = caller.request(pb::KillJobRequest { job_id, reason });
     let job = core.jobs().kill_job(request).await?.into_inner().job;
     Ok(Json(json::job_detail(required(job, "job")?)))
 }
@@ -348,10 +348,10 @@ async fn kill_job(
 /// An operator's retry: the dead or killed job is pending again.
 async fn retry_job(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::RetryJobRequest { job_id });
+    let request = caller.request(pb::RetryJobRequest { job_id });
     let job = core.jobs().retry_job(request).await?.into_inner().job;
     Ok(Json(json::job_detail(required(job, "job")?)))
 }
@@ -359,10 +359,10 @@ async fn retry_job(
 /// Deletes a finished job; answers with the job as it was.
 async fn delete_job(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
-    let request = with_credentials(&headers, pb::DeleteJobRequest { job_id });
+    let request = caller.request(pb::DeleteJobRequest { job_id });
     let job = core.jobs().delete_job(request).await?.into_inner().job;
     let mut body = json::job_detail(required(job, "job")?);
     body["deleted"] = Value::Bool(true);

@@ -26,7 +26,7 @@ use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
 use super::{integer_param, query_params};
-use crate::core_client::{set_credential, with_credentials};
+use crate::core_client::{Caller, set_credential};
 use crate::error::close_frame_for;
 use crate::feeds::{Cursor, Feed, Next};
 use crate::json;
@@ -57,7 +57,7 @@ fn stream_request<T>(
     params: &HashMap<String, String>,
     message: T,
 ) -> tonic::Request<T> {
-    let mut request = with_credentials(headers, message);
+    let mut request = Caller::of(headers).request(message);
     if let Some(token) = params.get("token").filter(|token| !token.is_empty()) {
         request.metadata_mut().remove("authorization");
         set_credential(&mut request, "x-api-key", token);

@@ -3,14 +3,14 @@
 //! coming fire times (`?next=N`, default 5, at most 100).
 
 use axum::extract::{Path, State};
-use axum::http::{HeaderMap, StatusCode, Uri};
+use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
 use super::{integer_param, query_params};
-use crate::core_client::with_credentials;
+use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json;
@@ -50,7 +50,7 @@ fn answer(schedule: Option<pb::Schedule>) -> Result<Json<Value>, ApiError> {
 
 async fn create_schedule(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
     JsonBody(body): JsonBody,
@@ -62,7 +62,7 @@ async fn create_schedule(
     };
     let created = core
         .schedules()
-        .create_schedule(with_credentials(&headers, request))
+        .create_schedule(caller.request(request))
         .await?
         .into_inner();
     Ok((StatusCode::CREATED, answer(created.schedule)?))
@@ -70,7 +70,7 @@ async fn create_schedule(
 
 async fn list_schedules(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
@@ -80,7 +80,7 @@ async fn list_schedules(
     };
     let listed = core
         .schedules()
-        .list_schedules(with_credentials(&headers, request))
+        .list_schedules(caller.request(request))
         .await?
         .into_inner();
     let schedules = listed.schedules.into_iter().map(json::schedule);
@@ -89,7 +89,7 @@ async fn list_schedules(
 
 async fn get_schedule(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((space_id, schedule_id)): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
@@ -100,7 +100,7 @@ async fn get_schedule(
     };
     let found = core
         .schedules()
-        .get_schedule(with_credentials(&headers, request))
+        .get_schedule(caller.request(request))
         .await?
         .into_inner();
     answer(found.schedule)
@@ -108,7 +108,7 @@ async fn get_schedule(
 
 async fn update(
     core: &CoreClient,
-    headers: &HeaderMap,
+    caller: &Caller,
     (space_id, schedule_id): (String, String),
     settings: pb::ScheduleSettings,
     uri: &Uri,
@@ -121,7 +121,7 @@ async fn update(
     };
     let updated = core
         .schedules()
-        .update_schedule(with_credentials(headers, request))
+        .update_schedule(caller.request(request))
         .await?
         .into_inner();
     answer(updated.schedule)
@@ -129,19 +129,19 @@ async fn update(
 
 async fn update_schedule(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(ids): Path<(String, String)>,
     uri: Uri,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let settings = json::schedule_settings(&body)?;
-    update(&core, &headers, ids, settings, &uri).await
+    update(&core, &caller, ids, settings, &uri).await
 }
 
 /// `POST .../pause` (PAUSED) and `POST .../resume`: an update of `paused`.
 async fn set_paused<const PAUSED: bool>(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(ids): Path<(String, String)>,
     uri: Uri,
 ) -> Result<Json<Value>, ApiError> {
@@ -149,12 +149,12 @@ async fn set_paused<const PAUSED: bool>(
         paused: Some(PAUSED),
         ..Default::default()
     };
-    update(&core, &headers, ids, settings, &uri).await
+    update(&core, &caller, ids, settings, &uri).await
 }
 
 async fn delete_schedule(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path((space_id, schedule_id)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let request = pb::DeleteScheduleRequest {
@@ -162,7 +162,7 @@ async fn delete_schedule(
         schedule_id: schedule_id.clone(),
     };
     core.schedules()
-        .delete_schedule(with_credentials(&headers, request))
+        .delete_schedule(caller.request(request))
         .await?;
     Ok(Json(json!({ "id": schedule_id, "deleted": true })))
 }

@@ -3,13 +3,12 @@
 //! a stale worker.
 
 use axum::extract::{Path, State};
-use axum::http::HeaderMap;
 use axum::routing::post;
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
 use serde_json::{Value, json};
 
-use crate::core_client::with_credentials;
+use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields, fence};
@@ -35,7 +34,7 @@ fn reply(job: Option<pb::Job>) -> JobReply {
 
 async fn poll(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
@@ -56,7 +55,7 @@ async fn poll(
     };
     let jobs = core
         .jobs()
-        .poll_jobs(with_credentials(&headers, request))
+        .poll_jobs(caller.request(request))
         .await?
         .into_inner()
         .jobs;
@@ -67,28 +66,28 @@ async fn poll(
 
 async fn claim(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
 ) -> JobReply {
-    let request = with_credentials(&headers, pb::ClaimJobRequest { job_id });
+    let request = caller.request(pb::ClaimJobRequest { job_id });
     let job = core.jobs().claim_job(request).await?.into_inner().job;
     Ok(Json(json::delivery(required(job, "job")?)))
 }
 
 async fn ack(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
     let fence = fence(&Fields::of(&body, "")?)?;
-    let request = with_credentials(&headers, pb::AckJobRequest { job_id, fence });
+    let request = caller.request(pb::AckJobRequest { job_id, fence });
     reply(core.jobs().ack_job(request).await?.into_inner().job)
 }
 
 pub(super) async fn progress(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
@@ -107,7 +106,7 @@ pub(super) async fn progress(
     };
     reply(
         core.jobs()
-            .report_progress(with_credentials(&headers, request))
+            .report_progress(caller.request(request))
             .await?
             .into_inner()
             .job,
@@ -126,7 +125,7 @@ fn free_data(fields: &Fields<'_>, body: &Value) -> String {
 
 async fn checkpoint(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
@@ -138,7 +137,7 @@ async fn checkpoint(
     };
     reply(
         core.jobs()
-            .save_checkpoint(with_credentials(&headers, request))
+            .save_checkpoint(caller.request(request))
             .await?
             .into_inner()
             .job,
@@ -147,7 +146,7 @@ async fn checkpoint(
 
 async fn event(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
@@ -159,7 +158,7 @@ async fn event(
     };
     reply(
         core.jobs()
-            .publish_event(with_credentials(&headers, request))
+            .publish_event(caller.request(request))
             .await?
             .into_inner()
             .job,
@@ -168,7 +167,7 @@ async fn event(
 
 async fn complete(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
@@ -180,7 +179,7 @@ async fn complete(
     };
     reply(
         core.jobs()
-            .complete_job(with_credentials(&headers, request))
+            .complete_job(caller.request(request))
             .await?
             .into_inner()
             .job,
@@ -189,7 +188,7 @@ async fn complete(
 
 async fn fail(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
@@ -207,7 +206,7 @@ async fn fail(
     };
     reply(
         core.jobs()
-            .fail_job(with_credentials(&headers, request))
+            .fail_job(caller.request(request))
             .await?
             .into_inner()
             .job,
@@ -216,11 +215,11 @@ async fn fail(
 
 async fn keepalive(
     State(core): State<CoreClient>,
-    headers: HeaderMap,
+    caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> JobReply {
     let fence = fence(&Fields::of(&body, "")?)?;
-    let request = with_credentials(&headers, pb::KeepaliveJobRequest { job_id, fence });
+    let request = caller.request(pb::KeepaliveJobRequest { job_id, fence });
     reply(core.jobs().keepalive_job(request).await?.into_inner().job)
 }
