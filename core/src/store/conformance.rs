@@ -4,7 +4,8 @@
 //! end need two writers on one database (PostgreSQL replicas), which SQLite,
 //! a single writer by design, does not have.
 //!
-//! Time is passed in (`now`), never read, so timer cases need no waiting.
+//! Time is passed in (`now`), so a timer case moves the clock instead of
+//! waiting for it.
 
 use std::collections::HashSet;
 use std::time::Duration;
