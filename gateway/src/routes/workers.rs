@@ -2,7 +2,7 @@
 //! fail, keepalive. Each body may carry `attemptNumber` / `leaseId` to fence
 //! a stale worker.
 
-use axum::extract::{Path, State};
+use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
@@ -27,6 +27,39 @@ pub fn router() -> Router<CoreClient> {
 }
 
 type JobReply = Result<Json<Value>, ApiError>;
+
+/// A worker's report on one job: the job, the JSON body, and the fence the
+/// body carries (`attemptNumber`, `leaseId`). Taken last: it reads the body.
+pub(super) struct Report {
+    job_id: String,
+    body: Value,
+    fence: Option<pb::Fence>,
+}
+
+impl Report {
+    fn fields(&self) -> Result<Fields<'_>, ApiError> {
+        Fields::of(&self.body, "")
+    }
+}
+
+impl<S: Send + Sync> FromRequest<S> for Report {
+    type Rejection = ApiError;
+
+    async fn from_request(request: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let (mut parts, body) = request.into_parts();
+        let Path(job_id) = Path::<String>::from_request_parts(&mut parts, state)
+            .await
+            .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
+        let JsonBody(body) =
+            JsonBody::from_request(Request::from_parts(parts, body), state).await?;
+        let fence = fence(&Fields::of(&body, "")?)?;
+        Ok(Self {
+            job_id,
+            body,
+            fence,
+        })
+    }
+}
 
 fn reply(job: Option<pb::Job>) -> JobReply {
     Ok(Json(json::job_detail(required(job, "job")?)))
@@ -74,13 +107,8 @@ async fn claim(
     Ok(Json(json::delivery(required(job, "job")?)))
 }
 
-async fn ack(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fence = fence(&Fields::of(&body, "")?)?;
+async fn ack(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let Report { job_id, fence, .. } = report;
     let request = caller.request(pb::AckJobRequest { job_id, fence });
     reply(core.jobs().ack_job(request).await?.into_inner().job)
 }
@@ -88,13 +116,14 @@ async fn ack(
 pub(super) async fn progress(
     State(core): State<CoreClient>,
     caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
+    report: Report,
 ) -> JobReply {
-    let fields = Fields::of(&body, "")?;
-    let fence = fence(&fields)?;
+    let Report {
+        job_id,
+        body: mut data,
+        fence,
+    } = report;
     // Fencing fields steer the call; they are not part of the progress data.
-    let mut data = body.clone();
     if let Value::Object(object) = &mut data {
         object.remove("attemptNumber");
         object.remove("leaseId");
@@ -123,17 +152,11 @@ fn free_data(fields: &Fields<'_>, body: &Value) -> String {
     }
 }
 
-async fn checkpoint(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fields = Fields::of(&body, "")?;
+async fn checkpoint(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
     let request = pb::SaveCheckpointRequest {
-        job_id,
-        fence: fence(&fields)?,
-        data_json: free_data(&fields, &body),
+        data_json: free_data(&report.fields()?, &report.body),
+        job_id: report.job_id,
+        fence: report.fence,
     };
     reply(
         core.jobs()
@@ -144,17 +167,11 @@ async fn checkpoint(
     )
 }
 
-async fn event(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fields = Fields::of(&body, "")?;
+async fn event(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
     let request = pb::PublishEventRequest {
-        job_id,
-        fence: fence(&fields)?,
-        data_json: free_data(&fields, &body),
+        data_json: free_data(&report.fields()?, &report.body),
+        job_id: report.job_id,
+        fence: report.fence,
     };
     reply(
         core.jobs()
@@ -165,17 +182,11 @@ async fn event(
     )
 }
 
-async fn complete(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fields = Fields::of(&body, "")?;
+async fn complete(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
     let request = pb::CompleteJobRequest {
-        job_id,
-        fence: fence(&fields)?,
-        result_json: fields.json_text("result"),
+        result_json: report.fields()?.json_text("result"),
+        job_id: report.job_id,
+        fence: report.fence,
     };
     reply(
         core.jobs()
@@ -186,22 +197,16 @@ async fn complete(
     )
 }
 
-async fn fail(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fields = Fields::of(&body, "")?;
-    let error = match fields.get("error") {
+async fn fail(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let error = match report.fields()?.get("error") {
         None => "unknown error".to_owned(),
         Some(Value::String(text)) => text.clone(),
         // Workers sometimes send structured errors; keep them readable.
         Some(other) => other.to_string(),
     };
     let request = pb::FailJobRequest {
-        job_id,
-        fence: fence(&fields)?,
+        job_id: report.job_id,
+        fence: report.fence,
         error,
     };
     reply(
@@ -213,13 +218,8 @@ async fn fail(
     )
 }
 
-async fn keepalive(
-    State(core): State<CoreClient>,
-    caller: Caller,
-    Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
-) -> JobReply {
-    let fence = fence(&Fields::of(&body, "")?)?;
+async fn keepalive(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let Report { job_id, fence, .. } = report;
     let request = caller.request(pb::KeepaliveJobRequest { job_id, fence });
     reply(core.jobs().keepalive_job(request).await?.into_inner().job)
 }
