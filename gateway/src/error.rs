@@ -27,15 +27,18 @@ impl ApiError {
     pub fn bad_request(message: impl Into<String>) -> Self {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
+
+    /// A reply the core should never send: answered 500, the cause logged.
+    pub fn core_fault(what: &'static str) -> Self {
+        tracing::error!(what, "a core reply breaks the gateway's contract");
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
+    }
 }
 
 /// A field the core always sets in its reply. Its absence is a fault between
 /// core and gateway: answered 500, never 200 with an empty default.
 pub fn required<T>(field: Option<T>, name: &'static str) -> Result<T, ApiError> {
-    field.ok_or_else(|| {
-        tracing::error!(field = name, "a core reply lacks a field it always sets");
-        ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal error")
-    })
+    field.ok_or_else(|| ApiError::core_fault(name))
 }
 
 impl From<tonic::Status> for ApiError {

@@ -36,8 +36,8 @@ use tokio::task::AbortHandle;
 use crate::CoreClient;
 use crate::core_client::CREDENTIAL_HEADERS;
 use crate::error::{ApiError, close_frame_for};
-use crate::json;
 use crate::metrics::FeedGuard;
+use crate::resources::JobStreamMessage;
 use emit_proto::wire::SESSION_METADATA;
 
 /// Bytes of messages one client may leave unread (besides the count bound,
@@ -205,10 +205,10 @@ impl Feed {
     pub fn private<M: Send + 'static>(
         upstream: tonic::Streaming<M>,
         bounds: RingBounds,
-        render: fn(M) -> Result<Option<serde_json::Value>, ApiError>,
+        render: fn(M) -> Result<Option<String>, ApiError>,
     ) -> Cursor {
         let feed = Arc::new(Self::start(upstream, bounds, None, None, move |message| {
-            Ok(render(message)?.map(|value| (Utf8Bytes::from(value.to_string()), None)))
+            Ok(render(message)?.map(|text| (Utf8Bytes::from(text), None)))
         }));
         let changed = feed.shared.changed.subscribe();
         Cursor {
@@ -355,7 +355,7 @@ impl JobFeeds {
             credential: credential_of(&open),
         };
         let own_seq = own.seq;
-        let own_snapshot = render_snapshot(own);
+        let own_snapshot = render_snapshot(own)?;
         let slot = self.lock().entry(key.clone()).or_default().clone();
         let mut current = slot.feed.lock().await;
         if let Some(joined) = current
@@ -399,7 +399,7 @@ impl JobFeeds {
         let mut feed = Feed::start(
             upstream,
             self.bounds,
-            Some((render_snapshot(snapshot), seq)),
+            Some((render_snapshot(snapshot)?, seq)),
             Some(core.metrics().job_feed()),
             |response: pb::WatchJobResponse| {
                 let Some(message) = response.message else {
@@ -411,7 +411,7 @@ impl JobFeeds {
                     // Only the first message is a snapshot.
                     pb::watch_job_response::Message::Init(_) => return Ok(None),
                 };
-                let text = json::job_stream_message(message).to_string();
+                let text = JobStreamMessage::text(message)?;
                 Ok(Some((Utf8Bytes::from(text), seq)))
             },
         );
@@ -453,9 +453,13 @@ fn credential_of<T>(request: &tonic::Request<T>) -> String {
     .join("\n")
 }
 
-fn render_snapshot(snapshot: pb::JobSnapshot) -> Utf8Bytes {
+/// A snapshot the gateway cannot show (the core broke the contract, which
+/// `core_fault` logged) ends the watch as an internal error.
+fn render_snapshot(snapshot: pb::JobSnapshot) -> Result<Utf8Bytes, tonic::Status> {
     let message = pb::watch_job_response::Message::Init(snapshot);
-    Utf8Bytes::from(json::job_stream_message(message).to_string())
+    JobStreamMessage::text(message)
+        .map(Utf8Bytes::from)
+        .map_err(|_| tonic::Status::internal("internal error"))
 }
 
 /// What a cursor read.

@@ -1,402 +1,19 @@
-//! Translation between the REST API's JSON and the core's protobuf messages.
-//! Field names and shapes follow the emit.run documentation; JSON carried
-//! inside messages is text and is re-embedded without loss.
+//! Reading the REST API's request bodies into the core's protobuf
+//! messages, with errors that name the field by its path
+//! (`jobs[3].maxRetries must be ...`). Responses are typed in
+//! `resources.rs`. JSON carried inside messages stays text.
 
-use chrono::{DateTime, SecondsFormat};
+use chrono::DateTime;
 use emit_proto::v1 as pb;
-use serde_json::{Map, Value, json};
+use serde_json::{Map, Value};
 
 use crate::ApiError;
-use crate::error::required;
-
-// ---- protobuf -> JSON ----------------------------------------------------
-
-pub fn iso(timestamp: Option<prost_types::Timestamp>) -> Value {
-    timestamp
-        .and_then(|ts| DateTime::from_timestamp(ts.seconds, ts.nanos.max(0) as u32))
-        .map_or(Value::Null, |at| {
-            Value::String(at.to_rfc3339_opts(SecondsFormat::Millis, true))
-        })
-}
-
-/// Embeds JSON text; text the core stored was validated, so a parse failure
-/// means corruption and is shown as a string rather than dropped.
-pub fn embedded(text: Option<String>) -> Value {
-    match text {
-        Some(text) => serde_json::from_str(&text).unwrap_or(Value::String(text)),
-        None => Value::Null,
-    }
-}
-
-pub fn status_name(status: i32) -> &'static str {
-    match pb::JobStatus::try_from(status).unwrap_or_default() {
-        pb::JobStatus::Scheduled => "scheduled",
-        pb::JobStatus::Pending => "pending",
-        pb::JobStatus::Delivered => "delivered",
-        pb::JobStatus::Running => "running",
-        pb::JobStatus::Completed => "completed",
-        pb::JobStatus::Dead => "dead",
-        pb::JobStatus::Killed => "killed",
-        pb::JobStatus::Unspecified => "unknown",
-    }
-}
 
 pub fn parse_status(text: &str) -> Option<pb::JobStatus> {
     let status =
         pb::JobStatus::from_str_name(&format!("JOB_STATUS_{}", text.to_ascii_uppercase()))?;
     (status != pb::JobStatus::Unspecified).then_some(status)
 }
-
-fn event_type_name(event_type: i32) -> String {
-    let name = pb::JobEventType::try_from(event_type)
-        .unwrap_or_default()
-        .as_str_name();
-    name.trim_start_matches("JOB_EVENT_TYPE_")
-        .to_ascii_lowercase()
-}
-
-/// A job as the list endpoint shows it: the reference's fields, plus
-/// `priority` when the job has one, `scheduleId`/`fireTime` when a schedule
-/// made it, its concurrency key and limit, and why it waits, when they
-/// apply.
-pub fn job_summary(job: pb::Job) -> Value {
-    let priority = job.priority;
-    let fire = job.schedule_id.clone().map(|id| (id, iso(job.fire_time)));
-    let flow = [
-        (
-            "concurrencyKey",
-            job.concurrency_key.clone().map(Value::from),
-        ),
-        ("concurrencyLimit", job.concurrency_limit.map(Value::from)),
-        ("waitingReason", job.waiting_reason.clone().map(Value::from)),
-    ];
-    let mut summary = json!({
-        "id": job.id,
-        "spaceId": job.space_id,
-        "name": job.name,
-        "payload": embedded(job.payload_json),
-        "status": status_name(job.status),
-        "maxRetries": job.max_retries,
-        "attemptNumber": job.attempt_number,
-        "timeoutSeconds": job.timeout_seconds,
-        "deliveredAt": iso(job.delivered_at),
-        "startedAt": iso(job.started_at),
-        "completedAt": iso(job.completed_at),
-        "result": embedded(job.result_json),
-        "createdAt": iso(job.created_at),
-        "updatedAt": iso(job.updated_at),
-    });
-    if priority != 0 {
-        summary["priority"] = priority.into();
-    }
-    if let Some((schedule_id, fire_time)) = fire {
-        summary["scheduleId"] = schedule_id.into();
-        summary["fireTime"] = fire_time;
-    }
-    for (field, value) in flow {
-        if let Some(value) = value {
-            summary[field] = value;
-        }
-    }
-    summary
-}
-
-/// A job with everything the core knows of it (get job, worker calls).
-pub fn job_detail(job: pb::Job) -> Value {
-    let extra = json!({
-        "priority": job.priority,
-        "scheduledFor": iso(job.scheduled_for),
-        "progress": embedded(job.progress_json.clone()),
-        "checkpoint": embedded(job.checkpoint_json.clone()),
-        "error": job.last_error.clone(),
-        "killReason": job.kill_reason.clone(),
-        "leaseId": job.lease_id.clone(),
-        "callbackUrl": job.callback_url.clone(),
-        "retryBackoff": job.retry_backoff.map(|backoff| json!({
-            "type": pb::BackoffKind::try_from(backoff.kind).unwrap_or_default().as_str_name()
-                .trim_start_matches("BACKOFF_KIND_").to_ascii_lowercase(),
-            "delaySeconds": backoff.delay_seconds,
-            "maxDelaySeconds": backoff.max_delay_seconds,
-        })),
-    });
-    let mut value = job_summary(job);
-    if let (Value::Object(fields), Value::Object(extra)) = (&mut value, extra) {
-        fields.extend(extra);
-    }
-    value
-}
-
-/// The realtime event shape: `{jobId, jobName, type, status, data?, timestamp}`
-/// plus `seq` and `previousStatus` where they apply.
-pub fn event(event: pb::JobEvent) -> Value {
-    let mut fields = Map::new();
-    fields.insert("jobId".into(), event.job_id.into());
-    fields.insert("jobName".into(), event.job_name.into());
-    fields.insert("type".into(), event_type_name(event.r#type).into());
-    fields.insert("status".into(), status_name(event.status).into());
-    if event.previous_status != pb::JobStatus::Unspecified as i32 {
-        fields.insert(
-            "previousStatus".into(),
-            status_name(event.previous_status).into(),
-        );
-    }
-    if event.data_json.is_some() {
-        fields.insert("data".into(), embedded(event.data_json));
-    }
-    fields.insert("timestamp".into(), iso(event.timestamp));
-    fields.insert("seq".into(), event.seq.into());
-    Value::Object(fields)
-}
-
-pub fn counts(counts: pb::StatusCounts) -> Value {
-    json!({
-        "scheduled": counts.scheduled,
-        "pending": counts.pending,
-        "delivered": counts.delivered,
-        "running": counts.running,
-        "completed": counts.completed,
-        "failed": counts.failed,
-        "dead": counts.dead,
-        "killed": counts.killed,
-    })
-}
-
-/// A job-stream message: `{jobId, jobName, type, status, data?, timestamp}`
-/// (`init` carries the latest `progress` instead of `data`).
-pub fn job_stream_message(message: pb::watch_job_response::Message) -> Value {
-    use pb::watch_job_response::Message;
-    let mut fields = Map::new();
-    match message {
-        Message::Init(init) => {
-            fields.insert("jobId".into(), init.job_id.into());
-            fields.insert("jobName".into(), init.job_name.into());
-            fields.insert("type".into(), "init".into());
-            fields.insert("status".into(), status_name(init.status).into());
-            if init.progress_json.is_some() {
-                fields.insert("progress".into(), embedded(init.progress_json));
-            }
-            fields.insert("timestamp".into(), iso(init.timestamp));
-        }
-        Message::Event(event) => {
-            fields.insert("jobId".into(), event.job_id.into());
-            fields.insert("jobName".into(), event.job_name.into());
-            fields.insert("type".into(), event_type_name(event.r#type).into());
-            fields.insert("status".into(), status_name(event.status).into());
-            if event.data_json.is_some() {
-                fields.insert("data".into(), embedded(event.data_json));
-            }
-            fields.insert("timestamp".into(), iso(event.timestamp));
-        }
-        Message::Log(entry) => {
-            fields.insert("jobId".into(), entry.job_id.into());
-            fields.insert("jobName".into(), entry.job_name.into());
-            fields.insert("type".into(), "log".into());
-            fields.insert("status".into(), status_name(entry.status).into());
-            let timestamp = entry.line.as_ref().and_then(|line| line.timestamp);
-            if let Some(line) = entry.line {
-                fields.insert("data".into(), log_line(line));
-            }
-            fields.insert("timestamp".into(), iso(timestamp.or_else(now)));
-        }
-    }
-    Value::Object(fields)
-}
-
-/// A space-stream message: `connected`, or an event with `seq`,
-/// `previousStatus` on transitions and `counts` when they changed.
-/// A `connected` without the counts the core always sends is an error.
-pub fn space_stream_message(message: pb::watch_space_response::Message) -> Result<Value, ApiError> {
-    use pb::watch_space_response::Message;
-    Ok(match message {
-        // `jobName` and `status` are null (no job): the reference's own
-        // snippets read both from every message of this stream.
-        Message::Connected(connected) => json!({
-            "type": "connected",
-            "jobName": null,
-            "status": null,
-            "spaceId": connected.space_id,
-            "seq": connected.seq,
-            "streamInstanceId": connected.stream_instance_id,
-            "missed": connected.missed,
-            "counts": counts(required(connected.counts, "connected.counts")?),
-            "timestamp": iso(connected.timestamp),
-        }),
-        // The space's own: no job and no status; `jobName` and `data.name`
-        // are the paused name, null for the whole space.
-        Message::SpaceEvent(event) => json!({
-            "type": pb::SpaceEventType::try_from(event.r#type)
-                .unwrap_or_default()
-                .as_str_name()
-                .trim_start_matches("SPACE_EVENT_TYPE_")
-                .to_ascii_lowercase(),
-            "jobId": null,
-            "jobName": event.name,
-            "status": null,
-            "spaceId": event.space_id,
-            "data": { "name": event.name },
-            "seq": event.seq,
-            "timestamp": iso(event.timestamp),
-        }),
-        Message::Event(mut event) => {
-            let event_counts = event.counts.take();
-            let mut value = self::event(event);
-            if let (Some(event_counts), Value::Object(fields)) = (event_counts, &mut value) {
-                fields.insert("counts".into(), counts(event_counts));
-            }
-            value
-        }
-    })
-}
-
-fn now() -> Option<prost_types::Timestamp> {
-    Some(std::time::SystemTime::now().into())
-}
-
-/// A job handed to a worker; `priority` when the job has one.
-pub fn delivery(job: pb::Delivery) -> Value {
-    let priority = job.priority;
-    let mut delivery = json!({
-        "id": job.id,
-        "name": job.name,
-        "payload": embedded(job.payload_json),
-        "timeoutSeconds": job.timeout_seconds,
-        "maxRetries": job.max_retries,
-        "attemptNumber": job.attempt_number,
-        "createdAt": iso(job.created_at),
-        "checkpoint": embedded(job.checkpoint_json),
-        "leaseId": job.lease_id,
-    });
-    if priority != 0 {
-        delivery["priority"] = priority.into();
-    }
-    delivery
-}
-
-pub fn space(space: pb::Space) -> Value {
-    json!({
-        "id": space.id,
-        "name": space.name,
-        "publicToken": space.public_token,
-        "anonymousProgressStreams": space.anonymous_progress_streams,
-        "push": space.push.map(|push| json!({
-            "url": push.url,
-            "names": push.names,
-            "headers": push.headers,
-        })),
-        "slack": space.slack.map(|slack| json!({
-            "url": slack.url,
-            "events": slack.events,
-        })),
-        "paused": space.paused,
-        "pausedNames": space.paused_names,
-        "retention": space.retention.map(|retention| json!({
-            "completed": retention.completed_seconds,
-            "dead": retention.dead_seconds,
-            "killed": retention.killed_seconds,
-        })),
-        "concurrency": space.concurrency.map(concurrency_limits_json),
-        "createdAt": iso(space.created_at),
-    })
-}
-
-/// A space's flow limits as REST shows them.
-pub fn concurrency_limits_json(limits: pb::ConcurrencyLimits) -> Value {
-    let rates: serde_json::Map<String, Value> = limits
-        .rates
-        .into_iter()
-        .map(|(name, rate)| {
-            let rate = json!({
-                "limit": rate.limit,
-                "periodSeconds": rate.period_seconds,
-                "perKey": rate.per_key,
-            });
-            (name, rate)
-        })
-        .collect();
-    json!({ "default": limits.default_limit, "names": limits.names, "rates": rates })
-}
-
-/// `{"default": N, "names": {"report": N}, "rates": {"report": {"limit",
-/// "periodSeconds", "perKey"}}}`: a space's flow limits.
-pub fn concurrency_limits(value: &Value) -> Result<pb::ConcurrencyLimits, ApiError> {
-    let fields = Fields::of(value, "concurrency")?;
-    let mut names = std::collections::HashMap::new();
-    match fields.get("names") {
-        None => {}
-        Some(Value::Object(entries)) => {
-            for (name, limit) in entries {
-                let limit = limit
-                    .as_u64()
-                    .and_then(|limit| u32::try_from(limit).ok())
-                    .ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "concurrency.names.{name} must be a whole number"
-                        ))
-                    })?;
-                names.insert(name.clone(), limit);
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "concurrency.names must be an object of job names to limits",
-            ));
-        }
-    }
-    let mut rates = std::collections::HashMap::new();
-    match fields.get("rates") {
-        None => {}
-        Some(Value::Object(entries)) => {
-            for (name, rate) in entries {
-                let rate = Fields::of(rate, &format!("concurrency.rates.{name}"))?;
-                let required = |field: &str, value: Option<u32>| {
-                    value.ok_or_else(|| {
-                        ApiError::bad_request(format!(
-                            "concurrency.rates.{name}.{field} is required"
-                        ))
-                    })
-                };
-                rates.insert(
-                    name.clone(),
-                    pb::RateLimit {
-                        limit: required("limit", rate.u32("limit")?)?,
-                        period_seconds: required("periodSeconds", rate.u32("periodSeconds")?)?,
-                        per_key: rate.bool("perKey")?.unwrap_or(false),
-                    },
-                );
-            }
-        }
-        Some(_) => {
-            return Err(ApiError::bad_request(
-                "concurrency.rates must be an object of job names to rate limits",
-            ));
-        }
-    }
-    Ok(pb::ConcurrencyLimits {
-        default_limit: fields.u32("default")?,
-        names,
-        rates,
-    })
-}
-
-pub fn token(token: pb::Token) -> Value {
-    json!({
-        "id": token.id,
-        "name": token.name,
-        "scopes": token.scopes,
-        "createdAt": iso(token.created_at),
-    })
-}
-
-pub fn log_line(line: pb::StoredLogLine) -> Value {
-    json!({
-        "seq": line.seq,
-        "level": line.level,
-        "message": line.message,
-        "timestamp": iso(line.timestamp),
-    })
-}
-
-// ---- JSON -> protobuf ----------------------------------------------------
 
 /// An RFC 3339 instant, named `field` in the error.
 pub fn parse_timestamp(field: &str, text: &str) -> Result<prost_types::Timestamp, ApiError> {
@@ -597,6 +214,68 @@ impl<'a> Fields<'a> {
     }
 }
 
+/// `{"default": N, "names": {"report": N}, "rates": {"report": {"limit",
+/// "periodSeconds", "perKey"}}}`: a space's flow limits.
+pub fn concurrency_limits(value: &Value) -> Result<pb::ConcurrencyLimits, ApiError> {
+    let fields = Fields::of(value, "concurrency")?;
+    let mut names = std::collections::HashMap::new();
+    match fields.get("names") {
+        None => {}
+        Some(Value::Object(entries)) => {
+            for (name, limit) in entries {
+                let limit = limit
+                    .as_u64()
+                    .and_then(|limit| u32::try_from(limit).ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "concurrency.names.{name} must be a whole number"
+                        ))
+                    })?;
+                names.insert(name.clone(), limit);
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "concurrency.names must be an object of job names to limits",
+            ));
+        }
+    }
+    let mut rates = std::collections::HashMap::new();
+    match fields.get("rates") {
+        None => {}
+        Some(Value::Object(entries)) => {
+            for (name, rate) in entries {
+                let rate = Fields::of(rate, &format!("concurrency.rates.{name}"))?;
+                let required = |field: &str, value: Option<u32>| {
+                    value.ok_or_else(|| {
+                        ApiError::bad_request(format!(
+                            "concurrency.rates.{name}.{field} is required"
+                        ))
+                    })
+                };
+                rates.insert(
+                    name.clone(),
+                    pb::RateLimit {
+                        limit: required("limit", rate.u32("limit")?)?,
+                        period_seconds: required("periodSeconds", rate.u32("periodSeconds")?)?,
+                        per_key: rate.bool("perKey")?.unwrap_or(false),
+                    },
+                );
+            }
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "concurrency.rates must be an object of job names to rate limits",
+            ));
+        }
+    }
+    Ok(pb::ConcurrencyLimits {
+        default_limit: fields.u32("default")?,
+        names,
+        rates,
+    })
+}
+
 /// A create body: one job object, or an array of them.
 pub fn job_specs(body: &Value) -> Result<(Vec<pb::JobSpec>, bool), ApiError> {
     match body {
@@ -702,102 +381,4 @@ pub fn schedule_settings(body: &Value) -> Result<pb::ScheduleSettings, ApiError>
         catch_up_limit: fields.u32("catchUpLimit")?,
         paused: fields.bool("paused")?,
     })
-}
-
-/// A schedule; its job template shows the fields it sets.
-pub fn schedule(schedule: pb::Schedule) -> Result<Value, ApiError> {
-    let template = required(schedule.job, "schedule.job")?;
-    let mut job = json!({ "name": template.name });
-    let optional = [
-        (
-            "payload",
-            template.payload_json.map(|text| embedded(Some(text))),
-        ),
-        ("maxRetries", template.max_retries.map(Value::from)),
-        ("timeoutSeconds", template.timeout_seconds.map(Value::from)),
-        ("priority", template.priority.map(Value::from)),
-        ("concurrencyKey", template.concurrency_key.map(Value::from)),
-        (
-            "concurrencyLimit",
-            template.concurrency_limit.map(Value::from),
-        ),
-        ("callbackUrl", template.callback_url.map(Value::from)),
-        (
-            "callbackHeaders",
-            (!template.callback_headers.is_empty()).then(|| json!(template.callback_headers)),
-        ),
-        (
-            "retryBackoff",
-            template.retry_backoff.map(|backoff| {
-                let kind = pb::BackoffKind::try_from(backoff.kind).unwrap_or_default();
-                let mut value = json!({
-                    "delaySeconds": backoff.delay_seconds,
-                    "maxDelaySeconds": backoff.max_delay_seconds,
-                });
-                if kind != pb::BackoffKind::Unspecified {
-                    value["type"] = kind
-                        .as_str_name()
-                        .trim_start_matches("BACKOFF_KIND_")
-                        .to_ascii_lowercase()
-                        .into();
-                }
-                value
-            }),
-        ),
-    ];
-    for (name, value) in optional {
-        if let Some(value) = value {
-            job[name] = value;
-        }
-    }
-    let enum_name = |name: &str, prefix: &str| name.trim_start_matches(prefix).to_ascii_lowercase();
-    Ok(json!({
-        "id": schedule.id,
-        "spaceId": schedule.space_id,
-        "cron": schedule.cron,
-        "timeZone": schedule.time_zone,
-        "job": job,
-        "overlap": enum_name(
-            pb::ScheduleOverlap::try_from(schedule.overlap).unwrap_or_default().as_str_name(),
-            "SCHEDULE_OVERLAP_",
-        ),
-        "catchUp": enum_name(
-            pb::ScheduleCatchUp::try_from(schedule.catch_up).unwrap_or_default().as_str_name(),
-            "SCHEDULE_CATCH_UP_",
-        ),
-        "catchUpLimit": schedule.catch_up_limit,
-        "paused": schedule.paused,
-        "nextFireTimes": schedule.next_fire_times.into_iter().map(|at| iso(Some(at))).collect::<Vec<_>>(),
-        "lastFireTime": iso(schedule.last_fire_time),
-        "lastJobId": schedule.last_job_id,
-        "createdAt": iso(schedule.created_at),
-        "updatedAt": iso(schedule.updated_at),
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_space_stream_connected_without_counts_is_an_error_not_zero_counts() {
-        use pb::watch_space_response::Message;
-        let connected = |counts| {
-            Message::Connected(pb::SpaceStreamConnected {
-                space_id: "s".into(),
-                seq: 3,
-                stream_instance_id: "i".into(),
-                missed: false,
-                counts,
-                timestamp: None,
-            })
-        };
-        let counts = pb::StatusCounts {
-            pending: 2,
-            ..Default::default()
-        };
-        let message = space_stream_message(connected(Some(counts))).unwrap();
-        assert_eq!(message["counts"]["pending"], 2);
-        assert!(space_stream_message(connected(None)).is_err());
-    }
 }

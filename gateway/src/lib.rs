@@ -9,6 +9,8 @@ mod extract;
 mod feeds;
 mod json;
 pub mod metrics;
+mod openapi;
+mod resources;
 mod routes;
 mod serve;
 mod session;

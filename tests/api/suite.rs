@@ -17,6 +17,7 @@ mod lifecycle;
 mod list;
 mod logs;
 mod metrics;
+mod openapi;
 mod operations;
 mod pause;
 mod polyglot;

@@ -11,6 +11,7 @@ use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
+use crate::resources::{NewToken, Space, Token, WebhookSecret};
 use crate::{ApiError, CoreClient};
 
 pub fn router() -> Router<CoreClient> {
@@ -44,15 +45,12 @@ async fn create_space(
     State(core): State<CoreClient>,
     caller: Caller,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Space>), ApiError> {
     let fields = Fields::of(&body, "")?;
     let name = fields.string("name")?.unwrap_or_default();
     let request = caller.request(pb::CreateSpaceRequest { name });
     let space = core.admin().create_space(request).await?.into_inner().space;
-    Ok((
-        StatusCode::CREATED,
-        Json(json::space(required(space, "space")?)),
-    ))
+    Ok((StatusCode::CREATED, Json(Space::required(space)?)))
 }
 
 /// `"retention": {"completed": 3600, "dead": 0, "killed": null}`: seconds per
@@ -82,7 +80,7 @@ async fn update_space(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Space>, ApiError> {
     let fields = Fields::of(&body, "")?;
     // `"push": null` removes the push target; an object sets it.
     let remove_push = body.get("push").is_some_and(Value::is_null);
@@ -130,7 +128,7 @@ async fn update_space(
     };
     let request = caller.request(message);
     let space = core.admin().update_space(request).await?.into_inner().space;
-    Ok(Json(json::space(required(space, "space")?)))
+    Ok(Json(Space::required(space)?))
 }
 
 /// A new public token for the space; the one before stops working.
@@ -138,7 +136,7 @@ async fn rotate_public_token(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Space>, ApiError> {
     let request = caller.request(pb::RotatePublicTokenRequest { space_id });
     let space = core
         .admin()
@@ -146,7 +144,7 @@ async fn rotate_public_token(
         .await?
         .into_inner()
         .space;
-    Ok(Json(json::space(required(space, "space")?)))
+    Ok(Json(Space::required(space)?))
 }
 
 /// Standard Webhooks signing for the space's callbacks: `{"secret": "whsec_..."}`.
@@ -154,7 +152,7 @@ async fn rotate_webhook_secret(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<WebhookSecret>), ApiError> {
     let request = caller.request(pb::RotateWebhookSecretRequest { space_id });
     let secret = core
         .admin()
@@ -162,10 +160,7 @@ async fn rotate_webhook_secret(
         .await?
         .into_inner()
         .secret;
-    Ok((
-        StatusCode::CREATED,
-        Json(serde_json::json!({ "secret": secret })),
-    ))
+    Ok((StatusCode::CREATED, Json(WebhookSecret { secret })))
 }
 
 async fn delete_webhook_secret(
@@ -185,11 +180,11 @@ async fn pause_space(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Space>, ApiError> {
     let name = Fields::of(&body, "")?.string("name")?;
     let request = caller.request(pb::PauseSpaceRequest { space_id, name });
     let space = core.admin().pause_space(request).await?.into_inner().space;
-    Ok(Json(json::space(required(space, "space")?)))
+    Ok(Json(Space::required(space)?))
 }
 
 /// `POST /api/v1/spaces/:id/resume {"name"?}`: lifts that pause. (The two
@@ -199,30 +194,30 @@ async fn resume_space(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Space>, ApiError> {
     let name = Fields::of(&body, "")?.string("name")?;
     let request = caller.request(pb::ResumeSpaceRequest { space_id, name });
     let space = core.admin().resume_space(request).await?.into_inner().space;
-    Ok(Json(json::space(required(space, "space")?)))
+    Ok(Json(Space::required(space)?))
 }
 
 async fn list_spaces(
     State(core): State<CoreClient>,
     caller: Caller,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Space>>, ApiError> {
     let request = caller.request(pb::ListSpacesRequest {});
     let spaces = core.admin().list_spaces(request).await?.into_inner().spaces;
-    Ok(Json(spaces.into_iter().map(json::space).collect()))
+    Ok(Json(spaces.into_iter().map(Space::from).collect()))
 }
 
 async fn get_space(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Space>, ApiError> {
     let request = caller.request(pb::GetSpaceRequest { space_id });
     let space = core.admin().get_space(request).await?.into_inner().space;
-    Ok(Json(json::space(required(space, "space")?)))
+    Ok(Json(Space::required(space)?))
 }
 
 async fn create_token(
@@ -230,7 +225,7 @@ async fn create_token(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<NewToken>), ApiError> {
     let fields = Fields::of(&body, "")?;
     let request = pb::CreateTokenRequest {
         space_id,
@@ -242,8 +237,10 @@ async fn create_token(
         .create_token(caller.request(request))
         .await?
         .into_inner();
-    let mut token = json::token(required(response.token, "token")?);
-    token["key"] = Value::String(response.key);
+    let token = NewToken {
+        token: required(response.token, "token")?.into(),
+        key: response.key,
+    };
     Ok((StatusCode::CREATED, Json(token)))
 }
 
@@ -251,10 +248,10 @@ async fn list_tokens(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Token>>, ApiError> {
     let request = caller.request(pb::ListTokensRequest { space_id });
     let tokens = core.admin().list_tokens(request).await?.into_inner().tokens;
-    Ok(Json(tokens.into_iter().map(json::token).collect()))
+    Ok(Json(tokens.into_iter().map(Token::from).collect()))
 }
 
 async fn revoke_token(

@@ -72,7 +72,7 @@ fn session_json(session: Option<pb::DashboardSession>, token: &str) -> Result<Va
         "admin": session.admin,
         "spaceId": (!session.space_id.is_empty()).then_some(session.space_id),
         "scopes": session.scopes,
-        "expiresAt": crate::json::iso(session.expires_at),
+        "expiresAt": crate::resources::Time(session.expires_at).text(),
         "csrfToken": session::csrf_token(token),
     }))
 }

@@ -1,10 +1,10 @@
+use crate::resources::Health;
 use axum::extract::State;
 use axum::http::{StatusCode, header};
 use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::{Value, json};
 use tonic_health::pb::HealthCheckRequest;
 use tonic_health::pb::health_check_response::ServingStatus;
 
@@ -37,7 +37,7 @@ async fn metrics(
 }
 
 /// Ready when the core answers its health check as serving.
-async fn healthz(State(core): State<CoreClient>) -> (StatusCode, Json<Value>) {
+async fn healthz(State(core): State<CoreClient>) -> (StatusCode, Json<Health>) {
     let check = core
         .health()
         .check(HealthCheckRequest {
@@ -45,10 +45,19 @@ async fn healthz(State(core): State<CoreClient>) -> (StatusCode, Json<Value>) {
         })
         .await;
     match check.map(|response| response.into_inner().status()) {
-        Ok(ServingStatus::Serving) => (StatusCode::OK, Json(json!({ "status": "ok" }))),
+        Ok(ServingStatus::Serving) => (
+            StatusCode::OK,
+            Json(Health {
+                status: "ok",
+                error: None,
+            }),
+        ),
         _ => (
             StatusCode::SERVICE_UNAVAILABLE,
-            Json(json!({ "status": "unavailable", "error": "core is not serving" })),
+            Json(Health {
+                status: "unavailable",
+                error: Some("core is not serving"),
+            }),
         ),
     }
 }

@@ -6,13 +6,16 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use super::{integer_param, query_params};
 use crate::core_client::Caller;
-use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json::{self, Fields};
+use crate::resources::{
+    BulkOutcome, ConcurrencyUsage, Created, CreatedJob, DeletedJob, Event, Job, JobDetail,
+    JobWithEvents, LogLine, LogPage, LogsAppended, Progress,
+};
 use crate::{ApiError, CoreClient};
 
 pub fn router() -> Router<CoreClient> {
@@ -41,7 +44,7 @@ async fn create_jobs(
     headers: HeaderMap,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, HeaderMap, Json<Value>), ApiError> {
+) -> Result<(StatusCode, HeaderMap, Json<Created>), ApiError> {
     let (mut jobs, single) = json::job_specs(&body)?;
     // The `Idempotency-Key` header keys a single create that names none.
     if let (true, Some(job)) = (single, jobs.first_mut())
@@ -61,17 +64,15 @@ async fn create_jobs(
     let replayed = !created.is_empty() && created.iter().all(|job| job.replayed);
     // `replayed` appears only on replays, so a create without a key answers
     // exactly the reference's `{id, spaceId}`.
-    let mut refs = created.into_iter().map(|job| {
-        let mut reference = json!({ "id": job.id, "spaceId": job.space_id });
-        if job.replayed {
-            reference["replayed"] = Value::Bool(true);
-        }
-        reference
+    let mut refs = created.into_iter().map(|job| CreatedJob {
+        id: job.id,
+        space_id: job.space_id,
+        replayed: job.replayed,
     });
-    let body = if single {
-        refs.next().unwrap_or(Value::Null)
-    } else {
-        Value::Array(refs.collect())
+    let body = match (single, refs.next()) {
+        (true, Some(one)) => Created::One(one),
+        (true, None) => return Err(ApiError::core_fault("created job")),
+        (false, first) => Created::Many(first.into_iter().chain(refs).collect()),
     };
     let mut response_headers = HeaderMap::new();
     if replayed {
@@ -88,7 +89,7 @@ async fn list_jobs(
     caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
-) -> Result<(HeaderMap, Json<Value>), ApiError> {
+) -> Result<(HeaderMap, Json<Vec<Job>>), ApiError> {
     let params = query_params(&uri)?;
     let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
     let instant = |name: &str| {
@@ -120,15 +121,9 @@ async fn list_jobs(
     let with_progress = param("include").is_some_and(|include| include == "progress");
     let mut response_headers = HeaderMap::new();
     response_headers.insert("x-total-count", listed.total.into());
-    let jobs = listed.jobs.into_iter().map(|job| {
-        let progress = with_progress.then(|| json::embedded(job.progress_json.clone()));
-        let mut summary = json::job_summary(job);
-        if let Some(progress) = progress {
-            summary["progress"] = progress;
-        }
-        summary
-    });
-    Ok((response_headers, Json(jobs.collect())))
+    let jobs = listed.jobs.into_iter();
+    let jobs = jobs.map(|job| Job::summary(job, with_progress));
+    Ok((response_headers, Json(jobs.collect::<Result<_, _>>()?)))
 }
 
 /// `{"action": "retry"|"kill"|"delete", "filter": {"status", "name",
@@ -140,7 +135,7 @@ async fn concurrency(
     caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<ConcurrencyUsage>, ApiError> {
     let params = query_params(&uri)?;
     let keys = params
         .get("keys")
@@ -157,19 +152,7 @@ async fn concurrency(
         .get_concurrency(caller.request(request))
         .await?
         .into_inner();
-    Ok(Json(json!({
-        "limits": json::concurrency_limits_json(required(usage.limits, "limits")?),
-        "keys": usage
-            .keys
-            .into_iter()
-            .map(|key| json!({ "key": key.key, "leases": key.leases }))
-            .collect::<Vec<_>>(),
-        "rates": usage
-            .rates
-            .into_iter()
-            .map(|rate| json!({ "name": rate.name, "used": rate.used }))
-            .collect::<Vec<_>>(),
-    })))
+    Ok(Json(ConcurrencyUsage::of(usage)?))
 }
 
 async fn bulk_jobs(
@@ -177,7 +160,7 @@ async fn bulk_jobs(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<BulkOutcome>, ApiError> {
     let fields = Fields::of(&body, "")?;
     let action = match fields.string("action")?.as_deref() {
         Some("retry") => pb::BulkAction::Retry,
@@ -214,43 +197,39 @@ async fn bulk_jobs(
         .bulk_jobs(caller.request(request))
         .await?
         .into_inner();
-    Ok(Json(json!({
-        "matched": outcome.matched,
-        "applied": outcome.applied,
-        "skipped": outcome.skipped,
-        "more": outcome.more,
-    })))
+    Ok(Json(BulkOutcome {
+        matched: outcome.matched,
+        applied: outcome.applied,
+        skipped: outcome.skipped,
+        more: outcome.more,
+    }))
 }
 
 async fn get_job(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobWithEvents>, ApiError> {
     let request = caller.request(pb::GetJobRequest { job_id });
     let response = core.jobs().get_job(request).await?.into_inner();
-    let mut job = json::job_detail(required(response.job, "job")?);
-    job["events"] = response.events.into_iter().map(json::event).collect();
-    Ok(Json(job))
+    Ok(Json(JobWithEvents {
+        job: JobDetail::required(response.job)?,
+        events: response
+            .events
+            .into_iter()
+            .map(Event::of)
+            .collect::<Result<_, _>>()?,
+    }))
 }
 
 async fn get_progress(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Progress>, ApiError> {
     let request = caller.request(pb::GetJobProgressRequest { job_id });
     let progress = core.jobs().get_job_progress(request).await?.into_inner();
-    let data = progress
-        .progress_json
-        .and_then(|text| serde_json::from_str::<Value>(&text).ok())
-        .unwrap_or(Value::Null);
-    Ok(Json(json!({
-        "jobId": progress.job_id,
-        "status": json::status_name(progress.status),
-        "progress": data,
-        "updatedAt": json::iso(progress.updated_at),
-    })))
+    Ok(Json(Progress::of(progress)?))
 }
 
 async fn append_logs(
@@ -258,7 +237,7 @@ async fn append_logs(
     caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<LogsAppended>), ApiError> {
     let fields = Fields::of(&body, "")?;
     let items = match fields.get("lines") {
         Some(Value::Array(items)) => items,
@@ -289,10 +268,7 @@ async fn append_logs(
         .await?
         .into_inner()
         .last_seq;
-    Ok((
-        StatusCode::CREATED,
-        Json(json!({ "count": count, "lastSeq": last_seq })),
-    ))
+    Ok((StatusCode::CREATED, Json(LogsAppended { count, last_seq })))
 }
 
 async fn list_logs(
@@ -300,7 +276,7 @@ async fn list_logs(
     caller: Caller,
     Path(job_id): Path<String>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<LogPage>, ApiError> {
     let params = query_params(&uri)?;
     let request = pb::ListLogsRequest {
         job_id,
@@ -323,14 +299,11 @@ async fn list_logs(
         .contains_key("before")
         .then(|| lines.first().map(|line| line.seq))
         .flatten();
-    let mut page = json!({
-        "lines": lines.into_iter().map(json::log_line).collect::<Vec<_>>(),
-        "nextAfter": next_after,
-    });
-    if let Some(next_before) = next_before {
-        page["nextBefore"] = json!(next_before);
-    }
-    Ok(Json(page))
+    Ok(Json(LogPage {
+        lines: lines.into_iter().map(LogLine::from).collect(),
+        next_after,
+        next_before,
+    }))
 }
 
 async fn kill_job(
@@ -338,11 +311,11 @@ async fn kill_job(
     caller: Caller,
     Path(job_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDetail>, ApiError> {
     let reason = Fields::of(&body, "")?.string("reason")?;
     let request = caller.request(pb::KillJobRequest { job_id, reason });
     let job = core.jobs().kill_job(request).await?.into_inner().job;
-    Ok(Json(json::job_detail(required(job, "job")?)))
+    Ok(Json(JobDetail::required(job)?))
 }
 
 /// An operator's retry: the dead or killed job is pending again.
@@ -350,10 +323,10 @@ async fn retry_job(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<JobDetail>, ApiError> {
     let request = caller.request(pb::RetryJobRequest { job_id });
     let job = core.jobs().retry_job(request).await?.into_inner().job;
-    Ok(Json(json::job_detail(required(job, "job")?)))
+    Ok(Json(JobDetail::required(job)?))
 }
 
 /// Deletes a finished job; answers with the job as it was.
@@ -361,10 +334,11 @@ async fn delete_job(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedJob>, ApiError> {
     let request = caller.request(pb::DeleteJobRequest { job_id });
     let job = core.jobs().delete_job(request).await?.into_inner().job;
-    let mut body = json::job_detail(required(job, "job")?);
-    body["deleted"] = Value::Bool(true);
-    Ok(Json(body))
+    Ok(Json(DeletedJob {
+        job: JobDetail::required(job)?,
+        deleted: true,
+    }))
 }

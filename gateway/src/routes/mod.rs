@@ -27,6 +27,7 @@ use crate::{ApiError, CoreClient, MAX_BODY_BYTES};
 pub fn router(core: CoreClient) -> Router {
     Router::new()
         .merge(health::router())
+        .merge(crate::openapi::router())
         .merge(dashboard::router())
         .merge(admin::router())
         .merge(jobs::router())

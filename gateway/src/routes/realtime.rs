@@ -29,7 +29,7 @@ use super::{integer_param, query_params};
 use crate::core_client::{Caller, set_credential};
 use crate::error::close_frame_for;
 use crate::feeds::{Cursor, Feed, Next};
-use crate::json;
+use crate::resources::SpaceStreamMessage;
 use crate::{ApiError, CoreClient};
 
 /// Client messages are only ever control frames or small; refuse big ones.
@@ -147,7 +147,7 @@ async fn watch_space(
         upstream,
         core.stream_bounds(),
         |response: pb::WatchSpaceResponse| {
-            response.message.map(json::space_stream_message).transpose()
+            response.message.map(SpaceStreamMessage::text).transpose()
         },
     );
     let subscriber = core.metrics().subscribed();

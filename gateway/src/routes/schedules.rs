@@ -7,13 +7,12 @@ use axum::http::{StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::{Value, json};
 
 use super::{integer_param, query_params};
 use crate::core_client::Caller;
-use crate::error::required;
 use crate::extract::JsonBody;
 use crate::json;
+use crate::resources::{DeletedSchedule, Schedule};
 use crate::{ApiError, CoreClient};
 
 pub fn router() -> Router<CoreClient> {
@@ -44,8 +43,8 @@ fn next_count(uri: &Uri) -> Result<Option<u32>, ApiError> {
         .map(|count| u32::try_from(count).unwrap_or(u32::MAX)))
 }
 
-fn answer(schedule: Option<pb::Schedule>) -> Result<Json<Value>, ApiError> {
-    Ok(Json(json::schedule(required(schedule, "schedule")?)?))
+fn answer(schedule: Option<pb::Schedule>) -> Result<Json<Schedule>, ApiError> {
+    Ok(Json(Schedule::required(schedule)?))
 }
 
 async fn create_schedule(
@@ -54,7 +53,7 @@ async fn create_schedule(
     Path(space_id): Path<String>,
     uri: Uri,
     JsonBody(body): JsonBody,
-) -> Result<(StatusCode, Json<Value>), ApiError> {
+) -> Result<(StatusCode, Json<Schedule>), ApiError> {
     let request = pb::CreateScheduleRequest {
         space_id,
         settings: Some(json::schedule_settings(&body)?),
@@ -73,7 +72,7 @@ async fn list_schedules(
     caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Vec<Schedule>>, ApiError> {
     let request = pb::ListSchedulesRequest {
         space_id,
         next_count: next_count(&uri)?,
@@ -83,8 +82,8 @@ async fn list_schedules(
         .list_schedules(caller.request(request))
         .await?
         .into_inner();
-    let schedules = listed.schedules.into_iter().map(json::schedule);
-    Ok(Json(Value::Array(schedules.collect::<Result<_, _>>()?)))
+    let schedules = listed.schedules.into_iter().map(Schedule::of);
+    Ok(Json(schedules.collect::<Result<_, _>>()?))
 }
 
 async fn get_schedule(
@@ -92,7 +91,7 @@ async fn get_schedule(
     caller: Caller,
     Path((space_id, schedule_id)): Path<(String, String)>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Schedule>, ApiError> {
     let request = pb::GetScheduleRequest {
         space_id,
         schedule_id,
@@ -112,7 +111,7 @@ async fn update(
     (space_id, schedule_id): (String, String),
     settings: pb::ScheduleSettings,
     uri: &Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Schedule>, ApiError> {
     let request = pb::UpdateScheduleRequest {
         space_id,
         schedule_id,
@@ -133,7 +132,7 @@ async fn update_schedule(
     Path(ids): Path<(String, String)>,
     uri: Uri,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Schedule>, ApiError> {
     let settings = json::schedule_settings(&body)?;
     update(&core, &caller, ids, settings, &uri).await
 }
@@ -144,7 +143,7 @@ async fn set_paused<const PAUSED: bool>(
     caller: Caller,
     Path(ids): Path<(String, String)>,
     uri: Uri,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Schedule>, ApiError> {
     let settings = pb::ScheduleSettings {
         paused: Some(PAUSED),
         ..Default::default()
@@ -156,7 +155,7 @@ async fn delete_schedule(
     State(core): State<CoreClient>,
     caller: Caller,
     Path((space_id, schedule_id)): Path<(String, String)>,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<DeletedSchedule>, ApiError> {
     let request = pb::DeleteScheduleRequest {
         space_id,
         schedule_id: schedule_id.clone(),
@@ -164,5 +163,8 @@ async fn delete_schedule(
     core.schedules()
         .delete_schedule(caller.request(request))
         .await?;
-    Ok(Json(json!({ "id": schedule_id, "deleted": true })))
+    Ok(Json(DeletedSchedule {
+        id: schedule_id,
+        deleted: true,
+    }))
 }

@@ -6,12 +6,13 @@ use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::core_client::Caller;
 use crate::error::required;
 use crate::extract::JsonBody;
-use crate::json::{self, Fields, fence};
+use crate::json::{Fields, fence};
+use crate::resources::{Deliveries, Delivery, JobDetail};
 use crate::{ApiError, CoreClient};
 
 pub fn router() -> Router<CoreClient> {
@@ -26,7 +27,7 @@ pub fn router() -> Router<CoreClient> {
         .route("/api/v1/jobs/{job_id}/keepalive", post(keepalive))
 }
 
-type JobReply = Result<Json<Value>, ApiError>;
+type JobReply = Result<Json<JobDetail>, ApiError>;
 
 /// A worker's report on one job: the job, the JSON body, and the fence the
 /// body carries (`attemptNumber`, `leaseId`). Taken last: it reads the body.
@@ -62,7 +63,7 @@ impl<S: Send + Sync> FromRequest<S> for Report {
 }
 
 fn reply(job: Option<pb::Job>) -> JobReply {
-    Ok(Json(json::job_detail(required(job, "job")?)))
+    Ok(Json(JobDetail::required(job)?))
 }
 
 async fn poll(
@@ -70,7 +71,7 @@ async fn poll(
     caller: Caller,
     Path(space_id): Path<String>,
     JsonBody(body): JsonBody,
-) -> Result<Json<Value>, ApiError> {
+) -> Result<Json<Deliveries>, ApiError> {
     let fields = Fields::of(&body, "")?;
     // Precedence as documented: types, type, names, name.
     let mut names = None;
@@ -92,19 +93,19 @@ async fn poll(
         .await?
         .into_inner()
         .jobs;
-    Ok(Json(
-        json!({ "jobs": jobs.into_iter().map(json::delivery).collect::<Vec<_>>() }),
-    ))
+    Ok(Json(Deliveries {
+        jobs: jobs.into_iter().map(Delivery::from).collect(),
+    }))
 }
 
 async fn claim(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-) -> JobReply {
+) -> Result<Json<Delivery>, ApiError> {
     let request = caller.request(pb::ClaimJobRequest { job_id });
     let job = core.jobs().claim_job(request).await?.into_inner().job;
-    Ok(Json(json::delivery(required(job, "job")?)))
+    Ok(Json(required(job, "job")?.into()))
 }
 
 async fn ack(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
