@@ -52,6 +52,7 @@ async fn start_core_with(
         streams: Default::default(),
         callbacks: Default::default(),
         retention,
+        clock: Default::default(),
     })
     .await?)
 }

@@ -9,6 +9,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use emit_core::auth::RateLimit;
 use emit_core::callbacks::CallbackConfig;
+use emit_core::clock::Clock;
 use emit_core::realtime::StreamLimits;
 use emit_core::retention::{RetentionConfig, RetentionPolicy};
 use emit_core::{CoreConfig, Secret};
@@ -388,6 +389,7 @@ impl CoreArgs {
                 },
                 sweep_every: Duration::from_secs(self.retention_sweep.max(1)),
             },
+            clock: Clock::system(),
         }
     }
 }

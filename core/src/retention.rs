@@ -15,7 +15,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::job::JobStatus;
 use crate::store::Store;
@@ -167,7 +167,7 @@ pub async fn sweep(
 ) {
     loop {
         let mut more = false;
-        match sweep_once(&*store, config.policy, now_millis()).await {
+        match sweep_once(&*store, config.policy, store.clock().now()).await {
             Ok(pass) => {
                 if pass.deleted > 0 {
                     tracing::info!(deleted = pass.deleted, "retention: deleted finished jobs");

@@ -9,7 +9,6 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::clock::{millis_until, now_millis};
 use crate::error::Result;
 use crate::ids::new_id;
 use crate::schedule::Schedule;
@@ -27,7 +26,7 @@ pub async fn run(store: Arc<dyn Store>, wake: Arc<Notify>, mut shutdown: watch::
         let sleep_for = match pass(&*store).await {
             Ok(true) => Duration::ZERO,
             Ok(false) => match store.next_schedule_due().await {
-                Ok(Some(next)) => millis_until(next).min(MAX_SLEEP),
+                Ok(Some(next)) => store.clock().until(next).min(MAX_SLEEP),
                 Ok(None) => MAX_SLEEP,
                 Err(error) => {
                     tracing::warn!(%error, "reading the next schedule fire failed");
@@ -49,7 +48,7 @@ pub async fn run(store: Arc<dyn Store>, wake: Arc<Notify>, mut shutdown: watch::
 
 /// Fires what is due now; returns whether more may be.
 async fn pass(store: &dyn Store) -> Result<bool> {
-    let now = now_millis();
+    let now = store.clock().now();
     let due = store
         .read_schedules(ScheduleQuery::Due {
             now,

@@ -23,6 +23,7 @@ use crate::auth::{
 use crate::callbacks::push::PushNotifier;
 use crate::callbacks::slack::{SlackConfig, SlackNotifier};
 use crate::callbacks::{CallbackConfig, Deliverer};
+use crate::clock::Clock;
 use crate::error::{Error, Result};
 use crate::grpc::{AdminGrpc, EventsGrpc, JobsGrpc, MeteredLayer, SchedulesGrpc, WorkersGrpc};
 use crate::metrics::CoreMetrics;
@@ -58,6 +59,8 @@ pub struct CoreConfig {
     pub streams: StreamLimits,
     pub callbacks: CallbackConfig,
     pub retention: RetentionConfig,
+    /// The system clock, except where a test sets one ahead.
+    pub clock: Clock,
 }
 
 pub struct RunningCore {
@@ -114,7 +117,12 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         ))
     })?;
     let grpc_addr = listener.local_addr().map_err(Error::internal)?;
-    let store = store::open(&config.database_url, config.database_wait).await?;
+    let store = store::open(
+        &config.database_url,
+        config.database_wait,
+        config.clock.clone(),
+    )
+    .await?;
     let (admin_key_hash, generated_admin_key) =
         resolve_admin_key(&*store, config.admin_key).await?;
     let auth = Arc::new(Authenticator::new(
@@ -342,7 +350,7 @@ async fn resolve_admin_key(
 /// Replaces the stored admin key with a new one and returns it: the way
 /// back in when the key is lost. Running cores take it at their next start.
 pub async fn reset_admin_key(database_url: &str, database_wait: Duration) -> Result<Secret> {
-    let store = store::open(database_url, database_wait).await?;
+    let store = store::open(database_url, database_wait, Clock::system()).await?;
     let key = generate_key()?;
     store
         .put_setting(

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use tokio::sync::{Notify, watch};
 
-use crate::clock::{UnixMillis, millis_until, now_millis};
+use crate::clock::UnixMillis;
 use crate::store::Store;
 
 /// Jobs expired per sweep; a full sweep is followed by another at once.
@@ -44,7 +44,7 @@ pub async fn run(store: Arc<dyn Store>, wake: Arc<TimerWake>, mut shutdown: watc
     loop {
         // Any deadline set while we sweep must wake us again (see `schedule`).
         wake.next.store(i64::MAX, Ordering::Release);
-        let now = now_millis();
+        let now = store.clock().now();
         let sleep_for = match store.fire_due_timers(now, SWEEP_LIMIT).await {
             Ok(sweep) if sweep.fired as u32 >= SWEEP_LIMIT => Duration::ZERO,
             Ok(sweep) => {
@@ -56,7 +56,7 @@ pub async fn run(store: Arc<dyn Store>, wake: Arc<TimerWake>, mut shutdown: watc
                 if earliest == i64::MAX {
                     MAX_SLEEP
                 } else {
-                    millis_until(earliest).min(MAX_SLEEP)
+                    store.clock().until(earliest).min(MAX_SLEEP)
                 }
             }
             Err(error) => {

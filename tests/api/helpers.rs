@@ -5,6 +5,7 @@ use std::time::{Duration, Instant};
 
 use emit_core::auth::RateLimit;
 use emit_core::callbacks::{CallbackConfig, RetryPolicy};
+use emit_core::clock::Clock;
 use emit_core::retention::RetentionConfig;
 use emit_core::realtime::StreamLimits;
 use emit_core::{CoreConfig, RunningCore, Secret};
@@ -75,6 +76,9 @@ pub struct TestApp {
     timeouts: ConnectionTimeouts,
     callbacks: CallbackConfig,
     retention: RetentionConfig,
+    /// The core's clock: a test sets it ahead to stand for time passing
+    /// (kept across restarts).
+    pub clock: Clock,
     core: Option<RunningCore>,
     gateway: Option<RunningGateway>,
 }
@@ -165,6 +169,7 @@ impl TestApp {
             timeouts: options.timeouts,
             callbacks: options.callbacks,
             retention: options.retention,
+            clock: Clock::system(),
             core: None,
             gateway: None,
         };
@@ -191,6 +196,7 @@ impl TestApp {
             streams: self.streams,
             callbacks: self.callbacks.clone(),
             retention: self.retention,
+            clock: self.clock.clone(),
         })
         .await
         .expect("core starts");

@@ -253,7 +253,7 @@ async fn replicas_pruning_at_once_delete_each_job_once() {
     let replicas = if crate::BACKEND == crate::helpers::Backend::Postgres { 3 } else { 1 };
     let mut stores = Vec::new();
     for _ in 0..replicas {
-        let store = emit_core::store::open(&app.database_url(), Duration::from_secs(10))
+        let store = emit_core::store::open(&app.database_url(), Duration::from_secs(10), app.clock.clone())
             .await
             .expect("a replica's store opens");
         stores.push(store);
@@ -262,7 +262,7 @@ async fn replicas_pruning_at_once_delete_each_job_once() {
         space_id: space.id.clone(),
         status: JobStatus::Completed,
         // Everything finished so far.
-        before: emit_core::clock::now_millis() + 1,
+        before: app.clock.now() + 1,
         limit: 16,
     };
     let pruners = stores.into_iter().map(|store| {

@@ -17,10 +17,6 @@ fn millis(iso: &Value) -> i64 {
         .as_millisecond()
 }
 
-fn now_millis() -> i64 {
-    jiff::Timestamp::now().as_millisecond()
-}
-
 async fn create(app: &TestApp, space: &Space, body: Value) -> Value {
     let (status, created) = app
         .post(&format!("/api/v1/spaces/{}/schedules", space.id), &space.producer, body)
@@ -241,12 +237,13 @@ async fn a_paused_schedule_makes_nothing_and_a_resume_does_not_catch_up() {
     let (status, paused) = app.post(&format!("{path}/pause"), &space.producer, json!({})).await;
     assert_eq!(status, StatusCode::OK, "{paused}");
     assert_eq!((paused["paused"].clone(), paused["nextFireTimes"].clone()), (json!(true), json!([])));
-    let paused_at = now_millis();
+    let paused_at = app.clock.now();
     let before = fire_times(&app, &space, id).await;
-    // The pause lasts 3 s of fire times.
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // The pause lasts 3 s of fire times: the core's clock is moved on
+    // rather than waited for.
+    app.clock.advance(Duration::from_secs(3));
     let (status, resumed) = app.post(&format!("{path}/resume"), &space.producer, json!({})).await;
-    let resumed_at = now_millis();
+    let resumed_at = app.clock.now();
     assert_eq!(status, StatusCode::OK);
     assert_eq!(resumed["paused"], false);
     assert!(millis(&resumed["nextFireTimes"][0]) > resumed_at - 1000, "{resumed}");
@@ -269,9 +266,10 @@ async fn after_downtime_missed_fires_follow_the_catch_up_policy() {
     let none = create(&app, &space, none).await["id"].as_str().unwrap().to_owned();
     wait_for_fires(&app, &space, &none, 1).await;
     app.stop().await;
-    let stopped = now_millis();
-    tokio::time::sleep(Duration::from_secs(14)).await;
-    let restarted = now_millis();
+    let stopped = app.clock.now();
+    // 14 s down, by the core's clock.
+    app.clock.advance(Duration::from_secs(14));
+    let restarted = app.clock.now();
     app.restart().await;
     wait_for_fires(&app, &space, &every, 16).await;
     let deadline = Instant::now() + Duration::from_secs(20);

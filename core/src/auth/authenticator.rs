@@ -14,7 +14,7 @@ use tokio::sync::broadcast;
 use super::{ApiKey, KeyHash, Principal, Scope, generate_key, hash_key, parse_scopes};
 use prometheus_client::metrics::counter::Counter;
 
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::store::Store;
 use crate::store::{SessionRecord, SessionWrite};
@@ -159,7 +159,7 @@ impl Authenticator {
             api_key.scopes.require(Scope::JobsRead)?;
         }
         let token = generate_key()?.replacen("emit_", SESSION_PREFIX, 1);
-        let now = now_millis();
+        let now = self.store.clock().now();
         let session = SessionRecord {
             id_hash: hash_key(&token),
             key_hash: hash_key(key),
@@ -206,7 +206,7 @@ impl Authenticator {
             return Err(expired);
         }
         self.store
-            .find_session(&hash_key(token), now_millis())
+            .find_session(&hash_key(token), self.store.clock().now())
             .await?
             .ok_or(expired)
     }

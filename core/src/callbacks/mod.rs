@@ -21,7 +21,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-use crate::clock::{UnixMillis, now_millis, to_timestamp};
+use crate::clock::{UnixMillis, to_timestamp};
 use crate::job::{Job, JobStatus};
 use crate::store::{CallbackOutcome, CallbackTry, OutboxEntry, Store};
 
@@ -162,7 +162,7 @@ impl Deliverer {
                 match this
                     .store
                     .due_callbacks(
-                        now_millis(),
+                        this.store.clock().now(),
                         room as u32 * 2,
                         TRIES_AT_ONCE_PER_SPACE as u32,
                         &in_flight_per_space,
@@ -221,7 +221,7 @@ impl Deliverer {
             CallbackOutcome::Failed { .. } => self
                 .retry
                 .next_delay(entry.attempt, retry_after)
-                .map(|delay| now_millis() + delay.as_millis() as i64),
+                .map(|delay| self.store.clock().now() + delay.as_millis() as i64),
         };
         if let CallbackOutcome::Failed { error, .. } = &outcome {
             tracing::info!(
@@ -237,7 +237,11 @@ impl Deliverer {
             outcome,
             retry_at,
         };
-        if let Err(error) = self.store.record_callback_try(attempt, now_millis()).await {
+        if let Err(error) = self
+            .store
+            .record_callback_try(attempt, self.store.clock().now())
+            .await
+        {
             tracing::warn!(%error, "recording a callback try failed; it will be made again");
         }
     }
@@ -269,7 +273,7 @@ impl Deliverer {
         }
         if let Some(secret) = &entry.secret {
             let message_id = format!("msg_{}", entry.job_id);
-            let timestamp = now_millis() / 1000;
+            let timestamp = self.store.clock().now() / 1000;
             match signing::sign(secret, &message_id, timestamp, &entry.body) {
                 Ok(signature) => {
                     request = request

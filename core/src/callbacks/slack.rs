@@ -19,7 +19,6 @@ use serde_json::{Value, json};
 use tokio::sync::watch;
 
 use super::guard;
-use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::{EventKind, JobEvent, LiveEvent};
@@ -215,7 +214,7 @@ impl Sender {
             tracing::warn!(space_id = %space.id, %error, "slack notifications: store error");
             None
         };
-        let now = now_millis();
+        let now = self.store.clock().now();
         let lease_until = now + LEASE.as_millis() as i64;
         let stored = self.store.get_setting(&key).await.map_err(failed)?;
         let Some(cursor) = stored.as_deref().and_then(Cursor::parse) else {

@@ -17,7 +17,7 @@ use std::sync::Arc;
 
 use self::hub::Chunk;
 use crate::auth::{Principal, Scope};
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::ids::is_well_formed;
 use crate::job::{
@@ -187,7 +187,7 @@ impl RealtimeApi {
             job_id: job.id,
             job_name: job.name,
             progress: job.progress,
-            at: now_millis(),
+            at: self.store.clock().now(),
             seq: after_seq,
             visibility,
         };
@@ -257,7 +257,7 @@ impl RealtimeApi {
                     stream_id: head.stream_id,
                     missed: false,
                     counts,
-                    at: now_millis(),
+                    at: self.store.clock().now(),
                 }
             }
             (since, _) => SpaceConnected {
@@ -266,7 +266,7 @@ impl RealtimeApi {
                 stream_id: head.stream_id,
                 missed: since.is_some(),
                 counts: head.counts,
-                at: now_millis(),
+                at: self.store.clock().now(),
             },
         };
         Ok(SpaceWatch {

@@ -1,7 +1,6 @@
 use std::sync::Arc;
 
 use crate::auth::{Authenticator, Principal, Scope, generate_key, hash_key, parse_scopes};
-use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
 use crate::job::spec;
@@ -53,7 +52,7 @@ impl AdminApi {
     pub async fn create_space(&self, who: &Principal, name: &str) -> Result<SpaceRecord> {
         who.require_admin()?;
         let name = checked_name(name)?;
-        let now = now_millis();
+        let now = self.store.clock().now();
         let public_key = generate_key()?;
         let space = SpaceRecord {
             id: new_id(),
@@ -198,7 +197,7 @@ impl AdminApi {
             name,
             scopes,
             key_hash: hash_key(&key),
-            created_at: now_millis(),
+            created_at: self.store.clock().now(),
         };
         self.store.create_token(token.clone()).await?;
         tracing::info!(space_id, token_id = %token.id, "token created");
@@ -220,7 +219,7 @@ impl AdminApi {
         who.require_admin()?;
         if !self
             .store
-            .revoke_token(space_id, token_id, now_millis())
+            .revoke_token(space_id, token_id, self.store.clock().now())
             .await?
         {
             return Err(Error::NotFound("token"));
@@ -242,10 +241,10 @@ impl AdminApi {
             return Err(Error::NotFound("space"));
         }
         let key = generate_key()?;
-        let token = public_token_record(space_id, &key, now_millis());
+        let token = public_token_record(space_id, &key, self.store.clock().now());
         let revoked = self
             .store
-            .replace_public_token(space_id, &key, token, now_millis())
+            .replace_public_token(space_id, &key, token, self.store.clock().now())
             .await?;
         if let Some(token_id) = &revoked {
             self.auth.forget_token(token_id);
@@ -274,7 +273,7 @@ impl AdminApi {
         };
         if self
             .store
-            .set_pause(space_id, &name, paused, now_millis())
+            .set_pause(space_id, &name, paused, self.store.clock().now())
             .await?
         {
             let what = if name == WHOLE_SPACE {

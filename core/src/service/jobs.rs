@@ -7,7 +7,6 @@ use prometheus_client::metrics::gauge::Gauge;
 use tokio::time::Instant;
 
 use crate::auth::{Principal, Scope};
-use crate::clock::now_millis;
 use crate::concurrency::{self, ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
 use crate::ids::{is_well_formed, new_id};
@@ -132,7 +131,7 @@ impl JobsApi {
         inputs: Vec<JobInput>,
     ) -> Result<Vec<CreatedJob>> {
         who.authorize_space(space_id, Scope::JobsCreate)?;
-        let now = now_millis();
+        let now = self.store.clock().now();
         let new = spec::build_jobs(space_id, inputs, now, new_id)?;
         let mut created: Vec<CreatedJob> = new
             .jobs
@@ -284,7 +283,7 @@ impl JobsApi {
     /// dispatch is paused, or its concurrency key holds all its slots.
     /// None for the others.
     pub async fn waiting_reasons(&self, jobs: &[Job]) -> Result<Vec<Option<&'static str>>> {
-        let now = now_millis();
+        let now = self.store.clock().now();
         let ready = |job: &Job| matches!(job.state, JobState::Pending { available_at } if available_at <= now);
         let mut reasons = vec![None; jobs.len()];
         let mut spaces: Vec<&str> = jobs
@@ -389,7 +388,7 @@ impl JobsApi {
             None => held.into_iter().collect(),
         };
         usage.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
-        let now = now_millis();
+        let now = self.store.clock().now();
         let mut rates = Vec::with_capacity(space.concurrency.rates.len());
         for (name, rate) in &space.concurrency.rates {
             let since = now - rate.period_millis();
@@ -442,7 +441,7 @@ impl JobsApi {
             space_id: space_id.to_owned(),
             names: names.clone(),
             count,
-            now: now_millis(),
+            now: self.store.clock().now(),
             excluded_names: Vec::new(),
         };
         let jobs = self.store.deliver(request).await?;
@@ -556,7 +555,7 @@ impl JobsApi {
             None => Vec::new(),
             Some(addressed) => match self
                 .store
-                .apply(&addressed, accepted, now_millis(), refill)
+                .apply(&addressed, accepted, self.store.clock().now(), refill)
                 .await
             {
                 Ok(outcomes) => outcomes,
@@ -609,7 +608,9 @@ impl JobsApi {
     ) -> Result<i64> {
         let target = target(job_id, who.authorize_job(Scope::JobsEvent)?)?;
         let lines = spec::build_log_lines(lines)?;
-        self.store.append_logs(&target, lines, now_millis()).await
+        self.store
+            .append_logs(&target, lines, self.store.clock().now())
+            .await
     }
 
     pub async fn logs(
@@ -698,7 +699,7 @@ impl JobsApi {
         };
         let outcome = self
             .store
-            .apply(target, vec![step], now_millis(), None)
+            .apply(target, vec![step], self.store.clock().now(), None)
             .await?;
         let job = outcome
             .into_iter()
@@ -823,7 +824,9 @@ impl Drop for PollWaiter {
                     fence: Fence::holding(&job),
                 };
                 // Already moved on (timed out): nothing to hand back.
-                let _ = store.apply(&target, vec![step], now_millis(), None).await;
+                let _ = store
+                    .apply(&target, vec![step], store.clock().now(), None)
+                    .await;
             }
         });
     }

@@ -7,7 +7,6 @@ use std::sync::Arc;
 use tokio::sync::Notify;
 
 use crate::auth::{Principal, Scope};
-use crate::clock::now_millis;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::schedule::{Schedule, ScheduleInput};
@@ -38,7 +37,7 @@ impl SchedulesApi {
         if self.store.get_space(space_id).await?.is_none() {
             return Err(Error::NotFound("space"));
         }
-        let schedule = Schedule::create(space_id, new_id(), input, now_millis())?;
+        let schedule = Schedule::create(space_id, new_id(), input, self.store.clock().now())?;
         self.store
             .write_schedule(ScheduleWrite::Create(schedule.clone()))
             .await?;
@@ -73,7 +72,7 @@ impl SchedulesApi {
         who.authorize_space(space_id, Scope::JobsCreate)?;
         for _ in 0..UPDATE_ATTEMPTS {
             let current = self.find(space_id, schedule_id).await?;
-            let mut updated = current.updated(input.clone(), now_millis())?;
+            let mut updated = current.updated(input.clone(), self.store.clock().now())?;
             updated.version = current.version + 1;
             let written = self
                 .store

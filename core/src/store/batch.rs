@@ -19,7 +19,7 @@ use tokio::sync::{mpsc, oneshot};
 use tracing::Instrument;
 
 use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Effects, Fence};
 use crate::job::spec::NewJobs;
@@ -302,6 +302,7 @@ pub async fn run(
     queues: Queues,
     waiters: Arc<Waiters>,
     metrics: WriterMetrics,
+    clock: Clock,
 ) {
     let Queues {
         mut ops,
@@ -358,7 +359,7 @@ pub async fn run(
             background_since = std::time::Instant::now();
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
-        let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans).await;
+        let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans, &clock).await;
         if committed {
             metrics.batch_ops.observe(operations as f64);
             metrics
@@ -433,6 +434,7 @@ async fn run_batch(
     batch: &mut Vec<WriteOp>,
     waiters: &Waiters,
     orphans: &mut Vec<Job>,
+    clock: &Clock,
 ) -> bool {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut to_fill = ToFill {
@@ -468,7 +470,9 @@ async fn run_batch(
         batch_error = writer.lock_ahead(named, keys).await.err();
     }
     if batch_error.is_none() {
-        batch_error = release(writer, &released, &mut to_fill).await.err();
+        batch_error = release(writer, &released, &mut to_fill, clock.now())
+            .await
+            .err();
     }
     let mut not_run = Vec::new();
     let mut failed_by_an_operation = false;
@@ -495,7 +499,7 @@ async fn run_batch(
     batch.extend(not_run);
     let mut handoffs = Vec::new();
     if batch_error.is_none() {
-        match fill(writer, waiters, &to_fill).await {
+        match fill(writer, waiters, &to_fill, clock.now()).await {
             Ok(filled) => handoffs = filled,
             Err(error) => batch_error = Some(error),
         }
@@ -527,8 +531,12 @@ async fn run_batch(
 }
 
 /// Hands back jobs whose waiter was gone when their lease committed.
-async fn release(writer: &mut impl Writer, jobs: &[Job], to_fill: &mut ToFill) -> Result<()> {
-    let now = now_millis();
+async fn release(
+    writer: &mut impl Writer,
+    jobs: &[Job],
+    to_fill: &mut ToFill,
+    now: UnixMillis,
+) -> Result<()> {
     for job in jobs {
         let target = JobTarget {
             job_id: job.id.clone(),
@@ -556,10 +564,10 @@ async fn fill(
     writer: &mut impl Writer,
     waiters: &Waiters,
     to_fill: &ToFill,
+    now: UnixMillis,
 ) -> Result<Vec<Handoff>> {
     let mut fills = waiters.take(&to_fill.touched, &to_fill.freed).into_iter();
     let mut handoffs = Vec::new();
-    let now = now_millis();
     while let Some(fill) = fills.next() {
         let request = DeliverRequest {
             space_id: fill.space_id.clone(),

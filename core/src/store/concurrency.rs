@@ -30,7 +30,7 @@ use std::collections::HashMap;
 use async_trait::async_trait;
 use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
 
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::UnixMillis;
 use crate::concurrency::{ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobStatus};
@@ -58,6 +58,9 @@ pub enum Lane<'a> {
 /// What a writer provides for dispatch under flow limits.
 #[async_trait]
 pub trait FlowDispatch: Send {
+    /// The time now, fresh: a rate window is counted at the moment of the
+    /// decision, never at a time a queued request was made.
+    fn now(&self) -> UnixMillis;
     /// Ready keys of the space after `after`, in key order, at most `max`.
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>>;
     /// The first `count` ready jobs of the lane (of each key, for keys), in
@@ -152,7 +155,7 @@ impl RateBudget {
                 full.push((*name).clone());
             }
         }
-        let now = now_millis().max(request.now);
+        let now = writer.now().max(request.now);
         let mut left = HashMap::new();
         for (name, rate) in rated {
             if !locked.contains(&name) || rate.per_key {
@@ -414,7 +417,7 @@ pub async fn admit_claim(writer: &mut impl FlowDispatch, job: &Job) -> Result<()
             space_id: job.space_id.clone(),
             names: vec![job.name.clone()],
             count: 1,
-            now: now_millis(),
+            now: writer.now(),
             excluded_names: Vec::new(),
         };
         let budget = RateBudget::of(writer, &request, &limits).await?;

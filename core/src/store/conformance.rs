@@ -10,7 +10,7 @@
 use std::collections::HashSet;
 use std::time::Duration;
 
-use crate::clock::{UnixMillis, now_millis};
+use crate::clock::{Clock, UnixMillis};
 use crate::error::Error;
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus};
@@ -76,7 +76,7 @@ async fn job(store: &dyn Store, id: &str) -> Job {
 /// each command's event is recorded once, in order.
 async fn one_call_applies_its_commands_in_order(store: &dyn Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
-    let now = now_millis();
+    let now = Clock::system().now();
     let delivered = store.deliver(ready(space_id, 1, now)).await.unwrap();
     assert_eq!(delivered.len(), 1);
     let fence = Fence::holding(&delivered[0]);
@@ -120,7 +120,7 @@ async fn one_call_applies_its_commands_in_order(store: &dyn Store, space_id: &st
 /// A refused command writes nothing, and the commands after it still run.
 async fn a_refused_command_writes_nothing(store: &dyn Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
-    let now = now_millis();
+    let now = Clock::system().now();
     let delivered = store.deliver(ready(space_id, 1, now)).await.unwrap();
     let fence = Fence::holding(&delivered[0]);
     let stale = Fence {
@@ -152,7 +152,7 @@ async fn a_refused_command_writes_nothing(store: &dyn Store, space_id: &str) {
 /// once none is ready.
 async fn deliveries_take_each_job_once_oldest_first(store: &dyn Store, space_id: &str) {
     let ids = testing::create(store, space_id, 50).await;
-    let now = now_millis();
+    let now = Clock::system().now();
     let mut taken = Vec::new();
     for _ in 0..3 {
         let delivered = store.deliver(ready(space_id, 20, now)).await.unwrap();
@@ -172,7 +172,7 @@ async fn deliveries_take_each_job_once_oldest_first(store: &dyn Store, space_id:
 /// old lease is fenced out, the new one completes it.
 async fn an_expired_delivery_fences_its_lease(store: &dyn Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
-    let now = now_millis();
+    let now = Clock::system().now();
     let first = store
         .deliver(ready(space_id, 1, now))
         .await
@@ -213,7 +213,7 @@ async fn an_expired_delivery_fences_its_lease(store: &dyn Store, space_id: &str)
 /// every job completed exactly once.
 async fn concurrent_calls_share_batches_without_losing_writes(store: &dyn Store, space_id: &str) {
     let ids = testing::create(store, space_id, 200).await;
-    let now = now_millis();
+    let now = Clock::system().now();
     let completed = std::sync::Mutex::new(HashSet::new());
     let worker = |release_every: usize| {
         let completed = &completed;
@@ -282,7 +282,7 @@ on_both_backends!(
 );
 
 async fn postgres_store(url: &str) -> PostgresStore {
-    PostgresStore::open(url, Duration::from_secs(10))
+    PostgresStore::open(url, Duration::from_secs(10), Clock::system())
         .await
         .unwrap()
 }
@@ -301,7 +301,7 @@ async fn postgres_replicas_never_deliver_one_job_twice() {
     let (one, space_id, database) = postgres_with_space().await;
     let two = postgres_store(&database.url).await;
     let ids = testing::create(&one, &space_id, 300).await;
-    let now = now_millis();
+    let now = Clock::system().now();
     let drain = |store: &'static str| {
         let store: &dyn Store = if store == "one" { &one } else { &two };
         let space_id = &space_id;
@@ -333,13 +333,18 @@ async fn postgres_replicas_racing_on_one_job_apply_it_once() {
     let two = postgres_store(&database.url).await;
     let ids = testing::create(&one, &space_id, 20).await;
     let delivered = one
-        .deliver(ready(&space_id, 20, now_millis()))
+        .deliver(ready(&space_id, 20, Clock::system().now()))
         .await
         .unwrap();
     for job in &delivered {
         let complete = |store: &'static str| {
             let store: &dyn Store = if store == "one" { &one } else { &two };
-            report(store, job, Command::Complete { result: None }, now_millis())
+            report(
+                store,
+                job,
+                Command::Complete { result: None },
+                Clock::system().now(),
+            )
         };
         let (a, b) = tokio::join!(complete("one"), complete("two"));
         let outcomes = [a, b];

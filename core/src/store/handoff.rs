@@ -336,7 +336,7 @@ impl Handoff {
 
 #[cfg(test)]
 mod tests {
-    use crate::clock::now_millis;
+    use crate::clock::Clock;
     use crate::job::JobStatus;
     use crate::job::machine::{Command, Fence};
     use crate::store::sqlite::SqliteStore;
@@ -381,7 +381,7 @@ mod tests {
             space_id: Some(space_id.clone()),
         };
         let outcomes = store
-            .apply(&target, steps, now_millis(), Some(waiter.clone()))
+            .apply(&target, steps, Clock::system().now(), Some(waiter.clone()))
             .await
             .unwrap();
         assert!(outcomes.iter().all(Result::is_ok), "{outcomes:?}");

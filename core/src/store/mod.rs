@@ -35,7 +35,7 @@ use tokio::sync::broadcast;
 
 use self::handoff::{Waiter, Waiters};
 use crate::auth::KeyHash;
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, UnixMillis};
 use crate::concurrency::ConcurrencyLimits;
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Fence};
@@ -438,6 +438,8 @@ pub trait Store: Send + Sync + 'static {
     fn waiters(&self) -> &Waiters;
     /// What the writers measure of their batches.
     fn writer_metrics(&self) -> WriterMetrics;
+    /// The time every part of the core reads (see `Clock`).
+    fn clock(&self) -> &Clock;
     /// Makes the writer fill the waiters that asked (`Waiter::want`) soon.
     fn wake_writer(&self);
     /// Fires up to `limit` timers due at `now`.
@@ -483,12 +485,18 @@ pub trait Store: Send + Sync + 'static {
 /// Opens the store a database URL names, running its migrations.
 /// Opens the store `database_url` names; `wait` bounds how long a database
 /// that does not answer yet is retried (PostgreSQL; SQLite is a file).
-pub async fn open(database_url: &str, wait: std::time::Duration) -> Result<Arc<dyn Store>> {
+pub async fn open(
+    database_url: &str,
+    wait: std::time::Duration,
+    clock: Clock,
+) -> Result<Arc<dyn Store>> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(sqlite::SqliteStore::open(database_url).await?))
+        Ok(Arc::new(
+            sqlite::SqliteStore::open(database_url, clock).await?,
+        ))
     } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
         Ok(Arc::new(
-            postgres::PostgresStore::open(database_url, wait).await?,
+            postgres::PostgresStore::open(database_url, wait, clock).await?,
         ))
     } else {
         Err(Error::invalid(format!(

@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::clock::now_millis;
+use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::job::Job;
 use crate::job::spec::{self, JobInput};
@@ -13,9 +13,12 @@ use crate::store::{SpaceRecord, Store, TokenRecord};
 /// space.
 pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
     let dir = std::env::temp_dir().join(format!("emit-unit-{}", new_id()));
-    let store = SqliteStore::open(&format!("sqlite://{}/emit.db", dir.display()))
-        .await
-        .unwrap();
+    let store = SqliteStore::open(
+        &format!("sqlite://{}/emit.db", dir.display()),
+        Clock::system(),
+    )
+    .await
+    .unwrap();
     let space_id = add_space(&store).await;
     (store, space_id, dir)
 }
@@ -33,7 +36,7 @@ pub async fn add_space(store: &(impl Store + ?Sized)) -> String {
         retention: Default::default(),
         slack: None,
         concurrency: Default::default(),
-        created_at: now_millis(),
+        created_at: Clock::system().now(),
     };
     let token = TokenRecord {
         id: new_id(),
@@ -41,7 +44,7 @@ pub async fn add_space(store: &(impl Store + ?Sized)) -> String {
         name: "public".into(),
         scopes: vec![],
         key_hash: [7; 32],
-        created_at: now_millis(),
+        created_at: Clock::system().now(),
     };
     store.create_space(space, token).await.unwrap();
     space_id
@@ -73,7 +76,7 @@ pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {
             concurrency_limit: None,
         })
         .collect();
-    spec::build_jobs(space_id, inputs, now_millis(), new_id)
+    spec::build_jobs(space_id, inputs, Clock::system().now(), new_id)
         .unwrap()
         .jobs
 }

@@ -21,7 +21,7 @@ use super::batch::{self, Writes};
 use super::handoff::{Waiter, Waiters};
 use super::{filter, rows};
 use crate::auth::KeyHash;
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::spec::NewJobs;
@@ -54,12 +54,13 @@ pub struct PostgresStore {
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
+    clock: Clock,
     /// Dropped with the store: stops the relay.
     _stop_relay: oneshot::Sender<()>,
 }
 
 impl PostgresStore {
-    pub async fn open(url: &str, wait: Duration) -> Result<Self> {
+    pub async fn open(url: &str, wait: Duration, clock: Clock) -> Result<Self> {
         let options = PgConnectOptions::from_str(url)
             .map_err(|error| Error::invalid(format!("invalid postgres URL: {error}")))?
             .disable_statement_logging();
@@ -88,16 +89,23 @@ impl PostgresStore {
         for _ in 0..WRITERS {
             let connection = options.connect().await?;
             let (writes, queue) = batch::inbox(WRITE_QUEUE);
-            let writer = PgWriter::new(connection, relay.clone(), own_commits.clone());
+            let writer = PgWriter::new(
+                connection,
+                relay.clone(),
+                own_commits.clone(),
+                clock.clone(),
+            );
             tokio::spawn(batch::run(
                 writer,
                 queue,
                 waiters.clone(),
                 writer_metrics.clone(),
+                clock.clone(),
             ));
             writers.push(writes);
         }
         Ok(Self {
+            clock,
             writer_metrics,
             reads,
             writes: Writes::new(writers),
@@ -499,6 +507,10 @@ impl Store for PostgresStore {
 
     async fn prune(&self, expired: &Expired) -> Result<u32> {
         self.writes.prune(expired).await
+    }
+
+    fn clock(&self) -> &Clock {
+        &self.clock
     }
 
     fn writer_metrics(&self) -> WriterMetrics {

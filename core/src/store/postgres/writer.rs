@@ -28,7 +28,7 @@ use sqlx::{Connection, PgConnection, Postgres, QueryBuilder, Row};
 use tokio::sync::broadcast;
 
 use super::relay::{CommitNotice, Relay};
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
 use crate::ids::new_id;
 use crate::job::machine::{self, Command, Fence};
@@ -82,6 +82,7 @@ enum Recorded {
 
 pub struct PgWriter {
     conn: PgConnection,
+    clock: Clock,
     relay: Arc<Relay>,
     own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
     recorded: Vec<Recorded>,
@@ -176,9 +177,11 @@ impl PgWriter {
         conn: PgConnection,
         relay: Arc<Relay>,
         own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
+        clock: Clock,
     ) -> Self {
         Self {
             conn,
+            clock,
             relay,
             own_commits,
             recorded: Vec::new(),
@@ -1053,6 +1056,10 @@ impl PgWriter {
 
 #[async_trait]
 impl FlowDispatch for PgWriter {
+    fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
         concurrency::ready_keys::<Postgres>(&mut self.conn, space_id, after, max).await
     }

@@ -28,7 +28,7 @@ use super::batch::{self, Writes};
 use super::handoff::{Waiter, Waiters};
 use super::{filter, rows};
 use crate::auth::KeyHash;
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
 use crate::job::spec::NewJobs;
 use crate::job::{Job, JobEvent, LiveEvent, LogLine, StoredLogLine};
@@ -60,11 +60,12 @@ pub struct SqliteStore {
     writer_metrics: WriterMetrics,
     published: broadcast::Sender<Arc<[LiveEvent]>>,
     revoked: broadcast::Sender<String>,
+    clock: Clock,
     _stop_checkpoints: oneshot::Sender<()>,
 }
 
 impl SqliteStore {
-    pub async fn open(url: &str) -> Result<Self> {
+    pub async fn open(url: &str, clock: Clock) -> Result<Self> {
         let options = SqliteConnectOptions::from_str(url)
             .map_err(|error| Error::invalid(format!("invalid sqlite URL: {error}")))?
             .create_if_missing(true)
@@ -108,12 +109,19 @@ impl SqliteStore {
         let waiters = Arc::new(Waiters::default());
         let writer_metrics = WriterMetrics::default();
         tokio::spawn(batch::run(
-            SqliteWriter::new(write_connection, published.clone(), restart_wal),
+            SqliteWriter::new(
+                write_connection,
+                published.clone(),
+                restart_wal,
+                clock.clone(),
+            ),
             queue,
             waiters.clone(),
             writer_metrics.clone(),
+            clock.clone(),
         ));
         Ok(Self {
+            clock,
             writer_metrics,
             reads,
             writes: Writes::new(vec![writes]),
@@ -550,6 +558,10 @@ impl Store for SqliteStore {
         self.writes.prune(expired).await
     }
 
+    fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     fn writer_metrics(&self) -> WriterMetrics {
         self.writer_metrics.clone()
     }
@@ -627,7 +639,7 @@ mod tests {
 
     use super::WAL_FILE_LIMIT_BYTES;
     use super::writer::SqliteWriter;
-    use crate::clock::UnixMillis;
+    use crate::clock::{Clock, UnixMillis};
     use crate::error::{Error, Result};
     use crate::job::machine::{Command, Fence};
     use crate::job::spec::NewJobs;
@@ -783,6 +795,7 @@ mod tests {
             connection,
             broadcast::channel(16).0,
             Arc::new(AtomicBool::new(false)),
+            Clock::system(),
         );
         let (sender, queue) = batch::inbox(16);
         let writes = Arc::new(Writes::new(vec![sender]));
@@ -804,6 +817,7 @@ mod tests {
             queue,
             Arc::new(Waiters::default()),
             Default::default(),
+            Clock::system(),
         ));
         let mut outcomes = Vec::new();
         for (id, answer) in answers {

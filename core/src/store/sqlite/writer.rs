@@ -18,7 +18,7 @@ use async_trait::async_trait;
 use sqlx::{Connection, QueryBuilder, Row, Sqlite, SqliteConnection};
 use tokio::sync::broadcast;
 
-use crate::clock::UnixMillis;
+use crate::clock::{Clock, UnixMillis};
 use crate::concurrency::ConcurrencyLimits;
 use crate::error::{Error, Result};
 use crate::ids::new_id;
@@ -83,6 +83,7 @@ impl StoredState {
 
 pub struct SqliteWriter {
     conn: SqliteConnection,
+    clock: Clock,
     /// Jobs changed since the last write of job rows, by id.
     unwritten: HashMap<String, Unwritten>,
     heads: HashMap<String, Head>,
@@ -138,9 +139,11 @@ impl SqliteWriter {
         conn: SqliteConnection,
         published: broadcast::Sender<Arc<[LiveEvent]>>,
         restart_wal: Arc<AtomicBool>,
+        clock: Clock,
     ) -> Self {
         Self {
             conn,
+            clock,
             unwritten: HashMap::new(),
             heads: HashMap::new(),
             dirty_spaces: HashSet::new(),
@@ -898,6 +901,10 @@ impl batch::Writer for SqliteWriter {
 
 #[async_trait]
 impl FlowDispatch for SqliteWriter {
+    fn now(&self) -> UnixMillis {
+        self.clock.now()
+    }
+
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
         concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
     }
