@@ -2,6 +2,7 @@
 //! events and auth, served over tonic.
 
 pub mod auth;
+pub mod background;
 pub mod callbacks;
 pub mod clock;
 pub mod concurrency;

@@ -20,6 +20,7 @@ use crate::auth::{
     Authenticator, KeyHash, RateLimit, check_admin_key, generate_key, hash_from_hex, hash_key,
     hash_to_hex,
 };
+use crate::background::Background;
 use crate::callbacks::push::PushNotifier;
 use crate::callbacks::slack::{SlackConfig, SlackNotifier};
 use crate::callbacks::{CallbackConfig, Deliverer};
@@ -35,6 +36,9 @@ use crate::store::{self, SettingWrite, Store};
 use crate::timers::{self, TimerWake};
 
 const MAX_CONCURRENT_STREAMS: u32 = 1 << 20;
+/// How long a stop waits for the background loops to finish what they
+/// hold (a callback try, a sweep) before aborting them.
+const BACKGROUND_STOP_GRACE: Duration = Duration::from_secs(10);
 const ADMIN_KEY_SETTING: &str = "admin_key_sha256";
 
 /// A secret that never shows in `Debug` output or logs.
@@ -69,10 +73,7 @@ pub struct RunningCore {
     pub generated_admin_key: Option<Secret>,
     shutdown: watch::Sender<bool>,
     server: JoinHandle<Result<(), tonic::transport::Error>>,
-    timers: JoinHandle<()>,
-    scheduler: JoinHandle<()>,
-    callbacks: JoinHandle<()>,
-    retention: JoinHandle<()>,
+    background: Background,
     jobs: Arc<JobsApi>,
 }
 
@@ -95,10 +96,7 @@ impl RunningCore {
             Ok(_) => {}
             Err(_) => tracing::warn!("grpc server did not drain within 30s"),
         }
-        let _ = self.timers.await;
-        let _ = self.scheduler.await;
-        let _ = self.callbacks.await;
-        let _ = self.retention.await;
+        self.background.stop(BACKGROUND_STOP_GRACE).await;
     }
 
     /// Resolves when the server stops on its own (a fatal error).
@@ -130,9 +128,15 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         admin_key_hash,
         config.rate_limit,
     ));
-    auth.follow_revocations(store.revocations());
+    let (shutdown, shutdown_rx) = watch::channel(false);
+    let mut background = Background::new(shutdown_rx.clone());
+    auth.follow_revocations(store.revocations(), &mut background);
     let wake = Arc::new(TimerWake::default());
-    let hub = EventHub::start(store.subscribe(), config.streams.watcher_queue);
+    let hub = EventHub::start(
+        store.subscribe(),
+        config.streams.watcher_queue,
+        &mut background,
+    );
     let jobs = Arc::new(JobsApi::new(store.clone(), wake.clone(), hub.clone()));
     config.retention.policy.check()?;
     let metrics = Arc::new(CoreMetrics::new(
@@ -150,20 +154,20 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let scheduler_wake = Arc::new(tokio::sync::Notify::new());
     let schedules = Arc::new(SchedulesApi::new(store.clone(), scheduler_wake.clone()));
 
-    let (shutdown, shutdown_rx) = watch::channel(false);
-    let timers = tokio::spawn(timers::run(store.clone(), wake, shutdown_rx.clone()));
-    let scheduler = tokio::spawn(scheduler::run(
-        store.clone(),
-        scheduler_wake,
-        shutdown_rx.clone(),
-    ));
+    background.spawn(
+        "timers",
+        timers::run(store.clone(), wake, shutdown_rx.clone()),
+    );
+    background.spawn(
+        "scheduler",
+        scheduler::run(store.clone(), scheduler_wake, shutdown_rx.clone()),
+    );
     let deliverer = Deliverer::new(store.clone(), config.callbacks.clone())?;
-    let callbacks = tokio::spawn(deliverer.run(shutdown_rx.clone()));
-    let retention = tokio::spawn(retention::sweep(
-        store.clone(),
-        config.retention,
-        shutdown_rx.clone(),
-    ));
+    background.spawn("callbacks", deliverer.run(shutdown_rx.clone()));
+    background.spawn(
+        "retention",
+        retention::sweep(store.clone(), config.retention, shutdown_rx.clone()),
+    );
     let slack = SlackNotifier::new(
         store.clone(),
         SlackConfig {
@@ -171,10 +175,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             allow_private: config.callbacks.allow_private,
         },
     )?;
-    tokio::spawn(slack.run(shutdown_rx.clone()));
+    background.spawn("slack", slack.run(shutdown_rx.clone()));
     let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
-    tokio::spawn(notifier.run(store.own_commits(), shutdown_rx.clone()));
-    tokio::spawn(
+    background.spawn(
+        "push",
+        notifier.run(store.own_commits(), shutdown_rx.clone()),
+    );
+    background.spawn(
+        "metrics",
         metrics
             .clone()
             .follow(store.own_commits(), shutdown_rx.clone()),
@@ -258,10 +266,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         generated_admin_key,
         shutdown,
         server,
-        timers,
-        scheduler,
-        callbacks,
-        retention,
+        background,
         jobs,
     })
 }

@@ -14,6 +14,7 @@ use tokio::sync::broadcast;
 use super::{ApiKey, KeyHash, Principal, Scope, generate_key, hash_key, parse_scopes};
 use prometheus_client::metrics::counter::Counter;
 
+use crate::background::Background;
 use crate::clock::UnixMillis;
 use crate::error::{Error, Result};
 use crate::store::Store;
@@ -229,11 +230,15 @@ impl Authenticator {
     }
 
     /// Applies revocations made on any replica (the store reports them) as
-    /// `forget_token` does. Holds the authenticator weakly, so it stops when
-    /// the server is dropped.
-    pub fn follow_revocations(self: &Arc<Self>, mut revocations: broadcast::Receiver<String>) {
+    /// `forget_token` does, until the core stops. Holds the authenticator
+    /// weakly, so it also stops when the server is dropped.
+    pub fn follow_revocations(
+        self: &Arc<Self>,
+        mut revocations: broadcast::Receiver<String>,
+        background: &mut Background,
+    ) {
         let auth = Arc::downgrade(self);
-        tokio::spawn(async move {
+        background.spawn_until_stopped("revocations", async move {
             loop {
                 let revoked = revocations.recv().await;
                 let Some(auth) = auth.upgrade() else { return };

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use tokio::sync::{broadcast, mpsc, watch};
 
+use crate::background::Background;
 use crate::job::{JobEvent, JobStatus, LiveEvent};
 
 /// The events one commit published for one job or one space, in order.
@@ -206,15 +207,20 @@ pub struct EventHub {
 }
 
 impl EventHub {
-    /// Starts routing `published`; each watcher may fall `queue_capacity`
-    /// commits behind before it is cut loose.
-    pub fn start(published: broadcast::Receiver<Arc<[LiveEvent]>>, queue_capacity: usize) -> Self {
+    /// Starts routing `published` (a loop of `background`, ending when the
+    /// hub closes); each watcher may fall `queue_capacity` commits behind
+    /// before it is cut loose.
+    pub fn start(
+        published: broadcast::Receiver<Arc<[LiveEvent]>>,
+        queue_capacity: usize,
+        background: &mut Background,
+    ) -> Self {
         let shared = Arc::new(Shared {
             topics: Mutex::new(Topics::default()),
             queue_capacity: queue_capacity.max(1),
             closed: watch::Sender::new(false),
         });
-        tokio::spawn(route(shared.clone(), published));
+        background.spawn("event routing", route(shared.clone(), published));
         Self { shared }
     }
 
@@ -282,17 +288,19 @@ impl EventHub {
 }
 
 async fn route(shared: Arc<Shared>, mut published: broadcast::Receiver<Arc<[LiveEvent]>>) {
+    let mut closing = shared.closed.subscribe();
     loop {
-        match published.recv().await {
+        let received = tokio::select! {
+            received = published.recv() => received,
+            _ = closing.wait_for(|closed| *closed) => break,
+        };
+        match received {
             Ok(commit) => shared.route(&commit),
             Err(broadcast::error::RecvError::Lagged(missed)) => {
                 tracing::warn!(missed, "event routing fell behind; disconnecting watchers");
                 shared.overrun_all();
             }
             Err(broadcast::error::RecvError::Closed) => break,
-        }
-        if shared.lock().closed {
-            break;
         }
     }
     shared.closed.send_replace(true);
@@ -439,7 +447,8 @@ mod tests {
     #[tokio::test]
     async fn a_name_filtered_watcher_gets_only_commits_about_its_names() {
         let (sender, receiver) = broadcast::channel(4);
-        let hub = EventHub::start(receiver, 2);
+        let mut background = Background::new(watch::channel(false).1);
+        let hub = EventHub::start(receiver, 2, &mut background);
         drop(sender);
         let named = |name: &str| {
             let LiveEvent::Job(event) = event("s1", "j1", 1) else {
@@ -467,7 +476,8 @@ mod tests {
     #[tokio::test]
     async fn a_queue_is_bounded_in_bytes_too() {
         let (sender, receiver) = broadcast::channel(4);
-        let hub = EventHub::start(receiver, 1000);
+        let mut background = Background::new(watch::channel(false).1);
+        let hub = EventHub::start(receiver, 1000, &mut background);
         drop(sender);
         let big = |seq: i64| {
             let LiveEvent::Job(event) = event("s1", "j1", seq) else {
@@ -495,7 +505,8 @@ mod tests {
     #[tokio::test]
     async fn routes_by_job_and_space_and_cuts_loose_a_full_queue() {
         let (sender, receiver) = broadcast::channel(4);
-        let hub = EventHub::start(receiver, 2);
+        let mut background = Background::new(watch::channel(false).1);
+        let hub = EventHub::start(receiver, 2, &mut background);
         drop(sender);
         let mut job = hub.subscribe(Topic::Job("j1".into()));
         let mut space = hub.subscribe(Topic::Space("s1".into()));
