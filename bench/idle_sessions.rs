@@ -12,12 +12,10 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use emit_proto::v1 as pb;
+use emit_client::{Session, pb};
 use emit_proto::v1::worker_service_client::WorkerServiceClient;
 use serde_json::json;
 use support::{AnyError, BenchSpace, create_space, start_server};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 const SESSIONS_PER_KEY: usize = 100;
 
@@ -59,21 +57,12 @@ async fn main() -> Result<(), AnyError> {
         let key = worker_key(&http, &base, &noisy).await?;
         let mut client = WorkerServiceClient::connect(grpc.clone()).await?;
         for i in 0..SESSIONS_PER_KEY.min(sessions - batch * SESSIONS_PER_KEY) {
-            let (send, outgoing) = mpsc::channel(4);
             let hello = pb::WorkerHello {
                 space_id: noisy.id.clone(),
                 names: vec![format!("wanted-{batch}-{i}")],
                 capacity: 1,
             };
-            send.send(pb::OpenSessionRequest {
-                message: Some(pb::open_session_request::Message::Hello(hello)),
-            })
-            .await?;
-            let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-            request.metadata_mut().insert("x-api-key", key.parse()?);
-            let mut stream = client.open_session(request).await?.into_inner();
-            stream.message().await?.ok_or("no welcome")?;
-            held.push((send, stream));
+            held.push(Session::open(&mut client, &key, hello).await?);
         }
     }
     let crowded = create_latencies(&http, &base, &victim, creates).await?;

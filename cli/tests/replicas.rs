@@ -11,16 +11,11 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use emit_proto::v1 as pb;
-use emit_proto::v1::worker_service_client::WorkerServiceClient;
+use emit_client::{Incoming, Session, pb};
 use futures_util::StreamExt;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
 use serde_json::{Value, json};
 use support::ack_worker::{AnyError, Heard, ack_and_complete_all};
 use support::{ADMIN_KEY, PostgresDatabase, Process};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tokio_tungstenite::tungstenite::Message;
 
 const JOBS: usize = 20_000;
@@ -499,37 +494,18 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
     assert_eq!(polled["jobs"][0]["id"], created["id"]);
 
     // A worker session on B gets a job created through A.
-    let (outgoing, stream) = mpsc::channel(16);
-    outgoing
-        .send(pb::OpenSessionRequest {
-            message: Some(Outgoing::Hello(pb::WorkerHello {
-                space_id: space_id.clone(),
-                names: vec![],
-                capacity: 1,
-            })),
-        })
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request
-        .metadata_mut()
-        .insert("x-api-key", key.parse().unwrap());
-    let mut session = WorkerServiceClient::connect(cores[1].url.clone())
-        .await
-        .unwrap()
-        .open_session(request)
-        .await
-        .unwrap()
-        .into_inner();
-    let welcome = session.message().await.unwrap().unwrap();
-    assert!(matches!(welcome.message, Some(Incoming::Welcome(_))));
+    let hello = pb::WorkerHello {
+        space_id: space_id.clone(),
+        names: vec![],
+        capacity: 1,
+    };
+    let mut session = Session::connect(&cores[1].url, &key, hello).await.unwrap();
     let pushed = create_job("y").await;
-    let assignment = tokio::time::timeout(Duration::from_secs(10), session.message())
+    let assignment = tokio::time::timeout(Duration::from_secs(10), session.next())
         .await
         .expect("pushed within 10s")
-        .unwrap()
         .unwrap();
-    match assignment.message {
+    match assignment {
         Some(Incoming::Assignment(job)) => assert_eq!(job.id, pushed["id"].as_str().unwrap()),
         other => panic!("expected an assignment, got {other:?}"),
     }
@@ -551,7 +527,7 @@ async fn what_happens_on_one_replica_reaches_streams_and_sessions_on_another() {
     };
     assert_eq!(u16::from(close.code), 1008);
     assert_eq!(close.reason.as_str(), "API key revoked");
-    drop(outgoing);
+    drop(session);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -6,15 +6,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use emit_proto::v1 as pb;
-use emit_proto::v1::worker_service_client::WorkerServiceClient;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
+use emit_client::{Action, Incoming, Session, pb};
 use serde_json::{Value, json};
 use support::{ADMIN_KEY, Process};
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
@@ -43,35 +37,19 @@ async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
     .unwrap();
 
     // A worker with room for one holds one job, acked.
-    let (outgoing, stream) = mpsc::channel(16);
-    outgoing
-        .send(message(Outgoing::Hello(pb::WorkerHello {
-            space_id: space_id.clone(),
-            names: vec!["work".into()],
-            capacity: 1,
-        })))
-        .await
-        .unwrap();
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request
-        .metadata_mut()
-        .insert("x-api-key", ADMIN_KEY.parse().unwrap());
-    let mut client = WorkerServiceClient::connect(server.grpc_url.clone().unwrap())
-        .await
-        .unwrap();
-    let mut incoming = client.open_session(request).await.unwrap().into_inner();
-    let held = loop {
-        match next(&mut incoming).await {
-            Incoming::Assignment(job) => break job.id,
-            Incoming::Welcome(_) => continue,
-            other => panic!("expected an assignment, got {other:?}"),
-        }
+    let hello = pb::WorkerHello {
+        space_id: space_id.clone(),
+        names: vec!["work".into()],
+        capacity: 1,
     };
-    outgoing
-        .send(report(1, &held, Action::Ack(pb::ReportAck {})))
-        .await
-        .unwrap();
-    assert!(matches!(next(&mut incoming).await, Incoming::Result(result) if result.code == 0));
+    let grpc_url = server.grpc_url.clone().unwrap();
+    let mut session = Session::connect(&grpc_url, ADMIN_KEY, hello).await.unwrap();
+    let held = match next(&mut session).await {
+        Incoming::Assignment(job) => job.id,
+        other => panic!("expected an assignment, got {other:?}"),
+    };
+    let acked = session.report(&held, Action::Ack(pb::ReportAck {})).await;
+    assert_eq!(acked.unwrap().code, 0);
 
     // In flight at the signal: a long poll for work nobody creates, and a
     // stream of creates.
@@ -110,21 +88,11 @@ async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
     // The worker finishes its job; it is not given another though two are
     // pending and it has room: the server says `drained` and ends the stream.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    outgoing
-        .send(report(
-            2,
-            &held,
-            Action::Complete(pb::ReportComplete { result_json: None }),
-        ))
-        .await
-        .unwrap();
-    match next(&mut incoming).await {
-        Incoming::Result(result) => {
-            assert_eq!(result.code, 0, "complete refused: {}", result.message)
-        }
-        other => panic!("expected the completion's result, got {other:?}"),
-    }
-    assert!(matches!(next(&mut incoming).await, Incoming::Drained(_)));
+    let complete = Action::Complete(pb::ReportComplete { result_json: None });
+    let result = session.report(&held, complete).await.unwrap();
+    assert_eq!(result.code, 0, "complete refused: {}", result.message);
+    // Anything pushed meanwhile would come first.
+    assert!(matches!(next(&mut session).await, Incoming::Drained(_)));
 
     // Creates sent before the signal were answered 201; any later ones were
     // refused at the door, never half done.
@@ -191,26 +159,10 @@ async fn get_job(http: &reqwest::Client, base: &str, id: &str) -> Value {
         .unwrap()
 }
 
-fn message(message: Outgoing) -> pb::OpenSessionRequest {
-    pb::OpenSessionRequest {
-        message: Some(message),
-    }
-}
-
-fn report(request_id: u64, job_id: &str, action: Action) -> pb::OpenSessionRequest {
-    message(Outgoing::Report(pb::WorkerReport {
-        request_id,
-        job_id: job_id.to_owned(),
-        action: Some(action),
-    }))
-}
-
-async fn next(incoming: &mut tonic::Streaming<pb::OpenSessionResponse>) -> Incoming {
-    tokio::time::timeout(Duration::from_secs(10), incoming.message())
+async fn next(session: &mut Session) -> Incoming {
+    tokio::time::timeout(Duration::from_secs(10), session.next())
         .await
         .expect("the server answers within 10 s")
         .expect("the stream is healthy")
         .expect("the stream is open")
-        .message
-        .expect("a message")
 }

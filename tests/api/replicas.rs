@@ -55,9 +55,7 @@ async fn a_pause_and_resume_reach_the_other_cores() {
 /// space is resumed through another core (the `resumed` event wakes it).
 #[tokio::test]
 async fn a_resume_on_one_core_wakes_the_worker_sessions_of_another() {
-    use emit_proto::v1 as pb;
-    use pb::open_session_request::Message as Outgoing;
-    use pb::open_session_response::Message as Incoming;
+    use emit_client::{Incoming, Session, pb};
 
     let app = TestApp::spawn().await;
     let space = app.create_space().await;
@@ -65,39 +63,20 @@ async fn a_resume_on_one_core_wakes_the_worker_sessions_of_another() {
     pause(&app, &space.id, "pause", json!({})).await;
     let job = app.create_job(&space, json!({ "name": "held" })).await;
 
-    let (send, outgoing) = tokio::sync::mpsc::channel(4);
     let hello = pb::WorkerHello {
         space_id: space.id.clone(),
         names: Vec::new(),
         capacity: 1,
     };
-    send.send(pb::OpenSessionRequest {
-        message: Some(Outgoing::Hello(hello)),
-    })
-    .await
-    .unwrap();
-    let mut request = tonic::Request::new(tokio_stream::wrappers::ReceiverStream::new(outgoing));
-    request
-        .metadata_mut()
-        .insert("x-api-key", space.worker.parse().unwrap());
-    let mut client =
-        pb::worker_service_client::WorkerServiceClient::connect(replica.grpc_url.clone())
-            .await
-            .unwrap();
-    let mut session = client.open_session(request).await.unwrap().into_inner();
-    let mut next = async || {
-        tokio::time::timeout(Duration::from_secs(10), session.message())
-            .await
-            .expect("a message within 10 s")
-            .unwrap()
-            .and_then(|message| message.message)
-    };
-    assert!(matches!(next().await, Some(Incoming::Welcome(_))));
+    let mut session = Session::connect(&replica.grpc_url, &space.worker, hello)
+        .await
+        .unwrap();
     pause(&app, &space.id, "resume", json!({})).await;
-    match next().await {
+    let next = tokio::time::timeout(Duration::from_secs(10), session.next()).await;
+    match next.expect("a message within 10 s").unwrap() {
         Some(Incoming::Assignment(delivery)) => assert_eq!(delivery.id, job),
         other => panic!("expected the held job, got {other:?}"),
     }
-    drop(send);
+    drop(session);
     replica.stop().await;
 }

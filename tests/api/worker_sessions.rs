@@ -5,113 +5,65 @@ use std::time::Duration;
 
 use emit_proto::v1 as pb;
 use emit_proto::v1::worker_service_client::WorkerServiceClient;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
+use emit_client::{Action, Incoming, Session};
 use serde_json::json;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 
 use crate::helpers::{Space, TestApp, event_types};
 
-struct Worker {
-    send: mpsc::Sender<pb::OpenSessionRequest>,
-    receive: tonic::Streaming<pb::OpenSessionResponse>,
-    next_request: u64,
-    /// Assignments that arrived while a report waited for its result: the
-    /// commit that ends a job may lease the next one, and the two messages
-    /// may come in either order.
-    early: std::collections::VecDeque<pb::Delivery>,
-}
+/// A session with the test's patience: every wait is bounded, every
+/// failure a panic.
+struct Worker(Session);
 
 impl Worker {
     async fn open(app: &TestApp, key: &str, hello: pb::WorkerHello) -> Result<Self, tonic::Status> {
-        let (send, outgoing) = mpsc::channel(64);
-        send.send(message(Outgoing::Hello(hello))).await.unwrap();
-        let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
-        request
-            .metadata_mut()
-            .insert("x-api-key", key.parse().unwrap());
         let mut client = WorkerServiceClient::connect(app.grpc_url.clone())
             .await
             .unwrap();
-        let mut receive = client.open_session(request).await?.into_inner();
-        // A refusal after the hello arrives as the stream's first item.
-        let first = receive.message().await?;
-        assert!(matches!(
-            first.and_then(|m| m.message),
-            Some(Incoming::Welcome(_))
-        ));
-        Ok(Self {
-            send,
-            receive,
-            next_request: 1,
-            early: Default::default(),
-        })
+        Session::open(&mut client, key, hello).await.map(Self)
+    }
+
+    /// How the stream goes on: a message, its end (`None`) or its error.
+    async fn end(&mut self) -> Result<Option<Incoming>, tonic::Status> {
+        tokio::time::timeout(Duration::from_secs(10), self.0.next())
+            .await
+            .expect("a message or the end within 10s")
     }
 
     async fn next(&mut self) -> Incoming {
-        tokio::time::timeout(Duration::from_secs(10), self.receive.message())
+        self.end()
             .await
-            .expect("a message within 10s")
             .expect("stream healthy")
             .expect("stream open")
-            .message
-            .expect("a message")
     }
 
     async fn assignment(&mut self) -> pb::Delivery {
-        if let Some(delivery) = self.early.pop_front() {
-            return delivery;
-        }
         match self.next().await {
             Incoming::Assignment(delivery) => delivery,
             other => panic!("expected an assignment, got {other:?}"),
         }
     }
 
-    /// Sends a report without waiting for its result.
-    async fn send_report(&self, request_id: u64, job_id: &str, action: Action) {
-        let report = pb::WorkerReport {
-            request_id,
-            job_id: job_id.to_owned(),
-            action: Some(action),
-        };
-        self.send
-            .send(message(Outgoing::Report(report)))
-            .await
-            .unwrap();
+    /// Sends a report without waiting for its result; returns its id.
+    async fn send_report(&mut self, job_id: &str, action: Action) -> u64 {
+        self.0.send(job_id, action).await.unwrap()
     }
 
     /// Sends a report and waits for its result.
     async fn report(&mut self, job_id: &str, action: Action) -> pb::ReportResult {
-        let request_id = self.next_request;
-        self.next_request += 1;
-        self.send_report(request_id, job_id, action).await;
-        loop {
-            match self.next().await {
-                Incoming::Result(result) if result.request_id == request_id => return result,
-                Incoming::Result(other) => panic!("unexpected result {other:?}"),
-                Incoming::Assignment(delivery) => self.early.push_back(delivery),
-                _ => continue,
-            }
-        }
+        tokio::time::timeout(Duration::from_secs(10), self.0.report(job_id, action))
+            .await
+            .expect("a result within 10s")
+            .expect("stream healthy")
     }
 
     /// Asserts that nothing arrives for `wait`.
     async fn expect_quiet(&mut self, wait: Duration, why: &str) {
-        if let Some(early) = self.early.front() {
-            panic!("{why}: got an assignment {early:?}");
+        if let Some(early) = self.0.held().next() {
+            panic!("{why}: got {early:?}");
         }
-        if let Ok(heard) = tokio::time::timeout(wait, self.receive.message()).await {
+        if let Ok(heard) = tokio::time::timeout(wait, self.0.next()).await {
             panic!("{why}: got {heard:?}");
         }
-    }
-}
-
-fn message(message: Outgoing) -> pb::OpenSessionRequest {
-    pb::OpenSessionRequest {
-        message: Some(message),
     }
 }
 
@@ -240,11 +192,7 @@ async fn a_killed_job_is_cancelled_on_its_worker_and_drain_finishes_held_work() 
     app.create_job(&space, json!({ "name": "other" })).await;
     let kept = app.create_job(&space, json!({ "name": "wanted" })).await;
     assert_eq!(worker.assignment().await.id, kept);
-    worker
-        .send
-        .send(message(Outgoing::Drain(pb::WorkerDrain {})))
-        .await
-        .unwrap();
+    worker.0.drain().await.unwrap();
     // The session takes a worker's messages in order, so once the ack
     // after the drain is answered, the drain has been taken.
     let acked = worker.report(&kept, Action::Ack(pb::ReportAck {})).await;
@@ -255,9 +203,7 @@ async fn a_killed_job_is_cancelled_on_its_worker_and_drain_finishes_held_work() 
         .await;
     assert_eq!(worker.report(&kept, complete(json!(1))).await.code, 0);
     assert!(matches!(worker.next().await, Incoming::Drained(_)));
-    let ended = tokio::time::timeout(Duration::from_secs(5), worker.receive.message())
-        .await
-        .unwrap();
+    let ended = worker.end().await;
     assert!(matches!(ended, Ok(None)), "the stream ends after drained");
 }
 
@@ -352,10 +298,7 @@ async fn revoking_the_key_ends_the_session_and_releases_its_jobs() {
         None,
     )
     .await;
-    let ended = tokio::time::timeout(Duration::from_secs(10), worker.receive.message())
-        .await
-        .expect("ended within 10s")
-        .expect_err("ended with a status");
+    let ended = worker.end().await.expect_err("ended with a status");
     assert_eq!(ended.code(), tonic::Code::Unauthenticated);
     assert_eq!(ended.message(), "API key revoked");
     let released = app.wait_for_status(&space, &job, "pending").await;
@@ -380,14 +323,12 @@ async fn reports_about_one_job_apply_in_the_order_they_were_sent() {
         held.push(worker.assignment().await.id);
     }
     // Ack, progress and complete for every job, sent without waiting.
-    let mut request_id = 100;
     for id in &held {
         let progress = Action::Progress(pb::ReportProgress {
             progress_json: json!({ "percent": 50 }).to_string(),
         });
         for action in [Action::Ack(pb::ReportAck {}), progress, complete(json!({}))] {
-            request_id += 1;
-            worker.send_report(request_id, id, action).await;
+            worker.send_report(id, action).await;
         }
     }
     let mut answered = 0;
@@ -442,9 +383,9 @@ async fn reports_sent_together_each_get_their_own_answer() {
         (progress(json!(90)), tonic::Code::FailedPrecondition),
     ];
     let mut expected = std::collections::HashMap::new();
-    for (request_id, (action, code)) in (1..).zip(sent) {
+    for (action, code) in sent {
+        let request_id = worker.send_report(&id, action).await;
         expected.insert(request_id, code as i32);
-        worker.send_report(request_id, &id, action).await;
     }
     while !expected.is_empty() {
         match worker.next().await {
@@ -487,8 +428,10 @@ async fn a_session_with_a_name_filter_past_its_bound_is_refused_at_hello() {
 async fn a_stream_that_never_says_hello_is_ended() {
     let app = TestApp::spawn().await;
     let space = app.create_space().await;
-    let (_send, outgoing) = mpsc::channel::<pb::OpenSessionRequest>(1);
-    let mut request = tonic::Request::new(ReceiverStream::new(outgoing));
+    // Below the client: a stream that sends nothing at all.
+    let (_send, outgoing) = tokio::sync::mpsc::channel::<pb::OpenSessionRequest>(1);
+    let outgoing = tokio_stream::wrappers::ReceiverStream::new(outgoing);
+    let mut request = tonic::Request::new(outgoing);
     request
         .metadata_mut()
         .insert("x-api-key", space.worker.parse().unwrap());
@@ -521,8 +464,8 @@ async fn reports_on_a_session_count_against_the_keys_rate_limit() {
         .unwrap();
     assert_eq!(worker.assignment().await.id, job);
     let keepalive = || Action::Keepalive(pb::ReportKeepalive {});
-    for request_id in 1..=300 {
-        worker.send_report(request_id, &job, keepalive()).await;
+    for _ in 0..300 {
+        worker.send_report(&job, keepalive()).await;
     }
     let mut limited = 0;
     let mut answered = 0;

@@ -5,13 +5,7 @@
 use std::collections::HashMap;
 use std::ops::ControlFlow;
 
-use emit_proto::v1 as pb;
-use emit_proto::v1::worker_service_client::WorkerServiceClient;
-use pb::open_session_request::Message as Outgoing;
-use pb::open_session_response::Message as Incoming;
-use pb::worker_report::Action;
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
+use emit_client::{Action, Incoming, Session, pb};
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -37,50 +31,25 @@ pub async fn ack_and_complete_all(
     capacity: u32,
     mut heard: impl FnMut(Heard<'_>) -> ControlFlow<()>,
 ) -> Result<(), AnyError> {
-    let (outgoing, stream) = mpsc::channel(1024);
     let hello = pb::WorkerHello {
         space_id: space_id.to_owned(),
         names: vec![],
         capacity,
     };
-    outgoing
-        .send(pb::OpenSessionRequest {
-            message: Some(Outgoing::Hello(hello)),
-        })
-        .await?;
-    let mut request = tonic::Request::new(ReceiverStream::new(stream));
-    request.metadata_mut().insert("x-api-key", key.parse()?);
-    let mut client = WorkerServiceClient::connect(grpc_url.to_owned()).await?;
-    let mut incoming = client.open_session(request).await?.into_inner();
-    let mut request_id = 0;
+    let mut session = Session::connect(grpc_url, key, hello).await?;
     // Completion request ids, to the job they complete.
     let mut completes: HashMap<u64, String> = HashMap::new();
-    while let Some(message) = incoming.message().await? {
-        let flow = match message.message {
-            Some(Incoming::Assignment(job)) => {
+    while let Some(message) = session.next().await? {
+        let flow = match message {
+            Incoming::Assignment(job) => {
                 let flow = heard(Heard::Assigned(&job));
-                for action in [
-                    Action::Ack(pb::ReportAck {}),
-                    Action::Complete(pb::ReportComplete { result_json: None }),
-                ] {
-                    request_id += 1;
-                    if matches!(action, Action::Complete(_)) {
-                        completes.insert(request_id, job.id.clone());
-                    }
-                    let report = pb::WorkerReport {
-                        request_id,
-                        job_id: job.id.clone(),
-                        action: Some(action),
-                    };
-                    outgoing
-                        .send(pb::OpenSessionRequest {
-                            message: Some(Outgoing::Report(report)),
-                        })
-                        .await?;
-                }
+                session.send(&job.id, Action::Ack(pb::ReportAck {})).await?;
+                let complete = Action::Complete(pb::ReportComplete { result_json: None });
+                let request_id = session.send(&job.id, complete).await?;
+                completes.insert(request_id, job.id.clone());
                 flow
             }
-            Some(Incoming::Result(result)) => match completes.remove(&result.request_id) {
+            Incoming::Result(result) => match completes.remove(&result.request_id) {
                 Some(job_id) => heard(Heard::Completed {
                     job_id: &job_id,
                     result: &result,
@@ -88,7 +57,7 @@ pub async fn ack_and_complete_all(
                 None if result.code != 0 => heard(Heard::AckRefused(&result)),
                 None => ControlFlow::Continue(()),
             },
-            Some(Incoming::Drained(_)) => ControlFlow::Break(()),
+            Incoming::Drained(_) => ControlFlow::Break(()),
             _ => ControlFlow::Continue(()),
         };
         if flow.is_break() {
