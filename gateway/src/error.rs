@@ -28,6 +28,11 @@ impl ApiError {
         Self::new(StatusCode::BAD_REQUEST, message)
     }
 
+    #[cfg(test)]
+    pub fn message(&self) -> &str {
+        &self.message
+    }
+
     /// A reply the core should never send: answered 500, the cause logged.
     pub fn core_fault(what: &'static str) -> Self {
         tracing::error!(what, "a core reply breaks the gateway's contract");

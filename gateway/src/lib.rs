@@ -5,11 +5,10 @@
 mod auth_failures;
 mod core_client;
 mod error;
-mod extract;
 mod feeds;
-mod json;
 pub mod metrics;
 mod openapi;
+mod requests;
 mod resources;
 mod routes;
 mod serve;

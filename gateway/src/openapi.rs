@@ -1,9 +1,8 @@
 //! The REST API's OpenAPI 3.1 document, served at `/api/v1/openapi.json`.
 //! Response schemas are generated from the types the handlers answer with
-//! (`resources.rs`), request schemas from the request types below, and
+//! (`resources.rs`), request schemas from the types they read (`requests.rs`), and
 //! this module lists the operations. Built once, on first request.
 
-use std::collections::HashMap;
 use std::sync::OnceLock;
 
 use axum::Router;
@@ -11,10 +10,13 @@ use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use schemars::{JsonSchema, Schema, SchemaGenerator, generate::SchemaSettings};
-use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value, json};
 
 use crate::CoreClient;
+use crate::requests::{
+    BulkBody, CompleteBody, CreateJobsBody, FailBody, FenceBody, FreeDataBody, KillBody, LogsBody,
+    NameBody, PollBody, ScheduleBody, SpaceSettingsBody, TokenBody,
+};
 use crate::resources::{
     BulkOutcome, ConcurrencyUsage, Created, DeletedJob, DeletedSchedule, Deliveries, Delivery,
     ErrorBody, Health, Job, JobDetail, JobWithEvents, LogPage, LogsAppended, NewToken, Progress,
@@ -524,281 +526,9 @@ fn operation_id(operation: &Operation) -> String {
         .join("_")
 }
 
-// ---- Request bodies ---------------------------------------------------------
-//
-// What each body accepts, for the document. The readers in `json.rs` decide
-// (their errors name the field by its path); the tests below feed the
-// readers these types, fully set, and check that every field was read.
-
-/// One job to create. Only `name` is required.
-#[derive(Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct JobSpecBody {
-    pub name: String,
-    /// Any JSON; handed to the worker as sent.
-    pub payload: Option<Value>,
-    pub max_retries: Option<u32>,
-    pub timeout_seconds: Option<u32>,
-    /// RFC 3339: the job waits, scheduled, until then.
-    pub scheduled_for: Option<String>,
-    pub callback_url: Option<String>,
-    pub callback_headers: Option<HashMap<String, String>>,
-    pub retry_backoff: Option<RetryBackoffBody>,
-    /// -1000 to 1000; higher is handed out first.
-    pub priority: Option<i32>,
-    pub idempotency_key: Option<String>,
-    pub idempotency_window_seconds: Option<u32>,
-    pub concurrency_key: Option<String>,
-    pub concurrency_limit: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RetryBackoffBody {
-    /// `fixed` or `exponential`.
-    #[serde(rename = "type")]
-    pub kind: String,
-    pub delay_seconds: u32,
-    pub max_delay_seconds: u32,
-}
-
-/// One job, or an array of jobs created together.
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(untagged)]
-pub enum CreateJobsBody {
-    One(Box<JobSpecBody>),
-    Many(Vec<JobSpecBody>),
-}
-
-/// A schedule's settings; on a change, only the fields sent change.
-#[derive(Serialize, Deserialize, JsonSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct ScheduleBody {
-    pub cron: Option<String>,
-    /// An IANA zone; UTC when left out.
-    pub time_zone: Option<String>,
-    pub job: Option<JobSpecBody>,
-    /// `allow` or `skip`.
-    pub overlap: Option<String>,
-    /// `none`, `one` or `all`.
-    pub catch_up: Option<String>,
-    pub catch_up_limit: Option<u32>,
-    pub paused: Option<bool>,
-}
-
-/// A space change; `null` removes `push`, `slack` or `concurrency`.
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct SpaceSettingsBody {
-    pub anonymous_progress_streams: Option<bool>,
-    pub push: Option<PushBody>,
-    pub slack: Option<SlackBody>,
-    /// Seconds per finished status; 0 keeps forever, null is the server's.
-    pub retention: Option<HashMap<String, Option<u64>>>,
-    pub concurrency: Option<ConcurrencyBody>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct PushBody {
-    pub url: String,
-    pub names: Vec<String>,
-    pub headers: HashMap<String, String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct SlackBody {
-    pub url: String,
-    pub events: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct ConcurrencyBody {
-    pub default: Option<u32>,
-    pub names: HashMap<String, u32>,
-    pub rates: HashMap<String, RateBody>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct RateBody {
-    pub limit: u32,
-    pub period_seconds: u32,
-    pub per_key: bool,
-}
-
-/// An optional name: a space's, or the job name a pause is for.
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct NameBody {
-    pub name: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct TokenBody {
-    pub name: String,
-    /// Scopes or shorthands; a single string is one scope.
-    pub scopes: Vec<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct PollBody {
-    /// Job names to claim (also `type`, `names`, `name`); all when left out.
-    pub types: Option<Vec<String>>,
-    pub count: Option<u32>,
-    pub wait_seconds: Option<u32>,
-}
-
-/// The fence of a worker call: the delivery the worker holds.
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct FenceBody {
-    pub attempt_number: Option<u32>,
-    pub lease_id: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct CompleteBody {
-    #[serde(flatten)]
-    pub fence: FenceBody,
-    pub result: Option<Value>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct FailBody {
-    #[serde(flatten)]
-    pub fence: FenceBody,
-    /// A string, or structured JSON kept as its text.
-    pub error: Option<Value>,
-}
-
-/// Any JSON object; with a fence, the data goes in `data`.
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct FreeDataBody {
-    #[serde(flatten)]
-    pub fence: FenceBody,
-    pub data: Option<Value>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct KillBody {
-    pub reason: Option<String>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct LogsBody {
-    pub lines: Vec<LogLineBody>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-pub struct LogLineBody {
-    pub level: Option<String>,
-    pub message: String,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BulkBody {
-    /// `retry`, `kill` or `delete`.
-    pub action: String,
-    pub filter: Option<BulkFilterBody>,
-    pub dry_run: Option<bool>,
-    pub limit: Option<u32>,
-}
-
-#[derive(Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "camelCase")]
-pub struct BulkFilterBody {
-    pub status: Option<String>,
-    pub name: Option<String>,
-    pub created_after: Option<String>,
-    pub created_before: Option<String>,
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::json;
-
-    fn full_job() -> JobSpecBody {
-        JobSpecBody {
-            name: "report".into(),
-            payload: Some(json!({ "n": 1 })),
-            max_retries: Some(2),
-            timeout_seconds: Some(30),
-            scheduled_for: Some("2030-01-01T00:00:00Z".into()),
-            callback_url: Some("https://example.com/hook".into()),
-            callback_headers: Some(HashMap::from([("x-a".into(), "b".into())])),
-            retry_backoff: Some(RetryBackoffBody {
-                kind: "fixed".into(),
-                delay_seconds: 5,
-                max_delay_seconds: 60,
-            }),
-            priority: Some(7),
-            idempotency_key: Some("k".into()),
-            idempotency_window_seconds: Some(60),
-            concurrency_key: Some("tenant".into()),
-            concurrency_limit: Some(3),
-        }
-    }
-
-    /// The document's request types and the readers agree on every name:
-    /// a body with every documented field set comes out with every field
-    /// of the core's message set.
-    #[test]
-    fn the_job_reader_takes_every_documented_field() {
-        let body = serde_json::to_value(full_job()).unwrap();
-        let spec = json::job_spec(&body, "jobs[0]").unwrap();
-        let backoff = spec.retry_backoff.unwrap();
-        assert_eq!(spec.name, "report");
-        assert_eq!(spec.payload_json.as_deref(), Some(r#"{"n":1}"#));
-        assert_eq!(spec.max_retries, Some(2));
-        assert_eq!(spec.timeout_seconds, Some(30));
-        assert!(spec.scheduled_for.is_some());
-        assert!(spec.callback_url.is_some());
-        assert_eq!(spec.callback_headers.len(), 1);
-        assert_eq!(backoff.delay_seconds, 5);
-        assert_eq!(backoff.max_delay_seconds, 60);
-        assert_ne!(backoff.kind, 0);
-        assert_eq!(spec.priority, Some(7));
-        assert!(spec.idempotency_key.is_some());
-        assert_eq!(spec.idempotency_window_seconds, Some(60));
-        assert!(spec.concurrency_key.is_some());
-        assert_eq!(spec.concurrency_limit, Some(3));
-        let documented = properties(&document(), "JobSpecBody");
-        assert_eq!(documented.len(), 13, "a new field needs a line above");
-    }
-
-    #[test]
-    fn the_schedule_reader_takes_every_documented_field() {
-        let body = serde_json::to_value(ScheduleBody {
-            cron: Some("0 * * * *".into()),
-            time_zone: Some("Europe/Paris".into()),
-            job: Some(full_job()),
-            overlap: Some("skip".into()),
-            catch_up: Some("all".into()),
-            catch_up_limit: Some(4),
-            paused: Some(true),
-        })
-        .unwrap();
-        let settings = json::schedule_settings(&body).unwrap();
-        assert!(settings.cron.is_some());
-        assert!(settings.time_zone.is_some());
-        assert_eq!(settings.job.map(|job| job.name).as_deref(), Some("report"));
-        assert_ne!(settings.overlap, 0);
-        assert_ne!(settings.catch_up, 0);
-        assert_eq!(settings.catch_up_limit, Some(4));
-        assert_eq!(settings.paused, Some(true));
-        assert_eq!(properties(&document(), "ScheduleBody").len(), 7);
-    }
-
-    fn properties(document: &Value, schema: &str) -> Vec<String> {
-        document["components"]["schemas"][schema]["properties"]
-            .as_object()
-            .unwrap_or_else(|| panic!("{schema} has no properties"))
-            .keys()
-            .cloned()
-            .collect()
-    }
 
     /// Every `$ref` names a schema the document holds, and every operation
     /// answers something.

@@ -5,12 +5,10 @@ use axum::http::StatusCode;
 use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::Value;
 
 use crate::core_client::Caller;
 use crate::error::required;
-use crate::extract::JsonBody;
-use crate::json::{self, Fields};
+use crate::requests::{Body, NameBody, Obj, Present, SpaceSettingsBody, TokenBody};
 use crate::resources::{NewToken, Space, Token, WebhookSecret};
 use crate::{ApiError, CoreClient};
 
@@ -44,33 +42,12 @@ pub fn router() -> Router<CoreClient> {
 async fn create_space(
     State(core): State<CoreClient>,
     caller: Caller,
-    JsonBody(body): JsonBody,
+    Body(body): Body<NameBody>,
 ) -> Result<(StatusCode, Json<Space>), ApiError> {
-    let fields = Fields::of(&body, "")?;
-    let name = fields.string("name")?.unwrap_or_default();
+    let name = body.name.unwrap_or_default();
     let request = caller.request(pb::CreateSpaceRequest { name });
     let space = core.admin().create_space(request).await?.into_inner().space;
     Ok((StatusCode::CREATED, Json(Space::required(space)?)))
-}
-
-/// `"retention": {"completed": 3600, "dead": 0, "killed": null}`: seconds per
-/// finished status, 0 keeping jobs forever, null going back to the server's
-/// age; a status left out stays as it is.
-fn retention_change(value: &Value) -> Result<pb::RetentionChange, ApiError> {
-    let fields = Fields::of(value, "retention")?;
-    let age = |status: &str| -> Result<Option<pb::RetentionAge>, ApiError> {
-        let age = match fields.raw(status) {
-            None => return Ok(None),
-            Some(Value::Null) => pb::retention_age::Age::ServerDefault(true),
-            Some(_) => pb::retention_age::Age::Seconds(fields.u64(status)?.unwrap_or_default()),
-        };
-        Ok(Some(pb::RetentionAge { age: Some(age) }))
-    };
-    Ok(pb::RetentionChange {
-        completed: age("completed")?,
-        dead: age("dead")?,
-        killed: age("killed")?,
-    })
 }
 
 /// Space settings: `slack` (the reference's Slack notifications),
@@ -79,50 +56,41 @@ async fn update_space(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<SpaceSettingsBody>,
 ) -> Result<Json<Space>, ApiError> {
-    let fields = Fields::of(&body, "")?;
     // `"push": null` removes the push target; an object sets it.
-    let remove_push = body.get("push").is_some_and(Value::is_null);
-    let push = match fields.get("push") {
-        Some(value) => {
-            let push = Fields::of(value, "push")?;
-            Some(pb::PushTarget {
-                url: push.string("url")?.unwrap_or_default(),
-                names: push.strings("names")?.unwrap_or_default(),
-                headers: push.string_map("headers")?,
-            })
+    let (push, remove_push) = match body.push {
+        None => (None, false),
+        Some(Present::Null) => (None, true),
+        Some(Present::Value(Obj(push))) => {
+            let push = pb::PushTarget {
+                url: push.url.unwrap_or_default(),
+                names: push.names.unwrap_or_default().0,
+                headers: push.headers.unwrap_or_default().0,
+            };
+            (Some(push), false)
         }
-        None => None,
-    };
-    let retention = match fields.get("retention") {
-        Some(value) => Some(retention_change(value)?),
-        None => None,
     };
     // `"slack": null` or an empty URL turns Slack notifications off.
-    let slack = match body.get("slack") {
-        Some(Value::Null) => Some(pb::SlackSettings::default()),
-        Some(value) => {
-            let slack = Fields::of(value, "slack")?;
-            Some(pb::SlackSettings {
-                url: slack.string("url")?.unwrap_or_default(),
-                events: slack.strings("events")?.unwrap_or_default(),
-            })
-        }
-        None => None,
-    };
+    let slack = body.slack.map(|slack| match slack {
+        Present::Null => pb::SlackSettings::default(),
+        Present::Value(Obj(slack)) => pb::SlackSettings {
+            url: slack.url.unwrap_or_default(),
+            events: slack.events.unwrap_or_default().0,
+        },
+    });
     // `"concurrency": null` removes the space's limits.
-    let concurrency = match body.get("concurrency") {
-        Some(Value::Null) => Some(pb::ConcurrencyLimits::default()),
-        Some(value) => Some(json::concurrency_limits(value)?),
+    let concurrency = match body.concurrency {
         None => None,
+        Some(Present::Null) => Some(pb::ConcurrencyLimits::default()),
+        Some(Present::Value(Obj(limits))) => Some(limits.try_into()?),
     };
     let message = pb::UpdateSpaceRequest {
         space_id,
-        anonymous_progress_streams: fields.bool("anonymousProgressStreams")?,
+        anonymous_progress_streams: body.anonymous_progress_streams,
         push,
         remove_push,
-        retention,
+        retention: body.retention.map(|Obj(retention)| retention.into()),
         slack,
         concurrency,
     };
@@ -179,9 +147,8 @@ async fn pause_space(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(NameBody { name }): Body<NameBody>,
 ) -> Result<Json<Space>, ApiError> {
-    let name = Fields::of(&body, "")?.string("name")?;
     let request = caller.request(pb::PauseSpaceRequest { space_id, name });
     let space = core.admin().pause_space(request).await?.into_inner().space;
     Ok(Json(Space::required(space)?))
@@ -193,9 +160,8 @@ async fn resume_space(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(NameBody { name }): Body<NameBody>,
 ) -> Result<Json<Space>, ApiError> {
-    let name = Fields::of(&body, "")?.string("name")?;
     let request = caller.request(pb::ResumeSpaceRequest { space_id, name });
     let space = core.admin().resume_space(request).await?.into_inner().space;
     Ok(Json(Space::required(space)?))
@@ -224,13 +190,12 @@ async fn create_token(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<TokenBody>,
 ) -> Result<(StatusCode, Json<NewToken>), ApiError> {
-    let fields = Fields::of(&body, "")?;
     let request = pb::CreateTokenRequest {
         space_id,
-        name: fields.string("name")?.unwrap_or_default(),
-        scopes: fields.strings("scopes")?.unwrap_or_default(),
+        name: body.name.unwrap_or_default(),
+        scopes: body.scopes.unwrap_or_default().0,
     };
     let response = core
         .admin()

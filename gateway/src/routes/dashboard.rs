@@ -12,8 +12,7 @@ use serde_json::{Value, json};
 
 use crate::core_client::{Caller, set_credential};
 use crate::error::required;
-use crate::extract::JsonBody;
-use crate::json::Fields;
+use crate::requests::{Body, SignInBody};
 use crate::session;
 use crate::{ApiError, CoreClient};
 
@@ -81,7 +80,7 @@ fn session_json(session: Option<pb::DashboardSession>, token: &str) -> Result<Va
 async fn sign_in(
     State(core): State<CoreClient>,
     headers: HeaderMap,
-    JsonBody(body): JsonBody,
+    Body(body): Body<SignInBody>,
 ) -> Result<Response, ApiError> {
     if !session::same_origin(&headers) {
         return Err(ApiError::new(
@@ -89,9 +88,8 @@ async fn sign_in(
             "cross-origin request refused",
         ));
     }
-    let fields = Fields::of(&body, "")?;
-    let key = fields
-        .string("key")?
+    let key = body
+        .key
         .filter(|key| !key.trim().is_empty())
         .ok_or_else(|| ApiError::bad_request("key is required"))?;
     let mut request = tonic::Request::new(pb::StartDashboardSessionRequest {});

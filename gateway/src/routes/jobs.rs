@@ -6,12 +6,13 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
-use serde_json::Value;
 
 use super::{integer_param, query_params};
 use crate::core_client::Caller;
-use crate::extract::JsonBody;
-use crate::json::{self, Fields};
+use crate::requests::{
+    Body, BulkBody, CreateJobsBody, Instant, Int, KillBody, LogsBody, Obj, RawBody, status_filter,
+    timestamp_param,
+};
 use crate::resources::{
     BulkOutcome, ConcurrencyUsage, Created, CreatedJob, DeletedJob, Event, Job, JobDetail,
     JobWithEvents, LogLine, LogPage, LogsAppended, Progress,
@@ -43,9 +44,12 @@ async fn create_jobs(
     State(core): State<CoreClient>,
     headers: HeaderMap,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    RawBody(body): RawBody,
 ) -> Result<(StatusCode, HeaderMap, Json<Created>), ApiError> {
-    let (mut jobs, single) = json::job_specs(&body)?;
+    let (mut jobs, single): (Vec<pb::JobSpec>, bool) = match CreateJobsBody::read(&body)? {
+        CreateJobsBody::One(job) => (vec![(*job).into()], true),
+        CreateJobsBody::Many(jobs) => (jobs.into_iter().map(pb::JobSpec::from).collect(), false),
+    };
     // The `Idempotency-Key` header keys a single create that names none.
     if let (true, Some(job)) = (single, jobs.first_mut())
         && job.idempotency_key.is_none()
@@ -94,12 +98,12 @@ async fn list_jobs(
     let param = |name: &str| params.get(name).filter(|value| !value.is_empty());
     let instant = |name: &str| {
         param(name)
-            .map(|text| json::parse_timestamp(name, text))
+            .map(|text| timestamp_param(name, text))
             .transpose()
     };
     let request = pb::ListJobsRequest {
         space_id,
-        status: json::status_filter("status", param("status").map(String::as_str))? as i32,
+        status: status_filter("status", param("status").map(String::as_str))? as i32,
         limit: integer_param(&params, "limit")?
             .map(|limit| u32::try_from(limit).unwrap_or(u32::MAX)),
         offset: integer_param(&params, "offset")?
@@ -159,10 +163,9 @@ async fn bulk_jobs(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<BulkBody>,
 ) -> Result<Json<BulkOutcome>, ApiError> {
-    let fields = Fields::of(&body, "")?;
-    let action = match fields.string("action")?.as_deref() {
+    let action = match body.action.as_deref() {
         Some("retry") => pb::BulkAction::Retry,
         Some("kill") => pb::BulkAction::Kill,
         Some("delete") => pb::BulkAction::Delete,
@@ -172,25 +175,21 @@ async fn bulk_jobs(
             ));
         }
     };
-    let filter = match fields.get("filter") {
-        Some(value) => {
-            let filter = Fields::of(value, "filter")?;
-            let status = filter.string("status")?;
-            pb::JobFilter {
-                status: json::status_filter("filter.status", status.as_deref())? as i32,
-                name: filter.string("name")?,
-                created_after: filter.timestamp("createdAfter")?,
-                created_before: filter.timestamp("createdBefore")?,
-            }
-        }
+    let filter = match body.filter {
+        Some(Obj(filter)) => pb::JobFilter {
+            status: status_filter("filter.status", filter.status.as_deref())? as i32,
+            name: filter.name,
+            created_after: filter.created_after.map(|Instant(at)| at),
+            created_before: filter.created_before.map(|Instant(at)| at),
+        },
         None => pb::JobFilter::default(),
     };
     let request = pb::BulkJobsRequest {
         space_id,
         action: action as i32,
         filter: Some(filter),
-        dry_run: fields.bool("dryRun")?.unwrap_or(false),
-        limit: fields.u32("limit")?,
+        dry_run: body.dry_run.unwrap_or(false),
+        limit: body.limit.map(|Int(n)| n),
     };
     let outcome = core
         .jobs()
@@ -236,30 +235,9 @@ async fn append_logs(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(body): Body<LogsBody>,
 ) -> Result<(StatusCode, Json<LogsAppended>), ApiError> {
-    let fields = Fields::of(&body, "")?;
-    let items = match fields.get("lines") {
-        Some(Value::Array(items)) => items,
-        _ => {
-            return Err(ApiError::bad_request(
-                "lines must be an array of {level, message} objects",
-            ));
-        }
-    };
-    let lines = items
-        .iter()
-        .enumerate()
-        .map(|(index, item)| {
-            let line = Fields::of(item, &format!("lines[{index}]"))?;
-            Ok(pb::LogLine {
-                level: line.string("level")?.unwrap_or_default(),
-                message: line.string("message")?.ok_or_else(|| {
-                    ApiError::bad_request(format!("lines[{index}].message is required"))
-                })?,
-            })
-        })
-        .collect::<Result<Vec<_>, ApiError>>()?;
+    let lines = body.lines()?;
     let count = lines.len();
     let request = caller.request(pb::AppendLogsRequest { job_id, lines });
     let last_seq = core
@@ -310,9 +288,8 @@ async fn kill_job(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(job_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(KillBody { reason }): Body<KillBody>,
 ) -> Result<Json<JobDetail>, ApiError> {
-    let reason = Fields::of(&body, "")?.string("reason")?;
     let request = caller.request(pb::KillJobRequest { job_id, reason });
     let job = core.jobs().kill_job(request).await?.into_inner().job;
     Ok(Json(JobDetail::required(job)?))

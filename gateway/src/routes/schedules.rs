@@ -10,8 +10,7 @@ use emit_proto::v1 as pb;
 
 use super::{integer_param, query_params};
 use crate::core_client::Caller;
-use crate::extract::JsonBody;
-use crate::json;
+use crate::requests::{Body, ScheduleBody};
 use crate::resources::{DeletedSchedule, Schedule};
 use crate::{ApiError, CoreClient};
 
@@ -52,11 +51,11 @@ async fn create_schedule(
     caller: Caller,
     Path(space_id): Path<String>,
     uri: Uri,
-    JsonBody(body): JsonBody,
+    Body(body): Body<ScheduleBody>,
 ) -> Result<(StatusCode, Json<Schedule>), ApiError> {
     let request = pb::CreateScheduleRequest {
         space_id,
-        settings: Some(json::schedule_settings(&body)?),
+        settings: Some(body.try_into()?),
         next_count: next_count(&uri)?,
     };
     let created = core
@@ -131,10 +130,9 @@ async fn update_schedule(
     caller: Caller,
     Path(ids): Path<(String, String)>,
     uri: Uri,
-    JsonBody(body): JsonBody,
+    Body(body): Body<ScheduleBody>,
 ) -> Result<Json<Schedule>, ApiError> {
-    let settings = json::schedule_settings(&body)?;
-    update(&core, &caller, ids, settings, &uri).await
+    update(&core, &caller, ids, body.try_into()?, &uri).await
 }
 
 /// `POST .../pause` (PAUSED) and `POST .../resume`: an update of `paused`.

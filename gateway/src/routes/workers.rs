@@ -2,16 +2,19 @@
 //! fail, keepalive. Each body may carry `attemptNumber` / `leaseId` to fence
 //! a stale worker.
 
+use axum::body::Bytes;
 use axum::extract::{FromRequest, FromRequestParts, Path, Request, State};
 use axum::routing::post;
 use axum::{Json, Router};
 use emit_proto::v1 as pb;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
 
 use crate::core_client::Caller;
 use crate::error::required;
-use crate::extract::JsonBody;
-use crate::json::{Fields, fence};
+use crate::requests::{
+    self, AnyJson, Body, CompleteBody, FailBody, FenceBody, FreeDataBody, Int, PollBody, RawBody,
+};
 use crate::resources::{Deliveries, Delivery, JobDetail};
 use crate::{ApiError, CoreClient};
 
@@ -29,17 +32,31 @@ pub fn router() -> Router<CoreClient> {
 
 type JobReply = Result<Json<JobDetail>, ApiError>;
 
-/// A worker's report on one job: the job, the JSON body, and the fence the
-/// body carries (`attemptNumber`, `leaseId`). Taken last: it reads the body.
+/// A worker's report on one job: the job and the body, which carries the
+/// report's fields and its fence (`attemptNumber`, `leaseId`). Taken last:
+/// it reads the body.
 pub(super) struct Report {
     job_id: String,
-    body: Value,
-    fence: Option<pb::Fence>,
+    body: Bytes,
 }
 
 impl Report {
-    fn fields(&self) -> Result<Fields<'_>, ApiError> {
-        Fields::of(&self.body, "")
+    /// The body as `T`.
+    fn read<T: DeserializeOwned>(&self) -> Result<T, ApiError> {
+        requests::read(&self.body, "")
+    }
+
+    /// A body of free JSON (progress, a checkpoint, an event) as sent
+    /// (`null` when empty), and the fields read beside it.
+    fn free_data(&self) -> Result<(Value, FreeDataBody), ApiError> {
+        let fields: FreeDataBody = self.read()?;
+        let data = if self.body.iter().all(u8::is_ascii_whitespace) {
+            Value::Null
+        } else {
+            serde_json::from_slice(&self.body)
+                .map_err(|error| ApiError::bad_request(format!("invalid JSON body: {error}")))?
+        };
+        Ok((data, fields))
     }
 }
 
@@ -51,14 +68,8 @@ impl<S: Send + Sync> FromRequest<S> for Report {
         let Path(job_id) = Path::<String>::from_request_parts(&mut parts, state)
             .await
             .map_err(|rejection| ApiError::new(rejection.status(), rejection.body_text()))?;
-        let JsonBody(body) =
-            JsonBody::from_request(Request::from_parts(parts, body), state).await?;
-        let fence = fence(&Fields::of(&body, "")?)?;
-        Ok(Self {
-            job_id,
-            body,
-            fence,
-        })
+        let RawBody(body) = RawBody::from_request(Request::from_parts(parts, body), state).await?;
+        Ok(Self { job_id, body })
     }
 }
 
@@ -70,22 +81,13 @@ async fn poll(
     State(core): State<CoreClient>,
     caller: Caller,
     Path(space_id): Path<String>,
-    JsonBody(body): JsonBody,
+    Body(mut body): Body<PollBody>,
 ) -> Result<Json<Deliveries>, ApiError> {
-    let fields = Fields::of(&body, "")?;
-    // Precedence as documented: types, type, names, name.
-    let mut names = None;
-    for alias in ["types", "type", "names", "name"] {
-        if let Some(found) = fields.strings(alias)? {
-            names = Some(found);
-            break;
-        }
-    }
     let request = pb::PollJobsRequest {
         space_id,
-        count: fields.u32("count")?,
-        names: names.unwrap_or_default(),
-        wait_seconds: fields.u32("waitSeconds")?,
+        names: body.names(),
+        count: body.count.map(|Int(n)| n),
+        wait_seconds: body.wait_seconds.map(|Int(n)| n),
     };
     let jobs = core
         .jobs()
@@ -109,9 +111,18 @@ async fn claim(
 }
 
 async fn ack(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
-    let Report { job_id, fence, .. } = report;
-    let request = caller.request(pb::AckJobRequest { job_id, fence });
-    reply(core.jobs().ack_job(request).await?.into_inner().job)
+    let fence = report.read::<FenceBody>()?.fence();
+    let request = pb::AckJobRequest {
+        job_id: report.job_id,
+        fence,
+    };
+    reply(
+        core.jobs()
+            .ack_job(caller.request(request))
+            .await?
+            .into_inner()
+            .job,
+    )
 }
 
 pub(super) async fn progress(
@@ -119,19 +130,15 @@ pub(super) async fn progress(
     caller: Caller,
     report: Report,
 ) -> JobReply {
-    let Report {
-        job_id,
-        body: mut data,
-        fence,
-    } = report;
+    let (mut data, fields) = report.free_data()?;
     // Fencing fields steer the call; they are not part of the progress data.
     if let Value::Object(object) = &mut data {
         object.remove("attemptNumber");
         object.remove("leaseId");
     }
     let request = pb::ReportProgressRequest {
-        job_id,
-        fence,
+        job_id: report.job_id,
+        fence: requests::fence(fields.attempt_number, fields.lease_id),
         progress_json: data.to_string(),
     };
     reply(
@@ -145,19 +152,20 @@ pub(super) async fn progress(
 
 /// Checkpoint and custom-event bodies are free JSON; a `data` field, when
 /// present alongside fencing fields, is taken as the data.
-fn free_data(fields: &Fields<'_>, body: &Value) -> String {
-    match (fields.get("data"), body) {
-        (Some(data), _) => data.to_string(),
+fn free_data(body: Value, data: Option<AnyJson>) -> String {
+    match (data, body) {
+        (Some(data), _) => data.text(),
         (None, Value::Null) => "{}".to_owned(),
         (None, body) => body.to_string(),
     }
 }
 
 async fn checkpoint(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let (body, fields) = report.free_data()?;
     let request = pb::SaveCheckpointRequest {
-        data_json: free_data(&report.fields()?, &report.body),
+        data_json: free_data(body, fields.data),
         job_id: report.job_id,
-        fence: report.fence,
+        fence: requests::fence(fields.attempt_number, fields.lease_id),
     };
     reply(
         core.jobs()
@@ -169,10 +177,11 @@ async fn checkpoint(State(core): State<CoreClient>, caller: Caller, report: Repo
 }
 
 async fn event(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let (body, fields) = report.free_data()?;
     let request = pb::PublishEventRequest {
-        data_json: free_data(&report.fields()?, &report.body),
+        data_json: free_data(body, fields.data),
         job_id: report.job_id,
-        fence: report.fence,
+        fence: requests::fence(fields.attempt_number, fields.lease_id),
     };
     reply(
         core.jobs()
@@ -184,10 +193,11 @@ async fn event(State(core): State<CoreClient>, caller: Caller, report: Report) -
 }
 
 async fn complete(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
+    let body: CompleteBody = report.read()?;
     let request = pb::CompleteJobRequest {
-        result_json: report.fields()?.json_text("result"),
+        result_json: body.result.map(AnyJson::text),
         job_id: report.job_id,
-        fence: report.fence,
+        fence: requests::fence(body.attempt_number, body.lease_id),
     };
     reply(
         core.jobs()
@@ -199,15 +209,16 @@ async fn complete(State(core): State<CoreClient>, caller: Caller, report: Report
 }
 
 async fn fail(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
-    let error = match report.fields()?.get("error") {
+    let body: FailBody = report.read()?;
+    let error = match body.error.map(AnyJson::text) {
         None => "unknown error".to_owned(),
-        Some(Value::String(text)) => text.clone(),
-        // Workers sometimes send structured errors; keep them readable.
-        Some(other) => other.to_string(),
+        // A string is the message; structured errors are kept as their
+        // text, which stays readable.
+        Some(text) => serde_json::from_str::<String>(&text).unwrap_or(text),
     };
     let request = pb::FailJobRequest {
         job_id: report.job_id,
-        fence: report.fence,
+        fence: requests::fence(body.attempt_number, body.lease_id),
         error,
     };
     reply(
@@ -220,7 +231,16 @@ async fn fail(State(core): State<CoreClient>, caller: Caller, report: Report) ->
 }
 
 async fn keepalive(State(core): State<CoreClient>, caller: Caller, report: Report) -> JobReply {
-    let Report { job_id, fence, .. } = report;
-    let request = caller.request(pb::KeepaliveJobRequest { job_id, fence });
-    reply(core.jobs().keepalive_job(request).await?.into_inner().job)
+    let fence = report.read::<FenceBody>()?.fence();
+    let request = pb::KeepaliveJobRequest {
+        job_id: report.job_id,
+        fence,
+    };
+    reply(
+        core.jobs()
+            .keepalive_job(caller.request(request))
+            .await?
+            .into_inner()
+            .job,
+    )
 }
