@@ -2,6 +2,26 @@
 //! core's gRPC calls. It holds no job state; authentication and every
 //! decision happen in the core, which receives the caller's key as metadata.
 
+/// Gives a type a fixed JSON Schema, written inline where it is used (the
+/// value types of request and response bodies).
+macro_rules! fixed_schema {
+    ($type:ty, $name:literal, $schema:tt) => {
+        impl schemars::JsonSchema for $type {
+            fn schema_name() -> std::borrow::Cow<'static, str> {
+                $name.into()
+            }
+
+            fn inline_schema() -> bool {
+                true
+            }
+
+            fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+                schemars::json_schema!($schema)
+            }
+        }
+    };
+}
+
 mod auth_failures;
 mod core_client;
 mod error;

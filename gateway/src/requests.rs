@@ -20,7 +20,7 @@ use axum::extract::{FromRequest, Request};
 use axum::http::StatusCode;
 use chrono::DateTime;
 use emit_proto::v1 as pb;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::{JsonSchema, Schema, SchemaGenerator};
 use serde::de::{self, DeserializeOwned, Deserializer, MapAccess, SeqAccess, Unexpected, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
@@ -154,32 +154,13 @@ fn backticked<'a>(message: &'a str, opening: &str) -> Option<&'a str> {
 
 // ---- Values -----------------------------------------------------------------
 
-/// Declares a value type's schema: a fixed JSON Schema, written inline.
-macro_rules! schema {
-    ($type:ty, $name:literal, $schema:tt) => {
-        impl JsonSchema for $type {
-            fn schema_name() -> std::borrow::Cow<'static, str> {
-                $name.into()
-            }
-
-            fn inline_schema() -> bool {
-                true
-            }
-
-            fn json_schema(_: &mut SchemaGenerator) -> Schema {
-                json_schema!($schema)
-            }
-        }
-    };
-}
-
 /// A count or a number of seconds: any JSON integer; one past `u32` reads
 /// as `u32::MAX` (a negative one too), so the core's range check answers.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(transparent)]
 pub struct Int(pub u32);
 
-schema!(Int, "Int", { "type": "integer" });
+fixed_schema!(Int, "Int", { "type": "integer" });
 
 impl<'de> Deserialize<'de> for Int {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -205,7 +186,7 @@ impl<'de> Deserialize<'de> for Int {
 #[serde(transparent)]
 pub struct SignedInt(pub i32);
 
-schema!(SignedInt, "SignedInt", { "type": "integer" });
+fixed_schema!(SignedInt, "SignedInt", { "type": "integer" });
 
 impl<'de> Deserialize<'de> for SignedInt {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -233,7 +214,7 @@ impl<'de> Deserialize<'de> for SignedInt {
 #[serde(transparent)]
 pub struct Seconds(pub u64);
 
-schema!(Seconds, "Seconds", { "type": "integer", "minimum": 0 });
+fixed_schema!(Seconds, "Seconds", { "type": "integer", "minimum": 0 });
 
 impl<'de> Deserialize<'de> for Seconds {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -256,7 +237,7 @@ impl<'de> Deserialize<'de> for Seconds {
 #[serde(transparent)]
 pub struct Limit(pub u32);
 
-schema!(Limit, "Limit", { "type": "integer", "minimum": 0 });
+fixed_schema!(Limit, "Limit", { "type": "integer", "minimum": 0 });
 
 impl<'de> Deserialize<'de> for Limit {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -280,7 +261,7 @@ impl<'de> Deserialize<'de> for Limit {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Instant(pub prost_types::Timestamp);
 
-schema!(Instant, "Instant", { "type": "string", "format": "date-time" });
+fixed_schema!(Instant, "Instant", { "type": "string", "format": "date-time" });
 
 impl<'de> Deserialize<'de> for Instant {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -352,7 +333,7 @@ impl<'de, T: Deserialize<'de>> Deserialize<'de> for Obj<T> {
 #[serde(transparent)]
 pub struct AnyJson(pub Box<RawValue>);
 
-schema!(AnyJson, "AnyJson", { "description": "Any JSON value." });
+fixed_schema!(AnyJson, "AnyJson", { "description": "Any JSON value." });
 
 impl AnyJson {
     pub fn text(self) -> String {
@@ -371,7 +352,7 @@ impl PartialEq for AnyJson {
 #[serde(transparent)]
 pub struct TextMap(pub HashMap<String, String>);
 
-schema!(TextMap, "TextMap", { "type": "object", "additionalProperties": { "type": "string" } });
+fixed_schema!(TextMap, "TextMap", { "type": "object", "additionalProperties": { "type": "string" } });
 
 impl<'de> Deserialize<'de> for TextMap {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -417,7 +398,7 @@ impl<'de, V: Deserialize<'de>> Visitor<'de> for Entries<V> {
 #[serde(transparent)]
 pub struct Names(pub Vec<String>);
 
-schema!(Names, "Names", {
+fixed_schema!(Names, "Names", {
     "anyOf": [{ "type": "string" }, { "type": "array", "items": { "type": "string" } }]
 });
 

@@ -9,7 +9,7 @@ use std::collections::HashMap;
 
 use chrono::{DateTime, SecondsFormat};
 use emit_proto::v1 as pb;
-use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
+use schemars::JsonSchema;
 use serde::{Serialize, Serializer};
 use serde_json::value::RawValue;
 
@@ -47,19 +47,7 @@ impl Serialize for Embedded {
     }
 }
 
-impl JsonSchema for Embedded {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "AnyJson".into()
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "description": "Any JSON value, as the client sent it." })
-    }
-}
+fixed_schema!(Embedded, "Embedded", { "description": "Any JSON value, as the client sent it." });
 
 /// An instant as RFC 3339 with milliseconds in UTC, or null when unset.
 pub struct Time(pub Option<prost_types::Timestamp>);
@@ -78,19 +66,7 @@ impl Serialize for Time {
     }
 }
 
-impl JsonSchema for Time {
-    fn schema_name() -> std::borrow::Cow<'static, str> {
-        "Time".into()
-    }
-
-    fn inline_schema() -> bool {
-        true
-    }
-
-    fn json_schema(_: &mut SchemaGenerator) -> Schema {
-        json_schema!({ "type": ["string", "null"], "format": "date-time" })
-    }
-}
+fixed_schema!(Time, "Time", { "type": ["string", "null"], "format": "date-time" });
 
 /// A job's status as REST names it.
 #[derive(Serialize, JsonSchema, Clone, Copy, PartialEq, Eq, Debug)]
