@@ -15,6 +15,7 @@ mod idempotency;
 mod outbox;
 mod pauses;
 pub mod postgres;
+mod reads;
 mod rows;
 pub mod schedules;
 mod sessions;

@@ -349,11 +349,7 @@ impl Store for PostgresStore {
     }
 
     async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>> {
-        let row = sqlx::query("SELECT * FROM tokens WHERE key_hash = $1 AND revoked_at IS NULL")
-            .bind(&key_hash[..])
-            .fetch_optional(&self.reads)
-            .await?;
-        row.as_ref().map(rows::token).transpose()
+        super::reads::token::<Postgres>(&self.reads, key_hash).await
     }
 
     async fn set_pause(
@@ -415,12 +411,7 @@ impl Store for PostgresStore {
     }
 
     async fn get_setting(&self, name: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.reads)
-                .await?,
-        )
+        super::reads::setting::<Postgres>(&self.reads, name).await
     }
 
     async fn put_setting(&self, name: &str, value: &str, write: SettingWrite) -> Result<String> {
@@ -451,40 +442,15 @@ impl Store for PostgresStore {
     }
 
     async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
-        let row = sqlx::query("SELECT * FROM jobs WHERE id = $1")
-            .bind(&target.job_id)
-            .fetch_optional(&self.reads)
-            .await?;
-        let job = row.as_ref().map(rows::job).transpose()?;
-        Ok(job.filter(|job| {
-            target
-                .space_id
-                .as_ref()
-                .is_none_or(|space| *space == job.space_id)
-        }))
+        super::reads::job::<Postgres>(&self.reads, target).await
     }
 
     async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>> {
-        let rows = sqlx::query(
-            "SELECT e.*, j.name AS job_name FROM job_events e JOIN jobs j ON j.id = e.job_id \
-             WHERE e.job_id = $1 ORDER BY e.seq",
-        )
-        .bind(job_id)
-        .fetch_all(&self.reads)
-        .await?;
-        rows.iter().map(rows::event).collect()
+        super::reads::events::<Postgres>(&self.reads, job_id).await
     }
 
     async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>> {
-        let row = sqlx::query(
-            "SELECT j.*, s.event_seq AS space_event_seq FROM jobs j JOIN spaces s ON s.id = j.space_id \
-             WHERE j.id = $1",
-        )
-        .bind(job_id)
-        .fetch_optional(&self.reads)
-        .await?;
-        row.map(|row| Ok((rows::job(&row)?, row.try_get("space_event_seq")?)))
-            .transpose()
+        super::reads::snapshot::<Postgres>(&self.reads, job_id).await
     }
 
     async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
