@@ -8,6 +8,8 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use tonic::Code;
 
+use crate::resources::ErrorBody;
+
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
@@ -113,11 +115,10 @@ fn truncate(text: &str, max_bytes: usize) -> &str {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut response = (
-            self.status,
-            Json(serde_json::json!({ "error": self.message })),
-        )
-            .into_response();
+        let body = ErrorBody {
+            error: self.message,
+        };
+        let mut response = (self.status, Json(body)).into_response();
         if let Some(retry_after) = self.retry_after {
             response
                 .headers_mut()
