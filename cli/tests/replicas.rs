@@ -229,7 +229,11 @@ async fn three_cores_two_gateways_one_postgres_lose_a_core_and_no_job() {
             )));
         }
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // The space streams see events from their connection on, so they are
+    // open before the first job is made. (Workers may join late.)
+    for gateway in &gateways {
+        support::metric_reaches(&client, &gateway.url, "emit_websocket_subscribers", 1.0).await;
+    }
 
     // Producers on both gateways, in bulk batches.
     let started = Instant::now();

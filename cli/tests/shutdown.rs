@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use emit_client::{Action, Incoming, Session, pb};
@@ -59,6 +61,7 @@ async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
             .json(&json!({ "names": ["other"], "waitSeconds": 20 }))
             .send(),
     );
+    let answered = Arc::new(AtomicUsize::new(0));
     let creates: Vec<_> = (0..50)
         .map(|n| {
             let request = http
@@ -66,13 +69,23 @@ async fn sigterm_finishes_work_in_flight_leases_nothing_and_loses_nothing() {
                 .header("x-api-key", ADMIN_KEY)
                 .json(&json!({ "name": "late", "payload": { "n": n } }))
                 .send();
+            let answered = answered.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(Duration::from_millis(n * 4)).await;
-                request.await
+                let response = request.await;
+                answered.fetch_add(1, Ordering::SeqCst);
+                response
             })
         })
         .collect();
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    // The signal comes once the poll waits and creates are flowing: some
+    // answered, most still to come.
+    support::metric_reaches(&http, &server.url, "emit_long_polls_waiting", 1.0).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while answered.load(Ordering::SeqCst) < 5 {
+        assert!(Instant::now() < deadline, "creates are answered");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
     server.terminate();
     let signalled = Instant::now();
 
