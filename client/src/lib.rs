@@ -154,17 +154,16 @@ impl Session {
     ) -> Result<pb::ReportResult, tonic::Status> {
         let request_id = self.send(job_id, action).await?;
         loop {
-            match self
-                .incoming
-                .message()
-                .await?
-                .and_then(|message| message.message)
-            {
+            let Some(response) = self.incoming.message().await? else {
+                return Err(closed());
+            };
+            match response.message {
                 Some(Incoming::Result(result)) if result.request_id == request_id => {
                     return Ok(result);
                 }
                 Some(other) => self.held.push_back(other),
-                None => return Err(closed()),
+                // An empty message is not the end of the stream.
+                None => continue,
             }
         }
     }
