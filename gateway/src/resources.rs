@@ -189,14 +189,15 @@ pub struct JobDetail {
 }
 
 impl JobDetail {
-    pub fn of(job: pb::Job) -> Result<Self, ApiError> {
+    pub fn of(mut job: pb::Job) -> Result<Self, ApiError> {
+        // The detail's own fields are moved out; the summary takes the rest.
         let priority = job.priority;
         let scheduled_for = Time(job.scheduled_for);
-        let checkpoint = Embedded::of(job.checkpoint_json.clone());
-        let error = job.last_error.clone();
-        let kill_reason = job.kill_reason.clone();
-        let lease_id = job.lease_id.clone();
-        let callback_url = job.callback_url.clone();
+        let checkpoint = Embedded::of(job.checkpoint_json.take());
+        let error = job.last_error.take();
+        let kill_reason = job.kill_reason.take();
+        let lease_id = job.lease_id.take();
+        let callback_url = job.callback_url.take();
         let retry_backoff = job.retry_backoff.map(RetryBackoff::from);
         let mut summary = Job::summary(job, true)?;
         summary.priority = Some(priority);
