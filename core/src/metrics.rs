@@ -315,7 +315,7 @@ impl CoreMetrics {
 
     /// The metrics as OpenMetrics text, without the closing `# EOF` (the
     /// gateway appends its own and closes).
-    pub async fn render(&self, store: &dyn Store) -> Result<String> {
+    pub async fn render(&self, store: &Store) -> Result<String> {
         for space in store.list_spaces().await? {
             let Some(log) = store.space_log(&space.id, None, 0).await? else {
                 continue;

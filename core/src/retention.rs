@@ -161,13 +161,13 @@ pub struct Expired {
 /// Deletes expired jobs every `config.sweep_every` until `shutdown` turns
 /// true.
 pub async fn sweep(
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     config: RetentionConfig,
     mut shutdown: watch::Receiver<bool>,
 ) {
     loop {
         let mut more = false;
-        match sweep_once(&*store, config.policy, store.clock().now()).await {
+        match sweep_once(&store, config.policy, store.clock().now()).await {
             Ok(pass) => {
                 if pass.deleted > 0 {
                     tracing::info!(deleted = pass.deleted, "retention: deleted finished jobs");
@@ -205,11 +205,7 @@ pub struct Pass {
 const CALLS_PER_PASS: usize = 64;
 
 /// One pass over every space.
-pub async fn sweep_once(
-    store: &dyn Store,
-    policy: RetentionPolicy,
-    now: UnixMillis,
-) -> Result<Pass> {
+pub async fn sweep_once(store: &Store, policy: RetentionPolicy, now: UnixMillis) -> Result<Pass> {
     let mut pass = Pass::default();
     for space in store.list_spaces().await? {
         let ages = policy.with(&space.retention);

@@ -21,9 +21,9 @@ const DUE_PER_PASS: u32 = 100;
 const MAX_SLEEP: Duration = Duration::from_secs(1);
 const RETRY_AFTER_ERROR: Duration = Duration::from_secs(1);
 
-pub async fn run(store: Arc<dyn Store>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(store: Arc<Store>, wake: Arc<Notify>, mut shutdown: watch::Receiver<bool>) {
     loop {
-        let sleep_for = match pass(&*store).await {
+        let sleep_for = match pass(&store).await {
             Ok(true) => Duration::ZERO,
             Ok(false) => match store.next_schedule_due().await {
                 Ok(Some(next)) => store.clock().until(next).min(MAX_SLEEP),
@@ -47,7 +47,7 @@ pub async fn run(store: Arc<dyn Store>, wake: Arc<Notify>, mut shutdown: watch::
 }
 
 /// Fires what is due now; returns whether more may be.
-async fn pass(store: &dyn Store) -> Result<bool> {
+async fn pass(store: &Store) -> Result<bool> {
     let now = store.clock().now();
     let due = store
         .read_schedules(ScheduleQuery::Due {
@@ -63,7 +63,7 @@ async fn pass(store: &dyn Store) -> Result<bool> {
     Ok(due.len() as u32 >= DUE_PER_PASS)
 }
 
-async fn fire(store: &dyn Store, schedule: &Schedule, now: i64) -> Result<()> {
+async fn fire(store: &Store, schedule: &Schedule, now: i64) -> Result<()> {
     let Some(expected_next) = schedule.next_fire_at else {
         return Ok(());
     };

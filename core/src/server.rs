@@ -121,8 +121,7 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         config.clock.clone(),
     )
     .await?;
-    let (admin_key_hash, generated_admin_key) =
-        resolve_admin_key(&*store, config.admin_key).await?;
+    let (admin_key_hash, generated_admin_key) = resolve_admin_key(&store, config.admin_key).await?;
     let auth = Arc::new(Authenticator::new(
         store.clone(),
         admin_key_hash,
@@ -298,7 +297,7 @@ fn undecodable_is_invalid_argument<B>(
 /// one (stored hashed, returned so it can be shown once). Says which is in
 /// force.
 async fn resolve_admin_key(
-    store: &dyn Store,
+    store: &Store,
     configured: Option<Secret>,
 ) -> Result<(KeyHash, Option<Secret>)> {
     let stored = match store.get_setting(ADMIN_KEY_SETTING).await? {

@@ -40,7 +40,7 @@ impl TimerWake {
     }
 }
 
-pub async fn run(store: Arc<dyn Store>, wake: Arc<TimerWake>, mut shutdown: watch::Receiver<bool>) {
+pub async fn run(store: Arc<Store>, wake: Arc<TimerWake>, mut shutdown: watch::Receiver<bool>) {
     loop {
         // Any deadline set while we sweep must wake us again (see `schedule`).
         wake.next.store(i64::MAX, Ordering::Release);

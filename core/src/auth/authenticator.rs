@@ -81,7 +81,7 @@ fn quota(per_second: NonZeroU32) -> Quota {
 }
 
 pub struct Authenticator {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     /// Ids of tokens as they are revoked, for open streams to end.
     revoked: broadcast::Sender<String>,
     admin_key_hash: KeyHash,
@@ -95,7 +95,7 @@ pub struct Authenticator {
 }
 
 impl Authenticator {
-    pub fn new(store: Arc<dyn Store>, admin_key_hash: KeyHash, rate_limit: RateLimit) -> Self {
+    pub fn new(store: Arc<Store>, admin_key_hash: KeyHash, rate_limit: RateLimit) -> Self {
         Self {
             store,
             revoked: broadcast::channel(256).0,

@@ -123,14 +123,14 @@ pub struct CallbackConfig {
 }
 
 pub struct Deliverer {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     client: reqwest::Client,
     policy: guard::Policy,
     retry: RetryPolicy,
 }
 
 impl Deliverer {
-    pub fn new(store: Arc<dyn Store>, config: CallbackConfig) -> crate::error::Result<Self> {
+    pub fn new(store: Arc<Store>, config: CallbackConfig) -> crate::error::Result<Self> {
         let policy = guard::Policy {
             allow_private: config.allow_private,
         };

@@ -24,7 +24,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 const SETTINGS_TTL: Duration = Duration::from_secs(2);
 
 pub struct PushNotifier {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     client: reqwest::Client,
     policy: guard::Policy,
     slots: Arc<Semaphore>,
@@ -32,7 +32,7 @@ pub struct PushNotifier {
 }
 
 impl PushNotifier {
-    pub fn new(store: Arc<dyn Store>, allow_private: bool) -> crate::error::Result<Self> {
+    pub fn new(store: Arc<Store>, allow_private: bool) -> crate::error::Result<Self> {
         let policy = guard::Policy { allow_private };
         let client = guard::client(policy, TIMEOUT)?;
         Ok(Self {

@@ -59,7 +59,7 @@ pub fn masked(url: &str) -> String {
 
 /// Makes a space's notifications start from its latest event (when Slack
 /// is turned on: the space's history is not posted).
-pub async fn start_from_now(store: &dyn Store, space_id: &str) -> Result<()> {
+pub async fn start_from_now(store: &Store, space_id: &str) -> Result<()> {
     let head = store
         .space_log(space_id, None, 0)
         .await?
@@ -90,7 +90,7 @@ pub struct SlackNotifier {
 
 /// What tells one space's Slack; shared by the spaces told at once.
 struct Sender {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     client: reqwest::Client,
     config: SlackConfig,
     /// This core, as a lease holder.
@@ -120,7 +120,7 @@ impl Cursor {
 }
 
 impl SlackNotifier {
-    pub fn new(store: Arc<dyn Store>, config: SlackConfig) -> Result<Self> {
+    pub fn new(store: Arc<Store>, config: SlackConfig) -> Result<Self> {
         let policy = guard::Policy {
             allow_private: config.allow_private,
         };

@@ -118,13 +118,13 @@ pub struct SpaceCursor {
 }
 
 pub struct RealtimeApi {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     hub: EventHub,
     replay_limit: u32,
 }
 
 impl RealtimeApi {
-    pub fn new(store: Arc<dyn Store>, hub: EventHub, limits: StreamLimits) -> Self {
+    pub fn new(store: Arc<Store>, hub: EventHub, limits: StreamLimits) -> Self {
         Self {
             store,
             hub,
@@ -381,7 +381,7 @@ pub struct SpaceWatch {
     connected: Option<SpaceConnected>,
     /// The events a reconnecting watcher missed, still to be sent.
     replay: Option<Replay>,
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     live: Live,
     last_seq: i64,
 }
@@ -399,7 +399,7 @@ struct Replay {
 }
 
 impl Replay {
-    async fn next(&mut self, store: &dyn Store) -> Result<Option<SpaceStreamItem>> {
+    async fn next(&mut self, store: &Store) -> Result<Option<SpaceStreamItem>> {
         if self.page.is_empty() && self.after < self.upto {
             self.page = store
                 .space_events(&self.space_id, self.after, self.upto)
@@ -446,7 +446,7 @@ impl SpaceWatch {
             return Ok(Some(SpaceStreamItem::Connected(connected)));
         }
         if let Some(replay) = &mut self.replay {
-            match replay.next(&*self.store).await? {
+            match replay.next(&self.store).await? {
                 Some(item) => return Ok(Some(item)),
                 None => self.replay = None,
             }

@@ -15,7 +15,7 @@ const MAX_NAME_CHARS: usize = 200;
 pub const PUBLIC_TOKEN_NAME: &str = "Public read-only (progress)";
 
 pub struct AdminApi {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     auth: Arc<Authenticator>,
     /// The server's retention, which spaces may override.
     retention: RetentionPolicy,
@@ -24,7 +24,7 @@ pub struct AdminApi {
 
 impl AdminApi {
     pub fn new(
-        store: Arc<dyn Store>,
+        store: Arc<Store>,
         auth: Arc<Authenticator>,
         retention: RetentionPolicy,
         metrics: Arc<CoreMetrics>,
@@ -40,7 +40,7 @@ impl AdminApi {
     /// This core's metrics, as Prometheus scrapes them.
     pub async fn metrics(&self, who: &Principal) -> Result<String> {
         who.require_admin()?;
-        self.metrics.render(&*self.store).await
+        self.metrics.render(&self.store).await
     }
 
     /// How long the space's finished jobs are kept.
@@ -148,7 +148,7 @@ impl AdminApi {
         let slack_on = matches!(settings.slack, Some(Some(_)));
         let space = self.store.update_space(space_id, settings).await?;
         if slack_on {
-            crate::callbacks::slack::start_from_now(&*self.store, space_id).await?;
+            crate::callbacks::slack::start_from_now(&self.store, space_id).await?;
         }
         tracing::info!(
             space_id,

@@ -85,7 +85,7 @@ pub struct BulkOutcome {
 }
 
 pub struct JobsApi {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     timers: Arc<TimerWake>,
     hub: EventHub,
     /// Set when the server begins to stop: no job is leased from then on.
@@ -95,7 +95,7 @@ pub struct JobsApi {
 }
 
 impl JobsApi {
-    pub fn new(store: Arc<dyn Store>, timers: Arc<TimerWake>, hub: EventHub) -> Self {
+    pub fn new(store: Arc<Store>, timers: Arc<TimerWake>, hub: EventHub) -> Self {
         Self {
             store,
             timers,
@@ -773,7 +773,7 @@ fn target(job_id: &str, space: Option<&str>) -> Result<JobTarget> {
 /// A long poll waiting as a waiter. Dropped before it answered (the client
 /// went away), it hands back the jobs leased to it.
 struct PollWaiter {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     waiter: Arc<Waiter>,
     handed: Handed,
     /// Counts this poll among the waiting ones until it drops.
@@ -782,7 +782,7 @@ struct PollWaiter {
 
 impl PollWaiter {
     /// A waiting poll, counted in `gauge` until it drops.
-    fn counted(store: Arc<dyn Store>, waiter: Arc<Waiter>, handed: Handed, gauge: Gauge) -> Self {
+    fn counted(store: Arc<Store>, waiter: Arc<Waiter>, handed: Handed, gauge: Gauge) -> Self {
         gauge.inc();
         Self {
             store,
@@ -843,16 +843,16 @@ mod tests {
     #[tokio::test]
     async fn a_long_poll_dropped_before_it_answers_hands_back_its_jobs() {
         let (store, space_id, dir) = store_with_space().await;
-        let store: Arc<dyn Store> = Arc::new(store);
+        let store: Arc<Store> = Arc::new(store);
         let (waiter, handed) = store.waiters().register(&space_id, vec![], 1);
         let gauge = prometheus_client::metrics::gauge::Gauge::<i64>::default();
         let waiting = PollWaiter::counted(store.clone(), waiter, handed, gauge.clone());
         assert_eq!(gauge.get(), 1);
-        let ids = create(&*store, &space_id, 1).await;
+        let ids = create(&store, &space_id, 1).await;
         // The create leased the job to the poll; then its client went away.
         drop(waiting);
         assert_eq!(gauge.get(), 0);
-        let seen = events_once_there_are(&*store, &ids[0], 3).await;
+        let seen = events_once_there_are(&store, &ids[0], 3).await;
         assert_eq!(seen, ["created", "delivered", "released"]);
         let _ = std::fs::remove_dir_all(dir);
     }

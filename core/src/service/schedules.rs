@@ -17,13 +17,13 @@ use crate::store::{ScheduleQuery, ScheduleWrite, ScheduleWritten, Store};
 const UPDATE_ATTEMPTS: usize = 5;
 
 pub struct SchedulesApi {
-    store: Arc<dyn Store>,
+    store: Arc<Store>,
     /// Wakes this core's scheduler when a schedule's next fire changed.
     scheduler: Arc<Notify>,
 }
 
 impl SchedulesApi {
-    pub fn new(store: Arc<dyn Store>, scheduler: Arc<Notify>) -> Self {
+    pub fn new(store: Arc<Store>, scheduler: Arc<Notify>) -> Self {
         Self { store, scheduler }
     }
 

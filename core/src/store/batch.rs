@@ -11,6 +11,8 @@
 //! Before COMMIT, a batch leases ready jobs to waiting workers
 //! (`store::handoff`), so the lease is part of the same commit.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -45,47 +47,38 @@ pub struct Applied {
     pub effects: Effects,
 }
 
+/// A write that tells the batch nothing beyond its own outcome: it runs on
+/// the writer and answers its caller.
+pub type Plain = Box<
+    dyn for<'w> FnOnce(&'w mut dyn Writer) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'w>>
+        + Send,
+>;
+
+/// What the writer ran that needs to be known before answering: why it
+/// failed in the database, if it did, and how to send its answer.
+type Outcome = (Option<String>, Finish);
+
+/// A writer's future, borrowing the writer it runs on.
+pub type Running<'w, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'w>>;
+
+/// Boxes a plain write (a function, so that the closure's signature, and
+/// with it the writer's borrow, is inferred from the bound).
+fn plain<F>(run: F) -> Plain
+where
+    F: for<'w> FnOnce(&'w mut dyn Writer) -> Pin<Box<dyn Future<Output = Outcome> + Send + 'w>>
+        + Send
+        + 'static,
+{
+    Box::new(run)
+}
+
+/// The operations a batch treats each in its own way; every other write is
+/// `Plain`.
 pub enum WriteOp {
-    CreateSpace {
-        space: SpaceRecord,
-        token: TokenRecord,
-        reply: Reply<()>,
-    },
-    UpdateSpace {
-        space_id: String,
-        settings: SpaceSettings,
-        reply: Reply<SpaceRecord>,
-    },
-    SetWebhookSecret {
-        space_id: String,
-        secret: Option<String>,
-        reply: Reply<()>,
-    },
-    RecordCallbackTry {
-        attempt: CallbackTry,
-        now: UnixMillis,
-        reply: Reply<()>,
-    },
-    CreateToken {
-        token: TokenRecord,
-        reply: Reply<()>,
-    },
-    RevokeToken {
-        space_id: String,
-        token_id: String,
-        now: UnixMillis,
-        reply: Reply<bool>,
-    },
-    ReplacePublicToken {
-        space_id: String,
-        key: String,
-        token: TokenRecord,
-        now: UnixMillis,
-        reply: Reply<Option<String>>,
-    },
-    Session {
-        write: SessionWrite,
-        reply: Reply<bool>,
+    Plain {
+        /// What the operation is, for traces.
+        name: &'static str,
+        run: Plain,
     },
     SetPause {
         space_id: String,
@@ -96,14 +89,8 @@ pub enum WriteOp {
         reply: Reply<bool>,
     },
     Schedule {
-        write: ScheduleWrite,
+        write: Box<ScheduleWrite>,
         reply: Reply<ScheduleWritten>,
-    },
-    PutSetting {
-        name: String,
-        value: String,
-        write: SettingWrite,
-        reply: Reply<String>,
     },
     CreateJobs {
         new: NewJobs,
@@ -128,10 +115,6 @@ pub enum WriteOp {
         limit: u32,
         reply: Reply<Sweep>,
     },
-    DeleteJob {
-        target: JobTarget,
-        reply: Reply<Job>,
-    },
     Prune {
         expired: Expired,
         reply: Reply<u32>,
@@ -150,22 +133,13 @@ impl WriteOp {
     /// What the operation is, for traces.
     fn name(&self) -> &'static str {
         match self {
-            Self::CreateSpace { .. } => "create_space",
-            Self::UpdateSpace { .. } => "update_space",
-            Self::SetWebhookSecret { .. } => "set_webhook_secret",
-            Self::RecordCallbackTry { .. } => "record_callback_try",
-            Self::CreateToken { .. } => "create_token",
-            Self::RevokeToken { .. } => "revoke_token",
-            Self::ReplacePublicToken { .. } => "replace_public_token",
-            Self::PutSetting { .. } => "put_setting",
-            Self::Session { .. } => "session",
+            Self::Plain { name, .. } => name,
             Self::SetPause { .. } => "set_pause",
             Self::Schedule { .. } => "schedule",
             Self::CreateJobs { .. } => "create_jobs",
             Self::Deliver { .. } => "deliver",
             Self::Apply { .. } => "apply",
             Self::FireDueTimers { .. } => "fire_due_timers",
-            Self::DeleteJob { .. } => "delete_job",
             Self::Prune { .. } => "prune",
             Self::AppendLogs { .. } => "append_logs",
             Self::Wake => "wake",
@@ -195,7 +169,9 @@ pub trait Writer: Send {
     /// Upkeep between batches, outside any transaction (SQLite: starting
     /// the WAL over when it has grown).
     async fn between_batches(&mut self) {}
-    async fn close(self);
+    async fn close(self)
+    where
+        Self: Sized;
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()>;
     async fn update_space(
@@ -483,7 +459,9 @@ async fn run_batch(
                 // next batch instead of failing with this one.
                 not_run.push(op);
             } else {
-                refuse(op);
+                // Dropped unanswered: its caller gets `Unavailable`, as
+                // for any write that did not happen.
+                drop(op);
             }
             continue;
         }
@@ -589,74 +567,9 @@ async fn fill(
     Ok(handoffs)
 }
 
-/// Answers an operation that cannot run because its batch already failed.
-fn refuse(op: WriteOp) {
-    fn unavailable<T>(reply: Reply<T>) {
-        let _ = reply.send(Err(Error::Unavailable));
-    }
+async fn execute(writer: &mut impl Writer, op: WriteOp, to_fill: &mut ToFill) -> Outcome {
     match op {
-        WriteOp::CreateSpace { reply, .. }
-        | WriteOp::CreateToken { reply, .. }
-        | WriteOp::SetWebhookSecret { reply, .. }
-        | WriteOp::RecordCallbackTry { reply, .. } => unavailable(reply),
-        WriteOp::CreateJobs { reply, .. } => unavailable(reply),
-        WriteOp::UpdateSpace { reply, .. } => unavailable(reply),
-        WriteOp::RevokeToken { reply, .. } => unavailable(reply),
-        WriteOp::PutSetting { reply, .. } => unavailable(reply),
-        WriteOp::Session { reply, .. } => unavailable(reply),
-        WriteOp::SetPause { reply, .. } => unavailable(reply),
-        WriteOp::Schedule { reply, .. } => unavailable(reply),
-        WriteOp::ReplacePublicToken { reply, .. } => unavailable(reply),
-        WriteOp::Deliver { reply, .. } => unavailable(reply),
-        WriteOp::Apply { reply, .. } => unavailable(reply),
-        WriteOp::FireDueTimers { reply, .. } => unavailable(reply),
-        WriteOp::AppendLogs { reply, .. } => unavailable(reply),
-        WriteOp::DeleteJob { reply, .. } => unavailable(reply),
-        WriteOp::Prune { reply, .. } => unavailable(reply),
-        WriteOp::Wake => {}
-    }
-}
-
-async fn execute(
-    writer: &mut impl Writer,
-    op: WriteOp,
-    to_fill: &mut ToFill,
-) -> (Option<String>, Finish) {
-    match op {
-        WriteOp::CreateSpace {
-            space,
-            token,
-            reply,
-        } => finish(writer.create_space(space, token).await, reply),
-        WriteOp::UpdateSpace {
-            space_id,
-            settings,
-            reply,
-        } => finish(writer.update_space(&space_id, settings).await, reply),
-        WriteOp::SetWebhookSecret {
-            space_id,
-            secret,
-            reply,
-        } => finish(writer.set_webhook_secret(&space_id, secret).await, reply),
-        WriteOp::RecordCallbackTry {
-            attempt,
-            now,
-            reply,
-        } => finish(writer.record_callback_try(attempt, now).await, reply),
-        WriteOp::CreateToken { token, reply } => finish(writer.create_token(token).await, reply),
-        WriteOp::RevokeToken {
-            space_id,
-            token_id,
-            now,
-            reply,
-        } => finish(writer.revoke_token(&space_id, &token_id, now).await, reply),
-        WriteOp::PutSetting {
-            name,
-            value,
-            write,
-            reply,
-        } => finish(writer.put_setting(&name, &value, write).await, reply),
-        WriteOp::Session { write, reply } => finish(writer.write_session(&write).await, reply),
+        WriteOp::Plain { run, .. } => run(writer).await,
         WriteOp::SetPause {
             space_id,
             name,
@@ -675,21 +588,9 @@ async fn execute(
             }
             finish(changed, reply)
         }
-        WriteOp::ReplacePublicToken {
-            space_id,
-            key,
-            token,
-            now,
-            reply,
-        } => finish(
-            writer
-                .replace_public_token(&space_id, &key, token, now)
-                .await,
-            reply,
-        ),
         WriteOp::Schedule { write, reply } => {
             let written = writer.write_schedule(&write).await;
-            match (written, write) {
+            match (written, *write) {
                 (Ok(made @ ScheduleWritten::Fire(FireClaim::Make)), ScheduleWrite::Fire(fire))
                     if !fire.jobs.is_empty() =>
                 {
@@ -764,7 +665,6 @@ async fn execute(
             }
             finish(swept, reply)
         }
-        WriteOp::DeleteJob { target, reply } => finish(writer.delete_job(&target).await, reply),
         WriteOp::Prune { expired, reply } => finish(writer.prune(&expired).await, reply),
         WriteOp::Wake => (None, Box::new(|_| {})),
         WriteOp::AppendLogs {
@@ -863,100 +763,33 @@ impl Writes {
         .await
     }
 
-    pub async fn create_space(&self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        self.send(self.any(), |reply| WriteOp::CreateSpace {
-            space,
-            token,
-            reply,
-        })
-        .await
+    /// Queues a plain write on any writer.
+    pub async fn on_any<T, F>(&self, name: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'w> FnOnce(&'w mut dyn Writer) -> Running<'w, T> + Send + 'static,
+    {
+        self.plain(self.any(), name, op).await
     }
 
-    pub async fn update_space(
-        &self,
-        space_id: &str,
-        settings: SpaceSettings,
-    ) -> Result<SpaceRecord> {
-        let space_id = space_id.to_owned();
-        self.send(self.any(), |reply| WriteOp::UpdateSpace {
-            space_id,
-            settings,
-            reply,
-        })
-        .await
+    /// Queues a plain write about one job on that job's writer, after the
+    /// writes about it made before.
+    pub async fn on_job<T, F>(&self, job_id: &str, name: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'w> FnOnce(&'w mut dyn Writer) -> Running<'w, T> + Send + 'static,
+    {
+        self.plain(self.for_job(job_id), name, op).await
     }
 
-    pub async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
-        let space_id = space_id.to_owned();
-        self.send(self.any(), |reply| WriteOp::SetWebhookSecret {
-            space_id,
-            secret,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
-        let writer = self.for_job(&attempt.entry.job_id);
-        self.send(writer, |reply| WriteOp::RecordCallbackTry {
-            attempt,
-            now,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn create_token(&self, token: TokenRecord) -> Result<()> {
-        self.send(self.any(), |reply| WriteOp::CreateToken { token, reply })
-            .await
-    }
-
-    pub async fn revoke_token(
-        &self,
-        space_id: &str,
-        token_id: &str,
-        now: UnixMillis,
-    ) -> Result<bool> {
-        let (space_id, token_id) = (space_id.to_owned(), token_id.to_owned());
-        self.send(self.any(), |reply| WriteOp::RevokeToken {
-            space_id,
-            token_id,
-            now,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn replace_public_token(
-        &self,
-        space_id: &str,
-        key: &str,
-        token: TokenRecord,
-        now: UnixMillis,
-    ) -> Result<Option<String>> {
-        let (space_id, key) = (space_id.to_owned(), key.to_owned());
-        self.send(self.any(), |reply| WriteOp::ReplacePublicToken {
-            space_id,
-            key,
-            token,
-            now,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn put_setting(
-        &self,
-        name: &str,
-        value: &str,
-        write: SettingWrite,
-    ) -> Result<String> {
-        let (name, value) = (name.to_owned(), value.to_owned());
-        self.send(self.any(), |reply| WriteOp::PutSetting {
+    async fn plain<T, F>(&self, writer: usize, name: &'static str, op: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: for<'w> FnOnce(&'w mut dyn Writer) -> Running<'w, T> + Send + 'static,
+    {
+        self.send(writer, move |reply| WriteOp::Plain {
             name,
-            value,
-            write,
-            reply,
+            run: plain(move |writer| Box::pin(async move { finish(op(writer).await, reply) })),
         })
         .await
     }
@@ -979,14 +812,12 @@ impl Writes {
         .await
     }
 
-    pub async fn write_session(&self, write: SessionWrite) -> Result<bool> {
-        self.send(self.any(), |reply| WriteOp::Session { write, reply })
-            .await
-    }
-
     pub async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
-        self.send(self.any(), |reply| WriteOp::Schedule { write, reply })
-            .await
+        self.send(self.any(), |reply| WriteOp::Schedule {
+            write: Box::new(write),
+            reply,
+        })
+        .await
     }
 
     pub async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>> {
@@ -1027,15 +858,6 @@ impl Writes {
         self.send(self.any(), |reply| WriteOp::FireDueTimers {
             now,
             limit,
-            reply,
-        })
-        .await
-    }
-
-    pub async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
-        let target = target.clone();
-        self.send(self.for_job(&target.job_id), |reply| WriteOp::DeleteJob {
-            target,
             reply,
         })
         .await

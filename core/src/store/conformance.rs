@@ -1,5 +1,5 @@
 //! The store's contract, asked of both backends alike: each case takes a
-//! `&dyn Store` holding one space, and `on_both_backends!` runs it on a
+//! `&Store` holding one space, and `on_both_backends!` runs it on a
 //! fresh SQLite file and on a fresh PostgreSQL database. The cases at the
 //! end need two writers on one database (PostgreSQL replicas), which SQLite,
 //! a single writer by design, does not have.
@@ -14,7 +14,6 @@ use crate::clock::{Clock, UnixMillis};
 use crate::error::Error;
 use crate::job::machine::{Command, Fence};
 use crate::job::{Job, JobStatus};
-use crate::store::postgres::PostgresStore;
 use crate::store::testing::{self, PostgresDatabase};
 use crate::store::{DeliverRequest, JobTarget, Step, Store};
 
@@ -45,7 +44,7 @@ fn step(command: Command, fence: &Fence) -> Step {
 /// The worker holding `delivered` reports `command` for it: the command's
 /// own outcome.
 async fn report(
-    store: &dyn Store,
+    store: &Store,
     delivered: &Job,
     command: Command,
     now: UnixMillis,
@@ -58,12 +57,12 @@ async fn report(
     outcomes.remove(0)
 }
 
-async fn event_kinds(store: &dyn Store, job_id: &str) -> Vec<&'static str> {
+async fn event_kinds(store: &Store, job_id: &str) -> Vec<&'static str> {
     let events = store.job_events(job_id).await.unwrap();
     events.iter().map(|event| event.kind.as_str()).collect()
 }
 
-async fn job(store: &dyn Store, id: &str) -> Job {
+async fn job(store: &Store, id: &str) -> Job {
     let target = JobTarget {
         job_id: id.to_owned(),
         space_id: None,
@@ -74,7 +73,7 @@ async fn job(store: &dyn Store, id: &str) -> Job {
 /// Several commands in one call run in one transaction: a job changed
 /// three times in it is written once, as the last command left it, and
 /// each command's event is recorded once, in order.
-async fn one_call_applies_its_commands_in_order(store: &dyn Store, space_id: &str) {
+async fn one_call_applies_its_commands_in_order(store: &Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
     let now = Clock::system().now();
     let delivered = store.deliver(ready(space_id, 1, now)).await.unwrap();
@@ -118,7 +117,7 @@ async fn one_call_applies_its_commands_in_order(store: &dyn Store, space_id: &st
 }
 
 /// A refused command writes nothing, and the commands after it still run.
-async fn a_refused_command_writes_nothing(store: &dyn Store, space_id: &str) {
+async fn a_refused_command_writes_nothing(store: &Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
     let now = Clock::system().now();
     let delivered = store.deliver(ready(space_id, 1, now)).await.unwrap();
@@ -150,7 +149,7 @@ async fn a_refused_command_writes_nothing(store: &dyn Store, space_id: &str) {
 
 /// Deliveries hand out each ready job once, the oldest first, and nothing
 /// once none is ready.
-async fn deliveries_take_each_job_once_oldest_first(store: &dyn Store, space_id: &str) {
+async fn deliveries_take_each_job_once_oldest_first(store: &Store, space_id: &str) {
     let ids = testing::create(store, space_id, 50).await;
     let now = Clock::system().now();
     let mut taken = Vec::new();
@@ -170,7 +169,7 @@ async fn deliveries_take_each_job_once_oldest_first(store: &dyn Store, space_id:
 
 /// An expired delivery makes the job ready again under a new lease; the
 /// old lease is fenced out, the new one completes it.
-async fn an_expired_delivery_fences_its_lease(store: &dyn Store, space_id: &str) {
+async fn an_expired_delivery_fences_its_lease(store: &Store, space_id: &str) {
     let id = testing::create(store, space_id, 1).await.remove(0);
     let now = Clock::system().now();
     let first = store
@@ -211,7 +210,7 @@ async fn an_expired_delivery_fences_its_lease(store: &dyn Store, space_id: &str)
 /// Calls that run at once (and so share write batches) each see the
 /// others' writes: completions, deliveries and releases in any mix end with
 /// every job completed exactly once.
-async fn concurrent_calls_share_batches_without_losing_writes(store: &dyn Store, space_id: &str) {
+async fn concurrent_calls_share_batches_without_losing_writes(store: &Store, space_id: &str) {
     let ids = testing::create(store, space_id, 200).await;
     let now = Clock::system().now();
     let completed = std::sync::Mutex::new(HashSet::new());
@@ -281,13 +280,13 @@ on_both_backends!(
     concurrent_calls_share_batches_without_losing_writes,
 );
 
-async fn postgres_store(url: &str) -> PostgresStore {
-    PostgresStore::open(url, Duration::from_secs(10), Clock::system())
+async fn postgres_store(url: &str) -> Store {
+    crate::store::postgres::open(url, Duration::from_secs(10), Clock::system())
         .await
         .unwrap()
 }
 
-async fn postgres_with_space() -> (PostgresStore, String, PostgresDatabase) {
+async fn postgres_with_space() -> (Store, String, PostgresDatabase) {
     let database = PostgresDatabase::create().await;
     let store = postgres_store(&database.url).await;
     let space_id = testing::add_space(&store).await;
@@ -303,7 +302,7 @@ async fn postgres_replicas_never_deliver_one_job_twice() {
     let ids = testing::create(&one, &space_id, 300).await;
     let now = Clock::system().now();
     let drain = |store: &'static str| {
-        let store: &dyn Store = if store == "one" { &one } else { &two };
+        let store: &Store = if store == "one" { &one } else { &two };
         let space_id = &space_id;
         async move {
             let mut taken = Vec::new();
@@ -338,7 +337,7 @@ async fn postgres_replicas_racing_on_one_job_apply_it_once() {
         .unwrap();
     for job in &delivered {
         let complete = |store: &'static str| {
-            let store: &dyn Store = if store == "one" { &one } else { &two };
+            let store: &Store = if store == "one" { &one } else { &two };
             report(
                 store,
                 job,

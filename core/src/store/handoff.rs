@@ -339,13 +339,12 @@ mod tests {
     use crate::clock::Clock;
     use crate::job::JobStatus;
     use crate::job::machine::{Command, Fence};
-    use crate::store::sqlite::SqliteStore;
     use crate::store::testing::{create, events_once_there_are, jobs, store_with_space};
     use crate::store::{JobTarget, Step, Store};
 
     use super::{Touched, Waiters};
 
-    async fn status(store: &SqliteStore, job_id: &str) -> JobStatus {
+    async fn status(store: &Store, job_id: &str) -> JobStatus {
         let target = JobTarget {
             job_id: job_id.to_owned(),
             space_id: None,

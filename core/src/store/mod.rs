@@ -1,13 +1,15 @@
-//! The storage seam. Callers see only `Store`; each backend implements it
-//! with its own migrations. Job transitions are decided by
-//! `job::machine::apply` inside the store's transaction, and written with a
-//! statement conditional on the state that was read, so every backend
-//! enforces the same state machine.
+//! The storage seam. Callers see only `Store`, the same for both backends;
+//! each backend brings its migrations, its writers and its `Dialect`.
+//!
+//! Job transitions are decided by `job::machine::apply` inside the store's
+//! transaction, and written with a statement conditional on the state that
+//! was read, so every backend enforces the same state machine.
 
 mod batch;
 pub mod concurrency;
 #[cfg(test)]
 mod conformance;
+mod dialect;
 mod filter;
 mod forget;
 pub mod handoff;
@@ -29,12 +31,14 @@ pub use self::pauses::WHOLE_SPACE;
 pub use self::schedules::{Fire, FireClaim, ScheduleQuery, ScheduleWrite, ScheduleWritten};
 pub use self::sessions::{MAX_SESSIONS_PER_KEY, SessionRecord, SessionWrite};
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
-use async_trait::async_trait;
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 
+use self::batch::{Writer, Writes};
 use self::handoff::{Waiter, Waiters};
+use self::reads::Reads;
 use crate::auth::KeyHash;
 use crate::clock::{Clock, UnixMillis};
 use crate::concurrency::ConcurrencyLimits;
@@ -157,12 +161,12 @@ pub struct SpaceHead {
     pub counts: StatusCounts,
 }
 
-/// What a reconnecting space stream missed.
 /// Most events one replay page holds.
 pub const REPLAY_PAGE_EVENTS: u32 = 256;
 /// Most event data one replay page holds (events carry up to 1 MiB each).
 pub const REPLAY_PAGE_BYTES: i64 = 4 * 1024 * 1024;
 
+/// What a reconnecting space stream missed.
 #[derive(Clone, Debug)]
 pub struct SpaceLog {
     pub head: SpaceHead,
@@ -309,93 +313,314 @@ pub struct Sweep {
     pub next_due: Option<UnixMillis>,
 }
 
-#[async_trait]
-pub trait Store: Send + Sync + 'static {
-    async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()>;
-    async fn list_spaces(&self) -> Result<Vec<SpaceRecord>>;
-    async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>>;
+/// Commits (not events) a slow subscriber of the broadcasts may fall behind.
+const PUBLISH_BUFFER: usize = 4096;
+/// Operations one writer's queue holds.
+const WRITE_QUEUE: usize = 4096;
+
+/// Where what the writers commit is announced.
+pub(crate) struct Broadcasts {
+    /// Every replica's commits (see `Store::subscribe`).
+    pub published: broadcast::Sender<Arc<[LiveEvent]>>,
+    /// This replica's commits (see `Store::own_commits`).
+    pub own_commits: broadcast::Sender<Arc<[LiveEvent]>>,
+    /// Revoked tokens' ids.
+    pub revoked: broadcast::Sender<String>,
+    /// Whether the store announces its own revocations: yes when it is the
+    /// only replica; otherwise the backend's relay announces every
+    /// replica's, this one's included.
+    echo_revocations: bool,
+}
+
+impl Broadcasts {
+    /// For the only replica (SQLite): its commits are all there are.
+    pub fn single() -> Self {
+        let published = broadcast::channel(PUBLISH_BUFFER).0;
+        Self {
+            own_commits: published.clone(),
+            published,
+            revoked: broadcast::channel(256).0,
+            echo_revocations: true,
+        }
+    }
+
+    /// For one of several replicas (PostgreSQL), whose relay publishes what
+    /// every replica commits and revokes.
+    pub fn replicated() -> Self {
+        Self {
+            published: broadcast::channel(PUBLISH_BUFFER).0,
+            own_commits: broadcast::channel(PUBLISH_BUFFER).0,
+            revoked: broadcast::channel(256).0,
+            echo_revocations: false,
+        }
+    }
+}
+
+/// The storage seam, one for both backends. Reads go to the backend's read
+/// pool (`reads`); writes queue for the backend's group-commit writers
+/// (`batch`), which lease ready jobs to the waiting workers (`handoff`) in
+/// the commits that make them ready, and announce each commit
+/// (`Broadcasts`).
+pub struct Store {
+    reads: Box<dyn Reads>,
+    writes: Writes,
+    waiters: Arc<Waiters>,
+    writer_metrics: WriterMetrics,
+    broadcasts: Broadcasts,
+    clock: Clock,
+    /// Dropped with the store: stops what the backend runs beside its
+    /// writers (SQLite's checkpoints, PostgreSQL's relay).
+    _companion: oneshot::Sender<()>,
+}
+
+impl Store {
+    /// Starts a batch loop for each writer and assembles the store.
+    pub(crate) fn start<W: Writer + 'static>(
+        reads: impl Reads + 'static,
+        writers: Vec<W>,
+        broadcasts: Broadcasts,
+        clock: Clock,
+        companion: oneshot::Sender<()>,
+    ) -> Self {
+        let waiters = Arc::new(Waiters::default());
+        let writer_metrics = WriterMetrics::default();
+        let inboxes = writers
+            .into_iter()
+            .map(|writer| {
+                let (inbox, queues) = batch::inbox(WRITE_QUEUE);
+                tokio::spawn(batch::run(
+                    writer,
+                    queues,
+                    waiters.clone(),
+                    writer_metrics.clone(),
+                    clock.clone(),
+                ));
+                inbox
+            })
+            .collect();
+        Self {
+            reads: Box::new(reads),
+            writes: Writes::new(inboxes),
+            waiters,
+            writer_metrics,
+            broadcasts,
+            clock,
+            _companion: companion,
+        }
+    }
+
+    pub async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()> {
+        self.writes
+            .on_any("create_space", |writer| {
+                writer.create_space(space, public_token)
+            })
+            .await
+    }
+
+    pub async fn list_spaces(&self) -> Result<Vec<SpaceRecord>> {
+        self.reads.list_spaces().await
+    }
+
+    pub async fn get_space(&self, space_id: &str) -> Result<Option<SpaceRecord>> {
+        self.reads.get_space(space_id).await
+    }
+
     /// Fails with NotFound when the space does not exist.
-    async fn update_space(&self, space_id: &str, settings: SpaceSettings) -> Result<SpaceRecord>;
-    /// The space's head and, when `after` is given, the events after it
-    /// (at most `max_missed` of them), read at one instant.
+    pub async fn update_space(
+        &self,
+        space_id: &str,
+        settings: SpaceSettings,
+    ) -> Result<SpaceRecord> {
+        let space_id = space_id.to_owned();
+        self.writes
+            .on_any("update_space", |writer| {
+                Box::pin(async move { writer.update_space(&space_id, settings).await })
+            })
+            .await
+    }
+
     /// A page of a space's events with `after < seq <= upto`, in order,
     /// whole: at most `REPLAY_PAGE_EVENTS`, and no more than
     /// `REPLAY_PAGE_BYTES` of data unless the first alone is larger.
-    async fn space_events(&self, space_id: &str, after: i64, upto: i64) -> Result<Vec<LiveEvent>>;
-    async fn space_log(
+    pub async fn space_events(
+        &self,
+        space_id: &str,
+        after: i64,
+        upto: i64,
+    ) -> Result<Vec<LiveEvent>> {
+        self.reads.space_events(space_id, after, upto).await
+    }
+
+    /// The space's head and, when `after` is given, the events after it
+    /// (at most `max_missed` of them), read at one instant.
+    pub async fn space_log(
         &self,
         space_id: &str,
         after: Option<i64>,
         max_missed: u32,
-    ) -> Result<Option<SpaceLog>>;
+    ) -> Result<Option<SpaceLog>> {
+        self.reads.space_log(space_id, after, max_missed).await
+    }
 
     /// Fails with NotFound when the space does not exist.
-    async fn create_token(&self, token: TokenRecord) -> Result<()>;
-    async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>>;
-    /// Returns whether a live token was revoked.
+    pub async fn create_token(&self, token: TokenRecord) -> Result<()> {
+        self.writes
+            .on_any("create_token", |writer| writer.create_token(token))
+            .await
+    }
+
+    pub async fn list_tokens(&self, space_id: &str) -> Result<Vec<TokenRecord>> {
+        self.reads.list_tokens(space_id).await
+    }
+
     /// Makes `key` (stored as `token`) the space's public token and revokes
     /// the one before, atomically; returns the revoked token's id, if any.
     /// Fails with NotFound when the space does not exist.
-    async fn replace_public_token(
+    pub async fn replace_public_token(
         &self,
         space_id: &str,
         key: &str,
         token: TokenRecord,
         now: UnixMillis,
-    ) -> Result<Option<String>>;
-    async fn revoke_token(&self, space_id: &str, token_id: &str, now: UnixMillis) -> Result<bool>;
+    ) -> Result<Option<String>> {
+        let (space_id, key) = (space_id.to_owned(), key.to_owned());
+        let revoked = self
+            .writes
+            .on_any("replace_public_token", move |writer| {
+                Box::pin(async move {
+                    writer
+                        .replace_public_token(&space_id, &key, token, now)
+                        .await
+                })
+            })
+            .await?;
+        if let Some(token_id) = &revoked {
+            self.announce_revocation(token_id);
+        }
+        Ok(revoked)
+    }
+
+    /// Returns whether a live token was revoked.
+    pub async fn revoke_token(
+        &self,
+        space_id: &str,
+        token_id: &str,
+        now: UnixMillis,
+    ) -> Result<bool> {
+        let (space, token) = (space_id.to_owned(), token_id.to_owned());
+        let revoked = self
+            .writes
+            .on_any("revoke_token", move |writer| {
+                Box::pin(async move { writer.revoke_token(&space, &token, now).await })
+            })
+            .await?;
+        if revoked {
+            self.announce_revocation(token_id);
+        }
+        Ok(revoked)
+    }
+
+    fn announce_revocation(&self, token_id: &str) {
+        if self.broadcasts.echo_revocations {
+            let _ = self.broadcasts.revoked.send(token_id.to_owned());
+        }
+    }
+
     /// A live (not revoked) token by the hash of its key.
-    async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>>;
+    pub async fn find_token(&self, key_hash: &KeyHash) -> Result<Option<TokenRecord>> {
+        self.reads.find_token(key_hash).await
+    }
 
     /// Pauses or resumes dispatch of `name` in a space (`WHOLE_SPACE`: all
     /// of it); NotFound without the space. Returns whether anything changed.
-    async fn set_pause(
+    pub async fn set_pause(
         &self,
         space_id: &str,
         name: &str,
         paused: bool,
         now: UnixMillis,
-    ) -> Result<bool>;
+    ) -> Result<bool> {
+        self.writes.set_pause(space_id, name, paused, now).await
+    }
+
     /// The space's paused names (`WHOLE_SPACE` when all are).
-    async fn pauses(&self, space_id: &str) -> Result<Vec<String>>;
+    pub async fn pauses(&self, space_id: &str) -> Result<Vec<String>> {
+        self.reads.pauses(space_id).await
+    }
 
     /// Stores or ends a dashboard session; returns whether one was stored
     /// or ended.
-    async fn write_session(&self, write: SessionWrite) -> Result<bool>;
+    pub async fn write_session(&self, write: SessionWrite) -> Result<bool> {
+        self.writes
+            .on_any("write_session", |writer| {
+                Box::pin(async move { writer.write_session(&write).await })
+            })
+            .await
+    }
+
     /// The unexpired session whose token hashes to `id_hash`.
-    async fn find_session(
+    pub async fn find_session(
         &self,
         id_hash: &KeyHash,
         now: UnixMillis,
-    ) -> Result<Option<SessionRecord>>;
+    ) -> Result<Option<SessionRecord>> {
+        self.reads.find_session(id_hash, now).await
+    }
 
     /// Dispatches of `name` after `since`: with `rate_key`, or all.
-    async fn dispatches(
+    pub async fn dispatches(
         &self,
         space_id: &str,
         name: &str,
         rate_key: Option<&str>,
         since: UnixMillis,
-    ) -> Result<u32>;
+    ) -> Result<u32> {
+        self.reads.dispatches(space_id, name, rate_key, since).await
+    }
 
     /// Leases each key holds now: of `keys`, or (None) of the keys holding
     /// the most (`concurrency::MAX_LISTED_KEYS`).
-    async fn key_leases(
+    pub async fn key_leases(
         &self,
         space_id: &str,
         keys: Option<&[String]>,
-    ) -> Result<std::collections::HashMap<String, u32>>;
+    ) -> Result<HashMap<String, u32>> {
+        self.reads.key_leases(space_id, keys).await
+    }
 
     /// Creates, updates, deletes or fires a schedule (`schedules`).
-    async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten>;
-    async fn read_schedules(&self, query: ScheduleQuery<'_>) -> Result<Vec<Schedule>>;
-    /// The soonest fire time of any unpaused schedule.
-    async fn next_schedule_due(&self) -> Result<Option<UnixMillis>>;
+    pub async fn write_schedule(&self, write: ScheduleWrite) -> Result<ScheduleWritten> {
+        self.writes.write_schedule(write).await
+    }
 
-    async fn get_setting(&self, name: &str) -> Result<Option<String>>;
+    pub async fn read_schedules(&self, query: ScheduleQuery<'_>) -> Result<Vec<Schedule>> {
+        self.reads.read_schedules(query).await
+    }
+
+    /// The soonest fire time of any unpaused schedule.
+    pub async fn next_schedule_due(&self) -> Result<Option<UnixMillis>> {
+        self.reads.next_schedule_due().await
+    }
+
+    pub async fn get_setting(&self, name: &str) -> Result<Option<String>> {
+        self.reads.get_setting(name).await
+    }
+
     /// Stores `value` (unless the setting exists and `write` keeps it);
     /// returns the value stored afterwards.
-    async fn put_setting(&self, name: &str, value: &str, write: SettingWrite) -> Result<String>;
+    pub async fn put_setting(
+        &self,
+        name: &str,
+        value: &str,
+        write: SettingWrite,
+    ) -> Result<String> {
+        let (name, value) = (name.to_owned(), value.to_owned());
+        self.writes
+            .on_any("put_setting", |writer| {
+                Box::pin(async move { writer.put_setting(&name, &value, write).await })
+            })
+            .await
+    }
 
     /// Persists new jobs (and their `created` events) atomically; fails with
     /// NotFound when the space does not exist.
@@ -403,102 +628,180 @@ pub trait Store: Send + Sync + 'static {
     /// identical create holds is not made again but returned as a replay;
     /// a key held by a different create fails the whole write with
     /// Conflict.
-    async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>>;
-    async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>>;
+    pub async fn create_jobs(&self, new: NewJobs) -> Result<Vec<Replay>> {
+        self.writes.create_jobs(new).await
+    }
+
+    pub async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
+        self.reads.list_jobs(query).await
+    }
+
     /// How many jobs the filter matches.
-    async fn count_jobs(&self, filter: &JobFilter) -> Result<u64>;
-    async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>>;
-    async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>>;
+    pub async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
+        self.reads.count_jobs(filter).await
+    }
+
+    pub async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
+        self.reads.get_job(target).await
+    }
+
+    pub async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>> {
+        self.reads.job_events(job_id).await
+    }
+
     /// The job and the last event sequence number of its space, read at one
     /// instant: every event after that number happened after the snapshot.
-    async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>>;
+    pub async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>> {
+        self.reads.job_snapshot(job_id).await
+    }
 
     /// Atomically delivers up to `count` available pending jobs, oldest first.
-    async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>>;
+    pub async fn deliver(&self, request: DeliverRequest) -> Result<Vec<Job>> {
+        self.writes.deliver(request).await
+    }
+
     /// Applies commands to one job through the state machine, in order and
     /// in one transaction, each with its own outcome (a refused command
     /// writes nothing and the next one still runs). The error is for the
     /// write as a whole. When the job is `refill`'s and the commands end
     /// its lease, the slot goes back to `refill` in the same transaction.
-    async fn apply(
+    pub async fn apply(
         &self,
         target: &JobTarget,
         steps: Vec<Step>,
         now: UnixMillis,
         refill: Option<Arc<Waiter>>,
-    ) -> Result<Vec<Result<Job>>>;
+    ) -> Result<Vec<Result<Job>>> {
+        self.writes.apply(target, steps, now, refill).await
+    }
+
     /// Deletes a finished job with its events, logs and callbacks, and
     /// returns it as it was. NotFound without it; Conflict unless finished.
-    async fn delete_job(&self, target: &JobTarget) -> Result<Job>;
+    pub async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
+        let target = target.clone();
+        self.writes
+            .on_job(&target.job_id.clone(), "delete_job", |writer| {
+                Box::pin(async move { writer.delete_job(&target).await })
+            })
+            .await
+    }
+
     /// Deletes up to `expired.limit` expired jobs (those whose callback is
     /// still due are kept until it is delivered or given up); returns how
     /// many. Each job is deleted, and counted off its space, once, however
     /// many replicas prune at the same time.
-    async fn prune(&self, expired: &Expired) -> Result<u32>;
+    pub async fn prune(&self, expired: &Expired) -> Result<u32> {
+        self.writes.prune(expired).await
+    }
+
     /// Workers waiting for jobs, which write batches lease ready jobs to.
-    fn waiters(&self) -> &Waiters;
+    pub fn waiters(&self) -> &Waiters {
+        &self.waiters
+    }
+
     /// What the writers measure of their batches.
-    fn writer_metrics(&self) -> WriterMetrics;
+    pub fn writer_metrics(&self) -> WriterMetrics {
+        self.writer_metrics.clone()
+    }
+
     /// The time every part of the core reads (see `Clock`).
-    fn clock(&self) -> &Clock;
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// Makes the writer fill the waiters that asked (`Waiter::want`) soon.
-    fn wake_writer(&self);
+    pub fn wake_writer(&self) {
+        self.writes.wake();
+    }
+
     /// Fires up to `limit` timers due at `now`.
-    async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep>;
+    pub async fn fire_due_timers(&self, now: UnixMillis, limit: u32) -> Result<Sweep> {
+        self.writes.fire_due_timers(now, limit).await
+    }
 
     /// Appends log lines; returns the sequence number of the last one.
-    async fn append_logs(
+    pub async fn append_logs(
         &self,
         target: &JobTarget,
         lines: Vec<LogLine>,
         now: UnixMillis,
-    ) -> Result<i64>;
-    async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>>;
+    ) -> Result<i64> {
+        self.writes.append_logs(target, lines, now).await
+    }
 
-    /// Callbacks due at `now`, oldest first.
+    pub async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
+        self.reads.list_logs(job_id, query).await
+    }
+
     /// Callbacks due by `now`, oldest first: at most `limit`, and at most
     /// `per_space` of any one space counting the tries `in_flight` lists
     /// (space, tries), so one space's backlog cannot fill the deliverer.
-    async fn due_callbacks(
+    /// Where several replicas deliver, the entries are claimed: another
+    /// replica's deliverer skips them until the claim lapses.
+    pub async fn due_callbacks(
         &self,
         now: UnixMillis,
         limit: u32,
         per_space: u32,
         in_flight: &[(String, u32)],
-    ) -> Result<Vec<OutboxEntry>>;
+    ) -> Result<Vec<OutboxEntry>> {
+        self.reads
+            .due_callbacks(now, limit, per_space, in_flight)
+            .await
+    }
+
     /// Records a try as a `callback_sent`/`callback_failed` event on the job
     /// and reschedules or removes the outbox entry, atomically.
-    async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()>;
+    pub async fn record_callback_try(&self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
+        let job_id = attempt.entry.job_id.clone();
+        self.writes
+            .on_job(&job_id, "record_callback_try", move |writer| {
+                writer.record_callback_try(attempt, now)
+            })
+            .await
+    }
+
     /// Sets (Some) or clears (None) a space's signing secret.
-    async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()>;
+    pub async fn set_webhook_secret(&self, space_id: &str, secret: Option<String>) -> Result<()> {
+        let space_id = space_id.to_owned();
+        self.writes
+            .on_any("set_webhook_secret", |writer| {
+                Box::pin(async move { writer.set_webhook_secret(&space_id, secret).await })
+            })
+            .await
+    }
 
     /// What each commit of any replica published (events, log lines),
     /// commit by commit in commit order, so events of a space arrive in
     /// sequence order.
-    fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>>;
+    pub fn subscribe(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.broadcasts.published.subscribe()
+    }
+
     /// Only the commits of this replica: for work that one replica must do
     /// once per commit (push wake-ups).
-    fn own_commits(&self) -> broadcast::Receiver<Arc<[LiveEvent]>>;
+    pub fn own_commits(&self) -> broadcast::Receiver<Arc<[LiveEvent]>> {
+        self.broadcasts.own_commits.subscribe()
+    }
+
     /// Ids of tokens as any replica revokes them.
-    fn revocations(&self) -> broadcast::Receiver<String>;
+    pub fn revocations(&self) -> broadcast::Receiver<String> {
+        self.broadcasts.revoked.subscribe()
+    }
 }
 
-/// Opens the store a database URL names, running its migrations.
-/// Opens the store `database_url` names; `wait` bounds how long a database
-/// that does not answer yet is retried (PostgreSQL; SQLite is a file).
+/// Opens the store `database_url` names, running its migrations; `wait`
+/// bounds how long a database that does not answer yet is retried
+/// (PostgreSQL; SQLite is a file).
 pub async fn open(
     database_url: &str,
     wait: std::time::Duration,
     clock: Clock,
-) -> Result<Arc<dyn Store>> {
+) -> Result<Arc<Store>> {
     if database_url.starts_with("sqlite:") {
-        Ok(Arc::new(
-            sqlite::SqliteStore::open(database_url, clock).await?,
-        ))
+        Ok(Arc::new(sqlite::open(database_url, clock).await?))
     } else if database_url.starts_with("postgres:") || database_url.starts_with("postgresql:") {
-        Ok(Arc::new(
-            postgres::PostgresStore::open(database_url, wait, clock).await?,
-        ))
+        Ok(Arc::new(postgres::open(database_url, wait, clock).await?))
     } else {
         Err(Error::invalid(format!(
             "unsupported database URL (expected sqlite://... or postgres://...): {}",

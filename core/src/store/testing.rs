@@ -6,14 +6,13 @@ use crate::clock::Clock;
 use crate::ids::new_id;
 use crate::job::Job;
 use crate::job::spec::{self, JobInput};
-use crate::store::sqlite::SqliteStore;
 use crate::store::{SpaceRecord, Store, TokenRecord};
 
 /// A SQLite store in a fresh directory (to remove afterwards) with one
 /// space.
-pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
+pub async fn store_with_space() -> (Store, String, PathBuf) {
     let dir = std::env::temp_dir().join(format!("emit-unit-{}", new_id()));
-    let store = SqliteStore::open(
+    let store = crate::store::sqlite::open(
         &format!("sqlite://{}/emit.db", dir.display()),
         Clock::system(),
     )
@@ -24,7 +23,7 @@ pub async fn store_with_space() -> (SqliteStore, String, PathBuf) {
 }
 
 /// Creates a space (and its public token) in `store`; returns its id.
-pub async fn add_space(store: &(impl Store + ?Sized)) -> String {
+pub async fn add_space(store: &Store) -> String {
     let space_id = new_id();
     let space = SpaceRecord {
         id: space_id.clone(),
@@ -82,7 +81,7 @@ pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {
 }
 
 /// Stores `count` ready jobs; returns their ids in order.
-pub async fn create(store: &(impl Store + ?Sized), space_id: &str, count: usize) -> Vec<String> {
+pub async fn create(store: &Store, space_id: &str, count: usize) -> Vec<String> {
     let jobs = jobs(space_id, count);
     let ids = jobs.iter().map(|job| job.id.clone()).collect();
     store.create_jobs(jobs.into()).await.unwrap();
@@ -91,11 +90,7 @@ pub async fn create(store: &(impl Store + ?Sized), space_id: &str, count: usize)
 
 /// The kinds of a job's events, once it has `count` of them (or after two
 /// seconds, whatever it has).
-pub async fn events_once_there_are(
-    store: &(impl Store + ?Sized),
-    job_id: &str,
-    count: usize,
-) -> Vec<String> {
+pub async fn events_once_there_are(store: &Store, job_id: &str, count: usize) -> Vec<String> {
     let mut seen = Vec::new();
     for _ in 0..100 {
         let events = store.job_events(job_id).await.unwrap();
