@@ -21,7 +21,7 @@ mod reads;
 mod rows;
 pub mod schedules;
 mod sessions;
-mod space_settings;
+mod spaces;
 pub mod sqlite;
 #[cfg(test)]
 pub(crate) mod testing;

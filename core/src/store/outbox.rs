@@ -40,3 +40,36 @@ where
     .await?;
     Ok(())
 }
+
+/// After a try of entry `id`: due again at `retry_at`, or (None: delivered,
+/// or given up) gone.
+pub async fn after_try<DB>(
+    conn: &mut DB::Connection,
+    id: i64,
+    retry_at: Option<UnixMillis>,
+) -> Result<()>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> i64: Encode<'q, DB> + Type<DB>,
+{
+    match retry_at {
+        Some(next_at) => {
+            sqlx::query::<DB>(
+                "UPDATE callback_outbox SET attempt = attempt + 1, next_at = $1 WHERE id = $2",
+            )
+            .bind(next_at)
+            .bind(id)
+            .execute(conn)
+            .await?
+        }
+        None => {
+            sqlx::query::<DB>("DELETE FROM callback_outbox WHERE id = $1")
+                .bind(id)
+                .execute(conn)
+                .await?
+        }
+    };
+    Ok(())
+}

@@ -44,13 +44,12 @@ use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
-use crate::store::outbox;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
     SpaceSettings, Sweep, TokenRecord,
 };
-use crate::store::{rows, space_settings};
+use crate::store::{outbox, rows, spaces};
 
 /// PostgreSQL accepts 65535 bound parameters per statement.
 const MAX_BIND_PARAMETERS: usize = 65_535;
@@ -142,37 +141,6 @@ impl PgWriter {
         Ok(())
     }
 
-    /// The space's public key as stored: None without the space, empty once
-    /// revoked.
-    async fn public_key(&mut self, space_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = $1")
-                .bind(space_id)
-                .fetch_optional(&mut self.conn)
-                .await?,
-        )
-    }
-
-    /// A revoked public token leaves its space without one (shown as
-    /// absent) until a new one is issued.
-    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
-        let public = self.public_key(space_id).await?;
-        let Some(public) = public.filter(|key| !key.is_empty()) else {
-            return Ok(());
-        };
-        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT key_hash FROM tokens WHERE id = $1")
-            .bind(token_id)
-            .fetch_optional(&mut self.conn)
-            .await?;
-        if hash.is_some_and(|hash| hash == crate::auth::hash_key(&public)) {
-            sqlx::query("UPDATE spaces SET public_token = '' WHERE id = $1")
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        Ok(())
-    }
-
     pub fn new(
         conn: PgConnection,
         relay: Arc<Relay>,
@@ -192,23 +160,6 @@ impl PgWriter {
             turns: HashMap::new(),
             limits: HashMap::new(),
         }
-    }
-
-    async fn insert_token(&mut self, token: &TokenRecord) -> Result<()> {
-        let scopes = serde_json::to_string(&token.scopes).map_err(Error::internal)?;
-        sqlx::query(
-            "INSERT INTO tokens (id, space_id, name, scopes, key_hash, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&token.id)
-        .bind(&token.space_id)
-        .bind(&token.name)
-        .bind(scopes)
-        .bind(&token.key_hash[..])
-        .bind(token.created_at)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
     }
 
     async fn require_space(&mut self, space_id: &str) -> Result<()> {
@@ -617,19 +568,7 @@ impl batch::Writer for PgWriter {
     }
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6)",
-        )
-        .bind(&space.id)
-        .bind(&space.name)
-        .bind(&space.public_token)
-        .bind(&space.stream_id)
-        .bind(space.anonymous_progress_streams)
-        .bind(space.created_at)
-        .execute(&mut self.conn)
-        .await?;
-        self.insert_token(&token).await
+        spaces::insert::<Postgres>(&mut self.conn, &space, &token).await
     }
 
     async fn update_space(
@@ -637,17 +576,12 @@ impl batch::Writer for PgWriter {
         space_id: &str,
         settings: SpaceSettings,
     ) -> Result<SpaceRecord> {
-        space_settings::update::<Postgres>(&mut self.conn, space_id, settings).await
+        spaces::update_settings::<Postgres>(&mut self.conn, space_id, settings).await
     }
 
     async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
         self.require_space(space_id).await?;
-        sqlx::query("UPDATE spaces SET webhook_secret = $1 WHERE id = $2")
-            .bind(secret)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(())
+        spaces::set_webhook_secret::<Postgres>(&mut self.conn, space_id, secret.as_deref()).await
     }
 
     async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
@@ -657,29 +591,12 @@ impl batch::Writer for PgWriter {
         };
         let job = self.load(&target).await?;
         self.record(&job, callback_try_event(&attempt, &job), now);
-        match attempt.retry_at {
-            Some(next_at) => {
-                sqlx::query(
-                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = $1 WHERE id = $2",
-                )
-                .bind(next_at)
-                .bind(attempt.entry.id)
-                .execute(&mut self.conn)
-                .await?
-            }
-            None => {
-                sqlx::query("DELETE FROM callback_outbox WHERE id = $1")
-                    .bind(attempt.entry.id)
-                    .execute(&mut self.conn)
-                    .await?
-            }
-        };
-        Ok(())
+        outbox::after_try::<Postgres>(&mut self.conn, attempt.entry.id, attempt.retry_at).await
     }
 
     async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
         self.require_space(&token.space_id).await?;
-        self.insert_token(&token).await
+        spaces::insert_token::<Postgres>(&mut self.conn, &token).await
     }
 
     async fn revoke_token(
@@ -688,18 +605,9 @@ impl batch::Writer for PgWriter {
         token_id: &str,
         now: UnixMillis,
     ) -> Result<bool> {
-        let revoked = sqlx::query(
-            "UPDATE tokens SET revoked_at = $1 WHERE id = $2 AND space_id = $3 AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(token_id)
-        .bind(space_id)
-        .execute(&mut self.conn)
-        .await?
-        .rows_affected()
-            == 1;
+        let revoked =
+            spaces::revoke_token::<Postgres>(&mut self.conn, space_id, token_id, now).await?;
         if revoked {
-            self.forget_public_token(space_id, token_id).await?;
             self.announce_revocation(token_id).await?;
         }
         Ok(revoked)
@@ -712,27 +620,9 @@ impl batch::Writer for PgWriter {
         token: TokenRecord,
         now: UnixMillis,
     ) -> Result<Option<String>> {
-        let current = self.public_key(space_id).await?;
-        let current = current.ok_or(Error::NotFound("space"))?;
-        let revoked: Option<String> = if current.is_empty() {
-            None
-        } else {
-            sqlx::query_scalar(
-                "UPDATE tokens SET revoked_at = $1 WHERE space_id = $2 AND key_hash = $3 \
-                 AND revoked_at IS NULL RETURNING id",
-            )
-            .bind(now)
-            .bind(space_id)
-            .bind(&crate::auth::hash_key(&current)[..])
-            .fetch_optional(&mut self.conn)
-            .await?
-        };
-        self.insert_token(&token).await?;
-        sqlx::query("UPDATE spaces SET public_token = $1 WHERE id = $2")
-            .bind(key)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
+        let revoked =
+            spaces::replace_public_token::<Postgres>(&mut self.conn, space_id, key, &token, now)
+                .await?;
         if let Some(token_id) = &revoked {
             self.announce_revocation(token_id).await?;
         }
@@ -745,16 +635,7 @@ impl batch::Writer for PgWriter {
         value: &str,
         write: SettingWrite,
     ) -> Result<String> {
-        let mut statement = sqlx::query(write.statement()).bind(name).bind(value);
-        if let Some(expected) = write.expected() {
-            statement = statement.bind(expected);
-        }
-        statement.execute(&mut self.conn).await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = $1")
-            .bind(name)
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(stored)
+        spaces::put_setting::<Postgres>(&mut self.conn, name, value, &write).await
     }
 
     async fn set_pause(

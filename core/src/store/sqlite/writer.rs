@@ -33,13 +33,12 @@ use crate::store::batch::{self, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
-use crate::store::outbox;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
     SpaceSettings, Sweep, TokenRecord,
 };
-use crate::store::{rows, space_settings};
+use crate::store::{outbox, rows, spaces};
 
 /// SQLite accepts 32766 bound parameters per statement.
 const JOB_ROWS_PER_INSERT: usize = 1000;
@@ -104,37 +103,6 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    /// The space's public key as stored: None without the space, empty once
-    /// revoked.
-    async fn public_key(&mut self, space_id: &str) -> Result<Option<String>> {
-        Ok(
-            sqlx::query_scalar("SELECT public_token FROM spaces WHERE id = ?")
-                .bind(space_id)
-                .fetch_optional(&mut self.conn)
-                .await?,
-        )
-    }
-
-    /// A revoked public token leaves its space without one (shown as
-    /// absent) until a new one is issued.
-    async fn forget_public_token(&mut self, space_id: &str, token_id: &str) -> Result<()> {
-        let public = self.public_key(space_id).await?;
-        let Some(public) = public.filter(|key| !key.is_empty()) else {
-            return Ok(());
-        };
-        let hash: Option<Vec<u8>> = sqlx::query_scalar("SELECT key_hash FROM tokens WHERE id = ?")
-            .bind(token_id)
-            .fetch_optional(&mut self.conn)
-            .await?;
-        if hash.is_some_and(|hash| hash == crate::auth::hash_key(&public)) {
-            sqlx::query("UPDATE spaces SET public_token = '' WHERE id = ?")
-                .bind(space_id)
-                .execute(&mut self.conn)
-                .await?;
-        }
-        Ok(())
-    }
-
     pub fn new(
         conn: SqliteConnection,
         published: broadcast::Sender<Arc<[LiveEvent]>>,
@@ -154,22 +122,6 @@ impl SqliteWriter {
             turns: HashMap::new(),
             limits: HashMap::new(),
         }
-    }
-
-    async fn insert_token(&mut self, token: &TokenRecord) -> Result<()> {
-        let scopes = serde_json::to_string(&token.scopes).map_err(Error::internal)?;
-        sqlx::query(
-            "INSERT INTO tokens (id, space_id, name, scopes, key_hash, created_at) VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&token.id)
-        .bind(&token.space_id)
-        .bind(&token.name)
-        .bind(scopes)
-        .bind(&token.key_hash[..])
-        .bind(token.created_at)
-        .execute(&mut self.conn)
-        .await?;
-        Ok(())
     }
 
     async fn require_space(&mut self, space_id: &str) -> Result<()> {
@@ -532,19 +484,7 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO spaces (id, name, public_token, stream_id, anonymous_progress_streams, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
-        )
-        .bind(&space.id)
-        .bind(&space.name)
-        .bind(&space.public_token)
-        .bind(&space.stream_id)
-        .bind(space.anonymous_progress_streams)
-        .bind(space.created_at)
-        .execute(&mut self.conn)
-        .await?;
-        self.insert_token(&token).await
+        spaces::insert::<Sqlite>(&mut self.conn, &space, &token).await
     }
 
     async fn update_space(
@@ -552,17 +492,12 @@ impl batch::Writer for SqliteWriter {
         space_id: &str,
         settings: SpaceSettings,
     ) -> Result<SpaceRecord> {
-        space_settings::update::<Sqlite>(&mut self.conn, space_id, settings).await
+        spaces::update_settings::<Sqlite>(&mut self.conn, space_id, settings).await
     }
 
     async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
         self.require_space(space_id).await?;
-        sqlx::query("UPDATE spaces SET webhook_secret = ? WHERE id = ?")
-            .bind(secret)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(())
+        spaces::set_webhook_secret::<Sqlite>(&mut self.conn, space_id, secret.as_deref()).await
     }
 
     async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
@@ -574,29 +509,12 @@ impl batch::Writer for SqliteWriter {
         let job = self.load(&target).await?;
         let draft = callback_try_event(&attempt, &job);
         self.record(&job, draft, now).await?;
-        match attempt.retry_at {
-            Some(next_at) => {
-                sqlx::query(
-                    "UPDATE callback_outbox SET attempt = attempt + 1, next_at = ? WHERE id = ?",
-                )
-                .bind(next_at)
-                .bind(entry.id)
-                .execute(&mut self.conn)
-                .await?
-            }
-            None => {
-                sqlx::query("DELETE FROM callback_outbox WHERE id = ?")
-                    .bind(entry.id)
-                    .execute(&mut self.conn)
-                    .await?
-            }
-        };
-        Ok(())
+        outbox::after_try::<Sqlite>(&mut self.conn, attempt.entry.id, attempt.retry_at).await
     }
 
     async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
         self.require_space(&token.space_id).await?;
-        self.insert_token(&token).await
+        spaces::insert_token::<Sqlite>(&mut self.conn, &token).await
     }
 
     async fn revoke_token(
@@ -605,18 +523,8 @@ impl batch::Writer for SqliteWriter {
         token_id: &str,
         now: UnixMillis,
     ) -> Result<bool> {
-        let revoked = sqlx::query(
-            "UPDATE tokens SET revoked_at = ? WHERE id = ? AND space_id = ? AND revoked_at IS NULL",
-        )
-        .bind(now)
-        .bind(token_id)
-        .bind(space_id)
-        .execute(&mut self.conn)
-        .await?;
-        let revoked = revoked.rows_affected() == 1;
-        if revoked {
-            self.forget_public_token(space_id, token_id).await?;
-        }
+        let revoked =
+            spaces::revoke_token::<Sqlite>(&mut self.conn, space_id, token_id, now).await?;
         Ok(revoked)
     }
 
@@ -627,27 +535,9 @@ impl batch::Writer for SqliteWriter {
         token: TokenRecord,
         now: UnixMillis,
     ) -> Result<Option<String>> {
-        let current = self.public_key(space_id).await?;
-        let current = current.ok_or(Error::NotFound("space"))?;
-        let revoked: Option<String> = if current.is_empty() {
-            None
-        } else {
-            sqlx::query_scalar(
-                "UPDATE tokens SET revoked_at = ? WHERE space_id = ? AND key_hash = ? \
-                 AND revoked_at IS NULL RETURNING id",
-            )
-            .bind(now)
-            .bind(space_id)
-            .bind(&crate::auth::hash_key(&current)[..])
-            .fetch_optional(&mut self.conn)
-            .await?
-        };
-        self.insert_token(&token).await?;
-        sqlx::query("UPDATE spaces SET public_token = ? WHERE id = ?")
-            .bind(key)
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
+        let revoked =
+            spaces::replace_public_token::<Sqlite>(&mut self.conn, space_id, key, &token, now)
+                .await?;
         Ok(revoked)
     }
 
@@ -657,16 +547,7 @@ impl batch::Writer for SqliteWriter {
         value: &str,
         write: SettingWrite,
     ) -> Result<String> {
-        let mut statement = sqlx::query(write.statement()).bind(name).bind(value);
-        if let Some(expected) = write.expected() {
-            statement = statement.bind(expected);
-        }
-        statement.execute(&mut self.conn).await?;
-        let stored: String = sqlx::query_scalar("SELECT value FROM settings WHERE name = ?")
-            .bind(name)
-            .fetch_one(&mut self.conn)
-            .await?;
-        Ok(stored)
+        spaces::put_setting::<Sqlite>(&mut self.conn, name, value, &write).await
     }
 
     async fn set_pause(
