@@ -1,6 +1,6 @@
-//! What the backends' reads do not share. Almost every read is the same
-//! SQL on both (numbered `$1` arguments, which SQLite reads too), written
-//! once in `reads`; a `Dialect` holds the few real differences.
+//! What the backends' SQL does not share. Almost every statement is the
+//! same SQL on both (numbered `$1` arguments, which SQLite reads too),
+//! written once; a `Dialect` holds the few real differences.
 
 use std::future::Future;
 
@@ -13,6 +13,10 @@ use crate::clock::UnixMillis;
 use crate::error::Result;
 
 pub trait Dialect: Database<Row: Columns> {
+    /// Most bound parameters one statement may carry.
+    const MAX_PARAMETERS: usize;
+    /// Appends the placeholder of the `n`th argument (from 1) to `sql`.
+    fn push_placeholder(sql: &mut String, n: usize);
     /// `LIKE` that ignores case, as the log search promises.
     const LIKE_ANY_CASE: &'static str;
     /// Run first in a read transaction so that all its statements read one

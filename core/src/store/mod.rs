@@ -14,6 +14,7 @@ mod filter;
 mod forget;
 pub mod handoff;
 mod idempotency;
+mod inserts;
 mod outbox;
 mod pauses;
 pub mod postgres;

@@ -66,6 +66,13 @@ pub async fn open(url: &str, wait: Duration, clock: Clock) -> Result<Store> {
 }
 
 impl Dialect for Postgres {
+    // The protocol numbers them in 16 bits.
+    const MAX_PARAMETERS: usize = 65_535;
+
+    fn push_placeholder(sql: &mut String, n: usize) {
+        sql.push('$');
+        sql.push_str(&n.to_string());
+    }
     // PostgreSQL's LIKE heeds case; SQLite's does not.
     const LIKE_ANY_CASE: &'static str = "ILIKE";
     const SNAPSHOT: Option<&'static str> =

@@ -38,10 +38,10 @@ use crate::store::{
     CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
     SpaceSettings, Sweep, TokenRecord,
 };
-use crate::store::{outbox, rows, spaces};
+use crate::store::{inserts, outbox, rows, spaces};
 
-/// SQLite accepts 32766 bound parameters per statement.
-const JOB_ROWS_PER_INSERT: usize = 1000;
+/// Rows per multi-row statement of the batch's buffer, well within SQLite's
+/// 32,766 bound parameters (`Dialect::MAX_PARAMETERS`).
 const EVENT_ROWS_PER_INSERT: usize = 3000;
 /// 17 parameters a row.
 const JOB_ROWS_PER_UPDATE: usize = 1000;
@@ -583,41 +583,7 @@ impl batch::Writer for SqliteWriter {
         };
         self.require_space(&space_id).await?;
         let (jobs, replays) = idempotency::claim::<Sqlite>(&mut self.conn, new).await?;
-        for chunk in jobs.chunks(JOB_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO jobs (id, space_id, name, payload, status, max_retries, attempt_number, \
-                 timeout_seconds, scheduled_for, due_at, lease_id, callback_url, callback_headers, \
-                 backoff_kind, backoff_delay, backoff_max, priority, schedule_id, fire_time, \
-                 concurrency_key, concurrency_limit, created_at, updated_at) ",
-            );
-            insert.push_values(chunk, |mut row, job| {
-                let backoff = job.retry_backoff;
-                row.push_bind(&job.id)
-                    .push_bind(&job.space_id)
-                    .push_bind(&job.name)
-                    .push_bind(&job.payload)
-                    .push_bind(job.status().as_str())
-                    .push_bind(i64::from(job.max_retries))
-                    .push_bind(i64::from(job.attempt_number))
-                    .push_bind(i64::from(job.timeout_seconds))
-                    .push_bind(job.scheduled_for)
-                    .push_bind(job.state.due_at())
-                    .push_bind(job.state.lease())
-                    .push_bind(job.callback.as_ref().map(|callback| callback.url.as_str()))
-                    .push_bind(rows::callback_headers_json(job))
-                    .push_bind(backoff.map(|b| b.kind.as_str()))
-                    .push_bind(backoff.map(|b| i64::from(b.delay_seconds)))
-                    .push_bind(backoff.map(|b| i64::from(b.max_delay_seconds)))
-                    .push_bind(i64::from(job.priority))
-                    .push_bind(job.schedule.as_ref().map(|fire| fire.schedule_id.as_str()))
-                    .push_bind(job.schedule.as_ref().map(|fire| fire.fire_time))
-                    .push_bind(job.concurrency_key.as_deref())
-                    .push_bind(job.concurrency_limit.map(i64::from))
-                    .push_bind(job.created_at)
-                    .push_bind(job.updated_at);
-            });
-            insert.build().execute(&mut self.conn).await?;
-        }
+        inserts::jobs::<Sqlite>(&mut self.conn, &jobs).await?;
         for job in &jobs {
             self.record(job, machine::created_event(job), job.created_at)
                 .await?;
@@ -741,27 +707,8 @@ impl batch::Writer for SqliteWriter {
         now: UnixMillis,
     ) -> Result<i64> {
         let job = self.load(target).await?;
-        let last: i64 =
-            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM job_logs WHERE job_id = ?")
-                .bind(&job.id)
-                .fetch_one(&mut self.conn)
-                .await?;
-        let mut seq = last;
-        for chunk in lines.chunks(EVENT_ROWS_PER_INSERT) {
-            let mut insert = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO job_logs (job_id, seq, level, message, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, line| {
-                seq += 1;
-                row.push_bind(&job.id)
-                    .push_bind(seq)
-                    .push_bind(line.level.as_str())
-                    .push_bind(&line.message)
-                    .push_bind(now);
-            });
-            insert.build().execute(&mut self.conn).await?;
-        }
-        let first = last + 1;
+        let first = inserts::log_lines::<Sqlite>(&mut self.conn, &job.id, &lines, now).await?;
+        let last = first + lines.len() as i64 - 1;
         for (offset, line) in lines.into_iter().enumerate() {
             self.recorded.push(LiveEvent::Log(Arc::new(JobLogEntry {
                 space_id: job.space_id.clone(),
@@ -776,7 +723,7 @@ impl batch::Writer for SqliteWriter {
                 },
             })));
         }
-        Ok(seq)
+        Ok(last)
     }
 }
 
