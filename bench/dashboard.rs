@@ -21,7 +21,7 @@ use serde_json::{Value, json};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::Command;
 
-mod support;
+use emit_testkit as support;
 
 use support::{ADMIN_KEY, AnyError};
 
@@ -47,11 +47,11 @@ async fn main() -> Result<(), AnyError> {
     }
 
     let dir = std::env::temp_dir().join(format!("emit-dashboard-bench-{}", std::process::id()));
-    let (core, gateway) = support::start_server(&dir.to_string_lossy()).await?;
+    let (core, gateway) = support::in_process::start_server(&dir.to_string_lossy()).await?;
     let base = format!("http://{}", gateway.http_addr);
     let grpc = format!("http://{}", core.grpc_addr);
     let http = reqwest::Client::new();
-    let space = support::create_space(&http, &format!("{base}/api/v1")).await?;
+    let space = support::in_process::create_space(&http, &format!("{base}/api/v1")).await?;
 
     let mut page = Command::new("node")
         .arg("dashboard_bench.mjs")

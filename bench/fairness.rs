@@ -9,7 +9,7 @@
 //!
 //! SQLite by default; `EMIT_BENCH_DATABASE=postgres` for PostgreSQL.
 
-mod support;
+use emit_testkit as support;
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -48,11 +48,11 @@ async fn main() -> Result<(), AnyError> {
 
 /// B's dispatch p50 and p99 in ms, and the seconds A's backlog took.
 async fn measure(keyed: bool) -> Result<(f64, f64, f64), AnyError> {
-    let cluster = support::Cluster::start(1).await?;
+    let cluster = support::in_process::Cluster::start(1).await?;
     let base = cluster.api_bases()[0].clone();
     let grpc = cluster.grpc_urls()[0].clone();
     let http = reqwest::Client::new();
-    let space = support::create_space(&http, &base).await?;
+    let space = support::in_process::create_space(&http, &base).await?;
     let url = format!("{base}/spaces/{}/jobs", space.id);
     let key_field = |key: &str| if keyed { json!(key) } else { Value::Null };
     for _ in 0..BACKLOG / BATCH {

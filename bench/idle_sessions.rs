@@ -8,14 +8,15 @@
 //! (defaults 2000 and 500). The sessions are spread over several keys, as
 //! the per-key session bound requires.
 
-mod support;
+use emit_testkit as support;
 
 use std::time::{Duration, Instant};
 
 use emit_client::{Session, pb};
 use emit_proto::v1::worker_service_client::WorkerServiceClient;
 use serde_json::json;
-use support::{AnyError, BenchSpace, create_space, start_server};
+use support::AnyError;
+use support::in_process::{BenchSpace, create_space, start_server};
 
 const SESSIONS_PER_KEY: usize = 100;
 

@@ -9,7 +9,7 @@
 //!
 //! (defaults 100,000 and 500).
 
-mod support;
+use emit_testkit as support;
 
 use std::ops::ControlFlow;
 use std::sync::{Arc, Mutex};
@@ -18,7 +18,8 @@ use std::time::{Duration, Instant};
 use emit_core::retention::RetentionConfig;
 use serde_json::{Value, json};
 use support::ack_worker::{Heard, ack_and_complete_all};
-use support::{ADMIN_KEY, AnyError, BenchSpace, create_space, start_server_with};
+use support::in_process::{BenchSpace, create_space, start_server_with};
+use support::{ADMIN_KEY, AnyError};
 
 const BATCH: usize = 100;
 const QUIET_PHASE: Duration = Duration::from_secs(10);

@@ -9,7 +9,7 @@
 //! that long after they complete, swept every second, and the database
 //! size stops growing once retention applies).
 
-mod support;
+use emit_testkit as support;
 
 use std::ops::ControlFlow;
 use std::path::{Path, PathBuf};
@@ -19,8 +19,9 @@ use std::time::{Duration, Instant};
 
 use emit_core::retention::RetentionConfig;
 use serde_json::json;
+use support::AnyError;
 use support::ack_worker::{Heard, ack_and_complete_all};
-use support::{AnyError, create_space, start_server_with};
+use support::in_process::{create_space, start_server_with};
 
 const PRODUCERS: usize = 4;
 const BATCH: usize = 100;

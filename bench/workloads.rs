@@ -18,7 +18,7 @@
 //! limit: the cost of keyed dispatch and its turns). Server and load run in
 //! this one process. Ends with a `RESULT {...}` line for `bench/run`.
 
-mod support;
+use emit_testkit as support;
 
 use std::ops::ControlFlow;
 use std::sync::Arc;
@@ -98,13 +98,13 @@ async fn main() -> Result<(), AnyError> {
     };
     let replicas: usize = args.next().map_or(Ok(1), |arg| arg.parse())?;
     let keys: usize = std::env::var("EMIT_BENCH_KEYS").map_or(Ok(0), |keys| keys.parse())?;
-    let cluster = support::Cluster::start(replicas).await?;
+    let cluster = support::in_process::Cluster::start(replicas).await?;
     let bases = cluster.api_bases();
     let grpc_urls = cluster.grpc_urls();
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(256)
         .build()?;
-    let space = support::create_space(&http, &bases[0]).await?;
+    let space = support::in_process::create_space(&http, &bases[0]).await?;
     let tally = Arc::new(Tally {
         epoch: Instant::now(),
         completed: AtomicUsize::new(0),
@@ -228,7 +228,7 @@ async fn main() -> Result<(), AnyError> {
 async fn create_all(
     http: &reqwest::Client,
     bases: &[String],
-    space: &support::BenchSpace,
+    space: &support::in_process::BenchSpace,
     keys: usize,
 ) -> Result<(), AnyError> {
     let batches = Arc::new(AtomicUsize::new(JOBS / BATCH));

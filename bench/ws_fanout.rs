@@ -21,7 +21,7 @@ use tokio::sync::{Barrier, mpsc};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 
-mod support;
+use emit_testkit as support;
 
 use support::AnyError;
 const CONNECTS_AT_ONCE: usize = 200;
@@ -54,7 +54,7 @@ async fn main() -> Result<(), AnyError> {
     let base = format!("http://{http_addr}/api/v1");
     let http = reqwest::Client::new();
 
-    let space = support::create_space(&http, &base).await?;
+    let space = support::in_process::create_space(&http, &base).await?;
     let (space_id, public_token, key) = (space.id, space.public_token, space.key);
     let created: Value = http
         .post(format!("{base}/spaces/{space_id}/jobs"))
@@ -185,7 +185,7 @@ fn stamp(text: &str) -> Option<(usize, u64)> {
 
 /// The child: core and gateway on loopback; prints the HTTP address.
 async fn serve(dir: String) -> Result<(), AnyError> {
-    let (_core, gateway) = support::start_server(&dir).await?;
+    let (_core, gateway) = support::in_process::start_server(&dir).await?;
     println!("{}", gateway.http_addr);
     // Runs until the parent kills it.
     std::future::pending::<()>().await;

@@ -1,6 +1,6 @@
 //! Tests of the real `emit` binary: the CLI and the generated admin key.
 
-mod support;
+use emit_testkit as support;
 
 use std::process::Command;
 

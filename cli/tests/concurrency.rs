@@ -7,7 +7,7 @@
 //! than 2 leases, no job was held twice at once, and every job finished
 //! exactly once.
 
-mod support;
+use emit_testkit as support;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;

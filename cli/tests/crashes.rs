@@ -16,7 +16,7 @@
 //! work through them while the server is killed 10 times, to check the
 //! leases at that scale.
 
-mod support;
+use emit_testkit as support;
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};

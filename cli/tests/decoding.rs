@@ -5,7 +5,7 @@
 //! random input happens to be valid); never a 5xx, a dropped connection or
 //! a crash. Huge bodies must not grow the server's memory.
 
-mod support;
+use emit_testkit as support;
 
 use std::sync::Arc;
 

@@ -3,7 +3,7 @@
 //! key offers 50 a second at the same time. This file holds one test so
 //! that nothing else competes for the CPU while it measures.
 
-mod support;
+use emit_testkit as support;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

@@ -4,7 +4,7 @@
 //! 5-second window holds more than 50 dispatches, and the 60 s saw at least
 //! 95% of the 600 the limit allows (the limit is a rate, not a trickle).
 
-mod support;
+use emit_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -3,7 +3,7 @@
 //! over the cores, producers on both gateways, a space stream watched through
 //! each gateway, and one core killed with SIGKILL mid-run.
 
-mod support;
+use emit_testkit as support;
 
 use std::collections::HashMap;
 use std::ops::ControlFlow;
@@ -14,7 +14,8 @@ use std::time::{Duration, Instant};
 use emit_client::{Incoming, Session, pb};
 use futures_util::StreamExt;
 use serde_json::{Value, json};
-use support::ack_worker::{AnyError, Heard, ack_and_complete_all};
+use support::AnyError;
+use support::ack_worker::{Heard, ack_and_complete_all};
 use support::{ADMIN_KEY, PostgresDatabase, Process};
 use tokio_tungstenite::tungstenite::Message;
 

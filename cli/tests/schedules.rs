@@ -4,7 +4,7 @@
 //! catch-up `all`, every fire time from the first to the last has exactly
 //! one job: none lost to a kill, none made twice by racing cores.
 
-mod support;
+use emit_testkit as support;
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};

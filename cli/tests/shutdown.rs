@@ -2,7 +2,7 @@
 //! from the signal on, a worker may finish the job it holds, and nothing
 //! acknowledged is lost.
 
-mod support;
+use emit_testkit as support;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

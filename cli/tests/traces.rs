@@ -2,7 +2,7 @@
 //! spans (gateway, core, store) to a collector, under the caller's W3C
 //! `traceparent`. The collector here is a real OTLP/gRPC server.
 
-mod support;
+use emit_testkit as support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;

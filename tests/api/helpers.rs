@@ -18,9 +18,7 @@ use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tonic::transport::Channel;
 
-#[path = "../../cli/tests/support/postgres.rs"]
-mod postgres;
-use postgres::PostgresDatabase;
+use emit_testkit::PostgresDatabase;
 
 pub const ADMIN_KEY: &str = "emit_test_admin_key_0123456789abcdef";
 

@@ -49,9 +49,7 @@ pub async fn add_space(store: &Store) -> String {
     space_id
 }
 
-#[path = "../../../cli/tests/support/postgres.rs"]
-mod postgres;
-pub use postgres::PostgresDatabase;
+pub use emit_testkit::PostgresDatabase;
 
 /// `count` ready jobs named "a", not yet stored.
 pub fn jobs(space_id: &str, count: usize) -> Vec<Job> {

@@ -7,7 +7,8 @@ use std::ops::ControlFlow;
 use std::sync::Mutex;
 use std::time::{Duration, SystemTime};
 
-use super::ack_worker::{AnyError, Heard, ack_and_complete_all};
+use crate::AnyError;
+use crate::ack_worker::{Heard, ack_and_complete_all};
 
 /// One job pushed to one session.
 pub struct Lease {

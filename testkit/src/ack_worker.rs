@@ -7,7 +7,7 @@ use std::ops::ControlFlow;
 
 use emit_client::{Action, Incoming, Session, pb};
 
-pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
+use crate::AnyError;
 
 /// What the worker heard from the server.
 pub enum Heard<'a> {

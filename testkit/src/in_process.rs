@@ -1,7 +1,5 @@
-//! What every benchmark needs: a server and a space to load.
-
-// Each benchmark uses the parts it needs.
-#![allow(dead_code)]
+//! A core and gateway in this process, on loopback: what the benchmarks
+//! load, one replica on SQLite or several on PostgreSQL.
 
 use std::num::NonZeroU32;
 
@@ -10,15 +8,7 @@ use emit_core::{CoreConfig, RunningCore, Secret};
 use emit_gateway::{GatewayConfig, RunningGateway};
 use serde_json::{Value, json};
 
-pub const ADMIN_KEY: &str = "emit_bench_admin_key_0123456789abcdef";
-
-pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
-
-#[path = "../cli/tests/support/postgres.rs"]
-mod postgres;
-
-#[path = "../cli/tests/support/ack_worker.rs"]
-pub mod ack_worker;
+use crate::{ADMIN_KEY, AnyError, postgres};
 
 /// Core and gateway on loopback, SQLite in `dir`, no rate limit.
 pub async fn start_server(dir: &str) -> Result<(RunningCore, RunningGateway), AnyError> {

@@ -1,0 +1,25 @@
+//! What emit's test trees share: the API suite, the binary's tests, the
+//! benchmarks and the core's unit tests.
+//!
+//! - `process`: the real `emit` binary as a child process;
+//! - `in_process`: a core and gateway in the calling process;
+//! - `http`: REST and metrics calls as tests make them;
+//! - `postgres`: throwaway PostgreSQL databases;
+//! - `ack_worker`, `worker`: stream workers that complete every job, the
+//!   second keeping a ledger of leases.
+
+pub mod ack_worker;
+pub mod http;
+pub mod in_process;
+pub mod postgres;
+pub mod process;
+pub mod worker;
+
+pub use http::*;
+pub use postgres::PostgresDatabase;
+pub use process::*;
+
+/// The admin key every server a test or benchmark starts is given.
+pub const ADMIN_KEY: &str = "emit_test_admin_key_0123456789abcdef";
+
+pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
