@@ -90,6 +90,22 @@ impl Default for WriterMetrics {
     }
 }
 
+/// Push wake-ups, by outcome: `sent`; `refused` (a non-public address,
+/// not sent); `failed` (an error or a non-2xx answer); `dropped` (too many
+/// in flight).
+#[derive(Clone, Default)]
+pub struct PushWakeups(Family<OutcomeLabels, Counter>);
+
+impl PushWakeups {
+    pub fn count(&self, outcome: &str) {
+        self.0
+            .get_or_create(&OutcomeLabels {
+                outcome: outcome.to_owned(),
+            })
+            .inc();
+    }
+}
+
 pub struct CoreMetrics {
     registry: Registry,
     jobs_created: Family<JobLabels, Counter>,
@@ -100,6 +116,7 @@ pub struct CoreMetrics {
     dispatch_seconds: Histogram,
     run_seconds: Histogram,
     callback_tries: Family<OutcomeLabels, Counter>,
+    push_wakeups: PushWakeups,
     worker_sessions: Gauge,
     pub grpc_requests: Family<GrpcLabels, Counter>,
     pub grpc_seconds: Family<GrpcMethod, Histogram>,
@@ -120,6 +137,7 @@ impl CoreMetrics {
             dispatch_seconds: Histogram::new(latency_buckets()),
             run_seconds: Histogram::new(latency_buckets()),
             callback_tries: Family::default(),
+            push_wakeups: PushWakeups::default(),
             worker_sessions: Gauge::default(),
             grpc_requests: Family::default(),
             grpc_seconds: Family::new_with_constructor(|| Histogram::new(latency_buckets())),
@@ -167,6 +185,11 @@ impl CoreMetrics {
             metrics.callback_tries.clone(),
         );
         registry.register(
+            "push_wakeups",
+            "Push wake-ups, by outcome",
+            metrics.push_wakeups.0.clone(),
+        );
+        registry.register(
             "worker_sessions",
             "Open gRPC worker sessions",
             metrics.worker_sessions.clone(),
@@ -202,6 +225,11 @@ impl CoreMetrics {
             metrics.grpc_seconds.clone(),
         );
         metrics
+    }
+
+    /// Where the push notifier counts its wake-ups.
+    pub fn push_wakeups(&self) -> PushWakeups {
+        self.push_wakeups.clone()
     }
 
     /// Counts what this core's commits did until `shutdown`.

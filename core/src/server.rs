@@ -175,7 +175,11 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         },
     )?;
     background.spawn("slack", slack.run(shutdown_rx.clone()));
-    let notifier = PushNotifier::new(store.clone(), config.callbacks.allow_private)?;
+    let notifier = PushNotifier::new(
+        store.clone(),
+        config.callbacks.allow_private,
+        metrics.push_wakeups(),
+    )?;
     background.spawn(
         "push",
         notifier.run(store.own_commits(), shutdown_rx.clone()),

@@ -66,10 +66,14 @@ pub async fn metric_reaches(http: &reqwest::Client, base: &str, series: &str, wa
         if value == Some(wanted) {
             return;
         }
-        assert!(
-            Instant::now() < deadline,
-            "{series} stayed {value:?}, not {wanted}"
-        );
+        if Instant::now() >= deadline {
+            let family = series.split('{').next().unwrap_or(series);
+            let samples: Vec<&str> = text
+                .lines()
+                .filter(|line| line.starts_with(family))
+                .collect();
+            panic!("{series} stayed {value:?}, not {wanted}; the family: {samples:?}");
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }

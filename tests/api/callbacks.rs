@@ -411,8 +411,12 @@ async fn the_ssrf_guard_refuses_every_non_public_address_class() {
         .patch_space(&space.id, ADMIN_KEY, json!({ "push": { "url": url } }))
         .await;
     assert_eq!(status, StatusCode::OK);
+    // The jobs above had the space's push settings (none) read and cached
+    // for 2 s.
+    app.clock.advance(Duration::from_secs(2));
     app.create_job(&space, json!({ "name": "a" })).await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    let series = r#"emit_push_wakeups_total{outcome="refused"}"#;
+    emit_testkit::metric_reaches(&app.http, &app.base, series, 1.0).await;
     assert!(receiver.received().is_empty(), "no wake-up to loopback");
 }
 
@@ -479,10 +483,14 @@ async fn push_wake_ups_announce_ready_jobs_of_the_chosen_names() {
     assert_eq!(status, StatusCode::OK);
     assert_eq!(cleared["push"], Value::Null);
     // Push settings are cached for up to 2 s.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    app.clock.advance(Duration::from_secs(2));
     app.create_job(&space, json!({ "name": "wanted" })).await;
+    // A wake-up not sent leaves no trace: allow the time one takes to
+    // arrive (a few milliseconds here) many times over.
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(receiver.received().len(), 2, "no wake-ups once removed");
+    let sent = r#"emit_push_wakeups_total{outcome="sent"}"#;
+    emit_testkit::metric_reaches(&app.http, &app.base, sent, 2.0).await;
 }
 
 /// Accepts connections and never answers them; counts them.

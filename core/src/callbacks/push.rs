@@ -9,30 +9,37 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::{Semaphore, broadcast, watch};
 
 use super::guard;
-use crate::clock::to_timestamp;
+use crate::clock::{UnixMillis, to_timestamp};
 use crate::job::{JobStatus, LiveEvent};
+use crate::metrics::PushWakeups;
 use crate::store::{PushTarget, Store};
 
 const IN_FLIGHT: usize = 256;
 const TIMEOUT: Duration = Duration::from_secs(5);
-/// How long a space's push settings are cached.
-const SETTINGS_TTL: Duration = Duration::from_secs(2);
+/// How long a space's push settings are cached, in milliseconds.
+const SETTINGS_TTL_MILLIS: UnixMillis = 2_000;
 
 pub struct PushNotifier {
     store: Arc<Store>,
     client: reqwest::Client,
     policy: guard::Policy,
     slots: Arc<Semaphore>,
-    targets: HashMap<String, (Option<PushTarget>, Instant)>,
+    /// Each space's push target, and when it was read.
+    targets: HashMap<String, (Option<PushTarget>, UnixMillis)>,
+    wakeups: PushWakeups,
 }
 
 impl PushNotifier {
-    pub fn new(store: Arc<Store>, allow_private: bool) -> crate::error::Result<Self> {
+    pub fn new(
+        store: Arc<Store>,
+        allow_private: bool,
+        wakeups: PushWakeups,
+    ) -> crate::error::Result<Self> {
         let policy = guard::Policy { allow_private };
         let client = guard::client(policy, TIMEOUT)?;
         Ok(Self {
@@ -41,6 +48,7 @@ impl PushNotifier {
             policy,
             slots: Arc::new(Semaphore::new(IN_FLIGHT)),
             targets: HashMap::new(),
+            wakeups,
         })
     }
 
@@ -75,6 +83,7 @@ impl PushNotifier {
                 }
                 let Ok(slot) = self.slots.clone().try_acquire_owned() else {
                     tracing::debug!(job_id = %event.job_id, "push wake-up dropped: too many in flight");
+                    self.wakeups.count("dropped");
                     continue;
                 };
                 let body = serde_json::json!({
@@ -85,8 +94,9 @@ impl PushNotifier {
                     "timestamp": to_timestamp(event.at).to_string(),
                 });
                 let (client, policy) = (self.client.clone(), self.policy);
+                let wakeups = self.wakeups.clone();
                 tokio::spawn(async move {
-                    send(&client, policy, &target, body).await;
+                    wakeups.count(send(&client, policy, &target, body).await);
                     drop(slot);
                 });
             }
@@ -94,8 +104,9 @@ impl PushNotifier {
     }
 
     async fn target(&mut self, space_id: &str) -> Option<PushTarget> {
+        let now = self.store.clock().now();
         if let Some((target, fetched)) = self.targets.get(space_id)
-            && fetched.elapsed() < SETTINGS_TTL
+            && now - fetched < SETTINGS_TTL_MILLIS
         {
             return target.clone();
         }
@@ -107,31 +118,38 @@ impl PushNotifier {
             }
         };
         self.targets
-            .insert(space_id.to_owned(), (target.clone(), Instant::now()));
+            .insert(space_id.to_owned(), (target.clone(), now));
         target
     }
 }
 
+/// Sends one wake-up; returns its outcome, as `PushWakeups` counts it.
 async fn send(
     client: &reqwest::Client,
     policy: guard::Policy,
     target: &PushTarget,
     body: serde_json::Value,
-) {
+) -> &'static str {
     let Ok(url) = reqwest::Url::parse(&target.url) else {
-        return;
+        return "failed";
     };
     if let Err(refusal) = policy.check_literal(&url) {
         tracing::debug!(%refusal, "push wake-up not sent");
-        return;
+        return "refused";
     }
     let mut request = client.post(url).json(&body);
     for (name, value) in &target.headers {
         request = request.header(name.as_str(), value.as_str());
     }
     match request.send().await {
-        Ok(response) if response.status().is_success() => {}
-        Ok(response) => tracing::debug!(status = %response.status(), "push wake-up refused"),
-        Err(error) => tracing::debug!(%error, "push wake-up failed"),
+        Ok(response) if response.status().is_success() => "sent",
+        Ok(response) => {
+            tracing::debug!(status = %response.status(), "push wake-up refused");
+            "failed"
+        }
+        Err(error) => {
+            tracing::debug!(%error, "push wake-up failed");
+            "failed"
+        }
     }
 }
