@@ -30,10 +30,7 @@ use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::pauses;
 use crate::store::schedules::{FireClaim, ScheduleWrite, ScheduleWritten};
-use crate::store::{
-    CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite,
-    SpaceRecord, SpaceSettings, Step, Sweep, TokenRecord,
-};
+use crate::store::{CallbackOutcome, CallbackTry, DeliverRequest, JobTarget, Replay, Step, Sweep};
 
 /// Most operations committed together.
 pub const MAX_BATCH: usize = 512;
@@ -148,7 +145,7 @@ impl WriteOp {
 }
 
 /// One backend's writer connection: the transaction boundaries and the
-/// operations, each run inside the open transaction.
+/// operations about jobs, each run inside the open transaction.
 #[async_trait]
 pub trait Writer: Send {
     async fn begin(&mut self) -> Result<()>;
@@ -172,32 +169,15 @@ pub trait Writer: Send {
     async fn close(self)
     where
         Self: Sized;
+    /// The connection, inside the open transaction, for statements written
+    /// once for both backends (`on_connection!`).
+    fn connection(&mut self) -> Connection<'_>;
 
-    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()>;
-    async fn update_space(
-        &mut self,
-        space_id: &str,
-        settings: SpaceSettings,
-    ) -> Result<SpaceRecord>;
-    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()>;
+    // The writes below touch jobs or their events, which each backend's
+    // writer keeps its own way (SQLite buffers rows and events until
+    // COMMIT; PostgreSQL stages transitions on the rows it locked); the
+    // rest run on `connection` directly.
     async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()>;
-    async fn create_token(&mut self, token: TokenRecord) -> Result<()>;
-    async fn revoke_token(
-        &mut self,
-        space_id: &str,
-        token_id: &str,
-        now: UnixMillis,
-    ) -> Result<bool>;
-    async fn replace_public_token(
-        &mut self,
-        space_id: &str,
-        key: &str,
-        token: TokenRecord,
-        now: UnixMillis,
-    ) -> Result<Option<String>>;
-    async fn put_setting(&mut self, name: &str, value: &str, write: SettingWrite)
-    -> Result<String>;
-    async fn write_session(&mut self, write: &SessionWrite) -> Result<bool>;
     /// Pauses or resumes `name` (`pauses::WHOLE_SPACE`: the whole space);
     /// NotFound without the space. Returns whether anything changed.
     async fn set_pause(
@@ -229,6 +209,31 @@ pub trait Writer: Send {
         now: UnixMillis,
     ) -> Result<i64>;
 }
+
+/// A writer's connection, by backend.
+pub enum Connection<'c> {
+    Sqlite(&'c mut sqlx::SqliteConnection),
+    Postgres(&'c mut sqlx::PgConnection),
+}
+
+/// Runs `$body` with `$conn` the writer's connection and `$db` naming its
+/// backend, so a statement written once, generic over the backend, runs on
+/// whichever the writer has.
+macro_rules! on_connection {
+    ($writer:expr, |$conn:ident: $db:ident| $body:expr) => {
+        match $writer.connection() {
+            $crate::store::batch::Connection::Sqlite($conn) => {
+                type $db = sqlx::Sqlite;
+                $body
+            }
+            $crate::store::batch::Connection::Postgres($conn) => {
+                type $db = sqlx::Postgres;
+                $body
+            }
+        }
+    };
+}
+pub(crate) use on_connection;
 
 /// How long the writer must have had nothing to do before background work
 /// runs in a batch of its own: work arriving meanwhile never waits on it.

@@ -23,6 +23,13 @@ pub trait Dialect: Database<Row: Columns> {
     /// snapshot, where a read transaction is not one already.
     const SNAPSHOT: Option<&'static str>;
 
+    /// Tells the other replicas, with the transaction that revokes it, that
+    /// a token is revoked (the only replica has no one to tell).
+    fn announce_revocation<'c>(
+        conn: &'c mut Self::Connection,
+        token_id: &'c str,
+    ) -> impl Future<Output = Result<()>> + Send + 'c;
+
     /// Callbacks due by `now` (see `Store::due_callbacks`).
     fn due_callbacks<'a>(
         reads: &'a Pool<Self>,

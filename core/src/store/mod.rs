@@ -37,7 +37,7 @@ use std::sync::Arc;
 
 use tokio::sync::{broadcast, oneshot};
 
-use self::batch::{Writer, Writes};
+use self::batch::{Writer, Writes, on_connection};
 use self::handoff::{Waiter, Waiters};
 use self::reads::Reads;
 use crate::auth::KeyHash;
@@ -413,7 +413,11 @@ impl Store {
     pub async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()> {
         self.writes
             .on_any("create_space", |writer| {
-                writer.create_space(space, public_token)
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::insert::<DB>(conn, &space, &public_token).await
+                    })
+                })
             })
             .await
     }
@@ -435,7 +439,11 @@ impl Store {
         let space_id = space_id.to_owned();
         self.writes
             .on_any("update_space", |writer| {
-                Box::pin(async move { writer.update_space(&space_id, settings).await })
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::update_settings::<DB>(conn, &space_id, settings).await
+                    })
+                })
             })
             .await
     }
@@ -466,7 +474,14 @@ impl Store {
     /// Fails with NotFound when the space does not exist.
     pub async fn create_token(&self, token: TokenRecord) -> Result<()> {
         self.writes
-            .on_any("create_token", |writer| writer.create_token(token))
+            .on_any("create_token", |writer| {
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::require::<DB>(conn, &token.space_id).await?;
+                        spaces::insert_token::<DB>(conn, &token).await
+                    })
+                })
+            })
             .await
     }
 
@@ -489,14 +504,14 @@ impl Store {
             .writes
             .on_any("replace_public_token", move |writer| {
                 Box::pin(async move {
-                    writer
-                        .replace_public_token(&space_id, &key, token, now)
-                        .await
+                    on_connection!(writer, |conn: DB| {
+                        spaces::replace_public_token::<DB>(conn, &space_id, &key, &token, now).await
+                    })
                 })
             })
             .await?;
         if let Some(token_id) = &revoked {
-            self.announce_revocation(token_id);
+            self.echo_revocation(token_id);
         }
         Ok(revoked)
     }
@@ -512,16 +527,22 @@ impl Store {
         let revoked = self
             .writes
             .on_any("revoke_token", move |writer| {
-                Box::pin(async move { writer.revoke_token(&space, &token, now).await })
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::revoke_token::<DB>(conn, &space, &token, now).await
+                    })
+                })
             })
             .await?;
         if revoked {
-            self.announce_revocation(token_id);
+            self.echo_revocation(token_id);
         }
         Ok(revoked)
     }
 
-    fn announce_revocation(&self, token_id: &str) {
+    /// Where the store is the only replica, it tells its own subscribers of
+    /// a revocation (elsewhere the relay does, `Dialect::announce_revocation`).
+    fn echo_revocation(&self, token_id: &str) {
         if self.broadcasts.echo_revocations {
             let _ = self.broadcasts.revoked.send(token_id.to_owned());
         }
@@ -554,7 +575,9 @@ impl Store {
     pub async fn write_session(&self, write: SessionWrite) -> Result<bool> {
         self.writes
             .on_any("write_session", |writer| {
-                Box::pin(async move { writer.write_session(&write).await })
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| sessions::write::<DB>(conn, &write).await)
+                })
             })
             .await
     }
@@ -618,7 +641,11 @@ impl Store {
         let (name, value) = (name.to_owned(), value.to_owned());
         self.writes
             .on_any("put_setting", |writer| {
-                Box::pin(async move { writer.put_setting(&name, &value, write).await })
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::put_setting::<DB>(conn, &name, &value, &write).await
+                    })
+                })
             })
             .await
     }
@@ -767,7 +794,12 @@ impl Store {
         let space_id = space_id.to_owned();
         self.writes
             .on_any("set_webhook_secret", |writer| {
-                Box::pin(async move { writer.set_webhook_secret(&space_id, secret).await })
+                Box::pin(async move {
+                    on_connection!(writer, |conn: DB| {
+                        spaces::require::<DB>(conn, &space_id).await?;
+                        spaces::set_webhook_secret::<DB>(conn, &space_id, secret.as_deref()).await
+                    })
+                })
             })
             .await
     }

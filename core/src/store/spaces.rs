@@ -4,6 +4,7 @@
 
 use sqlx::{Database, Decode, Encode, Executor, FromRow, IntoArguments, Type};
 
+use super::dialect::Dialect;
 use super::rows::{self, Columns};
 use super::{SettingWrite, SpaceRecord, SpaceSettings, TokenRecord};
 use crate::clock::UnixMillis;
@@ -162,7 +163,7 @@ pub async fn revoke_token<DB>(
     now: UnixMillis,
 ) -> Result<bool>
 where
-    DB: Database,
+    DB: Dialect,
     for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -187,6 +188,7 @@ where
     if !revoked {
         return Ok(false);
     }
+    DB::announce_revocation(conn, token_id).await?;
     let Some(public) = public_key::<DB>(conn, space_id)
         .await?
         .filter(|key| !key.is_empty())
@@ -218,7 +220,7 @@ pub async fn replace_public_token<DB>(
     now: UnixMillis,
 ) -> Result<Option<String>>
 where
-    DB: Database,
+    DB: Dialect,
     for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
     for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
     for<'q> &'q str: Encode<'q, DB> + Type<DB>,
@@ -252,6 +254,9 @@ where
         .bind(space_id)
         .execute(&mut *conn)
         .await?;
+    if let Some(token_id) = &revoked {
+        DB::announce_revocation(conn, token_id).await?;
+    }
     Ok(revoked)
 }
 
@@ -298,4 +303,22 @@ where
         .fetch_one(&mut *conn)
         .await?;
     Ok(stored)
+}
+
+/// NotFound unless the space exists.
+pub async fn require<DB>(conn: &mut DB::Connection, space_id: &str) -> Result<()>
+where
+    DB: Database,
+    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
+    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
+    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
+    for<'r> String: Decode<'r, DB> + Type<DB>,
+    for<'r> (String,): FromRow<'r, DB::Row>,
+{
+    sqlx::query_as::<DB, (String,)>("SELECT id FROM spaces WHERE id = $1")
+        .bind(space_id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .map(|_| ())
+        .ok_or(Error::NotFound("space"))
 }

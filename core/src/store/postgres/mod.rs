@@ -10,7 +10,7 @@ use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::{ConnectOptions, Connection, Postgres};
 use tokio::sync::oneshot;
 
@@ -77,6 +77,17 @@ impl Dialect for Postgres {
     const LIKE_ANY_CASE: &'static str = "ILIKE";
     const SNAPSHOT: Option<&'static str> =
         Some("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY");
+
+    // The relay of every replica, this one's included, hears it once the
+    // revoking transaction commits (NOTIFY is transactional).
+    async fn announce_revocation<'c>(conn: &'c mut PgConnection, token_id: &'c str) -> Result<()> {
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(relay::REVOCATIONS_CHANNEL)
+            .bind(token_id)
+            .execute(conn)
+            .await?;
+        Ok(())
+    }
 
     async fn due_callbacks<'a>(
         reads: &'a PgPool,

@@ -46,11 +46,8 @@ use crate::store::dialect::Dialect;
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
-use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
-    SpaceSettings, Sweep, TokenRecord,
-};
-use crate::store::{inserts, outbox, rows, spaces};
+use crate::store::{CallbackTry, DeliverRequest, JobTarget, Replay, Sweep};
+use crate::store::{inserts, outbox, rows};
 
 /// Rows of `columns` values one multi-row statement can carry.
 const fn rows_per_insert(columns: usize) -> usize {
@@ -123,16 +120,6 @@ impl PgWriter {
         // `unnest` yields the array in order, so the locks are taken in it.
         sqlx::query("SELECT pg_advisory_xact_lock(hash) FROM unnest($1::bigint[]) AS hash")
             .bind(&hashes)
-            .execute(&mut self.conn)
-            .await?;
-        Ok(())
-    }
-
-    /// Every replica ends the streams the revoked key holds open.
-    async fn announce_revocation(&mut self, token_id: &str) -> Result<()> {
-        sqlx::query("SELECT pg_notify($1, $2)")
-            .bind(super::relay::REVOCATIONS_CHANNEL)
-            .bind(token_id)
             .execute(&mut self.conn)
             .await?;
         Ok(())
@@ -564,21 +551,8 @@ impl batch::Writer for PgWriter {
         }
     }
 
-    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        spaces::insert::<Postgres>(&mut self.conn, &space, &token).await
-    }
-
-    async fn update_space(
-        &mut self,
-        space_id: &str,
-        settings: SpaceSettings,
-    ) -> Result<SpaceRecord> {
-        spaces::update_settings::<Postgres>(&mut self.conn, space_id, settings).await
-    }
-
-    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
-        self.require_space(space_id).await?;
-        spaces::set_webhook_secret::<Postgres>(&mut self.conn, space_id, secret.as_deref()).await
+    fn connection(&mut self) -> batch::Connection<'_> {
+        batch::Connection::Postgres(&mut self.conn)
     }
 
     async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
@@ -589,50 +563,6 @@ impl batch::Writer for PgWriter {
         let job = self.load(&target).await?;
         self.record(&job, callback_try_event(&attempt, &job), now);
         outbox::after_try::<Postgres>(&mut self.conn, attempt.entry.id, attempt.retry_at).await
-    }
-
-    async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
-        self.require_space(&token.space_id).await?;
-        spaces::insert_token::<Postgres>(&mut self.conn, &token).await
-    }
-
-    async fn revoke_token(
-        &mut self,
-        space_id: &str,
-        token_id: &str,
-        now: UnixMillis,
-    ) -> Result<bool> {
-        let revoked =
-            spaces::revoke_token::<Postgres>(&mut self.conn, space_id, token_id, now).await?;
-        if revoked {
-            self.announce_revocation(token_id).await?;
-        }
-        Ok(revoked)
-    }
-
-    async fn replace_public_token(
-        &mut self,
-        space_id: &str,
-        key: &str,
-        token: TokenRecord,
-        now: UnixMillis,
-    ) -> Result<Option<String>> {
-        let revoked =
-            spaces::replace_public_token::<Postgres>(&mut self.conn, space_id, key, &token, now)
-                .await?;
-        if let Some(token_id) = &revoked {
-            self.announce_revocation(token_id).await?;
-        }
-        Ok(revoked)
-    }
-
-    async fn put_setting(
-        &mut self,
-        name: &str,
-        value: &str,
-        write: SettingWrite,
-    ) -> Result<String> {
-        spaces::put_setting::<Postgres>(&mut self.conn, name, value, &write).await
     }
 
     async fn set_pause(
@@ -651,10 +581,6 @@ impl batch::Writer for PgWriter {
             self.recorded.push(Recorded::Space(event));
         }
         Ok(changed)
-    }
-
-    async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
-        super::super::sessions::write::<Postgres>(&mut self.conn, write).await
     }
 
     async fn write_schedule(&mut self, write: &ScheduleWrite) -> Result<ScheduleWritten> {

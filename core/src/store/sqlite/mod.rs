@@ -17,7 +17,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use sqlx::sqlite::{
-    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+    SqliteConnectOptions, SqliteConnection, SqliteJournalMode, SqlitePool, SqlitePoolOptions,
+    SqliteSynchronous,
 };
 use sqlx::{ConnectOptions, Connection, Sqlite};
 use tokio::sync::oneshot;
@@ -106,6 +107,13 @@ impl Dialect for Sqlite {
     const LIKE_ANY_CASE: &'static str = "LIKE";
     // A read transaction reads one snapshot of the WAL.
     const SNAPSHOT: Option<&'static str> = None;
+
+    async fn announce_revocation<'c>(
+        _conn: &'c mut SqliteConnection,
+        _token_id: &'c str,
+    ) -> Result<()> {
+        Ok(())
+    }
 
     async fn due_callbacks<'a>(
         reads: &'a SqlitePool,

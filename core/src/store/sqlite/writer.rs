@@ -34,11 +34,8 @@ use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
-use crate::store::{
-    CallbackTry, DeliverRequest, JobTarget, Replay, SessionWrite, SettingWrite, SpaceRecord,
-    SpaceSettings, Sweep, TokenRecord,
-};
-use crate::store::{inserts, outbox, rows, spaces};
+use crate::store::{CallbackTry, DeliverRequest, JobTarget, Replay, Sweep};
+use crate::store::{inserts, outbox, rows};
 
 /// Rows per multi-row statement of the batch's buffer, well within SQLite's
 /// 32,766 bound parameters (`Dialect::MAX_PARAMETERS`).
@@ -483,21 +480,8 @@ impl batch::Writer for SqliteWriter {
         }
     }
 
-    async fn create_space(&mut self, space: SpaceRecord, token: TokenRecord) -> Result<()> {
-        spaces::insert::<Sqlite>(&mut self.conn, &space, &token).await
-    }
-
-    async fn update_space(
-        &mut self,
-        space_id: &str,
-        settings: SpaceSettings,
-    ) -> Result<SpaceRecord> {
-        spaces::update_settings::<Sqlite>(&mut self.conn, space_id, settings).await
-    }
-
-    async fn set_webhook_secret(&mut self, space_id: &str, secret: Option<String>) -> Result<()> {
-        self.require_space(space_id).await?;
-        spaces::set_webhook_secret::<Sqlite>(&mut self.conn, space_id, secret.as_deref()).await
+    fn connection(&mut self) -> batch::Connection<'_> {
+        batch::Connection::Sqlite(&mut self.conn)
     }
 
     async fn record_callback_try(&mut self, attempt: CallbackTry, now: UnixMillis) -> Result<()> {
@@ -510,44 +494,6 @@ impl batch::Writer for SqliteWriter {
         let draft = callback_try_event(&attempt, &job);
         self.record(&job, draft, now).await?;
         outbox::after_try::<Sqlite>(&mut self.conn, attempt.entry.id, attempt.retry_at).await
-    }
-
-    async fn create_token(&mut self, token: TokenRecord) -> Result<()> {
-        self.require_space(&token.space_id).await?;
-        spaces::insert_token::<Sqlite>(&mut self.conn, &token).await
-    }
-
-    async fn revoke_token(
-        &mut self,
-        space_id: &str,
-        token_id: &str,
-        now: UnixMillis,
-    ) -> Result<bool> {
-        let revoked =
-            spaces::revoke_token::<Sqlite>(&mut self.conn, space_id, token_id, now).await?;
-        Ok(revoked)
-    }
-
-    async fn replace_public_token(
-        &mut self,
-        space_id: &str,
-        key: &str,
-        token: TokenRecord,
-        now: UnixMillis,
-    ) -> Result<Option<String>> {
-        let revoked =
-            spaces::replace_public_token::<Sqlite>(&mut self.conn, space_id, key, &token, now)
-                .await?;
-        Ok(revoked)
-    }
-
-    async fn put_setting(
-        &mut self,
-        name: &str,
-        value: &str,
-        write: SettingWrite,
-    ) -> Result<String> {
-        spaces::put_setting::<Sqlite>(&mut self.conn, name, value, &write).await
     }
 
     async fn set_pause(
@@ -566,10 +512,6 @@ impl batch::Writer for SqliteWriter {
                 .await?;
         }
         Ok(changed)
-    }
-
-    async fn write_session(&mut self, write: &SessionWrite) -> Result<bool> {
-        super::super::sessions::write::<Sqlite>(&mut self.conn, write).await
     }
 
     async fn write_schedule(&mut self, write: &ScheduleWrite) -> Result<ScheduleWritten> {
