@@ -8,8 +8,10 @@ use std::time::{Duration, Instant};
 
 use crate::ADMIN_KEY;
 
-/// The `emit` binary cargo built for the tests running: Cargo names it to
-/// the tests of its own crate, and it sits beside their `deps` folder.
+/// The `emit` binary Cargo built for the tests running. Cargo gives its
+/// path to the tests of its own crate (`CARGO_BIN_EXE_emit`); from any
+/// other, it is found in `target/<profile>/`, where the test binary's
+/// `deps` folder is.
 fn emit_binary() -> PathBuf {
     if let Some(path) = std::env::var_os("CARGO_BIN_EXE_emit") {
         return path.into();
