@@ -2,6 +2,7 @@
 //! same SQL on both (numbered `$1` arguments, which SQLite reads too),
 //! written once; a `Dialect` holds the few real differences.
 
+use std::fmt::Write;
 use std::future::Future;
 
 use sqlx::query::Query;
@@ -78,8 +79,7 @@ impl Statement {
 
     fn push_argument(&mut self, argument: Argument) -> &mut Self {
         self.arguments.push(argument);
-        self.sql.push('$');
-        self.sql.push_str(&self.arguments.len().to_string());
+        let _ = write!(self.sql, "${}", self.arguments.len());
         self
     }
 

@@ -706,10 +706,10 @@ impl Store {
     /// Deletes a finished job with its events, logs and callbacks, and
     /// returns it as it was. NotFound without it; Conflict unless finished.
     pub async fn delete_job(&self, target: &JobTarget) -> Result<Job> {
-        let target = target.clone();
+        let owned = target.clone();
         self.writes
-            .on_job(&target.job_id.clone(), "delete_job", |writer| {
-                Box::pin(async move { writer.delete_job(&target).await })
+            .on_job(&target.job_id, "delete_job", move |writer| {
+                Box::pin(async move { writer.delete_job(&owned).await })
             })
             .await
     }

@@ -70,8 +70,8 @@ impl Dialect for Postgres {
     const MAX_PARAMETERS: usize = 65_535;
 
     fn push_placeholder(sql: &mut String, n: usize) {
-        sql.push('$');
-        sql.push_str(&n.to_string());
+        use std::fmt::Write;
+        let _ = write!(sql, "${n}");
     }
     // PostgreSQL's LIKE heeds case; SQLite's does not.
     const LIKE_ANY_CASE: &'static str = "ILIKE";
