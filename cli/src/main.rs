@@ -13,7 +13,7 @@ use emit_core::clock::Clock;
 use emit_core::realtime::StreamLimits;
 use emit_core::retention::{RetentionConfig, RetentionPolicy};
 use emit_core::{CoreConfig, Secret};
-use emit_gateway::GatewayConfig;
+use emit_gateway::{CoreLink, GatewayConfig};
 use emit_proto::v1 as pb;
 use emit_proto::v1::admin_service_client::AdminServiceClient;
 
@@ -201,10 +201,10 @@ struct GatewayArgs {
 }
 
 impl GatewayArgs {
-    fn config(&self, core_url: String) -> GatewayConfig {
+    fn config(&self, core: CoreLink) -> GatewayConfig {
         GatewayConfig {
             http_addr: self.http_addr,
-            core_url,
+            core,
             stream_queue: self.ws_queue,
             timeouts: Default::default(),
         }
@@ -523,7 +523,7 @@ async fn run(command: Command) -> Result<(), AnyError> {
             // cannot serve never generates (and loses) an admin key.
             let http = emit_gateway::bind(gateway.http_addr).await?;
             let mut core = emit_core::start(core.config()).await?;
-            let gateway = http.serve(&gateway.config(format!("http://{}", core.grpc_addr)))?;
+            let gateway = http.serve(&gateway.config(CoreLink::in_process(core.in_process())))?;
             announce_admin_key(&core, Some(gateway.http_addr));
             tokio::select! {
                 _ = shutdown_signal() => {}
@@ -545,7 +545,7 @@ async fn run(command: Command) -> Result<(), AnyError> {
             core.stop().await;
         }
         Command::Gateway { gateway, core_url } => {
-            let gateway = emit_gateway::start(gateway.config(core_url)).await?;
+            let gateway = emit_gateway::start(gateway.config(CoreLink::Url(core_url))).await?;
             shutdown_signal().await;
             gateway.stop().await;
         }

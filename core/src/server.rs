@@ -75,7 +75,18 @@ pub struct RunningCore {
     server: JoinHandle<Result<(), tonic::transport::Error>>,
     background: Background,
     jobs: Arc<JobsApi>,
+    in_process: InProcessGrpc,
 }
+
+type GrpcResponse = tonic::codegen::http::Response<tonic::body::Body>;
+
+/// The core's gRPC services as a tower service, for a gateway in the same
+/// process: the same calls, layers and messages as over the network, without
+/// the loopback socket and HTTP/2 framing between them.
+pub type InProcessGrpc = tower::util::MapResponse<
+    crate::grpc::Metered<tonic::service::Routes>,
+    fn(GrpcResponse) -> GrpcResponse,
+>;
 
 impl RunningCore {
     /// Stops leasing jobs (see `JobsApi::stop_dispatch`) while still serving
@@ -97,6 +108,11 @@ impl RunningCore {
             Err(_) => tracing::warn!("grpc server did not drain within 30s"),
         }
         self.background.stop(BACKGROUND_STOP_GRACE).await;
+    }
+
+    /// The gRPC services to call from this process (see `InProcessGrpc`).
+    pub fn in_process(&self) -> InProcessGrpc {
+        self.in_process.clone()
     }
 
     /// Resolves when the server stops on its own (a fatal error).
@@ -231,6 +247,22 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
     let events_service = EventServiceServer::new(EventsGrpc::new(auth, realtime))
         .max_encoding_message_size(MAX_GRPC_MESSAGE_BYTES);
 
+    let routes = tonic::service::Routes::new(health_service)
+        .add_service(reflection)
+        .add_service(reflection_v1alpha)
+        .add_service(jobs_service)
+        .add_service(admin_service)
+        .add_service(schedules_service)
+        .add_service(events_service)
+        .add_service(workers_service)
+        .prepare();
+    // Every call passes these, whether it came over the network or from a
+    // gateway in this process.
+    let layers = tower::ServiceBuilder::new()
+        .map_response(undecodable_is_invalid_argument as fn(GrpcResponse) -> GrpcResponse)
+        .layer(MeteredLayer(metrics));
+    let in_process = layers.clone().service(routes.clone());
+
     // With our own listener the builder's tcp_nodelay does not apply; without
     // it, Nagle holds back small stream messages (pushes, results) for tens
     // of milliseconds.
@@ -247,18 +279,8 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
             .http2_keepalive_interval(Some(Duration::from_secs(20)))
             .http2_keepalive_timeout(Some(Duration::from_secs(20)))
             .tcp_keepalive(Some(Duration::from_secs(60)))
-            .layer(tower::util::MapResponseLayer::new(
-                undecodable_is_invalid_argument,
-            ))
-            .layer(MeteredLayer(metrics))
-            .add_service(health_service)
-            .add_service(reflection)
-            .add_service(reflection_v1alpha)
-            .add_service(jobs_service)
-            .add_service(admin_service)
-            .add_service(schedules_service)
-            .add_service(events_service)
-            .add_service(workers_service)
+            .layer(layers)
+            .add_routes(routes)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop_rx.wait_for(|stopping| *stopping).await;
             }),
@@ -271,15 +293,14 @@ pub async fn start(config: CoreConfig) -> Result<RunningCore> {
         server,
         background,
         jobs,
+        in_process,
     })
 }
 
 /// tonic answers a request it cannot decode (invalid UTF-8 in a string, a
 /// malformed message) with INTERNAL; it is the caller's input that is wrong,
 /// so it becomes INVALID_ARGUMENT.
-fn undecodable_is_invalid_argument<B>(
-    mut response: tonic::codegen::http::Response<B>,
-) -> tonic::codegen::http::Response<B> {
+fn undecodable_is_invalid_argument(mut response: GrpcResponse) -> GrpcResponse {
     let headers = response.headers_mut();
     let internal = headers
         .get("grpc-status")

@@ -11,7 +11,11 @@ use emit_proto::v1::event_service_client::EventServiceClient;
 use emit_proto::v1::job_service_client::JobServiceClient;
 use emit_proto::v1::schedule_service_client::ScheduleServiceClient;
 use emit_proto::wire::{MAX_MESSAGE_BYTES, SESSION_METADATA};
-use tonic::transport::{Channel, Endpoint};
+use tonic::body::Body;
+use tonic::codegen::http;
+use tonic::transport::Endpoint;
+use tower::util::BoxCloneSyncService;
+use tower::{BoxError, ServiceExt};
 
 use crate::feeds::{JobFeeds, MAX_UNREAD_BYTES, RingBounds};
 use crate::metrics::GatewayMetrics;
@@ -27,9 +31,87 @@ pub const MAX_CREDENTIAL_BYTES: usize = 1024;
 /// with 401 like any unknown key.
 pub const NOT_A_KEY: &str = "invalid";
 
+/// A way to make gRPC calls to the core: a channel over the network, or the
+/// core's own services in this process.
+pub type CoreService = BoxCloneSyncService<http::Request<Body>, http::Response<Body>, CallError>;
+
+/// A call that did not reach the core (a connection refused or lost). It
+/// says what its cause says and keeps it as its source, where tonic looks
+/// when it turns the failure into a `Status` (a refused connect is
+/// UNAVAILABLE). A named type rather than `BoxError`: the client's bounds
+/// hold for it without naming a lifetime.
+#[derive(Debug)]
+pub struct CallError(BoxError);
+
+impl std::fmt::Display for CallError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl std::error::Error for CallError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&*self.0)
+    }
+}
+
+fn boxed<S>(service: S) -> CoreService
+where
+    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Error: Into<BoxError>,
+    S::Future: Send + 'static,
+{
+    BoxCloneSyncService::new(service.map_err(|error| CallError(error.into())))
+}
+
+/// Where the gateway reaches the core.
+#[derive(Clone)]
+pub enum CoreLink {
+    /// A core elsewhere, over the network: `http://HOST:PORT`.
+    Url(String),
+    /// A core in this process (`emit serve`): its gRPC services called
+    /// directly. The calls, metadata, layers and messages are those of the
+    /// network path; only the socket and the HTTP/2 framing are skipped.
+    InProcess(CoreService),
+}
+
+impl CoreLink {
+    pub fn in_process<S>(service: S) -> Self
+    where
+        S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Error: Into<BoxError>,
+        S::Future: Send + 'static,
+    {
+        Self::InProcess(boxed(service))
+    }
+}
+
+impl std::fmt::Display for CoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Url(url) => f.write_str(url),
+            Self::InProcess(_) => f.write_str("in-process"),
+        }
+    }
+}
+
+impl std::fmt::Debug for CoreLink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
 #[derive(Clone)]
 pub struct CoreClient {
-    channels: Arc<[Channel]>,
+    channels: Arc<[CoreService]>,
     next: Arc<AtomicUsize>,
     stream_queue: usize,
     metrics: Arc<GatewayMetrics>,
@@ -41,11 +123,21 @@ pub struct CoreClient {
 impl CoreClient {
     /// `stream_queue`: messages a WebSocket client may leave unread before
     /// it is disconnected as a slow consumer.
-    pub fn connect_lazy(url: &str, stream_queue: usize) -> Result<Self, tonic::transport::Error> {
-        let endpoint = Endpoint::from_shared(url.to_owned())?
-            .tcp_nodelay(true)
-            .connect_timeout(std::time::Duration::from_secs(5));
-        let channels = (0..CHANNELS).map(|_| endpoint.connect_lazy()).collect();
+    /// Calls over the network connect on first use.
+    pub fn new(link: &CoreLink, stream_queue: usize) -> Result<Self, tonic::transport::Error> {
+        let channels = match link {
+            CoreLink::Url(url) => {
+                let endpoint = Endpoint::from_shared(url.clone())?
+                    .tcp_nodelay(true)
+                    .connect_timeout(std::time::Duration::from_secs(5));
+                (0..CHANNELS)
+                    .map(|_| boxed(endpoint.connect_lazy()))
+                    .collect()
+            }
+            // No connection to spread over: every call runs on its caller's
+            // task.
+            CoreLink::InProcess(service) => Arc::from([service.clone()]),
+        };
         Ok(Self {
             channels,
             next: Arc::new(AtomicUsize::new(0)),
@@ -60,18 +152,18 @@ impl CoreClient {
         &self.metrics
     }
 
-    fn channel(&self) -> Channel {
+    fn channel(&self) -> CoreService {
         let index = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
         self.channels[index].clone()
     }
 
-    pub fn jobs(&self) -> JobServiceClient<Channel> {
+    pub fn jobs(&self) -> JobServiceClient<CoreService> {
         JobServiceClient::new(self.channel())
             .max_decoding_message_size(MAX_MESSAGE_BYTES)
             .max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub fn events(&self) -> EventServiceClient<Channel> {
+    pub fn events(&self) -> EventServiceClient<CoreService> {
         EventServiceClient::new(self.channel()).max_decoding_message_size(MAX_MESSAGE_BYTES)
     }
 
@@ -92,15 +184,15 @@ impl CoreClient {
         &self.job_feeds
     }
 
-    pub fn schedules(&self) -> ScheduleServiceClient<Channel> {
+    pub fn schedules(&self) -> ScheduleServiceClient<CoreService> {
         ScheduleServiceClient::new(self.channel()).max_encoding_message_size(MAX_MESSAGE_BYTES)
     }
 
-    pub fn admin(&self) -> AdminServiceClient<Channel> {
+    pub fn admin(&self) -> AdminServiceClient<CoreService> {
         AdminServiceClient::new(self.channel())
     }
 
-    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<Channel> {
+    pub fn health(&self) -> tonic_health::pb::health_client::HealthClient<CoreService> {
         tonic_health::pb::health_client::HealthClient::new(self.channel())
     }
 }

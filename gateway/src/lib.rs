@@ -43,7 +43,7 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-pub use core_client::CoreClient;
+pub use core_client::{CoreClient, CoreLink, CoreService};
 pub use error::ApiError;
 pub use serve::ConnectionTimeouts;
 
@@ -53,8 +53,7 @@ pub const MAX_BODY_BYTES: usize = 32 * 1024 * 1024;
 #[derive(Clone, Debug)]
 pub struct GatewayConfig {
     pub http_addr: SocketAddr,
-    /// The core's gRPC endpoint, e.g. `http://127.0.0.1:50051`.
-    pub core_url: String,
+    pub core: CoreLink,
     /// Messages a WebSocket client may leave unread before it is
     /// disconnected as a slow consumer.
     pub stream_queue: usize,
@@ -115,12 +114,12 @@ impl BoundGateway {
         self,
         config: &GatewayConfig,
     ) -> Result<RunningGateway, Box<dyn std::error::Error + Send + Sync>> {
-        let core = CoreClient::connect_lazy(&config.core_url, config.stream_queue)
-            .map_err(|error| format!("invalid core URL {}: {error}", config.core_url))?;
+        let core = CoreClient::new(&config.core, config.stream_queue)
+            .map_err(|error| format!("invalid core URL {}: {error}", config.core))?;
         let http_addr = self.listener.local_addr()?;
         let (shutdown, stop) = watch::channel(false);
         let server = tokio::spawn(serve::run(self.listener, app(core), config.timeouts, stop));
-        tracing::info!(%http_addr, core = %config.core_url, "gateway listening");
+        tracing::info!(%http_addr, core = %config.core, "gateway listening");
         Ok(RunningGateway {
             http_addr,
             shutdown,

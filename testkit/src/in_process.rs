@@ -50,7 +50,7 @@ async fn start_core_with(
 async fn start_gateway(core: &RunningCore) -> Result<RunningGateway, AnyError> {
     emit_gateway::start(GatewayConfig {
         http_addr: "127.0.0.1:0".parse()?,
-        core_url: format!("http://{}", core.grpc_addr),
+        core: emit_gateway::CoreLink::in_process(core.in_process()),
         stream_queue: GatewayConfig::DEFAULT_STREAM_QUEUE,
         timeouts: Default::default(),
     })

@@ -232,7 +232,7 @@ async fn sessions_survive_a_restart_and_work_through_another_gateway() {
     // gateways hold no session state.
     let second = emit_gateway::start(emit_gateway::GatewayConfig {
         http_addr: "127.0.0.1:0".parse().unwrap(),
-        core_url: app.grpc_url.clone(),
+        core: emit_gateway::CoreLink::Url(app.grpc_url.clone()),
         stream_queue: emit_gateway::GatewayConfig::DEFAULT_STREAM_QUEUE,
         timeouts: emit_gateway::ConnectionTimeouts::default(),
     })

@@ -200,7 +200,7 @@ impl TestApp {
         .expect("core starts");
         let gateway = emit_gateway::start(GatewayConfig {
             http_addr,
-            core_url: format!("http://{}", core.grpc_addr),
+            core: emit_gateway::CoreLink::in_process(core.in_process()),
             stream_queue: self.ws_queue,
             timeouts: self.timeouts,
         })

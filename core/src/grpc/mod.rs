@@ -12,7 +12,7 @@ mod workers;
 pub use admin::AdminGrpc;
 pub use events::EventsGrpc;
 pub use jobs::JobsGrpc;
-pub use metered::MeteredLayer;
+pub use metered::{Metered, MeteredLayer};
 pub use schedules::SchedulesGrpc;
 pub use workers::WorkersGrpc;
 

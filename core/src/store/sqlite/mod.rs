@@ -62,6 +62,14 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
     sqlx::query("PRAGMA wal_autocheckpoint = 0")
         .execute(&mut write_connection)
         .await?;
+    // A statement that changes many rows inside the batch's transaction
+    // keeps a journal of its own, to undo just itself; past 64 KiB SQLite
+    // spills it to a temporary file, a write and a page-cache copy per page
+    // for a file nobody reads back. In memory it stays as large as one
+    // statement's changes: one bulk create at most.
+    sqlx::query("PRAGMA temp_store = MEMORY")
+        .execute(&mut write_connection)
+        .await?;
     sqlx::query(&format!(
         "PRAGMA journal_size_limit = {WAL_FILE_LIMIT_BYTES}"
     ))
