@@ -253,3 +253,25 @@ impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Caller {
         Ok(Self::of(&parts.headers))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A core that cannot be reached is UNAVAILABLE (a 503 to the caller),
+    /// as it was before calls were boxed: tonic still finds the refused
+    /// connect behind `CallError`.
+    #[tokio::test]
+    async fn a_refused_connection_is_unavailable() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        drop(listener);
+        let core = CoreClient::new(&CoreLink::Url(url), 16).unwrap();
+        let status = core
+            .health()
+            .check(tonic_health::pb::HealthCheckRequest::default())
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), tonic::Code::Unavailable, "{status}");
+    }
+}
