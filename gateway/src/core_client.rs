@@ -1,6 +1,7 @@
-//! Channels to the core. HTTP/2 multiplexes calls on one connection, but one
-//! connection is served by one task on each side; a few channels used in turn
-//! spread the load over cores.
+//! Calls to the core. Over the network, HTTP/2 multiplexes calls on one
+//! connection, but one connection is served by one task on each side; a few
+//! channels used in turn spread the load over cores. In the same process
+//! the core's services are called directly (`CoreLink::InProcess`).
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -121,9 +122,9 @@ pub struct CoreClient {
 }
 
 impl CoreClient {
-    /// `stream_queue`: messages a WebSocket client may leave unread before
-    /// it is disconnected as a slow consumer.
-    /// Calls over the network connect on first use.
+    /// Calls over the network connect on first use. `stream_queue`:
+    /// messages a WebSocket client may leave unread before it is
+    /// disconnected as a slow consumer.
     pub fn new(link: &CoreLink, stream_queue: usize) -> Result<Self, tonic::transport::Error> {
         let channels = match link {
             CoreLink::Url(url) => {
