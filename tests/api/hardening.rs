@@ -60,6 +60,29 @@ async fn oversized_keys_are_refused_alone_and_the_shared_core_connections_surviv
 }
 
 #[tokio::test]
+async fn more_header_lines_than_the_bound_are_refused_alone() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    // `lines` header lines in all: reqwest adds `host` and `accept`.
+    let headers = |lines: usize| {
+        let mut map = reqwest::header::HeaderMap::new();
+        map.insert("x-api-key", crate::helpers::ADMIN_KEY.parse().unwrap());
+        for line in 3..lines {
+            let name = reqwest::header::HeaderName::try_from(format!("x-line-{line}")).unwrap();
+            map.insert(name, "1".parse().unwrap());
+        }
+        map
+    };
+    let url = format!("{}/api/v1/spaces/{}", app.base, space.id);
+
+    let refused = app.http.get(&url).headers(headers(101)).send().await.unwrap();
+    assert_eq!(refused.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    // A request within the bound is served as ever.
+    let served = app.http.get(&url).headers(headers(100)).send().await.unwrap();
+    assert_eq!(served.status(), StatusCode::OK);
+}
+
+#[tokio::test]
 async fn oversized_request_targets_answer_json() {
     let app = TestApp::spawn().await;
     let (status, body) = app
