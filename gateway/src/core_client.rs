@@ -56,19 +56,6 @@ impl std::error::Error for CallError {
     }
 }
 
-fn boxed<S>(service: S) -> CoreService
-where
-    S: tower::Service<http::Request<Body>, Response = http::Response<Body>>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Error: Into<BoxError>,
-    S::Future: Send + 'static,
-{
-    BoxCloneSyncService::new(service.map_err(|error| CallError(error.into())))
-}
-
 /// Where the gateway reaches the core.
 #[derive(Clone)]
 pub enum CoreLink {
@@ -91,7 +78,9 @@ impl CoreLink {
         S::Error: Into<BoxError>,
         S::Future: Send + 'static,
     {
-        Self::InProcess(boxed(service))
+        Self::InProcess(BoxCloneSyncService::new(
+            service.map_err(|error| CallError(error.into())),
+        ))
     }
 }
 
@@ -132,7 +121,13 @@ impl CoreClient {
                     .tcp_nodelay(true)
                     .connect_timeout(std::time::Duration::from_secs(5));
                 (0..CHANNELS)
-                    .map(|_| boxed(endpoint.connect_lazy()))
+                    .map(|_| {
+                        BoxCloneSyncService::new(
+                            endpoint
+                                .connect_lazy()
+                                .map_err(|error| CallError(error.into())),
+                        )
+                    })
                     .collect()
             }
             // No connection to spread over: every call runs on its caller's
