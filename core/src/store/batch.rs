@@ -1,7 +1,8 @@
 //! Group commit, shared by the backends. One task per writer connection runs
 //! whatever requests are waiting as one transaction: one commit (one fsync)
-//! covers the whole batch. Replies are sent only after COMMIT returns, so
-//! nothing is acknowledged before it is durable.
+//! covers the whole batch. Replies are sent only once the commit is durable
+//! (when COMMIT returns, or after the fsync that follows it: see
+//! `store::durability`), so nothing is acknowledged before it is.
 //!
 //! Every operation reads what it needs, decides (through the state machine),
 //! and only then writes; a refused operation has written nothing. A database
@@ -17,15 +18,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-use super::handoff::{Fill, Handoff, Touched, Waiter, Waiters};
+use super::durability::{Durability, Synced, Syncer};
+use super::handoff::{Delivery, Fill, Handoff, Touched, Waiter, Waiters};
 use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
 use crate::job::machine::{Command, Effects, Fence};
 use crate::job::spec::NewJobs;
-use crate::job::{EventDraft, EventKind, Job, JobStatus, LogLine};
+use crate::job::{EventDraft, EventKind, Job, JobStatus, LiveEvent, LogLine};
 use crate::metrics::WriterMetrics;
 use crate::retention::Expired;
 use crate::store::pauses;
@@ -153,8 +155,14 @@ pub trait Writer: Send {
     async fn commit(&mut self) -> Result<()>;
     /// Rolls back and forgets what the batch buffered.
     async fn rollback(&mut self);
-    /// Runs after a committed batch's replies went out.
-    fn committed(&mut self);
+    /// What the committed batch published, to broadcast once it is
+    /// durable, after its replies.
+    fn published(&mut self) -> Option<Announcement>;
+    /// How this writer's commits become durable; asked once, before the
+    /// first batch.
+    fn durability(&mut self) -> Durability {
+        Durability::AtCommit
+    }
     /// Locks the idempotency keys the batch's creates claim, `(space, key)`,
     /// then locks and reads, in one statement, the jobs its operations name,
     /// so that each operation needs no read of its own. Each in one global
@@ -284,17 +292,27 @@ pub async fn run(
     waiters: Arc<Waiters>,
     metrics: WriterMetrics,
     clock: Clock,
+    synced: Arc<Synced>,
 ) {
     let Queues {
         mut ops,
         mut background,
     } = queues;
+    let mut syncer = match writer.durability() {
+        Durability::AtCommit => None,
+        Durability::AfterSync(sync) => Some(Syncer::start(sync, synced.clone())),
+    };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Jobs leased to waiters that were gone by the time the lease committed.
     let mut orphans: Vec<Job> = Vec::new();
     // When background work last ran.
     let mut background_since = std::time::Instant::now();
     loop {
+        if let Some(syncer) = &mut syncer {
+            while let Ok(returned) = syncer.returned.try_recv() {
+                orphans.extend(returned);
+            }
+        }
         if !batch.is_empty() || !orphans.is_empty() {
             // Operations a failed batch never ran go first, with whatever
             // else is waiting.
@@ -315,6 +333,7 @@ pub async fn run(
                     size_prune(&mut op, ALONE_PRUNE);
                     batch.push(op);
                 }
+                Some(returned) = returned_jobs(&mut syncer) => orphans.extend(returned),
             }
         }
         // Background work rides along, sized by the batch's own work. It
@@ -340,7 +359,13 @@ pub async fn run(
             background_since = std::time::Instant::now();
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
-        let committed = run_batch(&mut writer, &mut batch, &waiters, &mut orphans, &clock).await;
+        let number = syncer.as_ref().map(|_| synced.begin());
+        let settlement = run_batch(&mut writer, &mut batch, &waiters, &mut orphans, &clock).await;
+        let committed = settlement.is_some();
+        match syncer.as_ref().zip(number) {
+            Some((syncer, number)) => syncer.settle(number, settlement.unwrap_or_default()).await,
+            None => orphans.extend(settlement.map(Settlement::release).unwrap_or_default()),
+        }
         if committed {
             metrics.batch_ops.observe(operations as f64);
             metrics
@@ -353,7 +378,18 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+    if let Some(syncer) = syncer {
+        syncer.stop().await;
+    }
     writer.close().await;
+}
+
+/// Jobs the fsync thread hands back, for a writer that has one.
+async fn returned_jobs(syncer: &mut Option<Syncer>) -> Option<Vec<Job>> {
+    match syncer {
+        Some(syncer) => syncer.returned.recv().await,
+        None => std::future::pending().await,
+    }
 }
 
 /// Background work, once the writer has been idle a while.
@@ -409,14 +445,65 @@ struct ToFill {
     freed: Vec<Arc<Waiter>>,
 }
 
-/// Runs one batch; returns whether it committed.
+/// What a committed batch owes the outside world, released (in this
+/// order) once the batch is durable.
+#[derive(Default)]
+pub struct Settlement {
+    deliveries: Vec<Delivery>,
+    finishes: Vec<Finish>,
+    announcement: Option<Announcement>,
+}
+
+impl Settlement {
+    /// Hands the leased jobs to their waiters, answers the callers and
+    /// broadcasts the events; returns the jobs whose waiter was gone.
+    pub fn release(self) -> Vec<Job> {
+        // Handoffs first: a caller told of its commit finds the jobs that
+        // commit leased already with their waiters.
+        let orphans = self
+            .deliveries
+            .into_iter()
+            .filter_map(Delivery::send)
+            .flatten()
+            .collect();
+        for finish in self.finishes {
+            finish(None);
+        }
+        if let Some(announcement) = self.announcement {
+            announcement.send();
+        }
+        orphans
+    }
+}
+
+/// Events a commit published, for the store's watchers.
+pub struct Announcement {
+    to: broadcast::Sender<Arc<[LiveEvent]>>,
+    events: Arc<[LiveEvent]>,
+}
+
+impl Announcement {
+    pub fn new(to: &broadcast::Sender<Arc<[LiveEvent]>>, events: Arc<[LiveEvent]>) -> Self {
+        Self {
+            to: to.clone(),
+            events,
+        }
+    }
+
+    fn send(self) {
+        // No subscribers is fine: nobody is watching.
+        let _ = self.to.send(self.events);
+    }
+}
+
+/// Runs one batch; returns what it owes once durable if it committed.
 async fn run_batch(
     writer: &mut impl Writer,
     batch: &mut Vec<WriteOp>,
     waiters: &Waiters,
     orphans: &mut Vec<Job>,
     clock: &Clock,
-) -> bool {
+) -> Option<Settlement> {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut to_fill = ToFill {
         touched: Touched::none(),
@@ -495,22 +582,21 @@ async fn run_batch(
     if let Some(error) = &batch_error {
         tracing::error!(%error, "write batch rolled back");
         writer.rollback().await;
-        handoffs.drain(..).for_each(Handoff::undo);
+        handoffs.into_iter().for_each(Handoff::undo);
         orphans.extend(released);
+        for finish in finishes {
+            finish(Some(error));
+        }
+        return None;
     }
-    // Handoffs first: a caller told of its commit finds the jobs that commit
-    // leased already with their waiters.
-    for handoff in handoffs {
-        orphans.extend(handoff.send().into_iter().flatten());
-    }
-    for finish in finishes {
-        finish(batch_error.as_ref());
-    }
-    if batch_error.is_some() {
-        return false;
-    }
-    writer.committed();
-    true
+    Some(Settlement {
+        deliveries: handoffs
+            .into_iter()
+            .filter_map(Handoff::committed)
+            .collect(),
+        finishes,
+        announcement: writer.published(),
+    })
 }
 
 /// Hands back jobs whose waiter was gone when their lease committed.

@@ -7,9 +7,9 @@
 //! worker after one commit, not two, and a busy worker's next job comes with
 //! the commit of its last completion.
 //!
-//! The leased jobs are sent to the waiter only after COMMIT. A waiter that
-//! went away meanwhile leaves them with the writer, which hands them back
-//! (releases them) in its next batch.
+//! The leased jobs are sent to the waiter only once the commit is durable
+//! (`store::durability`). A waiter that went away meanwhile leaves them with
+//! the writer, which hands them back (releases them) in a later batch.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
@@ -314,16 +314,21 @@ pub(super) struct Handoff {
 }
 
 impl Handoff {
-    /// The batch committed: sends the jobs; returns them if the waiter is
-    /// gone.
-    pub fn send(self) -> Option<Vec<Job>> {
+    /// The batch committed: the waiter gets its freed slots back at once
+    /// (the next batch may fill them: whatever it hands over is released
+    /// after this batch's), and the jobs to send once the commit is
+    /// durable.
+    pub fn committed(self) -> Option<Delivery> {
         if self.on_commit > 0 {
             self.waiter.add_room(self.on_commit.into());
         }
         if self.jobs.is_empty() {
             return None;
         }
-        self.waiter.jobs.send(self.jobs).err().map(|error| error.0)
+        Some(Delivery {
+            waiter: self.waiter,
+            jobs: self.jobs,
+        })
     }
 
     /// The batch failed: the leases never happened.
@@ -331,6 +336,19 @@ impl Handoff {
         if self.on_rollback > 0 {
             self.waiter.add_room(self.on_rollback.into());
         }
+    }
+}
+
+/// Jobs a committed batch leased to a waiter.
+pub(super) struct Delivery {
+    waiter: Arc<Waiter>,
+    jobs: Vec<Job>,
+}
+
+impl Delivery {
+    /// Sends the jobs; returns them if the waiter is gone.
+    pub fn send(self) -> Option<Vec<Job>> {
+        self.waiter.jobs.send(self.jobs).err().map(|error| error.0)
     }
 }
 
@@ -417,7 +435,7 @@ mod tests {
             let before_commit = waiter.room();
             for handoff in handoffs {
                 if commit {
-                    handoff.send();
+                    handoff.committed();
                 } else {
                     handoff.undo();
                 }

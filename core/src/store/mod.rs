@@ -10,6 +10,7 @@ pub mod concurrency;
 #[cfg(test)]
 mod conformance;
 mod dialect;
+mod durability;
 mod filter;
 mod forget;
 pub mod handoff;
@@ -38,6 +39,7 @@ use std::sync::Arc;
 use tokio::sync::{broadcast, oneshot};
 
 use self::batch::{Writer, Writes, on_connection};
+use self::durability::Synced;
 use self::handoff::{Waiter, Waiters};
 use self::reads::Reads;
 use crate::auth::KeyHash;
@@ -369,6 +371,8 @@ pub struct Store {
     writer_metrics: WriterMetrics,
     broadcasts: Broadcasts,
     clock: Clock,
+    /// Which commits are durable, for reads to wait on.
+    synced: Arc<Synced>,
     /// Dropped with the store: stops what the backend runs beside its
     /// writers (SQLite's checkpoints, PostgreSQL's relay).
     _companion: oneshot::Sender<()>,
@@ -385,6 +389,7 @@ impl Store {
     ) -> Self {
         let waiters = Arc::new(Waiters::default());
         let writer_metrics = WriterMetrics::default();
+        let synced = Arc::new(Synced::default());
         let inboxes = writers
             .into_iter()
             .map(|writer| {
@@ -395,6 +400,7 @@ impl Store {
                     waiters.clone(),
                     writer_metrics.clone(),
                     clock.clone(),
+                    synced.clone(),
                 ));
                 inbox
             })
@@ -406,8 +412,17 @@ impl Store {
             writer_metrics,
             broadcasts,
             clock,
+            synced,
             _companion: companion,
         }
+    }
+
+    /// A read's outcome, once what it saw is durable: a read can see a
+    /// commit whose fsync is still running (`store::durability`), and what
+    /// these reads return leaves the server (answers, replays, callbacks).
+    async fn durable<T>(&self, read: Result<T>) -> Result<T> {
+        self.synced.settled().await;
+        read
     }
 
     pub async fn create_space(&self, space: SpaceRecord, public_token: TokenRecord) -> Result<()> {
@@ -457,7 +472,8 @@ impl Store {
         after: i64,
         upto: i64,
     ) -> Result<Vec<LiveEvent>> {
-        self.reads.space_events(space_id, after, upto).await
+        self.durable(self.reads.space_events(space_id, after, upto).await)
+            .await
     }
 
     /// The space's head and, when `after` is given, the events after it
@@ -468,7 +484,8 @@ impl Store {
         after: Option<i64>,
         max_missed: u32,
     ) -> Result<Option<SpaceLog>> {
-        self.reads.space_log(space_id, after, max_missed).await
+        self.durable(self.reads.space_log(space_id, after, max_missed).await)
+            .await
     }
 
     /// Fails with NotFound when the space does not exist.
@@ -661,26 +678,26 @@ impl Store {
     }
 
     pub async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        self.reads.list_jobs(query).await
+        self.durable(self.reads.list_jobs(query).await).await
     }
 
     /// How many jobs the filter matches.
     pub async fn count_jobs(&self, filter: &JobFilter) -> Result<u64> {
-        self.reads.count_jobs(filter).await
+        self.durable(self.reads.count_jobs(filter).await).await
     }
 
     pub async fn get_job(&self, target: &JobTarget) -> Result<Option<Job>> {
-        self.reads.get_job(target).await
+        self.durable(self.reads.get_job(target).await).await
     }
 
     pub async fn job_events(&self, job_id: &str) -> Result<Vec<JobEvent>> {
-        self.reads.job_events(job_id).await
+        self.durable(self.reads.job_events(job_id).await).await
     }
 
     /// The job and the last event sequence number of its space, read at one
     /// instant: every event after that number happened after the snapshot.
     pub async fn job_snapshot(&self, job_id: &str) -> Result<Option<(Job, i64)>> {
-        self.reads.job_snapshot(job_id).await
+        self.durable(self.reads.job_snapshot(job_id).await).await
     }
 
     /// Atomically delivers up to `count` available pending jobs, oldest first.
@@ -758,7 +775,8 @@ impl Store {
     }
 
     pub async fn list_logs(&self, job_id: &str, query: &LogQuery) -> Result<Vec<StoredLogLine>> {
-        self.reads.list_logs(job_id, query).await
+        self.durable(self.reads.list_logs(job_id, query).await)
+            .await
     }
 
     /// Callbacks due by `now`, oldest first: at most `limit`, and at most
@@ -773,9 +791,11 @@ impl Store {
         per_space: u32,
         in_flight: &[(String, u32)],
     ) -> Result<Vec<OutboxEntry>> {
-        self.reads
+        let due = self
+            .reads
             .due_callbacks(now, limit, per_space, in_flight)
-            .await
+            .await;
+        self.durable(due).await
     }
 
     /// Records a try as a `callback_sent`/`callback_failed` event on the job

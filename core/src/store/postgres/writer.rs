@@ -40,7 +40,7 @@ use crate::job::{
     EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, SpaceEvent, StoredLogLine,
 };
 use crate::retention::Expired;
-use crate::store::batch::{self, Applied, callback_try_event};
+use crate::store::batch::{self, Announcement, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
 use crate::store::dialect::Dialect;
 use crate::store::forget::{self, Forgotten};
@@ -538,11 +538,9 @@ impl batch::Writer for PgWriter {
         }
     }
 
-    fn committed(&mut self) {
-        if let Some((_, published)) = self.pending.take() {
-            // No subscribers is fine: nobody is watching.
-            let _ = self.own_commits.send(published);
-        }
+    fn published(&mut self) -> Option<Announcement> {
+        let (_, published) = self.pending.take()?;
+        Some(Announcement::new(&self.own_commits, published))
     }
 
     async fn close(self) {

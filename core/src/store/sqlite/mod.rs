@@ -1,8 +1,10 @@
-//! SQLite, the embedded default. WAL mode with `synchronous = FULL`: every
-//! commit is fsynced, so an acknowledged write survives a power cut, not just
-//! a crash of the process. Group commit in the writer (one transaction per
-//! batch of waiting requests) keeps that affordable. Reads run on a separate
-//! pool of read-only connections that WAL lets proceed alongside the writer.
+//! SQLite, the embedded default, in WAL mode. Every commit is fsynced before
+//! anything tells of it, so an acknowledged write survives a power cut, not
+//! just a crash of the process. Group commit in the writer (one transaction
+//! per batch of waiting requests) keeps that affordable, and the fsync runs
+//! on a thread of its own while the writer goes on (`WalFile`,
+//! `store::durability`). Reads run on a separate pool of read-only
+//! connections that WAL lets proceed alongside the writer.
 //!
 //! WAL checkpoints run on a connection of their own (`checkpoints`), never
 //! inside the writer's COMMIT: an automatic checkpoint there stalled every
@@ -11,6 +13,7 @@
 
 mod writer;
 
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -25,6 +28,7 @@ use tokio::sync::oneshot;
 
 use self::writer::SqliteWriter;
 use super::dialect::Dialect;
+use super::durability::SyncCommits;
 use super::{Broadcasts, OutboxEntry, Store, rows};
 use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
@@ -62,6 +66,22 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
     sqlx::query("PRAGMA wal_autocheckpoint = 0")
         .execute(&mut write_connection)
         .await?;
+    let journal_mode: String = sqlx::query_scalar("PRAGMA journal_mode")
+        .fetch_one(&mut write_connection)
+        .await?;
+    // In WAL mode COMMIT leaves the fsync to the writer (`WalFile`);
+    // anything else (an in-memory database) keeps FULL.
+    let sync: Option<Box<dyn SyncCommits>> = if journal_mode.eq_ignore_ascii_case("wal") {
+        let mut name = options.get_filename().as_os_str().to_owned();
+        name.push("-wal");
+        let wal = WalFile::open(&PathBuf::from(name))?;
+        sqlx::query("PRAGMA synchronous = NORMAL")
+            .execute(&mut write_connection)
+            .await?;
+        Some(Box::new(wal))
+    } else {
+        None
+    };
     // A statement that changes many rows inside the batch's transaction
     // keeps a journal of its own, to undo just itself; past 64 KiB SQLite
     // spills it to a temporary file, a write and a page-cache copy per page
@@ -92,6 +112,7 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
         broadcasts.published.clone(),
         restart_wal,
         clock.clone(),
+        sync,
     );
     Ok(Store::start(
         reads,
@@ -100,6 +121,36 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
         clock,
         stop_checkpoints,
     ))
+}
+
+/// The WAL file, open for the writer's fsync thread: the writer's
+/// connection runs `synchronous = NORMAL`, so its COMMIT writes the WAL
+/// without syncing it, and this makes what it wrote durable. (An fsync
+/// through any descriptor of a file flushes all of the file's written data.)
+struct WalFile(std::fs::File);
+
+impl WalFile {
+    fn open(path: &Path) -> Result<Self> {
+        let unopenable =
+            |error: std::io::Error| Error::internal(format!("{}: {error}", path.display()));
+        let file = std::fs::File::open(path).map_err(unopenable)?;
+        // The file's name must survive a power cut too: SQLite made it
+        // without syncing its directory.
+        let directory = path
+            .parent()
+            .filter(|directory| !directory.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        std::fs::File::open(directory)
+            .and_then(|directory| directory.sync_all())
+            .map_err(unopenable)?;
+        Ok(Self(file))
+    }
+}
+
+impl SyncCommits for WalFile {
+    fn sync(&mut self) -> std::io::Result<()> {
+        self.0.sync_data()
+    }
 }
 
 impl Dialect for Sqlite {
@@ -234,9 +285,11 @@ async fn checkpoints(
 
 #[cfg(test)]
 mod tests {
+    use std::pin::{Pin, pin};
     use std::str::FromStr;
     use std::sync::Arc;
     use std::sync::atomic::AtomicBool;
+    use std::task::{Context, Waker};
 
     use sqlx::ConnectOptions;
     use sqlx::sqlite::SqliteConnectOptions;
@@ -246,8 +299,10 @@ mod tests {
     use super::writer::SqliteWriter;
     use crate::clock::Clock;
     use crate::error::Error;
-    use crate::job::Job;
+    use crate::job::{Job, LiveEvent};
+    use crate::store::JobTarget;
     use crate::store::batch::{self, Writes};
+    use crate::store::durability::{SyncCommits, Synced};
     use crate::store::handoff::Waiters;
     use crate::store::testing::{create, jobs, store_with_space};
 
@@ -284,6 +339,7 @@ mod tests {
             broadcast::channel(16).0,
             Arc::new(AtomicBool::new(false)),
             Clock::system(),
+            None,
         );
         let (sender, queue) = batch::inbox(16);
         let writes = Arc::new(Writes::new(vec![sender]));
@@ -306,6 +362,7 @@ mod tests {
             Arc::new(Waiters::default()),
             Default::default(),
             Clock::system(),
+            Default::default(),
         ));
         let mut outcomes = Vec::new();
         for (id, answer) in answers {
@@ -328,6 +385,96 @@ mod tests {
         };
         assert!(!stored(outcomes[0].0.clone()).await);
         assert!(stored(outcomes[2].0.clone()).await);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// An fsync that waits for the test: tells when it starts, and returns
+    /// when told to.
+    struct HeldSync {
+        started: std::sync::mpsc::Sender<()>,
+        go: std::sync::mpsc::Receiver<()>,
+    }
+
+    impl SyncCommits for HeldSync {
+        fn sync(&mut self) -> std::io::Result<()> {
+            let _ = self.started.send(());
+            // Bounded: a failing test must not leave the runtime waiting
+            // on this thread forever.
+            self.go
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .map_err(|_| std::io::Error::other("the test is gone"))
+        }
+    }
+
+    /// Polls `future` once: whether it is done.
+    fn done_now<F: Future>(future: Pin<&mut F>) -> bool {
+        let mut context = Context::from_waker(Waker::noop());
+        future.poll(&mut context).is_ready()
+    }
+
+    /// A commit is in the WAL before its fsync, but its reply, the events
+    /// it published and reads waiting on it are all held back until the
+    /// fsync returns.
+    #[tokio::test]
+    async fn nothing_tells_of_a_commit_before_its_fsync() {
+        let (store, space_id, dir) = store_with_space().await;
+        let url = format!("sqlite://{}/emit.db", dir.display());
+        let connection = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let (started_tx, started) = std::sync::mpsc::channel();
+        let (go, go_rx) = std::sync::mpsc::channel();
+        let (published, mut watching) = broadcast::channel(16);
+        let writer = SqliteWriter::new(
+            connection,
+            published,
+            Arc::new(AtomicBool::new(false)),
+            Clock::system(),
+            Some(Box::new(HeldSync {
+                started: started_tx,
+                go: go_rx,
+            })),
+        );
+        let (sender, queue) = batch::inbox(16);
+        let writes = Writes::new(vec![sender]);
+        let synced = Arc::new(Synced::default());
+        tokio::spawn(batch::run(
+            writer,
+            queue,
+            Arc::new(Waiters::default()),
+            Default::default(),
+            Clock::system(),
+            synced.clone(),
+        ));
+        let made = jobs(&space_id, 1);
+        let id = made[0].id.clone();
+        let mut create = pin!(writes.create_jobs(made.into()));
+        assert!(!done_now(create.as_mut()));
+        tokio::task::spawn_blocking(move || started.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        // Committed: another connection reads the job.
+        let target = JobTarget {
+            job_id: id.clone(),
+            space_id: None,
+        };
+        assert!(store.get_job(&target).await.unwrap().is_some());
+        // But nothing tells of it yet.
+        assert!(!done_now(create.as_mut()), "replied before the fsync");
+        assert!(matches!(
+            watching.try_recv(),
+            Err(broadcast::error::TryRecvError::Empty)
+        ));
+        let mut settled = pin!(synced.settled());
+        assert!(!done_now(settled.as_mut()), "settled before the fsync");
+        go.send(()).unwrap();
+        create.await.unwrap();
+        settled.await;
+        let told = watching.recv().await.unwrap();
+        assert!(matches!(&told[0], LiveEvent::Job(event) if event.job_id == id));
         let _ = std::fs::remove_dir_all(dir);
     }
 

@@ -29,8 +29,9 @@ use crate::job::{
     StatusCounts, StoredLogLine,
 };
 use crate::retention::Expired;
-use crate::store::batch::{self, Applied, callback_try_event};
+use crate::store::batch::{self, Announcement, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
+use crate::store::durability::{Durability, SyncCommits};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -97,6 +98,9 @@ pub struct SqliteWriter {
     turns: HashMap<String, Option<String>>,
     /// Spaces' concurrency limits, as this transaction read them.
     limits: HashMap<String, ConcurrencyLimits>,
+    /// What makes a commit durable, when the connection leaves its fsync to
+    /// this writer (`synchronous = NORMAL`); taken when the batches start.
+    sync: Option<Box<dyn SyncCommits>>,
 }
 
 impl SqliteWriter {
@@ -105,6 +109,7 @@ impl SqliteWriter {
         published: broadcast::Sender<Arc<[LiveEvent]>>,
         restart_wal: Arc<AtomicBool>,
         clock: Clock,
+        sync: Option<Box<dyn SyncCommits>>,
     ) -> Self {
         Self {
             conn,
@@ -118,6 +123,7 @@ impl SqliteWriter {
             restart_wal,
             turns: HashMap::new(),
             limits: HashMap::new(),
+            sync,
         }
     }
 
@@ -449,11 +455,22 @@ impl batch::Writer for SqliteWriter {
         self.recorded.clear();
     }
 
-    fn committed(&mut self) {
-        if !self.recorded.is_empty() {
-            let published: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
-            // No subscribers is fine: nobody is watching.
-            let _ = self.published.send(published);
+    fn published(&mut self) -> Option<Announcement> {
+        if self.recorded.is_empty() {
+            return None;
+        }
+        let events: Arc<[LiveEvent]> = self.recorded.drain(..).collect();
+        Some(Announcement::new(&self.published, events))
+    }
+
+    fn durability(&mut self) -> Durability {
+        // COMMIT only writes the WAL; `sync` makes it durable, off the
+        // writer's serial path. SQLite still syncs where a checkpoint needs
+        // it (the WAL before copying it back, the database file after, the
+        // WAL's header when it starts over).
+        match self.sync.take() {
+            Some(sync) => Durability::AfterSync(sync),
+            None => Durability::AtCommit,
         }
     }
 
