@@ -79,6 +79,9 @@ pub struct WriterMetrics {
     pub batch_ops: Histogram,
     /// Time from BEGIN to the end of COMMIT.
     pub commit_seconds: Histogram,
+    /// Time an fsync after COMMIT took (SQLite), covering one or more
+    /// batches.
+    pub sync_seconds: Histogram,
 }
 
 impl Default for WriterMetrics {
@@ -86,6 +89,7 @@ impl Default for WriterMetrics {
         Self {
             batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_seconds: Histogram::new(latency_buckets()),
+            sync_seconds: Histogram::new(latency_buckets()),
         }
     }
 }
@@ -203,6 +207,11 @@ impl CoreMetrics {
             "writer_commit_seconds",
             "Write batch time, BEGIN to the end of COMMIT",
             writer.commit_seconds,
+        );
+        registry.register(
+            "writer_sync_seconds",
+            "Time of an fsync making committed batches durable (SQLite)",
+            writer.sync_seconds,
         );
         registry.register(
             "rate_limited",

@@ -300,7 +300,11 @@ pub async fn run(
     } = queues;
     let mut syncer = match writer.durability() {
         Durability::AtCommit => None,
-        Durability::AfterSync(sync) => Some(Syncer::start(sync, synced.clone())),
+        Durability::AfterSync(sync) => Some(Syncer::start(
+            sync,
+            synced.clone(),
+            metrics.sync_seconds.clone(),
+        )),
     };
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Jobs leased to waiters that were gone by the time the lease committed.
@@ -384,7 +388,7 @@ pub async fn run(
     writer.close().await;
 }
 
-/// Jobs the fsync thread hands back, for a writer that has one.
+/// Jobs the fsync task hands back, for a writer that has one.
 async fn returned_jobs(syncer: &mut Option<Syncer>) -> Option<Vec<Job>> {
     match syncer {
         Some(syncer) => syncer.returned.recv().await,

@@ -25,6 +25,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 
+use prometheus_client::metrics::histogram::Histogram;
+
 use super::batch::Settlement;
 use crate::job::Job;
 
@@ -110,10 +112,10 @@ impl Syncer {
     /// releases their settlements. It releases them from the runtime, not
     /// from the blocking thread the fsync runs on: waking the callers from
     /// there cost more than the fsync's hop.
-    pub fn start(sync: Box<dyn SyncCommits>, synced: Arc<Synced>) -> Self {
+    pub fn start(sync: Box<dyn SyncCommits>, synced: Arc<Synced>, timed: Histogram) -> Self {
         let (settlements, queue) = mpsc::channel(SETTLEMENTS_IN_FLIGHT);
         let (returning, returned) = mpsc::unbounded_channel();
-        let task = tokio::spawn(sync_then_release(sync, queue, returning, synced));
+        let task = tokio::spawn(sync_then_release(sync, queue, returning, synced, timed));
         Self {
             settlements,
             returned,
@@ -143,9 +145,11 @@ async fn sync_then_release(
     mut queue: mpsc::Receiver<(u64, Settlement)>,
     returning: mpsc::UnboundedSender<Vec<Job>>,
     synced: Arc<Synced>,
+    timed: Histogram,
 ) {
     let mut ready = Vec::with_capacity(SETTLEMENTS_IN_FLIGHT);
     while queue.recv_many(&mut ready, SETTLEMENTS_IN_FLIGHT).await > 0 {
+        let started = std::time::Instant::now();
         let outcome = tokio::task::spawn_blocking(move || {
             let outcome = sync.sync();
             (outcome, sync)
@@ -156,13 +160,14 @@ async fn sync_then_release(
             Ok((Err(error), _)) => unknown_durability(&error),
             Err(error) => unknown_durability(&error),
         };
+        timed.observe(started.elapsed().as_secs_f64());
         let upto = ready.last().map_or(0, |(number, _)| *number);
         synced.mark(upto);
         for (_, settlement) in ready.drain(..) {
             let orphans = settlement.release();
             if !orphans.is_empty() {
-                // The writer is gone: so is its lease table's owner, and
-                // the leases expire on their own.
+                // Refused only once the writer is gone; the leases then
+                // expire on their own.
                 let _ = returning.send(orphans);
             }
         }
