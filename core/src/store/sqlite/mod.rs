@@ -2,7 +2,7 @@
 //! anything tells of it, so an acknowledged write survives a power cut, not
 //! just a crash of the process. Group commit in the writer (one transaction
 //! per batch of waiting requests) keeps that affordable, and the fsync runs
-//! on a thread of its own while the writer goes on (`WalFile`,
+//! beside the writer while it goes on to its next batch (`WalFile`,
 //! `store::durability`). Reads run on a separate pool of read-only
 //! connections that WAL lets proceed alongside the writer.
 //!
@@ -123,7 +123,7 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
     ))
 }
 
-/// The WAL file, open for the writer's fsync thread: the writer's
+/// The WAL file, open for the writer's fsync task: the writer's
 /// connection runs `synchronous = NORMAL`, so its COMMIT writes the WAL
 /// without syncing it, and this makes what it wrote durable. (An fsync
 /// through any descriptor of a file flushes all of the file's written data.)
