@@ -306,6 +306,19 @@ mod tests {
     use crate::store::handoff::Waiters;
     use crate::store::testing::{create, jobs, store_with_space};
 
+    /// Runs `writer`'s batches on `queue` as a store does, numbering them
+    /// in `synced`.
+    fn run_batches(writer: SqliteWriter, queue: batch::Queues, synced: Arc<Synced>) {
+        tokio::spawn(batch::run(
+            writer,
+            queue,
+            Arc::new(Waiters::default()),
+            Default::default(),
+            Clock::system(),
+            synced,
+        ));
+    }
+
     fn named(space_id: &str, name: &str) -> Vec<Job> {
         let mut made = jobs(space_id, 1);
         made[0].name = name.into();
@@ -356,14 +369,7 @@ mod tests {
                 tokio::task::yield_now().await;
             }
         }
-        tokio::spawn(batch::run(
-            writer,
-            queue,
-            Arc::new(Waiters::default()),
-            Default::default(),
-            Clock::system(),
-            Default::default(),
-        ));
+        run_batches(writer, queue, Default::default());
         let mut outcomes = Vec::new();
         for (id, answer) in answers {
             outcomes.push((id, answer.await.unwrap()));
@@ -440,14 +446,7 @@ mod tests {
         let (sender, queue) = batch::inbox(16);
         let writes = Writes::new(vec![sender]);
         let synced = Arc::new(Synced::default());
-        tokio::spawn(batch::run(
-            writer,
-            queue,
-            Arc::new(Waiters::default()),
-            Default::default(),
-            Clock::system(),
-            synced.clone(),
-        ));
+        run_batches(writer, queue, synced.clone());
         let made = jobs(&space_id, 1);
         let id = made[0].id.clone();
         let mut create = pin!(writes.create_jobs(made.into()));
