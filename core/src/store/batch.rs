@@ -21,7 +21,7 @@ use async_trait::async_trait;
 use tokio::sync::{broadcast, mpsc, oneshot};
 use tracing::Instrument;
 
-use super::durability::{Durability, Synced, Syncer};
+use super::durability::{Durability, Settler, Synced};
 use super::handoff::{Delivery, Fill, Handoff, Touched, Waiter, Waiters};
 use crate::clock::{Clock, UnixMillis};
 use crate::error::{Error, Result};
@@ -298,25 +298,14 @@ pub async fn run(
         mut ops,
         mut background,
     } = queues;
-    let mut syncer = match writer.durability() {
-        Durability::AtCommit => None,
-        Durability::AfterSync(sync) => Some(Syncer::start(
-            sync,
-            synced.clone(),
-            metrics.sync_seconds.clone(),
-        )),
-    };
+    let mut settler = Settler::start(writer.durability(), synced, metrics.sync_seconds.clone());
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // Jobs leased to waiters that were gone by the time the lease committed.
     let mut orphans: Vec<Job> = Vec::new();
     // When background work last ran.
     let mut background_since = std::time::Instant::now();
     loop {
-        if let Some(syncer) = &mut syncer {
-            while let Ok(returned) = syncer.returned.try_recv() {
-                orphans.extend(returned);
-            }
-        }
+        settler.take_returned(&mut orphans);
         if !batch.is_empty() || !orphans.is_empty() {
             // Operations a failed batch never ran go first, with whatever
             // else is waiting.
@@ -337,7 +326,7 @@ pub async fn run(
                     size_prune(&mut op, ALONE_PRUNE);
                     batch.push(op);
                 }
-                Some(returned) = returned_jobs(&mut syncer) => orphans.extend(returned),
+                Some(returned) = settler.returned() => orphans.extend(returned),
             }
         }
         // Background work rides along, sized by the batch's own work. It
@@ -363,13 +352,10 @@ pub async fn run(
             background_since = std::time::Instant::now();
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
-        let number = syncer.as_ref().map(|_| synced.begin());
+        settler.begin();
         let settlement = run_batch(&mut writer, &mut batch, &waiters, &mut orphans, &clock).await;
         let committed = settlement.is_some();
-        match syncer.as_ref().zip(number) {
-            Some((syncer, number)) => syncer.settle(number, settlement.unwrap_or_default()).await,
-            None => orphans.extend(settlement.map(Settlement::release).unwrap_or_default()),
-        }
+        settler.settle(settlement, &mut orphans).await;
         if committed {
             metrics.batch_ops.observe(operations as f64);
             metrics
@@ -382,18 +368,8 @@ pub async fn run(
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
-    if let Some(syncer) = syncer {
-        syncer.stop().await;
-    }
+    settler.stop().await;
     writer.close().await;
-}
-
-/// Jobs the fsync task hands back, for a writer that has one.
-async fn returned_jobs(syncer: &mut Option<Syncer>) -> Option<Vec<Job>> {
-    match syncer {
-        Some(syncer) => syncer.returned.recv().await,
-        None => std::future::pending().await,
-    }
 }
 
 /// Background work, once the writer has been idle a while.

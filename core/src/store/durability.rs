@@ -65,9 +65,8 @@ impl Default for Synced {
 }
 
 impl Synced {
-    /// Numbers a batch about to commit (before its COMMIT is sent, so a
-    /// read that sees the commit finds the number already taken).
-    pub(super) fn begin(&self) -> u64 {
+    /// Numbers a batch about to commit.
+    fn begin(&self) -> u64 {
         self.begun.fetch_add(1, Ordering::SeqCst) + 1
     }
 
@@ -98,45 +97,104 @@ impl Synced {
     }
 }
 
+/// Where a writer's committed batches go: released at once, or after the
+/// fsync that covers them. The one place the batch loop asks which.
+pub(super) enum Settler {
+    AtCommit,
+    AfterSync(Syncer),
+}
+
 /// The writer's end of the task that syncs its commits.
 pub(super) struct Syncer {
+    synced: Arc<Synced>,
+    /// The number of the batch being committed.
+    number: u64,
     settlements: mpsc::Sender<(u64, Settlement)>,
-    /// Jobs whose waiter was gone when their settlement was released: the
-    /// writer hands them back. At most one message per settlement.
-    pub returned: mpsc::UnboundedReceiver<Vec<Job>>,
+    /// Jobs whose waiter was gone when their settlement was released. At
+    /// most one message per settlement.
+    returned: mpsc::UnboundedReceiver<Vec<Job>>,
     task: JoinHandle<()>,
 }
 
-impl Syncer {
-    /// Starts the task that makes `sync`'s commits durable and then
-    /// releases their settlements. It releases them from the runtime, not
-    /// from the blocking thread the fsync runs on: waking the callers from
-    /// there cost more than the fsync's hop.
-    pub fn start(sync: Box<dyn SyncCommits>, synced: Arc<Synced>, timed: Histogram) -> Self {
+impl Settler {
+    /// For `AfterSync`, starts the task that makes the commits durable and
+    /// then releases their settlements. It releases them from the runtime,
+    /// not from the blocking thread the fsync runs on: waking the callers
+    /// from there cost more than the fsync's hop.
+    pub fn start(durability: Durability, synced: Arc<Synced>, timed: Histogram) -> Self {
+        let sync = match durability {
+            Durability::AtCommit => return Self::AtCommit,
+            Durability::AfterSync(sync) => sync,
+        };
         let (settlements, queue) = mpsc::channel(SETTLEMENTS_IN_FLIGHT);
         let (returning, returned) = mpsc::unbounded_channel();
-        let task = tokio::spawn(sync_then_release(sync, queue, returning, synced, timed));
-        Self {
+        let task = tokio::spawn(sync_then_release(
+            sync,
+            queue,
+            returning,
+            synced.clone(),
+            timed,
+        ));
+        Self::AfterSync(Syncer {
+            synced,
+            number: 0,
             settlements,
             returned,
             task,
+        })
+    }
+
+    /// Numbers the batch about to commit (before its COMMIT is sent, so a
+    /// read that sees the commit finds the number already taken).
+    pub fn begin(&mut self) {
+        if let Self::AfterSync(syncer) = self {
+            syncer.number = syncer.synced.begin();
         }
     }
 
-    /// Queues batch `number`'s settlement (an empty one for a batch that
-    /// rolled back, to keep the numbers contiguous); waits while too many
-    /// are queued.
-    pub async fn settle(&self, number: u64, settlement: Settlement) {
-        // The task ends before this side only if it panicked: what it held
-        // is not known to be durable, so the settlement is dropped (its
-        // callers are told `Unavailable`; its leases expire).
-        let _ = self.settlements.send((number, settlement)).await;
+    /// Settles the batch begun last: `None` if it rolled back. Jobs whose
+    /// waiter was gone go to `orphans`, now or through `returned` later.
+    /// Waits while too many settlements are queued.
+    pub async fn settle(&mut self, settlement: Option<Settlement>, orphans: &mut Vec<Job>) {
+        match self {
+            Self::AtCommit => {
+                orphans.extend(settlement.map(Settlement::release).unwrap_or_default())
+            }
+            // A rolled-back batch sends an empty settlement, to keep the
+            // numbers contiguous. The task ends before this side only if it
+            // panicked: what it held is not known to be durable, so the
+            // settlement is dropped (its callers are told `Unavailable`;
+            // its leases expire).
+            Self::AfterSync(syncer) => {
+                let settlement = settlement.unwrap_or_default();
+                let _ = syncer.settlements.send((syncer.number, settlement)).await;
+            }
+        }
+    }
+
+    /// Adds the jobs handed back so far to `orphans`.
+    pub fn take_returned(&mut self, orphans: &mut Vec<Job>) {
+        if let Self::AfterSync(syncer) = self {
+            while let Ok(returned) = syncer.returned.try_recv() {
+                orphans.extend(returned);
+            }
+        }
+    }
+
+    /// The next jobs handed back; never, for `AtCommit`.
+    pub async fn returned(&mut self) -> Option<Vec<Job>> {
+        match self {
+            Self::AtCommit => std::future::pending().await,
+            Self::AfterSync(syncer) => syncer.returned.recv().await,
+        }
     }
 
     /// Waits for the settlements queued so far to be released.
     pub async fn stop(self) {
-        drop(self.settlements);
-        let _ = self.task.await;
+        if let Self::AfterSync(syncer) = self {
+            drop(syncer.settlements);
+            let _ = syncer.task.await;
+        }
     }
 }
 
