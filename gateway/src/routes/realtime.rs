@@ -21,7 +21,7 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use emit_proto::v1 as pb;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use tokio::sync::oneshot;
 use tokio::task::AbortHandle;
 
@@ -220,13 +220,12 @@ impl Drop for OwnStreamEnd {
 /// cannot keep up falls off its feed and is closed (1013) even while a send
 /// to it is stuck; the feed's end is sent after everything before it.
 async fn relay(
-    socket: WebSocket,
+    mut socket: WebSocket,
     first: Option<Utf8Bytes>,
     mut cursor: Cursor,
     watcher: Option<tonic::Streaming<pb::WatchJobResponse>>,
 ) {
     let mut own_end = OwnStreamEnd::follow(watcher);
-    let (mut sink, mut incoming) = socket.split();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
     let mut first = first;
@@ -240,36 +239,39 @@ async fn relay(
         tokio::select! {
             biased;
             frame = own_end.wait() => {
-                close_now(&mut sink, frame).await;
+                close_now(&mut socket, frame).await;
                 break;
             }
             next = next => match next {
                 Next::Message(text) => {
                     // A send to a stalled client may block; falling off the
-                    // feed, or the watcher's end, still wins.
+                    // feed, or the watcher's end, still wins. The send goes
+                    // first: it nearly always completes at once, and then the
+                    // feed's lock and wake-up list are left alone.
                     tokio::select! {
-                        sent = sink.send(Message::Text(text)) => if sent.is_err() { break },
+                        biased;
+                        sent = socket.send(Message::Text(text)) => if sent.is_err() { break },
                         frame = cursor.fallen_behind() => {
-                            close_now(&mut sink, frame).await;
+                            close_now(&mut socket, frame).await;
                             break;
                         }
                         frame = own_end.wait() => {
-                            close_now(&mut sink, frame).await;
+                            close_now(&mut socket, frame).await;
                             break;
                         }
                     }
                 }
                 Next::TooSlow(frame) | Next::Ended(frame) => {
-                    close_now(&mut sink, frame).await;
+                    close_now(&mut socket, frame).await;
                     break;
                 }
             },
-            received = incoming.next() => match received {
+            received = socket.recv() => match received {
                 // The WebSocket layer queued the answer to a client's close
                 // (echoing its code); flushing sends it, so the client sees
                 // a clean close rather than 1006.
                 Some(Ok(Message::Close(_))) => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
                     break;
                 }
                 // A message over the limit gets 1009 (too big), so the client
@@ -280,7 +282,7 @@ async fn relay(
                             code: close_code::SIZE,
                             reason: format!("messages to the server are limited to {MAX_INCOMING_BYTES} bytes").into(),
                         };
-                        close_now(&mut sink, frame).await;
+                        close_now(&mut socket, frame).await;
                     }
                     break;
                 }
@@ -290,7 +292,7 @@ async fn relay(
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                if socket.send(Message::Ping(Default::default())).await.is_err() {
                     break;
                 }
             }
@@ -305,10 +307,7 @@ fn is_too_big(error: axum::Error) -> bool {
         .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
 }
 
-async fn close_now(
-    sink: &mut futures_util::stream::SplitSink<WebSocket, Message>,
-    frame: CloseFrame,
-) {
-    let close = sink.send(Message::Close(Some(frame)));
+async fn close_now(socket: &mut WebSocket, frame: CloseFrame) {
+    let close = socket.send(Message::Close(Some(frame)));
     let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
 }
