@@ -77,10 +77,13 @@ pub trait FlowDispatch: Send {
     async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool>;
     /// Leases the key holds now.
     async fn leases(&mut self, space_id: &str, key: &str) -> Result<u32>;
-    /// The space's limits as stored (`limits_of` reads them once per
-    /// transaction).
+    /// The space's limits as stored (`limits_of` reads them when
+    /// `limits_read` does not hold them).
     async fn read_limits(&mut self, space_id: &str) -> Result<ConcurrencyLimits>;
-    /// The limits this transaction has read, by space (emptied at BEGIN).
+    /// The limits read before, by space, kept while they are known to be
+    /// current: for one transaction where other cores may change them
+    /// (PostgreSQL), until a change may have run with a single writer
+    /// (SQLite).
     fn limits_read(&mut self) -> &mut HashMap<String, ConcurrencyLimits>;
     /// The lane the space's last delivery ended on: a key, or None for the
     /// jobs without one (and at first).
@@ -106,7 +109,7 @@ pub trait FlowDispatch: Send {
     ) -> Result<()>;
 }
 
-/// The space's limits, read once per transaction: a change applies from
+/// The space's limits, read when not already held: a change applies from
 /// the next batch on, on every core.
 async fn limits_of(writer: &mut impl FlowDispatch, space_id: &str) -> Result<ConcurrencyLimits> {
     if let Some(limits) = writer.limits_read().get(space_id) {

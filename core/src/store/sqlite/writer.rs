@@ -96,7 +96,9 @@ pub struct SqliteWriter {
     restart_wal: Arc<AtomicBool>,
     /// Per space, the key its last keyed delivery ended on.
     turns: HashMap<String, Option<String>>,
-    /// Spaces' concurrency limits, as this transaction read them.
+    /// Spaces' concurrency limits as last read. Only this writer writes, so
+    /// they stay true across batches until a statement of someone else's
+    /// runs on the connection (`connection`), which may change them.
     limits: HashMap<String, ConcurrencyLimits>,
     /// What makes a commit durable, when the connection leaves its fsync to
     /// this writer (`synchronous = NORMAL`); taken when the batches start.
@@ -424,7 +426,6 @@ impl<'a> Statements<'a> {
 #[async_trait]
 impl batch::Writer for SqliteWriter {
     async fn begin(&mut self) -> Result<()> {
-        self.limits.clear();
         sqlx::query("BEGIN IMMEDIATE")
             .execute(&mut self.conn)
             .await?;
@@ -450,6 +451,7 @@ impl batch::Writer for SqliteWriter {
         }
         self.heads.clear();
         self.dirty_spaces.clear();
+        self.limits.clear();
         self.unwritten.clear();
         self.jobs.clear();
         self.recorded.clear();
@@ -498,6 +500,8 @@ impl batch::Writer for SqliteWriter {
     }
 
     fn connection(&mut self) -> batch::Connection<'_> {
+        // What runs there may set a space's limits.
+        self.limits.clear();
         batch::Connection::Sqlite(&mut self.conn)
     }
 
