@@ -113,7 +113,8 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
         restart_wal,
         clock.clone(),
         sync,
-    );
+    )
+    .await?;
     Ok(Store::start(
         reads,
         vec![writer],
@@ -299,12 +300,13 @@ mod tests {
     use super::writer::SqliteWriter;
     use crate::clock::Clock;
     use crate::error::Error;
+    use crate::job::machine::{Command, Fence};
     use crate::job::{Job, LiveEvent};
-    use crate::store::JobTarget;
     use crate::store::batch::{self, Writes};
     use crate::store::durability::{SyncCommits, Synced};
     use crate::store::handoff::Waiters;
     use crate::store::testing::{create, jobs, store_with_space};
+    use crate::store::{DeliverRequest, JobTarget};
 
     /// Runs `writer`'s batches on `queue` as a store does, numbering them
     /// in `synced`.
@@ -353,7 +355,9 @@ mod tests {
             Arc::new(AtomicBool::new(false)),
             Clock::system(),
             None,
-        );
+        )
+        .await
+        .unwrap();
         let (sender, queue) = batch::inbox(16);
         let writes = Arc::new(Writes::new(vec![sender]));
         let mut answers = Vec::new();
@@ -391,6 +395,77 @@ mod tests {
         };
         assert!(!stored(outcomes[0].0.clone()).await);
         assert!(stored(outcomes[2].0.clone()).await);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    /// The writer remembers the rows it wrote. Were one not as it left it
+    /// (a bug: it is the only writer), the conditional UPDATE would skip
+    /// that row; the check in the same round trip then fails before the
+    /// COMMIT there, and the whole batch rolls back, the rows the same
+    /// UPDATE did change included.
+    #[tokio::test]
+    async fn a_row_not_as_its_writer_left_it_rolls_the_whole_batch_back() {
+        let (store, space_id, dir) = store_with_space().await;
+        let url = format!("sqlite://{}/emit.db", dir.display());
+        let options = SqliteConnectOptions::from_str(&url).unwrap();
+        let writer = SqliteWriter::new(
+            options.connect().await.unwrap(),
+            broadcast::channel(16).0,
+            Arc::new(AtomicBool::new(false)),
+            Clock::system(),
+            None,
+        )
+        .await
+        .unwrap();
+        let (sender, queue) = batch::inbox(16);
+        let writes = Writes::new(vec![sender]);
+        run_batches(writer, queue, Default::default());
+        let made = jobs(&space_id, 2);
+        let ids: Vec<String> = made.iter().map(|job| job.id.clone()).collect();
+        writes.create_jobs(made.into()).await.unwrap();
+        // Delivering them puts them in the writer's picture.
+        let delivered = writes
+            .deliver(DeliverRequest {
+                space_id: space_id.clone(),
+                names: Vec::new(),
+                count: 2,
+                now: Clock::system().now(),
+                excluded_names: Vec::new(),
+            })
+            .await
+            .unwrap();
+        assert_eq!(delivered.len(), 2);
+        let mut behind_its_back = options.connect().await.unwrap();
+        sqlx::query("UPDATE jobs SET status = 'dead' WHERE id = ?")
+            .bind(&ids[0])
+            .execute(&mut behind_its_back)
+            .await
+            .unwrap();
+        let both = ids.clone();
+        let killed = writes
+            .on_any("kill both", move |writer| {
+                Box::pin(async move {
+                    for job_id in both {
+                        let target = JobTarget {
+                            job_id,
+                            space_id: None,
+                        };
+                        let kill = Command::Kill { reason: None };
+                        let now = Clock::system().now();
+                        writer.apply(&target, kill, &Fence::default(), now).await?;
+                    }
+                    Ok(())
+                })
+            })
+            .await;
+        // A write that did not happen: "retry later".
+        assert!(matches!(killed, Err(Error::Unavailable)), "{killed:?}");
+        for (id, status) in ids.iter().zip(["dead", "delivered"]) {
+            let (job, _) = store.job_snapshot(id).await.unwrap().unwrap();
+            assert_eq!(job.status().as_str(), status);
+        }
+        // The writer goes on with a fresh picture.
+        writes.create_jobs(jobs(&space_id, 1).into()).await.unwrap();
         let _ = std::fs::remove_dir_all(dir);
     }
 
@@ -442,7 +517,9 @@ mod tests {
                 started: started_tx,
                 go: go_rx,
             })),
-        );
+        )
+        .await
+        .unwrap();
         let (sender, queue) = batch::inbox(16);
         let writes = Writes::new(vec![sender]);
         let synced = Arc::new(Synced::default());

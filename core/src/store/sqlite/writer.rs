@@ -45,6 +45,13 @@ const EVENT_ROWS_PER_INSERT: usize = 3000;
 const JOB_ROWS_PER_UPDATE: usize = 1000;
 /// Live jobs kept by the writer; past this the cache starts over.
 const CACHED_JOBS: usize = 16_384;
+/// Where a flush checks, statement by statement, that each UPDATE changed
+/// the rows it meant to (`Statements::expect_changed`). The check runs
+/// inside the flush's one round trip: a failed CHECK stops the statements
+/// after it, COMMIT included, and the batch rolls back.
+const CHANGES_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS writer_changes (\
+    id INTEGER PRIMARY KEY, \
+    unexpected INTEGER NOT NULL CONSTRAINT rows_changed_under_their_writer CHECK (unexpected = 0))";
 
 /// A space's last event sequence number and its job counts, as of the open
 /// transaction. The writer is the only writer, so its copy is authoritative.
@@ -106,14 +113,15 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
-    pub fn new(
-        conn: SqliteConnection,
+    pub async fn new(
+        mut conn: SqliteConnection,
         published: broadcast::Sender<Arc<[LiveEvent]>>,
         restart_wal: Arc<AtomicBool>,
         clock: Clock,
         sync: Option<Box<dyn SyncCommits>>,
-    ) -> Self {
-        Self {
+    ) -> Result<Self> {
+        sqlx::query(CHANGES_TABLE).execute(&mut conn).await?;
+        Ok(Self {
             conn,
             clock,
             unwritten: HashMap::new(),
@@ -126,7 +134,7 @@ impl SqliteWriter {
             turns: HashMap::new(),
             limits: HashMap::new(),
             sync,
-        }
+        })
     }
 
     async fn require_space(&mut self, space_id: &str) -> Result<()> {
@@ -293,9 +301,9 @@ impl SqliteWriter {
         sql.execute(&mut self.conn).await
     }
 
-    /// Writes the batch's jobs, events, sequence counters and counts, all in
-    /// one round trip.
-    async fn flush(&mut self) -> Result<()> {
+    /// Writes the batch's jobs, events, sequence counters and counts, and
+    /// commits them, all in one round trip.
+    async fn flush_and_commit(&mut self) -> Result<()> {
         let staged: Vec<Unwritten> = self.unwritten.drain().map(|(_, staged)| staged).collect();
         let events = rows::event_rows(&self.recorded);
         let heads: Vec<(&String, &Head)> = self
@@ -307,18 +315,17 @@ impl SqliteWriter {
         sql.update_jobs(&staged);
         sql.insert_events(&events);
         sql.update_heads(&heads);
+        sql.next("COMMIT");
         sql.execute(&mut self.conn).await
     }
 }
 
 /// Several statements sent as one: sqlx runs them in order on its connection
-/// thread and hands out the bound values statement by statement.
+/// thread, hands out the bound values statement by statement, and stops at
+/// the first that fails.
 #[derive(Default)]
 struct Statements<'a> {
     sql: Option<QueryBuilder<'a, Sqlite>>,
-    /// Rows the statements must change between them; anything else means
-    /// the writer's picture of the database is wrong.
-    rows: u64,
 }
 
 impl<'a> Statements<'a> {
@@ -329,6 +336,17 @@ impl<'a> Statements<'a> {
         }
         sql.push(statement);
         sql
+    }
+
+    /// Fails the statements here unless the one before changed `rows` rows:
+    /// anything else means the writer's picture of the database is wrong.
+    /// The writer is the only one writing, so this is a bug, not a race.
+    fn expect_changed(&mut self, rows: usize) {
+        self.next(
+            "INSERT OR REPLACE INTO temp.writer_changes (id, unexpected) VALUES (1, changes() - ",
+        )
+        .push_bind(i64::try_from(rows).unwrap_or(i64::MAX))
+        .push(")");
     }
 
     /// Each job row conditional on the row being as it was read.
@@ -364,10 +382,11 @@ impl<'a> Statements<'a> {
                 ") AS v WHERE jobs.id = v.column1 AND jobs.status = v.column15 \
                  AND jobs.attempt_number = v.column16 AND jobs.lease_id IS v.column17",
             );
-            self.rows += chunk.len() as u64;
+            self.expect_changed(chunk.len());
         }
     }
 
+    /// No count to check: an INSERT writes every row it lists or fails.
     fn insert_events(&mut self, events: &'a [rows::EventRow<'a>]) {
         for chunk in events.chunks(EVENT_ROWS_PER_INSERT) {
             let insert = self.next(
@@ -383,7 +402,6 @@ impl<'a> Statements<'a> {
                     .push_bind(event.data.as_deref())
                     .push_bind(event.at);
             });
-            self.rows += chunk.len() as u64;
         }
     }
 
@@ -406,18 +424,13 @@ impl<'a> Statements<'a> {
                     .push_bind(count(status));
             }
             update.push(" WHERE id = ").push_bind(*space_id);
-            self.rows += 1;
+            self.expect_changed(1);
         }
     }
 
     async fn execute(self, conn: &mut SqliteConnection) -> Result<()> {
-        let Some(mut sql) = self.sql else {
-            return Ok(());
-        };
-        let changed = sql.build().execute(conn).await?.rows_affected();
-        if changed != self.rows {
-            // The writer is the only one writing, so this is a bug, not a race.
-            return Err(Error::internal("rows changed under their writer"));
+        if let Some(mut sql) = self.sql {
+            sql.build().execute(conn).await?;
         }
         Ok(())
     }
@@ -433,8 +446,7 @@ impl batch::Writer for SqliteWriter {
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.flush().await?;
-        sqlx::query("COMMIT").execute(&mut self.conn).await?;
+        self.flush_and_commit().await?;
         self.dirty_spaces.clear();
         Ok(())
     }
