@@ -37,22 +37,18 @@ use sha2::{Digest, Sha256};
 use crate::concurrency::ConcurrencyLimits;
 use crate::job::spec::NewJobs;
 use crate::job::{
-    EventDraft, Job, JobEvent, JobLogEntry, LiveEvent, LogLine, SpaceEvent, StoredLogLine,
+    EventDraft, Job, JobEvent, JobLogEntry, JobStatus, LiveEvent, LogLine, SpaceEvent,
+    StatusCounts, StoredLogLine,
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
 use crate::store::concurrency::{self, FlowDispatch, Lane};
-use crate::store::dialect::Dialect;
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
 use crate::store::{CallbackTry, DeliverRequest, JobTarget, Replay, Sweep};
 use crate::store::{inserts, outbox, rows};
 
-/// Rows of `columns` values one multi-row statement can carry.
-const fn rows_per_insert(columns: usize) -> usize {
-    <Postgres as Dialect>::MAX_PARAMETERS / columns
-}
 /// A job changed by another writer between our read and our update is read
 /// and decided again, this many times at most.
 const TRANSITION_ATTEMPTS: usize = 8;
@@ -423,65 +419,89 @@ impl PgWriter {
                 }
             }
         }
-        let events = rows::event_rows(&published);
-        for chunk in events.chunks(rows_per_insert(9)) {
-            let mut insert = QueryBuilder::<Postgres>::new(
-                "INSERT INTO job_events (space_id, seq, job_id, type, status, previous_status, data, counts, created_at) ",
-            );
-            insert.push_values(chunk, |mut row, event| {
-                row.push_bind(event.space_id)
-                    .push_bind(event.seq)
-                    .push_bind(event.job_id)
-                    .push_bind(event.kind)
-                    .push_bind(event.status)
-                    .push_bind(event.previous_status)
-                    .push_bind(event.data.as_deref())
-                    .push_bind(event.counts.map(|counts| rows::counts_to_json(&counts)))
-                    .push_bind(event.at);
-            });
-            insert.build().execute(&mut self.conn).await?;
-        }
-        for (space_id, (seq, counts)) in &heads {
-            let count = |status| counts.get(status) as i64;
-            use crate::job::JobStatus::*;
-            sqlx::query(
-                "UPDATE spaces SET event_seq = $1, count_scheduled = $2, count_pending = $3, \
-                 count_delivered = $4, count_running = $5, count_completed = $6, count_dead = $7, \
-                 count_killed = $8 WHERE id = $9",
-            )
-            .bind(seq)
-            .bind(count(Scheduled))
-            .bind(count(Pending))
-            .bind(count(Delivered))
-            .bind(count(Running))
-            .bind(count(Completed))
-            .bind(count(Dead))
-            .bind(count(Killed))
-            .bind(space_id)
-            .execute(&mut self.conn)
-            .await?;
-        }
         let commit = self.relay.next_commit();
-        for payload in (CommitNotice {
+        let notices = CommitNotice {
             replica: self.relay.replica().to_owned(),
             commit,
             spaces: ranges.into_iter().map(|(id, (a, b))| (id, a, b)).collect(),
             logs: logs.into_iter().map(|(id, (a, b))| (id, a, b)).collect(),
-        })
-        .payloads()
-        {
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(super::relay::COMMITS_CHANNEL)
-                .bind(payload)
-                .execute(&mut self.conn)
-                .await?;
         }
+        .payloads();
+        write_events_and_heads(
+            &mut self.conn,
+            &rows::event_rows(&published),
+            &heads,
+            notices,
+        )
+        .await?;
         let published: Arc<[LiveEvent]> = published.into();
         // Before COMMIT: the notice may reach our relay the moment it lands.
         self.relay.stash(commit, published.clone());
         self.pending = Some((commit, published));
         Ok(())
     }
+}
+
+/// A batch's events, its spaces' new heads and its commit notices to the
+/// other replicas, as one statement (data-modifying CTEs over arrays, so
+/// its text is the same whatever the counts): one round trip where there
+/// were one per insert, per space and per notice.
+async fn write_events_and_heads(
+    conn: &mut PgConnection,
+    events: &[rows::EventRow<'_>],
+    heads: &HashMap<String, (i64, StatusCounts)>,
+    notices: Vec<String>,
+) -> Result<()> {
+    let column = |value: fn(&rows::EventRow<'_>) -> Option<String>| -> Vec<Option<String>> {
+        events.iter().map(value).collect()
+    };
+    let number =
+        |value: fn(&rows::EventRow<'_>) -> i64| -> Vec<i64> { events.iter().map(value).collect() };
+    let count = |status: JobStatus| -> Vec<i64> {
+        heads
+            .values()
+            .map(|(_, counts)| counts.get(status) as i64)
+            .collect()
+    };
+    sqlx::query(
+        "WITH events AS (INSERT INTO job_events \
+         (space_id, seq, job_id, type, status, previous_status, data, counts, created_at) \
+         SELECT * FROM unnest($1::text[], $2::int8[], $3::text[], $4::text[], $5::text[], \
+         $6::text[], $7::text[], $8::text[], $9::int8[])), \
+         heads AS (UPDATE spaces SET event_seq = v.seq, count_scheduled = v.scheduled, \
+         count_pending = v.pending, count_delivered = v.delivered, count_running = v.running, \
+         count_completed = v.completed, count_dead = v.dead, count_killed = v.killed \
+         FROM unnest($10::text[], $11::int8[], $12::int8[], $13::int8[], $14::int8[], \
+         $15::int8[], $16::int8[], $17::int8[], $18::int8[]) \
+         AS v(id, seq, scheduled, pending, delivered, running, completed, dead, killed) \
+         WHERE spaces.id = v.id) \
+         SELECT pg_notify($19, notice) FROM unnest($20::text[]) AS notice",
+    )
+    .bind(column(|event| Some(event.space_id.to_owned())))
+    .bind(number(|event| event.seq))
+    .bind(column(|event| Some(event.job_id.to_owned())))
+    .bind(column(|event| Some(event.kind.to_owned())))
+    .bind(column(|event| Some(event.status.to_owned())))
+    .bind(column(|event| event.previous_status.map(str::to_owned)))
+    .bind(column(|event| event.data.as_deref().map(str::to_owned)))
+    .bind(column(|event| {
+        event.counts.map(|counts| rows::counts_to_json(&counts))
+    }))
+    .bind(number(|event| event.at))
+    .bind(heads.keys().cloned().collect::<Vec<String>>())
+    .bind(heads.values().map(|(seq, _)| *seq).collect::<Vec<i64>>())
+    .bind(count(JobStatus::Scheduled))
+    .bind(count(JobStatus::Pending))
+    .bind(count(JobStatus::Delivered))
+    .bind(count(JobStatus::Running))
+    .bind(count(JobStatus::Completed))
+    .bind(count(JobStatus::Dead))
+    .bind(count(JobStatus::Killed))
+    .bind(super::relay::COMMITS_CHANNEL)
+    .bind(notices)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 #[async_trait]
