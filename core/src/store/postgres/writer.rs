@@ -457,10 +457,12 @@ async fn write_events_and_heads(
     };
     let number =
         |value: fn(&rows::EventRow<'_>) -> i64| -> Vec<i64> { events.iter().map(value).collect() };
+    // One order for every column of the heads.
+    let heads: Vec<(&String, &(i64, StatusCounts))> = heads.iter().collect();
     let count = |status: JobStatus| -> Vec<i64> {
         heads
-            .values()
-            .map(|(_, counts)| counts.get(status) as i64)
+            .iter()
+            .map(|(_, (_, counts))| counts.get(status) as i64)
             .collect()
     };
     sqlx::query(
@@ -488,8 +490,13 @@ async fn write_events_and_heads(
         event.counts.map(|counts| rows::counts_to_json(&counts))
     }))
     .bind(number(|event| event.at))
-    .bind(heads.keys().cloned().collect::<Vec<String>>())
-    .bind(heads.values().map(|(seq, _)| *seq).collect::<Vec<i64>>())
+    .bind(
+        heads
+            .iter()
+            .map(|(id, _)| (*id).clone())
+            .collect::<Vec<String>>(),
+    )
+    .bind(heads.iter().map(|(_, (seq, _))| *seq).collect::<Vec<i64>>())
     .bind(count(JobStatus::Scheduled))
     .bind(count(JobStatus::Pending))
     .bind(count(JobStatus::Delivered))
