@@ -292,8 +292,8 @@ mod tests {
     use std::sync::atomic::AtomicBool;
     use std::task::{Context, Waker};
 
-    use sqlx::ConnectOptions;
     use sqlx::sqlite::SqliteConnectOptions;
+    use sqlx::{ConnectOptions, SqliteConnection};
     use tokio::sync::broadcast;
 
     use super::WAL_FILE_LIMIT_BYTES;
@@ -319,6 +319,20 @@ mod tests {
             Clock::system(),
             synced,
         ));
+    }
+
+    /// A writer on `connection` whose commits are durable at COMMIT, with
+    /// nobody listening to what it publishes.
+    async fn plain_writer(connection: SqliteConnection) -> SqliteWriter {
+        SqliteWriter::new(
+            connection,
+            broadcast::channel(16).0,
+            Arc::new(AtomicBool::new(false)),
+            Clock::system(),
+            None,
+        )
+        .await
+        .unwrap()
     }
 
     fn named(space_id: &str, name: &str) -> Vec<Job> {
@@ -349,15 +363,7 @@ mod tests {
         .execute(&mut connection)
         .await
         .unwrap();
-        let writer = SqliteWriter::new(
-            connection,
-            broadcast::channel(16).0,
-            Arc::new(AtomicBool::new(false)),
-            Clock::system(),
-            None,
-        )
-        .await
-        .unwrap();
+        let writer = plain_writer(connection).await;
         let (sender, queue) = batch::inbox(16);
         let writes = Arc::new(Writes::new(vec![sender]));
         let mut answers = Vec::new();
@@ -408,15 +414,7 @@ mod tests {
         let (store, space_id, dir) = store_with_space().await;
         let url = format!("sqlite://{}/emit.db", dir.display());
         let options = SqliteConnectOptions::from_str(&url).unwrap();
-        let writer = SqliteWriter::new(
-            options.connect().await.unwrap(),
-            broadcast::channel(16).0,
-            Arc::new(AtomicBool::new(false)),
-            Clock::system(),
-            None,
-        )
-        .await
-        .unwrap();
+        let writer = plain_writer(options.connect().await.unwrap()).await;
         let (sender, queue) = batch::inbox(16);
         let writes = Writes::new(vec![sender]);
         run_batches(writer, queue, Default::default());
