@@ -24,6 +24,10 @@
 //! feed's snapshot (the same for every watcher of that visibility). A feed
 //! that already dropped messages the watcher would need, or that ended, is
 //! not joined: a new one is opened for it with its credentials.
+//!
+//! A shared feed's caught-up watchers are written to by its lanes (see
+//! `fanout`), not by a task each; a cursor is where a watcher stands either
+//! way.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
@@ -36,6 +40,7 @@ use tokio::task::AbortHandle;
 use crate::CoreClient;
 use crate::core_client::CREDENTIAL_HEADERS;
 use crate::error::{ApiError, close_frame_for};
+use crate::fanout::Lanes;
 use crate::metrics::FeedGuard;
 use crate::resources::JobStreamMessage;
 use emit_proto::wire::SESSION_METADATA;
@@ -67,7 +72,8 @@ impl RingBounds {
 /// A rendered message and where it stands in the space's sequence: an
 /// event's own `seq`; for a log line, the `seq` of the last event before it
 /// (log lines are not numbered).
-struct Item {
+#[derive(Clone)]
+pub(crate) struct Item {
     text: Utf8Bytes,
     seq: u64,
     is_event: bool,
@@ -139,8 +145,8 @@ impl Ring {
     }
 }
 
-/// The part of a feed its reading task writes to.
-struct Shared {
+/// The part of a feed its reading task writes to (and its lanes read).
+pub(crate) struct Shared {
     ring: Mutex<Ring>,
     /// Bumped on every change of the ring, to wake the cursors.
     changed: watch::Sender<u64>,
@@ -170,6 +176,48 @@ impl Shared {
         };
         self.changed.send_replace(head + 1);
     }
+
+    pub(crate) fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
+    }
+
+    /// The messages from position `from` on (or from the ring's start, if
+    /// it dropped those), copied out under one lock.
+    pub(crate) fn batch_since(&self, from: u64) -> Batch {
+        let ring = self.lock();
+        let first = from.max(ring.first);
+        let skip = usize::try_from(first - ring.first).unwrap_or(usize::MAX);
+        Batch {
+            first,
+            items: ring.items.iter().skip(skip).cloned().collect(),
+            ended: ring.ended.is_some(),
+        }
+    }
+}
+
+/// New messages of a feed, as a lane writes them to its watchers.
+pub(crate) struct Batch {
+    /// Position of `items[0]`.
+    first: u64,
+    items: Vec<Item>,
+    /// Whether the feed ended after these.
+    ended: bool,
+}
+
+impl Batch {
+    pub(crate) fn head(&self) -> u64 {
+        self.first + self.items.len() as u64
+    }
+}
+
+/// What a cursor found in a lane's batch.
+pub(crate) enum InBatch {
+    Message(Utf8Bytes),
+    /// The watcher has everything the batch holds.
+    Done,
+    /// Its relay task must take over: the watcher stands before the batch,
+    /// or the feed ended and its close is due.
+    Relay,
 }
 
 /// A rendered message: its text and, for an event, its `seq`; None for a
@@ -185,6 +233,9 @@ pub struct Feed {
     snapshot: Option<(Utf8Bytes, u64)>,
     /// Where a shared feed is registered, to be removed when it drops.
     registration: Option<(Weak<JobFeeds>, FeedKey)>,
+    /// The tasks writing a shared feed to its caught-up watchers; None for
+    /// a private feed, whose one watcher's relay task writes it all.
+    lanes: Option<Lanes>,
     _counted: Option<FeedGuard>,
 }
 
@@ -210,12 +261,10 @@ impl Feed {
         let feed = Arc::new(Self::start(upstream, bounds, None, None, move |message| {
             Ok(render(message)?.map(|text| (Utf8Bytes::from(text), None)))
         }));
-        let changed = feed.shared.changed.subscribe();
         Cursor {
             feed,
             next: 0,
             skip_upto: 0,
-            changed,
         }
     }
 
@@ -261,6 +310,7 @@ impl Feed {
             reader,
             snapshot,
             registration: None,
+            lanes: None,
             _counted: counted,
         }
     }
@@ -298,7 +348,6 @@ impl Feed {
             feed: self.clone(),
             next: ring.first,
             skip_upto,
-            changed: self.shared.changed.subscribe(),
         };
         Some((first, cursor))
     }
@@ -416,6 +465,7 @@ impl JobFeeds {
             },
         );
         feed.registration = Some((Arc::downgrade(self), key.clone()));
+        feed.lanes = Some(Lanes::new(feed.shared.clone()));
         Ok(Arc::new(feed))
     }
 
@@ -477,52 +527,71 @@ pub struct Cursor {
     next: u64,
     /// Messages at or before this `seq` are in the client's snapshot.
     skip_upto: u64,
-    changed: watch::Receiver<u64>,
 }
 
 impl Cursor {
-    pub async fn next(&mut self) -> Next {
-        loop {
-            self.changed.borrow_and_update();
-            {
-                let ring = self.feed.shared.lock();
-                if self.next < ring.first {
-                    return Next::TooSlow(ring.bounds.too_slow());
-                }
-                while let Some(item) = ring.items.get((self.next - ring.first) as usize) {
-                    self.next += 1;
-                    if item.after(self.skip_upto) {
-                        return Next::Message(item.text.clone());
-                    }
-                }
-                if let Some(frame) = &ring.ended {
-                    return Next::Ended(frame.clone());
-                }
-            }
-            if self.changed.changed().await.is_err() {
-                // The feed's sender lives as long as the feed this holds.
-                return Next::Ended(CloseFrame {
-                    code: close_code::AWAY,
-                    reason: "stream ended".into(),
-                });
+    /// The next message for the client, if the ring has one now.
+    pub fn next_now(&mut self) -> Option<Next> {
+        let ring = self.feed.shared.lock();
+        if self.next < ring.first {
+            return Some(Next::TooSlow(ring.bounds.too_slow()));
+        }
+        while let Some(item) = ring.items.get((self.next - ring.first) as usize) {
+            self.next += 1;
+            if item.after(self.skip_upto) {
+                return Some(Next::Message(item.text.clone()));
             }
         }
+        ring.ended.clone().map(Next::Ended)
     }
 
-    /// Resolves when the client has fallen off the ring (while a send to it
-    /// is stuck), with the frame to close it with.
-    pub async fn fallen_behind(&mut self) -> CloseFrame {
-        loop {
-            self.changed.borrow_and_update();
-            {
-                let ring = self.feed.shared.lock();
-                if self.next < ring.first {
-                    return ring.bounds.too_slow();
-                }
+    /// Whether the client has had everything the feed holds, and the feed
+    /// goes on. Passes over messages its snapshot already holds.
+    pub fn caught_up(&mut self) -> bool {
+        let ring = self.feed.shared.lock();
+        if self.next < ring.first || ring.ended.is_some() {
+            return false;
+        }
+        while let Some(item) = ring.items.get((self.next - ring.first) as usize) {
+            if item.after(self.skip_upto) {
+                return false;
             }
-            if self.changed.changed().await.is_err() {
-                return std::future::pending().await;
+            self.next += 1;
+        }
+        true
+    }
+
+    /// The frame to close the client with when it has fallen off the ring.
+    pub fn fallen_behind(&self) -> Option<CloseFrame> {
+        let ring = self.feed.shared.lock();
+        (self.next < ring.first).then(|| ring.bounds.too_slow())
+    }
+
+    /// Wakes on every change of the feed.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.feed.shared.changes()
+    }
+
+    /// The lanes of the feed, when it is shared.
+    pub(crate) fn lanes(&self) -> Option<&Lanes> {
+        self.feed.lanes.as_ref()
+    }
+
+    /// The next message in a lane's batch.
+    pub(crate) fn next_in(&mut self, batch: &Batch) -> InBatch {
+        if self.next < batch.first {
+            return InBatch::Relay;
+        }
+        while let Some(item) = batch.items.get((self.next - batch.first) as usize) {
+            self.next += 1;
+            if item.after(self.skip_upto) {
+                return InBatch::Message(item.text.clone());
             }
+        }
+        if batch.ended && self.next >= batch.head() {
+            InBatch::Relay
+        } else {
+            InBatch::Done
         }
     }
 }

@@ -25,6 +25,7 @@ macro_rules! fixed_schema {
 mod auth_failures;
 mod core_client;
 mod error;
+mod fanout;
 mod feeds;
 pub mod metrics;
 mod openapi;

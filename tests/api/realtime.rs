@@ -641,6 +641,45 @@ async fn a_thousand_concurrent_subscribers_each_get_the_event() {
     }
 }
 
+/// Watchers joining one job between its events, each read by its own task
+/// as a browser would while later events arrive, each get their snapshot
+/// and then every later event once, in order, whether their feed's lane or
+/// their own relay writes it.
+#[tokio::test]
+async fn watchers_joining_mid_stream_get_every_later_event_in_order() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let job = app.create_job(&space, json!({ "name": "a" })).await;
+    app.poll_one(&space).await;
+    app.worker_call(&space, &job, "ack", json!({})).await;
+    let last = 100;
+    let mut readers = Vec::new();
+    for percent in 0..=last {
+        let progress = json!({ "percent": percent });
+        let (status, _) = app.worker_call(&space, &job, "progress", progress).await;
+        assert_eq!(status, StatusCode::OK);
+        for _ in 0..2 {
+            let mut socket = app.watch_job(&job, &space.public_token).await;
+            readers.push(tokio::spawn(async move {
+                let init = next_json(&mut socket).await;
+                assert_eq!(init["type"], "init");
+                assert_eq!(init["progress"]["percent"], percent, "its own snapshot");
+                let mut seen = percent;
+                while seen < last {
+                    let event = next_json(&mut socket).await;
+                    assert_eq!(event["type"], "progress", "{event}");
+                    let next = event["data"]["percent"].as_i64().unwrap();
+                    assert_eq!(next, seen + 1, "no gap, no repeat");
+                    seen = next;
+                }
+            }));
+        }
+    }
+    for reader in readers {
+        reader.await.expect("every watcher reads to the end");
+    }
+}
+
 #[tokio::test]
 async fn streams_end_with_a_restart_close_when_the_server_stops() {
     let mut app = TestApp::spawn().await;

@@ -21,13 +21,13 @@ use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::Response;
 use axum::routing::get;
 use emit_proto::v1 as pb;
-use futures_util::SinkExt;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 use tokio::task::AbortHandle;
 
 use super::{integer_param, query_params};
 use crate::core_client::{Caller, set_credential};
 use crate::error::close_frame_for;
+use crate::fanout::Outlet;
 use crate::feeds::{Cursor, Feed, Next};
 use crate::resources::SpaceStreamMessage;
 use crate::{ApiError, CoreClient};
@@ -216,62 +216,57 @@ impl Drop for OwnStreamEnd {
 }
 
 /// Writes `first` and then what `cursor` reads to the client, answers its
-/// control frames and pings it, until either side ends. A client that
-/// cannot keep up falls off its feed and is closed (1013) even while a send
-/// to it is stuck; the feed's end is sent after everything before it.
+/// control frames and pings it, until either side ends. While the client
+/// is caught up, its feed's lane writes to it (see `fanout`); this task
+/// takes over whenever the lane hands it back. A client that cannot keep up
+/// falls off its feed and is closed (1013) even while a send to it is
+/// stuck; the feed's end is sent after everything before it.
 async fn relay(
-    mut socket: WebSocket,
+    socket: WebSocket,
     first: Option<Utf8Bytes>,
-    mut cursor: Cursor,
+    cursor: Cursor,
     watcher: Option<tonic::Streaming<pb::WatchJobResponse>>,
 ) {
     let mut own_end = OwnStreamEnd::follow(watcher);
+    let outlet = Outlet::new(socket, first, cursor);
+    // What wakes a client without a lane for new messages.
+    let mut changes = outlet.changes();
+    let in_lane = outlet.join_lane();
     let mut ping = tokio::time::interval(PING_EVERY);
     ping.tick().await;
-    let mut first = first;
+    // Whether the client is owed messages only this task will send.
+    let mut owed = true;
     loop {
-        let next = async {
-            match first.take() {
-                Some(text) => Next::Message(text),
-                None => cursor.next().await,
+        if owed {
+            match catch_up(&outlet, in_lane, &mut changes, &mut own_end).await {
+                Ok(()) => owed = false,
+                Err(Some(frame)) => {
+                    close_now(&outlet, frame).await;
+                    break;
+                }
+                Err(None) => break,
             }
-        };
+        }
         tokio::select! {
             biased;
             frame = own_end.wait() => {
-                close_now(&mut socket, frame).await;
+                close_now(&outlet, frame).await;
                 break;
             }
-            next = next => match next {
-                Next::Message(text) => {
-                    // A send to a stalled client may block; falling off the
-                    // feed, or the watcher's end, still wins. The send goes
-                    // first: it nearly always completes at once, and then the
-                    // feed's lock and wake-up list are left alone.
-                    tokio::select! {
-                        biased;
-                        sent = socket.send(Message::Text(text)) => if sent.is_err() { break },
-                        frame = cursor.fallen_behind() => {
-                            close_now(&mut socket, frame).await;
-                            break;
-                        }
-                        frame = own_end.wait() => {
-                            close_now(&mut socket, frame).await;
-                            break;
-                        }
-                    }
-                }
-                Next::TooSlow(frame) | Next::Ended(frame) => {
-                    close_now(&mut socket, frame).await;
+            () = outlet.handed_back(), if in_lane => owed = true,
+            changed = changes.changed(), if !in_lane => {
+                // The feed outlives its watchers' cursors; this is not seen.
+                if changed.is_err() {
                     break;
                 }
-            },
-            received = socket.recv() => match received {
+                owed = true;
+            }
+            received = outlet.recv() => match received {
                 // The WebSocket layer queued the answer to a client's close
                 // (echoing its code); flushing sends it, so the client sees
                 // a clean close rather than 1006.
                 Some(Ok(Message::Close(_))) => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, SinkExt::close(&mut socket)).await;
+                    let _ = tokio::time::timeout(CLOSE_GRACE, outlet.close()).await;
                     break;
                 }
                 // A message over the limit gets 1009 (too big), so the client
@@ -282,7 +277,7 @@ async fn relay(
                             code: close_code::SIZE,
                             reason: format!("messages to the server are limited to {MAX_INCOMING_BYTES} bytes").into(),
                         };
-                        close_now(&mut socket, frame).await;
+                        close_now(&outlet, frame).await;
                     }
                     break;
                 }
@@ -292,10 +287,68 @@ async fn relay(
                 Some(Ok(_)) => {}
             },
             _ = ping.tick() => {
-                if socket.send(Message::Ping(Default::default())).await.is_err() {
+                // The ping took the client back from its lane.
+                owed = true;
+                let ping = outlet.send(Message::Ping(Default::default()));
+                let pinged = tokio::select! {
+                    biased;
+                    pinged = ping => pinged.is_ok(),
+                    frame = fallen_behind(&outlet) => {
+                        close_now(&outlet, frame).await;
+                        break;
+                    }
+                };
+                if !pinged {
                     break;
                 }
             }
+        }
+    }
+}
+
+/// Sends what the client is owed until it has everything and its socket
+/// took it all; then hands it to its feed's lane. Err carries the frame to
+/// close the client with, or None when its connection failed.
+async fn catch_up(
+    outlet: &Outlet,
+    in_lane: bool,
+    changes: &mut watch::Receiver<u64>,
+    own_end: &mut OwnStreamEnd,
+) -> Result<(), Option<CloseFrame>> {
+    loop {
+        // Seen before the ring is read: a message after it wakes the relay.
+        changes.borrow_and_update();
+        // A send to a stalled client may block; falling off the feed, or
+        // the watcher's end, still wins.
+        let message = match outlet.next_message() {
+            Some(Next::Message(text)) => Some(Message::Text(text)),
+            Some(Next::TooSlow(frame) | Next::Ended(frame)) => return Err(Some(frame)),
+            None => None,
+        };
+        let all_sent = message.is_none();
+        let written = outlet.write(message);
+        tokio::select! {
+            biased;
+            written = written => written.map_err(|_| None)?,
+            frame = fallen_behind(outlet) => return Err(Some(frame)),
+            frame = own_end.wait() => return Err(Some(frame)),
+        }
+        if all_sent && (!in_lane || outlet.go_inline()) {
+            return Ok(());
+        }
+    }
+}
+
+/// Resolves once the client has fallen off its feed's ring.
+async fn fallen_behind(outlet: &Outlet) -> CloseFrame {
+    let mut changes = outlet.changes();
+    loop {
+        changes.borrow_and_update();
+        if let Some(frame) = outlet.fallen_behind() {
+            return frame;
+        }
+        if changes.changed().await.is_err() {
+            return std::future::pending().await;
         }
     }
 }
@@ -307,7 +360,7 @@ fn is_too_big(error: axum::Error) -> bool {
         .is_some_and(|error| matches!(error, tungstenite::Error::Capacity(_)))
 }
 
-async fn close_now(socket: &mut WebSocket, frame: CloseFrame) {
-    let close = socket.send(Message::Close(Some(frame)));
+async fn close_now(outlet: &Outlet, frame: CloseFrame) {
+    let close = outlet.send(Message::Close(Some(frame)));
     let _ = tokio::time::timeout(CLOSE_GRACE, close).await;
 }
