@@ -23,7 +23,7 @@
 use std::future::poll_fn;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, Weak};
 use std::task::{Context, Poll, Waker};
 
 use axum::extract::ws::{Message, Utf8Bytes, WebSocket};
@@ -202,6 +202,17 @@ impl Outlet {
     }
 }
 
+/// One lane per core, up to `MAX_LANES`; read once, since finding the
+/// cores reads the cgroup's files and a join should not.
+fn lanes_per_feed() -> usize {
+    static LANES: OnceLock<usize> = OnceLock::new();
+    *LANES.get_or_init(|| {
+        std::thread::available_parallelism()
+            .map_or(1, usize::from)
+            .min(MAX_LANES)
+    })
+}
+
 /// A shared feed's lanes, started as clients join; they stop when the
 /// feed drops.
 pub struct Lanes {
@@ -230,10 +241,7 @@ impl Lanes {
     fn join(&self, outlet: Weak<Outlet>) {
         let turn = self.joined.fetch_add(1, Ordering::Relaxed);
         let mut lanes = self.lanes.lock().unwrap_or_else(|p| p.into_inner());
-        let count = std::thread::available_parallelism()
-            .map_or(1, usize::from)
-            .min(MAX_LANES);
-        if lanes.len() < count {
+        if lanes.len() < lanes_per_feed() {
             let members = Arc::new(Mutex::new(Vec::new()));
             let task = tokio::spawn(run_lane(self.shared.clone(), members.clone()));
             lanes.push(Lane {
