@@ -195,6 +195,26 @@ impl Shared {
     }
 }
 
+/// The next message a cursor at `next` owes its client, from items held
+/// from position `first` on (`item_at` counts from there): it moves past
+/// messages the client's snapshot already holds (`seq` at or before
+/// `skip_upto`) and past the one it returns. The ring and a lane's batch
+/// are read alike through this.
+fn owed_from<'a>(
+    next: &mut u64,
+    skip_upto: u64,
+    first: u64,
+    item_at: impl Fn(usize) -> Option<&'a Item>,
+) -> Option<Utf8Bytes> {
+    while let Some(item) = item_at(usize::try_from(*next - first).ok()?) {
+        *next += 1;
+        if item.after(skip_upto) {
+            return Some(item.text.clone());
+        }
+    }
+    None
+}
+
 /// New messages of a feed, as a lane writes them to its watchers.
 pub(crate) struct Batch {
     /// Position of `items[0]`.
@@ -536,13 +556,13 @@ impl Cursor {
         if self.next < ring.first {
             return Some(Next::TooSlow(ring.bounds.too_slow()));
         }
-        while let Some(item) = ring.items.get((self.next - ring.first) as usize) {
-            self.next += 1;
-            if item.after(self.skip_upto) {
-                return Some(Next::Message(item.text.clone()));
-            }
+        let owed = owed_from(&mut self.next, self.skip_upto, ring.first, |at| {
+            ring.items.get(at)
+        });
+        match owed {
+            Some(text) => Some(Next::Message(text)),
+            None => ring.ended.clone().map(Next::Ended),
         }
-        ring.ended.clone().map(Next::Ended)
     }
 
     /// Whether the client has had everything the feed holds, and the feed
@@ -582,11 +602,11 @@ impl Cursor {
         if self.next < batch.first {
             return InBatch::Relay;
         }
-        while let Some(item) = batch.items.get((self.next - batch.first) as usize) {
-            self.next += 1;
-            if item.after(self.skip_upto) {
-                return InBatch::Message(item.text.clone());
-            }
+        let owed = owed_from(&mut self.next, self.skip_upto, batch.first, |at| {
+            batch.items.get(at)
+        });
+        if let Some(text) = owed {
+            return InBatch::Message(text);
         }
         if batch.ended && self.next >= batch.head() {
             InBatch::Relay
