@@ -262,13 +262,7 @@ where
     }
 
     async fn list_jobs(&self, query: &JobQuery) -> Result<Vec<Job>> {
-        let mut select = Statement::new("SELECT * FROM jobs WHERE TRUE");
-        super::filter::push_conditions(&mut select, &query.filter);
-        select
-            .push(" ORDER BY id DESC LIMIT ")
-            .push_int(i64::from(query.limit))
-            .push(" OFFSET ")
-            .push_int(i64::from(query.offset));
+        let select = super::filter::newest_first(&query.filter, query.limit, query.offset);
         let rows = select.query::<DB>().fetch_all(self).await?;
         rows.iter().map(rows::job).collect()
     }
