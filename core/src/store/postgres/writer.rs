@@ -5,8 +5,8 @@
 //! - a transition on a row this transaction holds locked (locked ahead, or
 //!   claimed by a delivery or a timer sweep) is staged in memory, and the
 //!   staged rows are written by one set-based UPDATE before the next
-//!   statement that reads jobs and before COMMIT (`settle`): one statement
-//!   for the batch's transitions, not one each;
+//!   statement whose reads they could change, and before COMMIT (`settle`):
+//!   one statement for the batch's transitions, not one each;
 //! - any other transition is an UPDATE conditional on the state that was
 //!   read; when another writer got there first it matches no row, and the
 //!   command is decided again against the job as it now is;
@@ -58,6 +58,17 @@ struct Staged {
     /// The row as it is in the database: the update is conditional on it.
     stored: Job,
     job: Job,
+}
+
+impl Staged {
+    /// Whether a pick must see this transition written. A pick reads
+    /// pending rows (and would take one this batch moved out of pending,
+    /// since its own row locks do not stop it) and a key's leases; nothing
+    /// else of a job it does not pick.
+    fn matters_to_picks(&self) -> bool {
+        let pending = |job: &Job| job.status() == JobStatus::Pending;
+        pending(&self.stored) || pending(&self.job) || self.job.concurrency_key.is_some()
+    }
 }
 
 /// What the open transaction recorded, in order.
@@ -631,8 +642,11 @@ impl batch::Writer for PgWriter {
     }
 
     async fn deliver(&mut self, request: DeliverRequest) -> Result<Vec<Job>> {
-        // Its picks read the jobs as this batch left them.
-        self.settle().await?;
+        // Its picks read the jobs as this batch left them, where that
+        // matters; otherwise the staged rows wait for the commit's UPDATE.
+        if self.staged.values().any(Staged::matters_to_picks) {
+            self.settle().await?;
+        }
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
         let (chosen, now) = concurrency::choose_within_limits(self, &request).await?;
