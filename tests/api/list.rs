@@ -78,6 +78,28 @@ async fn jobs_are_listed_newest_first_with_filters_and_paging() {
     assert_eq!(status, StatusCode::BAD_REQUEST);
 }
 
+/// A listing of every status merges the statuses by id: an old job in a
+/// status that is read first still comes after a newer job in another.
+#[tokio::test]
+async fn jobs_of_every_status_merge_newest_first() {
+    let app = TestApp::spawn().await;
+    let space = app.create_space().await;
+    let path = format!("/api/v1/spaces/{}/jobs", space.id);
+    let later = crate::lifecycle::chrono_in(3600);
+    app.create_job(&space, json!({ "name": "old", "scheduledFor": later }))
+        .await;
+    app.create_job(&space, json!({ "name": "new" })).await;
+
+    let (_, all) = app.get(&path, &space.producer).await;
+    assert_eq!(names(&all), ["new", "old"]);
+    let (_, first) = app.get(&format!("{path}?limit=1"), &space.producer).await;
+    assert_eq!(names(&first), ["new"]);
+    let (_, second) = app
+        .get(&format!("{path}?limit=1&offset=1"), &space.producer)
+        .await;
+    assert_eq!(names(&second), ["old"]);
+}
+
 /// `include=progress` adds each job's latest progress to the list (the
 /// dashboard shows it); without it the items are the reference's.
 #[tokio::test]
