@@ -12,6 +12,7 @@
 //! Before COMMIT, a batch leases ready jobs to waiting workers
 //! (`store::handoff`), so the lease is part of the same commit.
 
+use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -170,6 +171,13 @@ pub trait Writer: Send {
     /// is the only one (SQLite) has no use for it.
     async fn lock_ahead(&mut self, _job_ids: Vec<&str>, _keys: Vec<(&str, &str)>) -> Result<()> {
         Ok(())
+    }
+    /// Whether operations that arrive while a batch runs its own may join
+    /// it, executed after them in the same transaction. Only a writer that
+    /// locks nothing ahead can take them: a second `lock_ahead` would break
+    /// the one lock order that keeps concurrent writers from deadlocking.
+    fn takes_late_operations(&self) -> bool {
+        false
     }
     /// Upkeep between batches, outside any transaction (SQLite: starting
     /// the WAL over when it has grown).
@@ -353,11 +361,19 @@ pub async fn run(
         }
         let (operations, started) = (batch.len(), std::time::Instant::now());
         settler.begin();
-        let settlement = run_batch(&mut writer, &mut batch, &waiters, &mut orphans, &clock).await;
+        let (settlement, joined) = run_batch(
+            &mut writer,
+            &mut batch,
+            &mut ops,
+            &waiters,
+            &mut orphans,
+            &clock,
+        )
+        .await;
         let committed = settlement.is_some();
         settler.settle(settlement, &mut orphans).await;
         if committed {
-            metrics.batch_ops.observe(operations as f64);
+            metrics.batch_ops.observe((operations + joined) as f64);
             metrics
                 .commit_seconds
                 .observe(started.elapsed().as_secs_f64());
@@ -476,14 +492,16 @@ impl Announcement {
     }
 }
 
-/// Runs one batch; returns what it owes once durable if it committed.
+/// Runs one batch; returns what it owes once durable if it committed, and
+/// how many operations joined it late (see `Writer::takes_late_operations`).
 async fn run_batch(
     writer: &mut impl Writer,
     batch: &mut Vec<WriteOp>,
+    late: &mut mpsc::Receiver<WriteOp>,
     waiters: &Waiters,
     orphans: &mut Vec<Job>,
     clock: &Clock,
-) -> Option<Settlement> {
+) -> (Option<Settlement>, usize) {
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut to_fill = ToFill {
         touched: Touched::none(),
@@ -524,7 +542,27 @@ async fn run_batch(
     }
     let mut not_run = Vec::new();
     let mut failed_by_an_operation = false;
-    for op in batch.drain(..) {
+    let mut queue: VecDeque<WriteOp> = batch.drain(..).collect();
+    let (mut late_taken, mut joined) = (!writer.takes_late_operations(), 0);
+    loop {
+        let Some(op) = queue.pop_front() else {
+            if late_taken || batch_error.is_some() {
+                break;
+            }
+            // What arrived while the batch ran (a worker's reports on jobs
+            // the last commit handed out, typically) joins this commit
+            // rather than waiting a whole batch for the next one. Once: a
+            // batch that kept taking more would hold back the replies of
+            // its first operations for as long as arrivals kept up.
+            late_taken = true;
+            while finishes.len() + queue.len() < MAX_BATCH
+                && let Ok(op) = late.try_recv()
+            {
+                queue.push_back(op);
+            }
+            joined = queue.len();
+            continue;
+        };
         if batch_error.is_some() {
             if failed_by_an_operation {
                 // One operation's failure is not theirs: they run in the
@@ -567,16 +605,17 @@ async fn run_batch(
         for finish in finishes {
             finish(Some(error));
         }
-        return None;
+        return (None, joined);
     }
-    Some(Settlement {
+    let settlement = Settlement {
         deliveries: handoffs
             .into_iter()
             .filter_map(Handoff::committed)
             .collect(),
         finishes,
         announcement: writer.published(),
-    })
+    };
+    (Some(settlement), joined)
 }
 
 /// Hands back jobs whose waiter was gone when their lease committed.
@@ -964,5 +1003,74 @@ impl Writes {
             reply,
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::testing;
+
+    /// The job ids a commit published events about, in order.
+    fn jobs_in(chunk: &[LiveEvent]) -> Vec<String> {
+        chunk
+            .iter()
+            .filter_map(|event| match event {
+                LiveEvent::Job(event) => Some(event.job_id.clone()),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Creates queued while a batch runs commit with it, after its own
+    /// operations: one commit publishes all of them.
+    #[tokio::test]
+    async fn operations_queued_while_a_batch_runs_join_its_commit() {
+        let (store, space_id, dir) = testing::store_with_space().await;
+        let mut commits = store.subscribe();
+        let first = testing::jobs(&space_id, 1);
+        let later = testing::jobs(&space_id, 2);
+        let expected: Vec<String> = first
+            .iter()
+            .chain(&later)
+            .map(|job| job.id.clone())
+            .collect();
+        let (started, running) = oneshot::channel();
+        let (release, released) = oneshot::channel::<()>();
+        // A batch that creates a job, then waits until the test has queued
+        // two more creates.
+        let holding = store
+            .writes
+            .on_any("test: holds its batch open", move |writer| {
+                Box::pin(async move {
+                    writer.create_jobs(first.into()).await?;
+                    let _ = started.send(());
+                    let _ = released.await;
+                    Ok(())
+                })
+            });
+        let queue_more = async {
+            running.await.unwrap();
+            let mut outcomes = Vec::new();
+            for job in later {
+                let (reply, outcome) = oneshot::channel();
+                let op = WriteOp::CreateJobs {
+                    new: vec![job].into(),
+                    reply,
+                };
+                store.writes.writers[0].ops.send(op).await.unwrap();
+                outcomes.push(outcome);
+            }
+            release.send(()).unwrap();
+            for outcome in outcomes {
+                outcome.await.unwrap().unwrap();
+            }
+        };
+        let (held, ()) = tokio::join!(holding, queue_more);
+        held.unwrap();
+        let published = jobs_in(&commits.recv().await.unwrap());
+        assert_eq!(published, expected, "one commit, in queue order");
+        drop(store);
+        let _ = std::fs::remove_dir_all(dir);
     }
 }

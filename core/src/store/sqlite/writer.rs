@@ -488,6 +488,12 @@ impl batch::Writer for SqliteWriter {
         }
     }
 
+    /// The only writer locks nothing ahead, so what arrives while a batch
+    /// runs can join it.
+    fn takes_late_operations(&self) -> bool {
+        true
+    }
+
     async fn between_batches(&mut self) {
         if !self.restart_wal.swap(false, Ordering::AcqRel) {
             return;
