@@ -322,6 +322,7 @@ async fn logs_are_plain_or_json_and_log_each_request_without_its_query() {
             child: std::process::Command::new("true").spawn().unwrap(),
             url: format!("http://{http}"),
             grpc_url: None,
+            log: None,
         };
         probe.wait_http_ready(&client).await;
         let answered = client

@@ -40,18 +40,28 @@ pub struct Process {
     pub url: String,
     /// The gRPC listener of `emit serve`.
     pub grpc_url: Option<String>,
+    /// Where its stderr goes (warnings and errors), told when it does not
+    /// become ready; removed with it unless a test failed.
+    pub log: Option<PathBuf>,
 }
 
 impl Process {
     /// `emit ARGS` with the test admin key, no rate limit, quiet logs.
     pub fn spawn(args: &[&str], admin_key: Option<&str>, url: String) -> Self {
+        static SPAWNED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        let log = std::env::temp_dir().join(format!(
+            "emit-test-{}-{}.log",
+            std::process::id(),
+            SPAWNED.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+        ));
+        let stderr = std::fs::File::create(&log).expect("a log file for the process");
         let mut command = Command::new(emit_binary());
         command
             .args(args)
             .env_remove("EMIT_ADMIN_KEY")
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
-            .stderr(Stdio::null());
+            .stderr(stderr);
         if let Some(key) = admin_key {
             command.env("EMIT_ADMIN_KEY", key);
         }
@@ -60,6 +70,7 @@ impl Process {
             child,
             url,
             grpc_url: None,
+            log: Some(log),
         }
     }
 
@@ -154,7 +165,19 @@ impl Process {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{} did not become ready", self.url);
+        panic!("{} did not become ready; {}", self.url, self.what_it_said());
+    }
+
+    /// What the process wrote to stderr, for a failure's message.
+    fn what_it_said(&self) -> String {
+        let Some(log) = &self.log else {
+            return "its stderr was not kept".to_owned();
+        };
+        match std::fs::read_to_string(log) {
+            Ok(text) if text.is_empty() => "it wrote nothing to stderr".to_owned(),
+            Ok(text) => format!("its stderr:\n{text}"),
+            Err(error) => format!("its stderr could not be read: {error}"),
+        }
     }
 
     /// Waits until the core accepts gRPC connections.
@@ -171,7 +194,7 @@ impl Process {
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        panic!("{} did not become ready", self.url);
+        panic!("{} did not become ready; {}", self.url, self.what_it_said());
     }
 
     /// Everything the process printed to stdout (once it has exited).
@@ -192,5 +215,10 @@ impl Process {
 impl Drop for Process {
     fn drop(&mut self) {
         self.kill9();
+        if let Some(log) = &self.log
+            && !std::thread::panicking()
+        {
+            let _ = std::fs::remove_file(log);
+        }
     }
 }
