@@ -543,10 +543,10 @@ async fn run_batch(
     let mut not_run = Vec::new();
     let mut failed_by_an_operation = false;
     let mut queue: VecDeque<WriteOp> = batch.drain(..).collect();
-    let (mut late_taken, mut joined) = (!writer.takes_late_operations(), 0);
+    let (mut may_take_late, mut joined) = (writer.takes_late_operations(), 0);
     loop {
         let Some(op) = queue.pop_front() else {
-            if late_taken || batch_error.is_some() {
+            if !may_take_late || batch_error.is_some() {
                 break;
             }
             // What arrived while the batch ran (a worker's reports on jobs
@@ -554,7 +554,7 @@ async fn run_batch(
             // rather than waiting a whole batch for the next one. Once: a
             // batch that kept taking more would hold back the replies of
             // its first operations for as long as arrivals kept up.
-            late_taken = true;
+            may_take_late = false;
             while finishes.len() + queue.len() < MAX_BATCH
                 && let Ok(op) = late.try_recv()
             {
