@@ -546,6 +546,10 @@ async fn run(command: Command) -> Result<(), AnyError> {
         }
         Command::Gateway { gateway, core_url } => {
             let gateway = emit_gateway::start(gateway.config(CoreLink::Url(core_url))).await?;
+            println!(
+                "emit gateway is serving: http://{} (REST, WebSockets)",
+                gateway.http_addr
+            );
             shutdown_signal().await;
             gateway.stop().await;
         }

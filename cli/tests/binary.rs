@@ -323,6 +323,7 @@ async fn logs_are_plain_or_json_and_log_each_request_without_its_query() {
             url: format!("http://{http}"),
             grpc_url: None,
             log: None,
+            printed: None,
         };
         probe.wait_http_ready(&client).await;
         let answered = client

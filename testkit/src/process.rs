@@ -1,9 +1,10 @@
-//! Running the real `emit` binary: processes on free loopback ports,
-//! readiness, SIGTERM and kill -9.
+//! Running the real `emit` binary: processes on loopback ports they pick
+//! themselves, readiness, SIGTERM and kill -9.
 
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::ADMIN_KEY;
@@ -32,6 +33,9 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// How long a spawned server may take to say where it listens.
+const START_LIMIT: Duration = Duration::from_secs(30);
+
 /// One `emit` process.
 pub struct Process {
     pub child: Child,
@@ -43,6 +47,66 @@ pub struct Process {
     /// Where its stderr goes (warnings and errors), told when it does not
     /// become ready; removed with it unless a test failed.
     pub log: Option<PathBuf>,
+    /// Its stdout, line by line, from a thread that reads it as it comes
+    /// (a full pipe never blocks the process); `None` without one.
+    pub printed: Option<Printed>,
+}
+
+/// What a process printed to stdout: the lines taken so far, and the rest
+/// as they come.
+pub struct Printed {
+    taken: Vec<String>,
+    /// In a mutex only so that a `Process` can be shared between threads
+    /// (a receiver is not `Sync`); reached through `&mut`, never locked.
+    lines: Mutex<mpsc::Receiver<String>>,
+}
+
+impl Printed {
+    /// Reads `child`'s stdout on a thread of its own.
+    fn follow(child: &mut Child) -> Option<Self> {
+        let stdout = child.stdout.take()?;
+        let (sender, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        Some(Self {
+            taken: Vec::new(),
+            lines: Mutex::new(lines),
+        })
+    }
+
+    /// Waits, until `deadline`, for a line holding `marker`; `None` if the
+    /// process closed its stdout (exited) or the deadline passed first.
+    fn wait_for(&mut self, marker: &str, deadline: Instant) -> Option<String> {
+        loop {
+            let left = deadline.checked_duration_since(Instant::now())?;
+            let lines = self
+                .lines
+                .get_mut()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            let line = lines.recv_timeout(left).ok()?;
+            self.taken.push(line.clone());
+            if line.contains(marker) {
+                return Some(line);
+            }
+        }
+    }
+
+    /// Everything, once stdout is closed.
+    fn into_text(mut self) -> String {
+        let lines = self
+            .lines
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.taken.extend(lines.iter());
+        self.taken.iter().map(|line| format!("{line}\n")).collect()
+    }
 }
 
 impl Process {
@@ -65,29 +129,58 @@ impl Process {
         if let Some(key) = admin_key {
             command.env("EMIT_ADMIN_KEY", key);
         }
-        let child = command.spawn().expect("emit starts");
+        let mut child = command.spawn().expect("emit starts");
+        let printed = Printed::follow(&mut child);
         Self {
             child,
             url,
             grpc_url: None,
             log: Some(log),
+            printed,
         }
     }
 
-    /// `emit serve` (core and gateway in one process) on free ports, with
-    /// `admin_key` (generated when `None`) and `extra` arguments; no rate
-    /// limit unless `extra` sets one.
+    /// Spawns a server told to listen on port 0 (`ARGS`), and waits for the
+    /// line where it says which ports it got. Ports a test picked ahead
+    /// could be taken (by any socket's ephemeral port) before the server
+    /// binds them; the kernel's own pick cannot.
+    fn spawn_announced(args: &[&str], admin_key: Option<&str>) -> Self {
+        let mut process = Self::spawn(args, admin_key, String::new());
+        let deadline = Instant::now() + START_LIMIT;
+        let announced = process
+            .printed
+            .as_mut()
+            .and_then(|printed| printed.wait_for(" is serving: ", deadline));
+        let Some(line) = announced else {
+            panic!(
+                "emit {} did not say where it listens; {}",
+                args[0],
+                process.what_it_said()
+            );
+        };
+        let http = line
+            .split("http://")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next());
+        let grpc = line.split("gRPC on ").nth(1).map(str::trim);
+        let Some(addr) = http.or(grpc) else {
+            panic!("no address in {line:?}");
+        };
+        process.url = format!("http://{addr}");
+        process.grpc_url = grpc.map(|grpc| format!("http://{grpc}"));
+        process
+    }
+
+    /// `emit serve` (core and gateway in one process) on ports of its own,
+    /// with `admin_key` (generated when `None`) and `extra` arguments; no
+    /// rate limit unless `extra` sets one.
     pub fn serve(database_url: &str, admin_key: Option<&str>, extra: &[&str]) -> Self {
-        let (http, grpc) = (
-            format!("127.0.0.1:{}", free_port()),
-            format!("127.0.0.1:{}", free_port()),
-        );
         let mut args = vec![
             "serve",
             "--http-addr",
-            &http,
+            "127.0.0.1:0",
             "--grpc-addr",
-            &grpc,
+            "127.0.0.1:0",
             "--database-url",
             database_url,
         ];
@@ -95,9 +188,7 @@ impl Process {
             args.extend(["--rate-limit", "0"]);
         }
         args.extend(extra);
-        let mut process = Self::spawn(&args, admin_key, format!("http://{http}"));
-        process.grpc_url = Some(format!("http://{grpc}"));
-        process
+        Self::spawn_announced(&args, admin_key)
     }
 
     /// Sends SIGTERM: the graceful stop.
@@ -132,26 +223,30 @@ impl Process {
             .expect("VmRSS is listed")
     }
 
-    /// `emit core` on a free port.
+    /// `emit core` on a port of its own.
     pub fn core(database_url: &str) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
         let args = [
             "core",
             "--grpc-addr",
-            &addr,
+            "127.0.0.1:0",
             "--database-url",
             database_url,
             "--rate-limit",
             "0",
         ];
-        Self::spawn(&args, Some(ADMIN_KEY), format!("http://{addr}"))
+        Self::spawn_announced(&args, Some(ADMIN_KEY))
     }
 
-    /// `emit gateway` on a free port, in front of `core_url`.
+    /// `emit gateway` on a port of its own, in front of `core_url`.
     pub fn gateway(core_url: &str) -> Self {
-        let addr = format!("127.0.0.1:{}", free_port());
-        let args = ["gateway", "--http-addr", &addr, "--core-url", core_url];
-        Self::spawn(&args, None, format!("http://{addr}"))
+        let args = [
+            "gateway",
+            "--http-addr",
+            "127.0.0.1:0",
+            "--core-url",
+            core_url,
+        ];
+        Self::spawn_announced(&args, None)
     }
 
     /// Waits until `GET {url}/healthz` answers 2xx.
@@ -199,11 +294,10 @@ impl Process {
 
     /// Everything the process printed to stdout (once it has exited).
     pub fn stdout(&mut self) -> String {
-        let mut out = String::new();
-        if let Some(mut stdout) = self.child.stdout.take() {
-            std::io::Read::read_to_string(&mut stdout, &mut out).unwrap();
-        }
-        out
+        self.printed
+            .take()
+            .map(Printed::into_text)
+            .unwrap_or_default()
     }
 
     pub fn kill9(&mut self) {
