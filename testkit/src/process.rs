@@ -33,7 +33,8 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// How long a spawned server may take to say where it listens.
+/// How long a spawned server may take to say where it listens, and then to
+/// answer.
 const START_LIMIT: Duration = Duration::from_secs(30);
 
 /// One `emit` process.
@@ -143,7 +144,8 @@ impl Process {
     /// Spawns a server told to listen on port 0 (`ARGS`), and waits for the
     /// line where it says which ports it got. Ports a test picked ahead
     /// could be taken (by any socket's ephemeral port) before the server
-    /// binds them; the kernel's own pick cannot.
+    /// binds them; the kernel's own pick cannot. Blocks the calling thread
+    /// while it waits: a server's start needs nothing from the test's tasks.
     fn spawn_announced(args: &[&str], admin_key: Option<&str>) -> Self {
         let mut process = Self::spawn(args, admin_key, String::new());
         let deadline = Instant::now() + START_LIMIT;
@@ -251,7 +253,7 @@ impl Process {
 
     /// Waits until `GET {url}/healthz` answers 2xx.
     pub async fn wait_http_ready(&self, client: &reqwest::Client) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + START_LIMIT;
         while Instant::now() < deadline {
             if let Ok(response) = client.get(format!("{}/healthz", self.url)).send().await
                 && response.status().is_success()
@@ -277,7 +279,7 @@ impl Process {
 
     /// Waits until the core accepts gRPC connections.
     pub async fn wait_grpc_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        let deadline = Instant::now() + START_LIMIT;
         while Instant::now() < deadline {
             if tonic::transport::Endpoint::from_shared(self.url.clone())
                 .unwrap()
