@@ -581,6 +581,8 @@ async fn run(command: Command) -> Result<(), AnyError> {
 
 /// Printed once everything listens, so the key is never shown by a start
 /// that then fails; to stdout, never to the log (only its hash is stored).
+/// The serving line names the ports actually bound: the testkit starts
+/// servers on port 0 and reads them from it (`Process::spawn_announced`).
 fn announce_admin_key(core: &emit_core::RunningCore, http_addr: Option<SocketAddr>) {
     if let Some(Secret(key)) = &core.generated_admin_key {
         println!("Generated admin key (shown only once, store it now): {key}");
