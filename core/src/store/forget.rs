@@ -28,10 +28,10 @@ pub struct Forgotten {
 /// order is total, so the same statement picks the same jobs twice in one
 /// transaction.
 pub fn expired_ids(status: JobStatus, space: &str, before: &str, limit: &str) -> String {
-    let status = status.as_str();
+    let (status, finished) = (status.as_str(), rows::FINISHED);
     format!(
         "SELECT id FROM jobs WHERE space_id = {space} AND status = '{status}' \
-         AND status IN ('completed', 'dead', 'killed') AND completed_at < {before} \
+         AND {finished} AND completed_at < {before} \
          AND NOT EXISTS (SELECT 1 FROM callback_outbox o WHERE o.job_id = jobs.id) \
          ORDER BY completed_at, id LIMIT {limit}"
     )
@@ -66,8 +66,8 @@ where
     }
     let list = placeholders(ids.len());
     let sql = format!(
-        "DELETE FROM jobs WHERE id IN ({list}) AND status IN ('completed', 'dead', 'killed') \
-         RETURNING id, space_id, status"
+        "DELETE FROM jobs WHERE id IN ({list}) AND {} RETURNING id, space_id, status",
+        rows::FINISHED
     );
     let mut query = sqlx::query::<DB>(&sql);
     for id in ids {

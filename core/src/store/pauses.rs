@@ -13,9 +13,13 @@ use crate::job::{SpaceEvent, SpaceEventKind};
 /// The name a pause of the whole space is stored under.
 pub const WHOLE_SPACE: &str = "";
 
-/// The condition a delivery adds to its pick of ready `jobs` rows.
+/// The condition a delivery adds to its pick of ready `jobs` rows. Two
+/// lookups, not one with `p.name IN ('', jobs.name)`: SQLite builds a
+/// temporary b-tree for that list once per row the pick considers.
 pub const NOT_PAUSED: &str = " AND NOT EXISTS (SELECT 1 FROM pauses p \
-     WHERE p.space_id = jobs.space_id AND p.name IN ('', jobs.name))";
+     WHERE p.space_id = jobs.space_id AND p.name = '') \
+     AND NOT EXISTS (SELECT 1 FROM pauses p \
+     WHERE p.space_id = jobs.space_id AND p.name = jobs.name)";
 
 /// Pauses (or resumes) `name` in `space_id`; returns whether that changed
 /// anything.

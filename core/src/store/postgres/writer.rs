@@ -703,9 +703,9 @@ impl batch::Writer for PgWriter {
         // It may change jobs locked ahead (its own locks do not stop it).
         self.locked.clear();
         let due = sqlx::query(&format!(
-            "SELECT * FROM jobs WHERE status IN {} AND due_at <= $1 \
+            "SELECT * FROM jobs WHERE {} AND due_at <= $1 \
              ORDER BY due_at LIMIT $2 FOR UPDATE SKIP LOCKED",
-            rows::TIMED_STATUSES
+            rows::TIMED
         ))
         .bind(now)
         .bind(i64::from(limit))
@@ -723,8 +723,8 @@ impl batch::Writer for PgWriter {
         }
         self.settle().await?;
         let next_due: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN {}",
-            rows::TIMED_STATUSES
+            "SELECT MIN(due_at) FROM jobs WHERE {}",
+            rows::TIMED
         ))
         .fetch_one(&mut self.conn)
         .await?;

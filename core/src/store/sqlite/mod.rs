@@ -552,6 +552,74 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
+    /// The timer and retention scans repeat their partial indexes'
+    /// conditions word for word (`rows::TIMED`, `rows::FINISHED`), which
+    /// SQLite needs before it uses them; and neither writing a job row nor a
+    /// delivery's pick builds a temporary b-tree for a list of values.
+    #[tokio::test]
+    async fn the_scans_use_their_indexes_and_the_hot_statements_build_no_temporary_tables() {
+        use sqlx::Row;
+
+        use crate::job::JobStatus;
+        use crate::store::{forget, pauses, rows};
+
+        let (_store, _space_id, dir) = store_with_space().await;
+        let url = format!("sqlite://{}/emit.db", dir.display());
+        let mut connection = SqliteConnectOptions::from_str(&url)
+            .unwrap()
+            .connect()
+            .await
+            .unwrap();
+        let mut plan = async |sql: String| -> String {
+            let steps = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+            let details: Vec<String> = steps.iter().map(|step| step.get("detail")).collect();
+            details.join("; ")
+        };
+        let timers = plan(format!(
+            "SELECT * FROM jobs WHERE {} AND due_at <= 1 ORDER BY due_at LIMIT 10",
+            rows::TIMED
+        ))
+        .await;
+        assert!(timers.contains("USING INDEX jobs_timers"), "{timers}");
+        let next_timer = plan(format!(
+            "SELECT MIN(due_at) FROM jobs WHERE {}",
+            rows::TIMED
+        ))
+        .await;
+        assert!(
+            next_timer.contains("USING INDEX jobs_timers"),
+            "{next_timer}"
+        );
+        let expired = plan(forget::expired_ids(JobStatus::Dead, "'s'", "1", "10")).await;
+        assert!(expired.contains("jobs_finished"), "{expired}");
+
+        let mut program = async |sql: String| -> Vec<String> {
+            let steps = sqlx::query(&format!("EXPLAIN {sql}"))
+                .fetch_all(&mut connection)
+                .await
+                .unwrap();
+            steps.iter().map(|step| step.get("opcode")).collect()
+        };
+        for sql in [
+            "UPDATE jobs SET status = 'completed', due_at = NULL WHERE id = 'j'".to_owned(),
+            format!(
+                "SELECT * FROM jobs WHERE status = 'pending' AND space_id = 's' \
+                 AND concurrency_key IS NULL{} ORDER BY priority DESC, due_at, id LIMIT 20",
+                pauses::NOT_PAUSED
+            ),
+        ] {
+            let opcodes = program(sql.clone()).await;
+            assert!(
+                !opcodes.iter().any(|opcode| opcode == "OpenEphemeral"),
+                "{sql}: {opcodes:?}"
+            );
+        }
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     fn size(path: &std::path::Path) -> i64 {
         std::fs::metadata(path).map_or(0, |meta| meta.len() as i64)
     }

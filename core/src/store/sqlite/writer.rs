@@ -604,8 +604,8 @@ impl batch::Writer for SqliteWriter {
         // The scan below must see this batch's transitions.
         self.write_jobs().await?;
         let due = sqlx::query(&format!(
-            "SELECT * FROM jobs WHERE status IN {} AND due_at <= ? ORDER BY due_at LIMIT ?",
-            rows::TIMED_STATUSES
+            "SELECT * FROM jobs WHERE {} AND due_at <= ? ORDER BY due_at LIMIT ?",
+            rows::TIMED
         ))
         .bind(now)
         .bind(i64::from(limit))
@@ -622,8 +622,8 @@ impl batch::Writer for SqliteWriter {
             }
         }
         let next_due: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(due_at) FROM jobs WHERE status IN {}",
-            rows::TIMED_STATUSES
+            "SELECT MIN(due_at) FROM jobs WHERE {}",
+            rows::TIMED
         ))
         .fetch_one(&mut self.conn)
         .await?;
