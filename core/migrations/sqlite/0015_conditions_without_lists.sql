@@ -1,6 +1,6 @@
--- SQLite evaluates a constant IN list of three or more values by building a
+-- SQLite evaluates a constant IN list of three or more values through a
 -- temporary b-tree, and it evaluates a partial index's condition for every
--- row it inserts or updates: each job row written built four of them. The
+-- row it inserts or updates: each job row written filled four of them. The
 -- same conditions written as ORs compare in place. Queries that use these
 -- indexes repeat the conditions word for word (`store::rows`), as SQLite
 -- requires.

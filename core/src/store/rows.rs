@@ -402,8 +402,8 @@ pub const SPACE_EVENTS: &str = "SELECT e.*, COALESCE(j.name, '') AS job_name \
 /// The statuses whose states carry a timer (`JobState::timer_at`): the
 /// condition of the partial index `jobs_timers`, which the timer scans
 /// repeat word for word (SQLite uses a partial index only then). ORs, not
-/// an IN list: SQLite builds a temporary b-tree for a list of three, once
-/// per row written (see migration 0015). PostgreSQL's indexes keep the
+/// an IN list: SQLite fills a temporary b-tree with a list of three for
+/// every row written (see migration 0015). PostgreSQL's indexes keep the
 /// list, which it proves these ORs imply.
 pub const TIMED: &str = "(status = 'scheduled' OR status = 'delivered' OR status = 'running')";
 

@@ -560,8 +560,9 @@ mod tests {
     async fn the_scans_use_their_indexes_and_the_hot_statements_build_no_temporary_tables() {
         use sqlx::Row;
 
+        use super::writer;
         use crate::job::JobStatus;
-        use crate::store::{forget, pauses, rows};
+        use crate::store::{forget, pauses};
 
         let (_store, _space_id, dir) = store_with_space().await;
         let url = format!("sqlite://{}/emit.db", dir.display());
@@ -578,21 +579,10 @@ mod tests {
             let details: Vec<String> = steps.iter().map(|step| step.get("detail")).collect();
             details.join("; ")
         };
-        let timers = plan(format!(
-            "SELECT * FROM jobs WHERE {} AND due_at <= 1 ORDER BY due_at LIMIT 10",
-            rows::TIMED
-        ))
-        .await;
-        assert!(timers.contains("USING INDEX jobs_timers"), "{timers}");
-        let next_timer = plan(format!(
-            "SELECT MIN(due_at) FROM jobs WHERE {}",
-            rows::TIMED
-        ))
-        .await;
-        assert!(
-            next_timer.contains("USING INDEX jobs_timers"),
-            "{next_timer}"
-        );
+        for sql in [writer::due_timers_sql(), writer::next_timer_sql()] {
+            let timers = plan(sql).await;
+            assert!(timers.contains("USING INDEX jobs_timers"), "{timers}");
+        }
         let expired = plan(forget::expired_ids(JobStatus::Dead, "'s'", "1", "10")).await;
         assert!(expired.contains("jobs_finished"), "{expired}");
 

@@ -53,6 +53,19 @@ const CHANGES_TABLE: &str = "CREATE TEMP TABLE IF NOT EXISTS writer_changes (\
     id INTEGER PRIMARY KEY, \
     unexpected INTEGER NOT NULL CONSTRAINT rows_changed_under_their_writer CHECK (unexpected = 0))";
 
+/// The timer scan: due timers, soonest first (the index `jobs_timers`).
+pub(super) fn due_timers_sql() -> String {
+    format!(
+        "SELECT * FROM jobs WHERE {} AND due_at <= ? ORDER BY due_at LIMIT ?",
+        rows::TIMED
+    )
+}
+
+/// The soonest timer left after a scan.
+pub(super) fn next_timer_sql() -> String {
+    format!("SELECT MIN(due_at) FROM jobs WHERE {}", rows::TIMED)
+}
+
 /// A space's last event sequence number and its job counts, as of the open
 /// transaction. The writer is the only writer, so its copy is authoritative.
 #[derive(Clone, Copy)]
@@ -603,14 +616,11 @@ impl batch::Writer for SqliteWriter {
     async fn fire_due_timers(&mut self, now: UnixMillis, limit: u32) -> Result<Sweep> {
         // The scan below must see this batch's transitions.
         self.write_jobs().await?;
-        let due = sqlx::query(&format!(
-            "SELECT * FROM jobs WHERE {} AND due_at <= ? ORDER BY due_at LIMIT ?",
-            rows::TIMED
-        ))
-        .bind(now)
-        .bind(i64::from(limit))
-        .fetch_all(&mut self.conn)
-        .await?;
+        let due = sqlx::query(&due_timers_sql())
+            .bind(now)
+            .bind(i64::from(limit))
+            .fetch_all(&mut self.conn)
+            .await?;
         let mut ready = Vec::new();
         for row in &due {
             let job = rows::job(row)?;
@@ -621,12 +631,9 @@ impl batch::Writer for SqliteWriter {
                 ready.push((expired.job.space_id, expired.job.name));
             }
         }
-        let next_due: Option<i64> = sqlx::query_scalar(&format!(
-            "SELECT MIN(due_at) FROM jobs WHERE {}",
-            rows::TIMED
-        ))
-        .fetch_one(&mut self.conn)
-        .await?;
+        let next_due: Option<i64> = sqlx::query_scalar(&next_timer_sql())
+            .fetch_one(&mut self.conn)
+            .await?;
         Ok(Sweep {
             fired: due.len(),
             ready,
