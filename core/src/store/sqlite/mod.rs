@@ -321,6 +321,15 @@ mod tests {
         ));
     }
 
+    /// Another connection to the database of a test store made in `dir`.
+    async fn connect(dir: &std::path::Path) -> SqliteConnection {
+        SqliteConnectOptions::from_str(&format!("sqlite://{}/emit.db", dir.display()))
+            .unwrap()
+            .connect()
+            .await
+            .unwrap()
+    }
+
     /// A writer on `connection` whose commits are durable at COMMIT, with
     /// nobody listening to what it publishes.
     async fn plain_writer(connection: SqliteConnection) -> SqliteWriter {
@@ -348,12 +357,7 @@ mod tests {
     #[tokio::test]
     async fn the_writes_after_a_failing_one_run_in_the_next_batch() {
         let (store, space_id, dir) = store_with_space().await;
-        let url = format!("sqlite://{}/emit.db", dir.display());
-        let mut connection = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut connection = connect(&dir).await;
         // Creating a job named "poison" fails in the database, as it would
         // on a full disk.
         sqlx::query(
@@ -412,9 +416,7 @@ mod tests {
     #[tokio::test]
     async fn a_row_not_as_its_writer_left_it_rolls_the_whole_batch_back() {
         let (store, space_id, dir) = store_with_space().await;
-        let url = format!("sqlite://{}/emit.db", dir.display());
-        let options = SqliteConnectOptions::from_str(&url).unwrap();
-        let writer = plain_writer(options.connect().await.unwrap()).await;
+        let writer = plain_writer(connect(&dir).await).await;
         let (sender, queue) = batch::inbox(16);
         let writes = Writes::new(vec![sender]);
         run_batches(writer, queue, Default::default());
@@ -433,7 +435,7 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(delivered.len(), 2);
-        let mut behind_its_back = options.connect().await.unwrap();
+        let mut behind_its_back = connect(&dir).await;
         sqlx::query("UPDATE jobs SET status = 'dead' WHERE id = ?")
             .bind(&ids[0])
             .execute(&mut behind_its_back)
@@ -497,12 +499,7 @@ mod tests {
     #[tokio::test]
     async fn nothing_tells_of_a_commit_before_its_fsync() {
         let (store, space_id, dir) = store_with_space().await;
-        let url = format!("sqlite://{}/emit.db", dir.display());
-        let connection = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let connection = connect(&dir).await;
         let (started_tx, started) = std::sync::mpsc::channel();
         let (go, go_rx) = std::sync::mpsc::channel();
         let (published, mut watching) = broadcast::channel(16);
@@ -565,12 +562,7 @@ mod tests {
         use crate::store::{forget, pauses};
 
         let (_store, _space_id, dir) = store_with_space().await;
-        let url = format!("sqlite://{}/emit.db", dir.display());
-        let mut connection = SqliteConnectOptions::from_str(&url)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
+        let mut connection = connect(&dir).await;
         let mut plan = async |sql: String| -> String {
             let steps = sqlx::query(&format!("EXPLAIN QUERY PLAN {sql}"))
                 .fetch_all(&mut connection)
