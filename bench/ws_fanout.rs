@@ -117,6 +117,7 @@ async fn main() -> Result<(), AnyError> {
     let expected = subscribers * rounds;
     let mut all = Vec::with_capacity(expected);
     let mut last_per_round = vec![0u64; rounds];
+    let mut first_per_round = vec![u64::MAX; rounds];
     for round in 0..rounds {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let progress = json!({ "percent": round.min(100), "round": round, "sentAt": micros_now() });
@@ -129,6 +130,7 @@ async fn main() -> Result<(), AnyError> {
             break;
         };
         last_per_round[round] = last_per_round[round].max(latency);
+        first_per_round[round] = first_per_round[round].min(latency);
         all.push(latency);
     }
     all.sort_unstable();
@@ -146,6 +148,16 @@ async fn main() -> Result<(), AnyError> {
     println!(
         "FANOUT {}",
         json!({ "subscribers": subscribers, "p50": at(0.50), "p99": at(0.99), "max": at(1.0) })
+    );
+    let ms = |micros: &u64| format!("{:.1}", *micros as f64 / 1000.0);
+    println!(
+        "per round, first and last subscriber reached (ms): {}",
+        first_per_round
+            .iter()
+            .zip(&last_per_round)
+            .map(|(first, last)| format!("{}-{}", ms(first), ms(last)))
+            .collect::<Vec<_>>()
+            .join(" ")
     );
     last_per_round.sort_unstable();
     println!(

@@ -609,6 +609,46 @@ mod tests {
     /// Under steady writes the WAL would grow for as long as they last;
     /// here it is started over whenever it passes its bound.
     #[tokio::test]
+    async fn a_space_found_without_keys_takes_turns_once_keyed_jobs_arrive() {
+        let (store, space_id, _dir) = store_with_space().await;
+        let deliver = |count: u32| {
+            store.deliver(DeliverRequest {
+                space_id: space_id.clone(),
+                names: Vec::new(),
+                count,
+                now: Clock::system().now(),
+                excluded_names: Vec::new(),
+            })
+        };
+        // The writer reads that the space holds no keyed job, and from then
+        // on skips the search for ready keys there.
+        create(&store, &space_id, 1).await;
+        assert_eq!(deliver(1).await.unwrap().len(), 1);
+        // Keyed jobs behind two unkeyed ones, key `a` limited to one lease.
+        create(&store, &space_id, 2).await;
+        let mut keyed = jobs(&space_id, 3);
+        for (job, key) in keyed.iter_mut().zip(["a", "a", "b"]) {
+            job.concurrency_key = Some(key.to_owned());
+            job.concurrency_limit = Some(1);
+        }
+        let keyed_ids: Vec<String> = keyed.iter().map(|job| job.id.clone()).collect();
+        store.create_jobs(keyed.into()).await.unwrap();
+        // Turns between the lanes, not the unkeyed jobs first: the keys are
+        // searched again, and `a`'s second job waits for its first.
+        let delivered = deliver(10).await.unwrap();
+        let ids: Vec<&str> = delivered.iter().map(|job| job.id.as_str()).collect();
+        assert_eq!(delivered.len(), 4, "{ids:?}");
+        assert!(ids.contains(&keyed_ids[0].as_str()) && ids.contains(&keyed_ids[2].as_str()));
+        assert!(!ids.contains(&keyed_ids[1].as_str()));
+        assert!(
+            delivered[..2]
+                .iter()
+                .any(|job| job.concurrency_key.is_some()),
+            "a keyed job went in the first round: {ids:?}"
+        );
+    }
+
+    #[tokio::test]
     async fn the_wal_stays_bounded_under_steady_writes() {
         let (store, space_id, dir) = store_with_space().await;
         let (wal, database) = (dir.join("emit.db-wal"), dir.join("emit.db"));

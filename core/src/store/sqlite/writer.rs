@@ -116,6 +116,13 @@ pub struct SqliteWriter {
     restart_wal: Arc<AtomicBool>,
     /// Per space, the key its last keyed delivery ended on.
     turns: HashMap<String, Option<String>>,
+    /// Per space, whether it holds any job with a concurrency key, as far
+    /// as known. Deliveries in a space without one skip the statement that
+    /// looks for ready keys: a round trip to the connection's thread in
+    /// every fill. Read once per space; this writer alone inserts jobs, so
+    /// it stays true while it marks the keyed jobs it inserts (and is
+    /// forgotten when someone else's statements run on the connection).
+    keyed_spaces: HashMap<String, bool>,
     /// Spaces' concurrency limits as last read. Only this writer writes, so
     /// they stay true across batches until a statement of someone else's
     /// runs on the connection (`connection`), which may change them.
@@ -145,6 +152,7 @@ impl SqliteWriter {
             published,
             restart_wal,
             turns: HashMap::new(),
+            keyed_spaces: HashMap::new(),
             limits: HashMap::new(),
             sync,
         })
@@ -531,8 +539,9 @@ impl batch::Writer for SqliteWriter {
     }
 
     fn connection(&mut self) -> batch::Connection<'_> {
-        // What runs there may set a space's limits.
+        // What runs there may set a space's limits, or add keyed jobs.
         self.limits.clear();
+        self.keyed_spaces.clear();
         batch::Connection::Sqlite(&mut self.conn)
     }
 
@@ -577,6 +586,9 @@ impl batch::Writer for SqliteWriter {
         };
         self.require_space(&space_id).await?;
         let (jobs, replays) = idempotency::claim::<Sqlite>(&mut self.conn, new).await?;
+        if jobs.iter().any(|job| job.concurrency_key.is_some()) {
+            self.keyed_spaces.insert(space_id.clone(), true);
+        }
         inserts::jobs::<Sqlite>(&mut self.conn, &jobs).await?;
         for job in &jobs {
             self.record(job, machine::created_event(job), job.created_at)
@@ -722,6 +734,24 @@ impl FlowDispatch for SqliteWriter {
     }
 
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
+        let keyed = match self.keyed_spaces.get(space_id) {
+            Some(keyed) => *keyed,
+            None => {
+                // One seek on `jobs_keyed`.
+                let keyed: bool = sqlx::query_scalar(
+                    "SELECT EXISTS (SELECT 1 FROM jobs \
+                     WHERE space_id = ? AND concurrency_key IS NOT NULL)",
+                )
+                .bind(space_id)
+                .fetch_one(&mut self.conn)
+                .await?;
+                self.keyed_spaces.insert(space_id.to_owned(), keyed);
+                keyed
+            }
+        };
+        if !keyed {
+            return Ok(Vec::new());
+        }
         concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
     }
 
