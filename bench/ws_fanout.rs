@@ -2,8 +2,10 @@
 //! SUBSCRIBERS clients watch the same job with the space's public token; a
 //! worker reports progress ROUNDS times, 500 ms apart, each report stamped
 //! with the time it was sent. Prints the delivery latency (report sent to
-//! message received, over every subscriber and round) at p50/p99/max, and
-//! how long each round took to reach the last subscriber.
+//! message received, over every subscriber and round) at p50/p99/max, when
+//! each round reached its first and its last subscriber (the first is the
+//! report's own path: the write, its fsync, the feed), and the median and
+//! worst of the last.
 //!
 //!     cargo run --release --example ws_fanout -- [SUBSCRIBERS] [ROUNDS]
 //!
