@@ -606,8 +606,8 @@ mod tests {
         std::fs::metadata(path).map_or(0, |meta| meta.len() as i64)
     }
 
-    /// Under steady writes the WAL would grow for as long as they last;
-    /// here it is started over whenever it passes its bound.
+    /// A delivery skips the search for ready keys in a space the writer
+    /// found without keyed jobs, until it inserts one there.
     #[tokio::test]
     async fn a_space_found_without_keys_takes_turns_once_keyed_jobs_arrive() {
         let (store, space_id, _dir) = store_with_space().await;
@@ -648,6 +648,8 @@ mod tests {
         );
     }
 
+    /// Under steady writes the WAL would grow for as long as they last;
+    /// here it is started over whenever it passes its bound.
     #[tokio::test]
     async fn the_wal_stays_bounded_under_steady_writes() {
         let (store, space_id, dir) = store_with_space().await;
