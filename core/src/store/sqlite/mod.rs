@@ -577,6 +577,8 @@ mod tests {
         }
         let expired = plan(forget::expired_ids(JobStatus::Dead, "'s'", "1", "10")).await;
         assert!(expired.contains("jobs_finished"), "{expired}");
+        let keyed = plan(writer::KEYED_SPACE.replace('?', "'s'")).await;
+        assert!(keyed.contains("USING INDEX jobs_keyed"), "{keyed}");
 
         let mut program = async |sql: String| -> Vec<String> {
             let steps = sqlx::query(&format!("EXPLAIN {sql}"))

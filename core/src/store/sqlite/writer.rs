@@ -61,6 +61,10 @@ pub(super) fn due_timers_sql() -> String {
     )
 }
 
+/// Whether a space holds any keyed job: one seek on `jobs_keyed`.
+pub(super) const KEYED_SPACE: &str =
+    "SELECT EXISTS (SELECT 1 FROM jobs WHERE space_id = ? AND concurrency_key IS NOT NULL)";
+
 /// The soonest timer left after a scan.
 pub(super) fn next_timer_sql() -> String {
     format!("SELECT MIN(due_at) FROM jobs WHERE {}", rows::TIMED)
@@ -737,14 +741,10 @@ impl FlowDispatch for SqliteWriter {
         let keyed = match self.keyed_spaces.get(space_id) {
             Some(keyed) => *keyed,
             None => {
-                // One seek on `jobs_keyed`.
-                let keyed: bool = sqlx::query_scalar(
-                    "SELECT EXISTS (SELECT 1 FROM jobs \
-                     WHERE space_id = ? AND concurrency_key IS NOT NULL)",
-                )
-                .bind(space_id)
-                .fetch_one(&mut self.conn)
-                .await?;
+                let keyed: bool = sqlx::query_scalar(KEYED_SPACE)
+                    .bind(space_id)
+                    .fetch_one(&mut self.conn)
+                    .await?;
                 self.keyed_spaces.insert(space_id.to_owned(), keyed);
                 keyed
             }
