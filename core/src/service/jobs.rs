@@ -564,11 +564,7 @@ impl JobsApi {
                     .collect(),
             },
         };
-        let jobs: Vec<Job> = applied
-            .iter()
-            .filter_map(|outcome| outcome.as_ref().ok().cloned())
-            .collect();
-        self.note_deadlines(&jobs);
+        self.note_deadlines(applied.iter().filter_map(|outcome| outcome.as_ref().ok()));
         let mut applied = applied.into_iter();
         checks
             .into_iter()
@@ -709,8 +705,12 @@ impl JobsApi {
         Ok(job)
     }
 
-    fn note_deadlines(&self, jobs: &[Job]) {
-        if let Some(due) = jobs.iter().filter_map(|job| job.state.timer_at()).min() {
+    fn note_deadlines<'a>(&self, jobs: impl IntoIterator<Item = &'a Job>) {
+        if let Some(due) = jobs
+            .into_iter()
+            .filter_map(|job| job.state.timer_at())
+            .min()
+        {
             self.timers.schedule(due);
         }
     }

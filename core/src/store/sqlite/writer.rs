@@ -220,7 +220,7 @@ impl SqliteWriter {
                 );
             }
         }
-        self.remember(&next);
+        // The cache learns the job once its row is written (`remember`).
         for draft in transition.events {
             self.record(&next, draft, now).await?;
         }
@@ -233,15 +233,20 @@ impl SqliteWriter {
         })
     }
 
-    fn remember(&mut self, job: &Job) {
-        if job.status().is_terminal() {
-            self.jobs.remove(&job.id);
-            return;
+    /// Keeps the jobs whose rows were just written, as the cache's copy
+    /// (moved, not cloned: the staged copy is no longer needed). Until then
+    /// `load` finds a job's latest state among the staged ones.
+    fn remember(&mut self, written: Vec<Unwritten>) {
+        for Unwritten { job, .. } in written {
+            if job.status().is_terminal() {
+                self.jobs.remove(&job.id);
+                continue;
+            }
+            if self.jobs.len() >= CACHED_JOBS {
+                self.jobs.clear();
+            }
+            self.jobs.insert(job.id.clone(), job);
         }
-        if self.jobs.len() >= CACHED_JOBS {
-            self.jobs.clear();
-        }
-        self.jobs.insert(job.id.clone(), job.clone());
     }
 
     async fn record(&mut self, job: &Job, draft: EventDraft, now: UnixMillis) -> Result<()> {
@@ -323,7 +328,9 @@ impl SqliteWriter {
         let staged: Vec<Unwritten> = self.unwritten.drain().map(|(_, staged)| staged).collect();
         let mut sql = Statements::default();
         sql.update_jobs(&staged);
-        sql.execute(&mut self.conn).await
+        sql.execute(&mut self.conn).await?;
+        self.remember(staged);
+        Ok(())
     }
 
     /// Writes the batch's jobs, events, sequence counters and counts, and
@@ -341,7 +348,9 @@ impl SqliteWriter {
         sql.insert_events(&events);
         sql.update_heads(&heads);
         sql.next("COMMIT");
-        sql.execute(&mut self.conn).await
+        sql.execute(&mut self.conn).await?;
+        self.remember(staged);
+        Ok(())
     }
 }
 
