@@ -88,8 +88,12 @@ impl Tally {
     }
 }
 
-#[tokio::main]
-async fn main() -> Result<(), AnyError> {
+/// On the server's own runtime, since the server runs in this process.
+fn main() -> Result<(), AnyError> {
+    emit_core::server::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), AnyError> {
     let mut args = std::env::args().skip(1);
     let path = match args.next().as_deref() {
         Some("rest") => Path::Rest,

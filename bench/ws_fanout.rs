@@ -34,8 +34,12 @@ fn micros_now() -> u64 {
         .map_or(0, |since| since.as_micros() as u64)
 }
 
-#[tokio::main]
-async fn main() -> Result<(), AnyError> {
+/// On the server's own runtime, since the server runs in this process.
+fn main() -> Result<(), AnyError> {
+    emit_core::server::runtime()?.block_on(run())
+}
+
+async fn run() -> Result<(), AnyError> {
     let mut args = std::env::args().skip(1).peekable();
     if args.peek().map(String::as_str) == Some("--serve") {
         let dir = args.nth(1).ok_or("--serve needs a directory")?;

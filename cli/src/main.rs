@@ -396,10 +396,7 @@ impl CoreArgs {
 
 fn main() {
     keep_large_buffers_unmapped();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime starts");
+    let runtime = emit_core::server::runtime().expect("the tokio runtime starts");
     runtime.block_on(async_main());
 }
 
