@@ -49,6 +49,10 @@ enum Path {
 struct Tally {
     epoch: Instant,
     completed: AtomicUsize,
+    /// The count `until` waits for: only reaching it wakes the waiter. A
+    /// wake per completion cost the server's cores a futex call and a
+    /// context switch per job, since the waiter runs on the main thread.
+    awaited: AtomicUsize,
     progress: Notify,
     /// Single creates, since each create was sent: to the worker holding the
     /// job, and to its completion accepted.
@@ -73,11 +77,14 @@ impl Tally {
         if let Some(since) = self.since_sent(payload) {
             self.completion.lock().unwrap().push(since);
         }
-        self.completed.fetch_add(1, Ordering::SeqCst);
-        self.progress.notify_waiters();
+        let completed = self.completed.fetch_add(1, Ordering::SeqCst) + 1;
+        if completed >= self.awaited.load(Ordering::SeqCst) {
+            self.progress.notify_waiters();
+        }
     }
 
     async fn until(&self, target: usize) {
+        self.awaited.store(target, Ordering::SeqCst);
         loop {
             let notified = self.progress.notified();
             if self.completed.load(Ordering::SeqCst) >= target {
@@ -112,6 +119,7 @@ async fn run() -> Result<(), AnyError> {
     let tally = Arc::new(Tally {
         epoch: Instant::now(),
         completed: AtomicUsize::new(0),
+        awaited: AtomicUsize::new(usize::MAX),
         progress: Notify::new(),
         dispatch: Default::default(),
         completion: Default::default(),
