@@ -2,6 +2,12 @@
 //! requests a second for 10 s against the default limit of 1,000; another
 //! key offers 50 a second at the same time. This file holds one test so
 //! that nothing else competes for the CPU while it measures.
+//!
+//! The limit promises at most `LIMIT × t + BURST` requests in any span `t`.
+//! The server sees the requests over a span that starts after the first send
+//! and ends before the last answer, which on a loaded machine comes well
+//! after the sending stops; so the ceiling is checked against that span and
+//! the floor (the limit is a rate, not a trickle) against the sending window.
 
 use emit_testkit as support;
 
@@ -14,6 +20,8 @@ use support::{ADMIN_KEY, Process};
 use tokio::sync::Semaphore;
 
 const LIMIT: f64 = 1000.0;
+/// The burst the server allows a key: a tenth of a second's worth.
+const BURST: f64 = LIMIT / 10.0;
 const WINDOW: Duration = Duration::from_secs(10);
 
 #[derive(Default, Debug)]
@@ -21,6 +29,8 @@ struct Tally {
     sent: usize,
     accepted: usize,
     limited: usize,
+    /// From the first send to the last answer.
+    span: Duration,
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -69,10 +79,17 @@ async fn a_key_over_its_limit_gets_the_limit_and_429s_and_other_keys_are_unaffec
         offered >= LIMIT * 1.25,
         "the load reached 1.25x the limit (it reached {offered:.0}/s)"
     );
+    let ceiling = LIMIT * busy.span.as_secs_f64() + BURST;
+    assert!(
+        busy.accepted as f64 <= ceiling,
+        "accepted {} in {:?}, over the {ceiling:.0} the limit allows",
+        busy.accepted,
+        busy.span
+    );
     let accepted = busy.accepted as f64 / seconds;
     assert!(
-        (accepted - LIMIT).abs() <= LIMIT * 0.05,
-        "accepted {accepted:.0}/s, not within 5% of {LIMIT}"
+        accepted >= LIMIT * 0.95,
+        "accepted {accepted:.0}/s, under 95% of {LIMIT}"
     );
     assert_eq!(
         busy.accepted + busy.limited,
@@ -133,6 +150,7 @@ async fn offer(http: &reqwest::Client, url: &str, key: &str, per_second: f64) ->
         ..Tally::default()
     };
     while let Some(status) = answers.join_next().await {
+        tally.span = started.elapsed();
         match status.unwrap() {
             StatusCode::OK => tally.accepted += 1,
             StatusCode::TOO_MANY_REQUESTS => tally.limited += 1,
