@@ -95,11 +95,8 @@ impl Tally {
     }
 }
 
-/// The cluster runs on the server's own runtime; the producers and workers
-/// run on a second, single-threaded one. Both share the machine's 2 cores,
-/// and a load generator on one thread leaves the server more of them: in
-/// interleaved pairs the SQLite stream's median end-to-end rate rose from
-/// about 8,400 to 9,800 jobs/s (README, Benchmarks).
+/// The cluster runs on the server's own runtime, the producers and workers
+/// on `support::load_runtime` (why: there).
 fn main() -> Result<(), AnyError> {
     let mut args = std::env::args().skip(1);
     let path = match args.next().as_deref() {
@@ -111,10 +108,7 @@ fn main() -> Result<(), AnyError> {
     let keys: usize = std::env::var("EMIT_BENCH_KEYS").map_or(Ok(0), |keys| keys.parse())?;
     let server = emit_core::server::runtime()?;
     let cluster = server.block_on(support::in_process::Cluster::start(replicas))?;
-    let load = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?;
-    load.block_on(run(path, replicas, keys, cluster, &server))
+    support::load_runtime()?.block_on(run(path, replicas, keys, cluster, &server))
 }
 
 async fn run(

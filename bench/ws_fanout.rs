@@ -34,18 +34,13 @@ fn micros_now() -> u64 {
         .map_or(0, |since| since.as_micros() as u64)
 }
 
-/// The server child runs on the server's own runtime. The clients run on
-/// one thread: they share the 2 cores with the server, and a single-threaded
-/// load generator leaves it more of them (measured: 47 ms of client CPU a
-/// round against 61 ms on the multi-threaded runtime).
+/// The server child runs on the server's own runtime, the clients on
+/// `support::load_runtime` (why: there).
 fn main() -> Result<(), AnyError> {
     if std::env::args().nth(1).as_deref() == Some("--serve") {
         return emit_core::server::runtime()?.block_on(run());
     }
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()?
-        .block_on(run())
+    support::load_runtime()?.block_on(run())
 }
 
 async fn run() -> Result<(), AnyError> {

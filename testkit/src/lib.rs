@@ -23,3 +23,14 @@ pub use process::*;
 pub const ADMIN_KEY: &str = "emit_test_admin_key_0123456789abcdef";
 
 pub type AnyError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The runtime a benchmark's load generator runs its clients on: one
+/// thread, apart from the server's runtime. On a 2-core machine every cycle
+/// the clients spend is one the server does not get, and a multi-threaded
+/// client spends more of them on wake-ups and work stealing (README,
+/// Benchmarks, gives the measured difference).
+pub fn load_runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
