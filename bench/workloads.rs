@@ -16,7 +16,10 @@
 //! a fresh PostgreSQL database shared by REPLICAS cores. With
 //! `EMIT_BENCH_KEYS=N`, every job carries one of N concurrency keys (no
 //! limit: the cost of keyed dispatch and its turns). Server and load run in
-//! this one process. Ends with a `RESULT {...}` line for `bench/run`.
+//! this one process. For A end to end it also prints where the first
+//! core's writer spent its time, per job and by phase
+//! (`emit_writer_phase_seconds`), and how busy it was. Ends with a
+//! `RESULT {...}` line for `bench/run`.
 
 use emit_testkit as support;
 
@@ -164,10 +167,13 @@ async fn run(
         }
     }
     tally.until(JOBS).await;
+    let phases_before = writer_phases(&http, &bases[0]).await?;
     let started = Instant::now();
     create_all(&http, &bases, &space, keys).await?;
     tally.until(2 * JOBS).await;
-    let end_to_end = JOBS as f64 / started.elapsed().as_secs_f64();
+    let elapsed = started.elapsed().as_secs_f64();
+    let end_to_end = JOBS as f64 / elapsed;
+    let phases_after = writer_phases(&http, &bases[0]).await?;
 
     // B: single creates at 100/s into idle workers.
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -218,6 +224,22 @@ async fn run(
     println!("emit, {path_name}, {engine}, {replicas} core(s)");
     println!("  A create only : {create_only:.0} jobs/s");
     println!("  A end to end  : {end_to_end:.0} jobs/s");
+    // Where the first core's writer spent A end to end, per job.
+    let mut busy = 0.0;
+    let mut split = Vec::new();
+    let mut per_job = serde_json::Map::new();
+    for ((phase, before), (_, after)) in phases_before.iter().zip(&phases_after) {
+        busy += after - before;
+        let micros = (after - before) * 1e6 / JOBS as f64;
+        split.push(format!("{phase} {micros:.1}"));
+        per_job.insert(phase.clone(), json!(micros));
+    }
+    let busy = busy / elapsed;
+    println!(
+        "  A writer      : {} µs a job; busy {:.0}% (core 1)",
+        split.join(", "),
+        busy * 100.0
+    );
     let result = json!({
         "system": "emit",
         "path": path_name,
@@ -230,6 +252,8 @@ async fn run(
         "completionP50": ms(&mut completion, 0.5),
         "completionP99": ms(&mut completion, 0.99),
         "singles": completion.len(),
+        "writerMicrosPerJob": per_job,
+        "writerBusy": busy,
     });
     println!(
         "  B dispatch    : p50 {:.2} ms, p99 {:.2} ms; completion p50 {:.2} ms, p99 {:.2} ms ({} of {SINGLES})",
@@ -241,6 +265,34 @@ async fn run(
     );
     println!("RESULT {result}");
     Ok(())
+}
+
+/// The first core's writer time so far, by phase, in seconds
+/// (`emit_writer_phase_seconds`), in the order the phases run.
+async fn writer_phases(
+    http: &reqwest::Client,
+    api_base: &str,
+) -> Result<Vec<(String, f64)>, AnyError> {
+    let base = api_base.trim_end_matches("/api/v1");
+    let text = http
+        .get(format!("{base}/metrics"))
+        .header("authorization", format!("Bearer {}", support::ADMIN_KEY))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await?;
+    let mut phases = Vec::new();
+    for phase in ["begin", "operations", "dispatch", "commit"] {
+        let series = format!("emit_writer_phase_seconds_total{{phase=\"{phase}\"}} ");
+        let seconds = text
+            .lines()
+            .find_map(|line| line.strip_prefix(&series))
+            .and_then(|value| value.trim().parse::<f64>().ok())
+            .ok_or_else(|| format!("no {series}on /metrics"))?;
+        phases.push((phase.to_owned(), seconds));
+    }
+    Ok(phases)
 }
 
 /// JOBS jobs in bulk batches of BATCH from PRODUCERS producers, spread over

@@ -9,6 +9,7 @@
 //! grow the scrape without bound.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -52,6 +53,11 @@ struct DepthLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabels {
+    phase: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OutcomeLabels {
     outcome: String,
 }
@@ -82,6 +88,8 @@ pub struct WriterMetrics {
     /// Time an fsync after COMMIT took (SQLite), covering one or more
     /// batches.
     pub sync_seconds: Histogram,
+    /// Time spent in each phase of the batches, summed.
+    pub phases: WriterPhases,
 }
 
 impl Default for WriterMetrics {
@@ -90,7 +98,71 @@ impl Default for WriterMetrics {
             batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 10)),
             commit_seconds: Histogram::new(latency_buckets()),
             sync_seconds: Histogram::new(latency_buckets()),
+            phases: WriterPhases::default(),
         }
+    }
+}
+
+/// The phases of a write batch, in the order they run (and of `ALL`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WriterPhase {
+    /// BEGIN, locking and reading ahead what the operations name, and
+    /// handing back jobs whose worker left.
+    Begin,
+    /// The batch's operations, with those that joined it late.
+    Operations,
+    /// Leasing ready jobs to the workers waiting for them.
+    Dispatch,
+    /// Writing what the batch staged, and COMMIT.
+    Commit,
+}
+
+impl WriterPhase {
+    const ALL: [WriterPhase; 4] = [
+        WriterPhase::Begin,
+        WriterPhase::Operations,
+        WriterPhase::Dispatch,
+        WriterPhase::Commit,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            WriterPhase::Begin => "begin",
+            WriterPhase::Operations => "operations",
+            WriterPhase::Dispatch => "dispatch",
+            WriterPhase::Commit => "commit",
+        }
+    }
+}
+
+/// Seconds the writers spent in each phase of their batches. A writer runs
+/// one batch at a time, so their summed rate is how busy the writers are
+/// (1.0 a writer: never idle; SQLite has one, PostgreSQL two a core), and
+/// their split says whether that time goes to the database or to deciding.
+#[derive(Clone)]
+pub struct WriterPhases {
+    family: Family<PhaseLabels, Counter<f64, AtomicU64>>,
+    /// Each phase's counter, in `WriterPhase::ALL`'s order, looked up once.
+    counters: [Counter<f64, AtomicU64>; 4],
+}
+
+impl Default for WriterPhases {
+    fn default() -> Self {
+        let family = Family::<PhaseLabels, Counter<f64, AtomicU64>>::default();
+        let counters = WriterPhase::ALL.map(|phase| {
+            family
+                .get_or_create(&PhaseLabels {
+                    phase: phase.label().to_owned(),
+                })
+                .clone()
+        });
+        Self { family, counters }
+    }
+}
+
+impl WriterPhases {
+    pub fn add(&self, phase: WriterPhase, took: Duration) {
+        self.counters[phase as usize].inc_by(took.as_secs_f64());
     }
 }
 
@@ -212,6 +284,11 @@ impl CoreMetrics {
             "writer_sync_seconds",
             "Time of an fsync making committed batches durable (SQLite)",
             writer.sync_seconds,
+        );
+        registry.register(
+            "writer_phase_seconds",
+            "Time the writer spent in each phase of its batches",
+            writer.phases.family,
         );
         registry.register(
             "rate_limited",

@@ -107,6 +107,15 @@ async fn a_live_server_is_scraped_with_job_queue_http_grpc_and_stream_metrics() 
     assert_eq!(sample(&text, &format!("emit_jobs{{space=\"{id}\",status=\"completed\"}}")), Some(1.0));
     assert!(sample(&text, "emit_writer_batch_operations_count").unwrap() >= 1.0);
     assert!(sample(&text, "emit_writer_commit_seconds_count").unwrap() >= 1.0);
+    // Every phase of the batches so far took some time.
+    let phases: Vec<f64> = ["begin", "operations", "dispatch", "commit"]
+        .iter()
+        .map(|phase| {
+            let series = format!("emit_writer_phase_seconds_total{{phase=\"{phase}\"}}");
+            sample(&text, &series).unwrap_or_else(|| panic!("no {series}: {text}"))
+        })
+        .collect();
+    assert!(phases.iter().all(|seconds| *seconds > 0.0), "{phases:?}");
     // SQLite's fsync after COMMIT, timed before any reply it covers;
     // PostgreSQL's COMMIT includes its own.
     let syncs = sample(&text, "emit_writer_sync_seconds_count").unwrap();

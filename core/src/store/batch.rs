@@ -29,7 +29,7 @@ use crate::error::{Error, Result};
 use crate::job::machine::{Command, Effects, Fence};
 use crate::job::spec::NewJobs;
 use crate::job::{EventDraft, EventKind, Job, JobStatus, LiveEvent, LogLine};
-use crate::metrics::WriterMetrics;
+use crate::metrics::{WriterMetrics, WriterPhase, WriterPhases};
 use crate::retention::Expired;
 use crate::store::pauses;
 use crate::store::schedules::{FireClaim, ScheduleWrite, ScheduleWritten};
@@ -368,6 +368,7 @@ pub async fn run(
             &waiters,
             &mut orphans,
             &clock,
+            &metrics.phases,
         )
         .await;
         let committed = settlement.is_some();
@@ -501,7 +502,15 @@ async fn run_batch(
     waiters: &Waiters,
     orphans: &mut Vec<Job>,
     clock: &Clock,
+    phases: &WriterPhases,
 ) -> (Option<Settlement>, usize) {
+    // Each phase is timed from where the one before it ended.
+    let mut phase_started = std::time::Instant::now();
+    let mut phase_ends = |phase: WriterPhase| {
+        let now = std::time::Instant::now();
+        phases.add(phase, now - phase_started);
+        phase_started = now;
+    };
     let mut finishes: Vec<Finish> = Vec::with_capacity(batch.len());
     let mut to_fill = ToFill {
         touched: Touched::none(),
@@ -540,6 +549,7 @@ async fn run_batch(
             .await
             .err();
     }
+    phase_ends(WriterPhase::Begin);
     let mut not_run = Vec::new();
     let mut failed_by_an_operation = false;
     let mut queue: VecDeque<WriteOp> = batch.drain(..).collect();
@@ -585,6 +595,7 @@ async fn run_batch(
         }
     }
     batch.extend(not_run);
+    phase_ends(WriterPhase::Operations);
     let mut handoffs = Vec::new();
     if batch_error.is_none() {
         match fill(writer, waiters, &to_fill, clock.now()).await {
@@ -592,11 +603,13 @@ async fn run_batch(
             Err(error) => batch_error = Some(error),
         }
     }
+    phase_ends(WriterPhase::Dispatch);
     if batch_error.is_none()
         && let Err(error) = writer.commit().await
     {
         batch_error = Some(error);
     }
+    phase_ends(WriterPhase::Commit);
     if let Some(error) = &batch_error {
         tracing::error!(%error, "write batch rolled back");
         writer.rollback().await;
