@@ -283,7 +283,7 @@ async fn writer_phases(
         .text()
         .await?;
     let mut phases = Vec::new();
-    for phase in ["begin", "operations", "dispatch", "commit"] {
+    for phase in emit_core::metrics::WriterPhase::ALL.map(|phase| phase.label()) {
         let series = format!("emit_writer_phase_seconds_total{{phase=\"{phase}\"}} ");
         let seconds = text
             .lines()

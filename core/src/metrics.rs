@@ -118,14 +118,15 @@ pub enum WriterPhase {
 }
 
 impl WriterPhase {
-    const ALL: [WriterPhase; 4] = [
+    pub const ALL: [WriterPhase; 4] = [
         WriterPhase::Begin,
         WriterPhase::Operations,
         WriterPhase::Dispatch,
         WriterPhase::Commit,
     ];
 
-    fn label(self) -> &'static str {
+    /// Its `phase` label on `emit_writer_phase_seconds`.
+    pub fn label(self) -> &'static str {
         match self {
             WriterPhase::Begin => "begin",
             WriterPhase::Operations => "operations",
@@ -287,7 +288,7 @@ impl CoreMetrics {
         );
         registry.register(
             "writer_phase_seconds",
-            "Time the writer spent in each phase of its batches",
+            "Time the writers spent in each phase of their batches",
             writer.phases.family,
         );
         registry.register(
