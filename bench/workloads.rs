@@ -273,23 +273,12 @@ async fn writer_phases(
     http: &reqwest::Client,
     api_base: &str,
 ) -> Result<Vec<(String, f64)>, AnyError> {
-    let base = api_base.trim_end_matches("/api/v1");
-    let text = http
-        .get(format!("{base}/metrics"))
-        .header("authorization", format!("Bearer {}", support::ADMIN_KEY))
-        .send()
-        .await?
-        .error_for_status()?
-        .text()
-        .await?;
+    let text = support::scrape_metrics(http, api_base.trim_end_matches("/api/v1")).await?;
     let mut phases = Vec::new();
     for phase in emit_core::metrics::WriterPhase::ALL.map(|phase| phase.label()) {
-        let series = format!("emit_writer_phase_seconds_total{{phase=\"{phase}\"}} ");
-        let seconds = text
-            .lines()
-            .find_map(|line| line.strip_prefix(&series))
-            .and_then(|value| value.trim().parse::<f64>().ok())
-            .ok_or_else(|| format!("no {series}on /metrics"))?;
+        let series = format!("emit_writer_phase_seconds_total{{phase=\"{phase}\"}}");
+        let seconds = support::metric_sample(&text, &series)
+            .ok_or_else(|| format!("no {series} on /metrics"))?;
         phases.push((phase.to_owned(), seconds));
     }
     Ok(phases)

@@ -43,26 +43,34 @@ pub async fn get_ok(http: &reqwest::Client, url: &str, key: &str) -> Option<serd
     response.json().await.ok()
 }
 
+/// The gateway's `/metrics` at `base` (its core's metrics too), read with
+/// the admin key.
+pub async fn scrape_metrics(http: &reqwest::Client, base: &str) -> reqwest::Result<String> {
+    http.get(format!("{base}/metrics"))
+        .header("authorization", format!("Bearer {ADMIN_KEY}"))
+        .send()
+        .await?
+        .error_for_status()?
+        .text()
+        .await
+}
+
+/// The value of the sample `series` (name and labels) in a scrape.
+pub fn metric_sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse::<f64>().ok())
+}
+
 /// Waits (up to 10 s) until the gateway at `base` reports the sample
 /// `series` (name and labels) at `wanted` on `/metrics`, which carries its
 /// core's metrics too.
 pub async fn metric_reaches(http: &reqwest::Client, base: &str, series: &str, wanted: f64) {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let text = match http
-            .get(format!("{base}/metrics"))
-            .header("authorization", format!("Bearer {ADMIN_KEY}"))
-            .send()
-            .await
-        {
-            Ok(response) => response.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        let value = text
-            .lines()
-            .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-            .and_then(|line| line.rsplit(' ').next())
-            .and_then(|value| value.parse::<f64>().ok());
+        let text = scrape_metrics(http, base).await.unwrap_or_default();
+        let value = metric_sample(&text, series);
         if value == Some(wanted) {
             return;
         }
