@@ -11,7 +11,7 @@ use crate::helpers::TestApp;
 
 /// Waits until `count` long polls wait in the core (its metrics tell).
 async fn polls_waiting(app: &TestApp, count: f64) {
-    crate::metrics::sample_reaches(app, "emit_long_polls_waiting", count).await;
+    emit_testkit::metric_reaches(&app.http, &app.base, "emit_long_polls_waiting", count).await;
 }
 
 #[tokio::test]

@@ -5,6 +5,8 @@ use std::time::{Duration, Instant};
 use reqwest::StatusCode;
 use serde_json::json;
 
+use emit_testkit::metric_sample as sample;
+
 use crate::helpers::{ADMIN_KEY, Backend, Options, TestApp, next_json};
 
 pub async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, String) {
@@ -20,28 +22,6 @@ pub async fn scrape(app: &TestApp, key: Option<&str>) -> (StatusCode, String, St
         .map(|value| value.to_str().unwrap().to_owned())
         .unwrap_or_default();
     (status, content_type, response.text().await.unwrap())
-}
-
-/// Waits until the sample `series` reads `wanted`.
-pub async fn sample_reaches(app: &TestApp, series: &str, wanted: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, _, text) = scrape(app, Some(ADMIN_KEY)).await;
-        let value = sample(&text, series);
-        if value == Some(wanted) {
-            return;
-        }
-        assert!(Instant::now() < deadline, "{series} stayed {value:?}, not {wanted}");
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-}
-
-/// The value of the sample line starting with `series` (name and labels).
-pub fn sample(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find(|line| line.starts_with(series) && line[series.len()..].starts_with(' '))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
 }
 
 /// Scrapes until every series has at least its value (bounded).

@@ -870,7 +870,7 @@ mod grpc {
 
 /// Waits until the gateway's shared job feeds number `wanted`.
 async fn job_feeds_reach(app: &TestApp, wanted: f64) {
-    crate::metrics::sample_reaches(app, "emit_websocket_job_feeds", wanted).await;
+    emit_testkit::metric_reaches(&app.http, &app.base, "emit_websocket_job_feeds", wanted).await;
 }
 
 /// Watchers of a job that present one credential share one core stream:
