@@ -1,4 +1,5 @@
 // pg-boss on PostgreSQL (DATABASE_URL), with LISTEN/NOTIFY wake-ups on.
+import pg from "pg";
 import { PgBoss } from "pg-boss";
 import { run, CONCURRENCY } from "./harness.mjs";
 
@@ -15,8 +16,35 @@ await run("pg-boss", "PostgreSQL", {
   async startWorkers(onJob) {
     // pg-boss's fastest shape for concurrency 32: 4 fetch loops taking
     // batches of 8, fetching on at once while batches come back full, and
-    // NOTIFY wake-ups when idle. It records completions when the handler
-    // resolves and has no event for that: completion is taken then.
+    // NOTIFY wake-ups when idle. It records a batch's completion once the
+    // handler resolves and has no event for it, so the client that pg-boss
+    // (and only it, in this process) uses tells when that UPDATE returned
+    // (autocommit, `synchronous_commit` on: durable), and for which jobs.
+    const payloads = new Map();
+    const query = pg.Client.prototype.query;
+    pg.Client.prototype.query = function (config, ...rest) {
+      const text = typeof config === "string" ? config : config?.text ?? "";
+      const values = typeof config === "string" ? rest[0] : config?.values;
+      if (!/SET completed_on/.test(text) || !Array.isArray(values?.[1])) return query.call(this, config, ...rest);
+      const recorded = () => {
+        for (const id of values[1]) {
+          const payload = payloads.get(id);
+          payloads.delete(id);
+          if (payload !== undefined) onJob.completed(payload);
+        }
+      };
+      const callback = rest.at(-1);
+      if (typeof callback === "function") {
+        rest[rest.length - 1] = (error, result) => {
+          if (!error) recorded();
+          callback(error, result);
+        };
+        return query.call(this, config, ...rest);
+      }
+      const result = query.call(this, config, ...rest);
+      result?.then?.(recorded, () => {});
+      return result;
+    };
     await boss.work(
       name,
       {
@@ -27,8 +55,10 @@ await run("pg-boss", "PostgreSQL", {
         notifyPollingIntervalSeconds: 0.5,
       },
       async (jobs) => {
-        for (const job of jobs) onJob.started(job.data);
-        queueMicrotask(() => jobs.forEach((job) => onJob.completed(job.data)));
+        for (const job of jobs) {
+          payloads.set(job.id, job.data);
+          onJob.started(job.data);
+        }
       },
     );
   },
