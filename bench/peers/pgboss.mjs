@@ -1,7 +1,16 @@
 // pg-boss on PostgreSQL (DATABASE_URL), with LISTEN/NOTIFY wake-ups on.
+import { createRequire } from "node:module";
 import pg from "pg";
 import { PgBoss } from "pg-boss";
 import { run, CONCURRENCY } from "./harness.mjs";
+
+// Completions are seen on the `pg` client class that pg-boss uses (below),
+// which must be this one: otherwise none would be seen and the run would
+// wait forever.
+const resolvePg = (from) => createRequire(from).resolve("pg");
+if (resolvePg(import.meta.resolve("pg-boss")) !== resolvePg(import.meta.url)) {
+  throw new Error("pg-boss resolves another copy of pg than this adapter");
+}
 
 const boss = new PgBoss({ connectionString: process.env.DATABASE_URL, useListenNotify: true, max: 40 });
 boss.on("error", (error) => console.error(error));
