@@ -78,7 +78,8 @@ fn latency_buckets() -> impl Iterator<Item = f64> {
     exponential_buckets(0.0005, 2.0, 18)
 }
 
-/// What the store's writers report of their batches.
+/// What the store's writers report of their batches, and of the upkeep
+/// that runs beside them.
 #[derive(Clone)]
 pub struct WriterMetrics {
     /// Operations per committed batch.
@@ -90,6 +91,8 @@ pub struct WriterMetrics {
     pub sync_seconds: Histogram,
     /// Time spent in each phase of the batches, summed.
     pub phases: WriterPhases,
+    /// Time a VACUUM of the jobs table took (PostgreSQL).
+    pub vacuum_seconds: Histogram,
 }
 
 impl Default for WriterMetrics {
@@ -99,6 +102,7 @@ impl Default for WriterMetrics {
             commit_seconds: Histogram::new(latency_buckets()),
             sync_seconds: Histogram::new(latency_buckets()),
             phases: WriterPhases::default(),
+            vacuum_seconds: Histogram::new(latency_buckets()),
         }
     }
 }
@@ -290,6 +294,11 @@ impl CoreMetrics {
             "writer_phase_seconds",
             "Time the writers spent in each phase of their batches",
             writer.phases.family,
+        );
+        registry.register(
+            "postgres_vacuum_seconds",
+            "Time a VACUUM of the jobs table took (PostgreSQL)",
+            writer.vacuum_seconds,
         );
         registry.register(
             "rate_limited",

@@ -103,6 +103,12 @@ async fn a_live_server_is_scraped_with_job_queue_http_grpc_and_stream_metrics() 
         Backend::Sqlite => assert!(syncs >= 1.0, "{syncs}"),
         Backend::Postgres => assert_eq!(syncs, 0.0),
     }
+    // The core's VACUUMs of `jobs` (PostgreSQL only, and only once it
+    // churns: `store/postgres/vacuum.rs` tests them).
+    assert!(
+        sample(&text, "emit_postgres_vacuum_seconds_count").is_some(),
+        "{text}"
+    );
     let creates = "emit_http_requests_total{method=\"POST\",route=\"/api/v1/spaces/{space_id}/jobs\",status=\"201\"}";
     assert_eq!(sample(&text, creates), Some(3.0), "{text}");
     assert!(

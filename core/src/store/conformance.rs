@@ -17,7 +17,7 @@ use crate::job::{Job, JobStatus};
 use crate::store::testing::{self, PostgresDatabase};
 use crate::store::{DeliverRequest, JobTarget, Step, Store};
 
-fn ready(space_id: &str, count: u32, now: UnixMillis) -> DeliverRequest {
+pub(crate) fn ready(space_id: &str, count: u32, now: UnixMillis) -> DeliverRequest {
     DeliverRequest {
         space_id: space_id.to_owned(),
         names: Vec::new(),

@@ -373,9 +373,9 @@ pub struct Store {
     clock: Clock,
     /// Which commits are durable, for reads to wait on.
     synced: Arc<Synced>,
-    /// Dropped with the store: stops what the backend runs beside its
-    /// writers (SQLite's checkpoints, PostgreSQL's relay).
-    _companion: oneshot::Sender<()>,
+    /// Dropped with the store: stop what the backend runs beside its
+    /// writers (SQLite's checkpoints, PostgreSQL's relay and vacuum).
+    _companions: Vec<oneshot::Sender<()>>,
 }
 
 impl Store {
@@ -385,7 +385,7 @@ impl Store {
         writers: Vec<W>,
         broadcasts: Broadcasts,
         clock: Clock,
-        companion: oneshot::Sender<()>,
+        companions: Vec<oneshot::Sender<()>>,
     ) -> Self {
         let waiters = Arc::new(Waiters::default());
         let writer_metrics = WriterMetrics::default();
@@ -413,7 +413,7 @@ impl Store {
             broadcasts,
             clock,
             synced,
-            _companion: companion,
+            _companions: companions,
         }
     }
 

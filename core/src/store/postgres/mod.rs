@@ -1,9 +1,11 @@
 //! PostgreSQL, the scale-out backend: several core replicas share one
 //! database. Each replica writes through its own group-commit writers (see
 //! `writer` for how they stay correct side by side) and reads through a
-//! pool; `relay` carries every replica's events to every other.
+//! pool; `relay` carries every replica's events to every other, and
+//! `vacuum` keeps the churning `jobs` table lean.
 
 mod relay;
+mod vacuum;
 mod writer;
 
 use std::str::FromStr;
@@ -30,9 +32,19 @@ const WRITERS: usize = 2;
 const CALLBACK_CLAIM_MILLIS: i64 = 60_000;
 
 /// Connects to the database `url` names (waiting up to `wait` for it to
-/// answer), runs the migrations, and starts this replica's writers and its
-/// relay.
+/// answer), runs the migrations, and starts this replica's writers, its
+/// relay and its vacuum of `jobs`.
 pub async fn open(url: &str, wait: Duration, clock: Clock) -> Result<Store> {
+    open_with(url, wait, clock, vacuum::Policy::DEFAULT).await
+}
+
+/// `open`, vacuuming `jobs` by `vacuum`.
+pub(crate) async fn open_with(
+    url: &str,
+    wait: Duration,
+    clock: Clock,
+    vacuum: vacuum::Policy,
+) -> Result<Store> {
     let options = PgConnectOptions::from_str(url)
         .map_err(|error| Error::invalid(format!("invalid postgres URL: {error}")))?
         .disable_statement_logging();
@@ -62,7 +74,21 @@ pub async fn open(url: &str, wait: Duration, clock: Clock) -> Result<Store> {
             clock.clone(),
         ));
     }
-    Ok(Store::start(reads, writers, broadcasts, clock, stop_relay))
+    let (stop_vacuum, vacuum_stopped) = oneshot::channel();
+    let store = Store::start(
+        reads,
+        writers,
+        broadcasts,
+        clock,
+        vec![stop_relay, stop_vacuum],
+    );
+    tokio::spawn(vacuum::run(
+        options,
+        vacuum,
+        store.writer_metrics().vacuum_seconds,
+        vacuum_stopped,
+    ));
+    Ok(store)
 }
 
 impl Dialect for Postgres {

@@ -120,7 +120,7 @@ pub async fn open(url: &str, clock: Clock) -> Result<Store> {
         vec![writer],
         broadcasts,
         clock,
-        stop_checkpoints,
+        vec![stop_checkpoints],
     ))
 }
 
