@@ -10,9 +10,10 @@
 //! PostgreSQL: the pick took 0.12 ms early on and 0.9 ms once some 40,000
 //! jobs had passed through, reading all 684 pages of an index that held no
 //! ready job, and it runs in every batch that delivers, so in the path of
-//! each dispatch and of each completion's refill. Autovacuum visits a database at most once a
-//! minute (`autovacuum_naptime`) and by default waits for a fifth of the
-//! table to be dead, so for that long the picks only slow down.
+//! each dispatch and of each completion's refill. Autovacuum visits a
+//! database at most once a minute (`autovacuum_naptime`) and by default
+//! waits for a fifth of the table to be dead, so for that long the picks
+//! only slow down.
 //!
 //! So each core checks the table's dead row versions every `check_every`,
 //! and once there are `dead_rows` of them runs `VACUUM jobs`: one replica
