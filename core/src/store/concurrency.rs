@@ -55,6 +55,37 @@ pub enum Lane<'a> {
     },
 }
 
+/// Where one round of key lanes starts and ends (`FlowDispatch::key_lanes`).
+#[derive(Clone, Copy, Debug)]
+pub struct KeyRound<'a> {
+    /// Keys after this one.
+    pub after: &'a str,
+    /// None past this one: where the delivery began, once it wrapped.
+    pub until: Option<&'a str>,
+    /// Most keys to read.
+    pub max: u32,
+    /// Turns the delivery still has to fill.
+    pub turns: usize,
+    /// Whether the unkeyed lane is still to be read.
+    pub with_unkeyed: bool,
+}
+
+impl KeyRound<'_> {
+    /// Jobs to read of each of `keys` keys: enough for the turns left.
+    pub fn per_key(&self, keys: usize) -> u32 {
+        self.turns.div_ceil(keys.max(1)).max(1) as u32
+    }
+}
+
+/// One round of key lanes: the keys in order, their first jobs (and the
+/// unkeyed lane's, when `with_unkeyed`), each key's in dispatch order.
+#[derive(Debug, Default)]
+pub struct KeyLanes {
+    pub keys: Vec<String>,
+    pub jobs: Vec<Job>,
+    pub with_unkeyed: bool,
+}
+
 /// What a writer provides for dispatch under flow limits.
 #[async_trait]
 pub trait FlowDispatch: Send {
@@ -85,6 +116,18 @@ pub trait FlowDispatch: Send {
     /// (PostgreSQL), until a change may have run with a single writer
     /// (SQLite).
     fn limits_read(&mut self) -> &mut HashMap<String, ConcurrencyLimits>;
+    /// The next round of key lanes: the ready keys after `after` (at most
+    /// `max`, none past `until`) and the first jobs of each (`per_key` of
+    /// them). When the keys run out within `max` and `with_unkeyed` is set,
+    /// the jobs without a key come too (up to the request's count): the
+    /// unkeyed lane follows the last key. `key_lanes_apart` by default; a
+    /// backend may answer it in one statement.
+    async fn key_lanes(&mut self, request: &DeliverRequest, round: KeyRound<'_>) -> Result<KeyLanes>
+    where
+        Self: Sized,
+    {
+        key_lanes_apart(self, request, round).await
+    }
     /// The lane the space's last delivery ended on: a key, or None for the
     /// jobs without one (and at first).
     fn turn(&mut self, space_id: &str) -> &mut Option<String>;
@@ -218,6 +261,40 @@ impl RateBudget {
     }
 }
 
+/// `FlowDispatch::key_lanes` in two statements: the ready keys, then their
+/// jobs.
+pub async fn key_lanes_apart(
+    writer: &mut impl FlowDispatch,
+    request: &DeliverRequest,
+    round: KeyRound<'_>,
+) -> Result<KeyLanes> {
+    let mut keys = writer
+        .ready_keys(&request.space_id, round.after, round.max)
+        .await?;
+    let mut short = keys.len() < round.max as usize;
+    if let Some(until) = round.until {
+        let before = keys.len();
+        keys.retain(|key| key.as_str() <= until);
+        short |= keys.len() < before;
+    }
+    if keys.is_empty() {
+        return Ok(KeyLanes::default());
+    }
+    let with_unkeyed = round.with_unkeyed && short;
+    let lane = Lane::Keys {
+        keys: &keys,
+        then_unkeyed: with_unkeyed,
+    };
+    let jobs = writer
+        .pick(request, lane, round.per_key(keys.len()))
+        .await?;
+    Ok(KeyLanes {
+        keys,
+        jobs,
+        with_unkeyed,
+    })
+}
+
 /// The jobs a delivery leases, in the order it hands them out, and the
 /// instant to lease them at (the rate limits' when they apply).
 pub async fn choose_within_limits(
@@ -257,34 +334,30 @@ async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Res
     let mut lanes: Vec<(Option<String>, Vec<Job>)> = Vec::new();
     while lanes.len() < count && visited < MAX_LANES {
         let wanted = ((count - lanes.len()) as u32 + 1).min(MAX_LANES - visited);
-        let keys = writer.ready_keys(space_id, &cursor, wanted).await?;
-        let exhausted = (keys.len() as u32) < wanted;
-        let mut round_done = false;
-        let mut in_round = Vec::with_capacity(keys.len());
-        for key in keys {
-            if wrapped && start.as_deref().is_some_and(|start| key.as_str() > start) {
-                // Back where this delivery began.
-                round_done = true;
-                break;
-            }
-            in_round.push(key);
-        }
+        let round = KeyRound {
+            after: &cursor,
+            // Once wrapped, the round ends where this delivery began.
+            until: if wrapped { start.as_deref() } else { None },
+            max: wanted,
+            turns: count - lanes.len(),
+            // Past the last key the unkeyed lane is next: read it with them.
+            with_unkeyed: !unkeyed_done,
+        };
+        let KeyLanes {
+            keys: in_round,
+            jobs,
+            with_unkeyed,
+        } = writer.key_lanes(request, round).await?;
+        // Fewer keys than asked for: they ran out, or reached the start.
+        let exhausted = (in_round.len() as u32) < wanted;
         if let Some(last) = in_round.last() {
             any_key = true;
             visited += in_round.len() as u32;
             cursor.clone_from(last);
-            // Past the last key the unkeyed lane is next: read it with them.
-            let then_unkeyed = exhausted && !round_done && !unkeyed_done;
-            unkeyed_done |= then_unkeyed;
-            // Enough of each key for the turns still to fill.
-            let per_key = (count - lanes.len()).div_ceil(in_round.len()).max(1) as u32;
-            let lane = Lane::Keys {
-                keys: &in_round,
-                then_unkeyed,
-            };
+            unkeyed_done |= with_unkeyed;
             let mut unkeyed = Vec::new();
             let mut by_key: HashMap<String, Vec<Job>> = HashMap::new();
-            for job in writer.pick(request, lane, per_key).await? {
+            for job in jobs {
                 match job.concurrency_key.clone() {
                     Some(key) => by_key.entry(key).or_default().push(job),
                     None => unkeyed.push(job),
@@ -306,7 +379,7 @@ async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Res
                 lanes.push((None, unkeyed));
             }
         }
-        if round_done || lanes.len() >= count {
+        if lanes.len() >= count {
             break;
         }
         if !exhausted {

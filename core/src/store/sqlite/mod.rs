@@ -650,6 +650,70 @@ mod tests {
         );
     }
 
+    /// The writer's one-statement round of key lanes answers exactly what
+    /// the two statements it replaces do (`key_lanes_apart`): the same
+    /// keys, the same jobs in the same order, the unkeyed lane when they
+    /// do, over rounds that start, stop short, wrap and filter by name.
+    #[tokio::test]
+    async fn one_statement_reads_the_same_key_lanes_as_two() {
+        use crate::store::concurrency::{self, FlowDispatch, KeyRound};
+
+        let (store, space_id, dir) = store_with_space().await;
+        // Keys k00..k11 with 0 to 3 jobs each, of two names and three
+        // priorities, and unkeyed jobs among them.
+        let mut made = jobs(&space_id, 40);
+        for (index, job) in made.iter_mut().enumerate() {
+            let key = (index * 7) % 13;
+            job.concurrency_key = (key < 12).then(|| format!("k{key:02}"));
+            job.name = if index % 3 == 0 { "b" } else { "a" }.into();
+            job.priority = (index % 3) as i32 - 1;
+        }
+        store.create_jobs(made.into()).await.unwrap();
+        let mut writer = plain_writer(connect(&dir).await).await;
+        let now = Clock::system().now();
+        let mut compared = 0;
+        for names in [vec![], vec!["b".to_owned()]] {
+            let request = DeliverRequest {
+                space_id: space_id.clone(),
+                names,
+                count: 6,
+                now,
+                excluded_names: Vec::new(),
+            };
+            for after in ["", "k03", "k10", "k11"] {
+                for until in [None, Some("k05"), Some("k10")] {
+                    for max in [1, 3, 5, 20] {
+                        for turns in [1, 4, 10] {
+                            for with_unkeyed in [false, true] {
+                                let round = KeyRound {
+                                    after,
+                                    until,
+                                    max,
+                                    turns,
+                                    with_unkeyed,
+                                };
+                                let one = writer.key_lanes(&request, round).await.unwrap();
+                                let two =
+                                    concurrency::key_lanes_apart(&mut writer, &request, round)
+                                        .await
+                                        .unwrap();
+                                let ids = |jobs: &[Job]| -> Vec<String> {
+                                    jobs.iter().map(|job| job.id.clone()).collect()
+                                };
+                                assert_eq!(one.keys, two.keys, "{round:?} {:?}", request.names);
+                                assert_eq!(ids(&one.jobs), ids(&two.jobs), "{round:?}");
+                                assert_eq!(one.with_unkeyed, two.with_unkeyed, "{round:?}");
+                                compared += usize::from(!one.jobs.is_empty());
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        assert!(compared > 100, "only {compared} rounds read any job");
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
     /// Under steady writes the WAL would grow for as long as they last;
     /// here it is started over whenever it passes its bound.
     #[tokio::test]

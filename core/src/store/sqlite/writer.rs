@@ -30,7 +30,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
-use crate::store::concurrency::{self, FlowDispatch, Lane};
+use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound, Lane};
 use crate::store::durability::{Durability, SyncCommits};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
@@ -64,6 +64,62 @@ pub(super) fn due_timers_sql() -> String {
 /// Whether a space holds any keyed job: one seek on `jobs_keyed`.
 pub(super) const KEYED_SPACE: &str =
     "SELECT EXISTS (SELECT 1 FROM jobs WHERE space_id = ? AND concurrency_key IS NOT NULL)";
+
+/// Which key a ready-job condition asks for.
+#[derive(Clone, Copy)]
+enum ReadyKey<'a> {
+    /// Jobs without a key.
+    None,
+    Is(&'a str),
+    /// The key of the lane being read (`found.key` in `key_lanes`).
+    Lane,
+}
+
+/// The conditions a job ready for `request` meets (after a `WHERE`): its
+/// space, due, of the names asked for, under `key`, not already taken by
+/// this batch (`taken`, a JSON array of ids), not paused.
+fn ready_conditions(
+    select: &mut QueryBuilder<'_, Sqlite>,
+    request: &DeliverRequest,
+    key: ReadyKey<'_>,
+    taken: Option<&str>,
+) {
+    select.push(" status = 'pending' AND space_id = ");
+    select.push_bind(request.space_id.clone());
+    select.push(" AND due_at <= ").push_bind(request.now);
+    if !request.names.is_empty() {
+        select.push(" AND name IN (");
+        let mut names = select.separated(", ");
+        for name in &request.names {
+            names.push_bind(name.clone());
+        }
+        select.push(")");
+    }
+    if !request.excluded_names.is_empty() {
+        select.push(" AND name NOT IN (");
+        let mut names = select.separated(", ");
+        for name in &request.excluded_names {
+            names.push_bind(name.clone());
+        }
+        select.push(")");
+    }
+    match key {
+        // Without ready keyed jobs `Any` is the same as this, and the
+        // condition lets the pick use the unkeyed ready index.
+        ReadyKey::None => select.push(" AND concurrency_key IS NULL"),
+        ReadyKey::Is(key) => select
+            .push(" AND concurrency_key = ")
+            .push_bind(key.to_owned()),
+        ReadyKey::Lane => select.push(" AND concurrency_key = found.key"),
+    };
+    if let Some(taken) = taken {
+        select
+            .push(" AND id NOT IN (SELECT value FROM json_each(")
+            .push_bind(taken.to_owned())
+            .push("))");
+    }
+    select.push(super::super::pauses::NOT_PAUSED);
+}
 
 /// The soonest timer left after a scan.
 pub(super) fn next_timer_sql() -> String {
@@ -137,6 +193,35 @@ pub struct SqliteWriter {
 }
 
 impl SqliteWriter {
+    /// Whether the space holds any keyed job, read once per space: the
+    /// writer alone inserts jobs and marks a space keyed when it does.
+    async fn holds_keyed_jobs(&mut self, space_id: &str) -> Result<bool> {
+        if let Some(keyed) = self.keyed_spaces.get(space_id) {
+            return Ok(*keyed);
+        }
+        let keyed: bool = sqlx::query_scalar(KEYED_SPACE)
+            .bind(space_id)
+            .fetch_one(&mut self.conn)
+            .await?;
+        self.keyed_spaces.insert(space_id.to_owned(), keyed);
+        Ok(keyed)
+    }
+
+    /// Rows still pending in the database that this batch already took, as
+    /// a JSON array of ids (None when there are none).
+    fn taken_ids(&self) -> Result<Option<String>> {
+        let taken: Vec<&str> = self
+            .unwritten
+            .values()
+            .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
+            .map(|unwritten| unwritten.job.id.as_str())
+            .collect();
+        (!taken.is_empty())
+            .then(|| serde_json::to_string(&taken))
+            .transpose()
+            .map_err(Error::internal)
+    }
+
     pub async fn new(
         mut conn: SqliteConnection,
         published: broadcast::Sender<Arc<[LiveEvent]>>,
@@ -747,21 +832,90 @@ impl FlowDispatch for SqliteWriter {
     }
 
     async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
-        let keyed = match self.keyed_spaces.get(space_id) {
-            Some(keyed) => *keyed,
-            None => {
-                let keyed: bool = sqlx::query_scalar(KEYED_SPACE)
-                    .bind(space_id)
-                    .fetch_one(&mut self.conn)
-                    .await?;
-                self.keyed_spaces.insert(space_id.to_owned(), keyed);
-                keyed
-            }
-        };
-        if !keyed {
+        if !self.holds_keyed_jobs(space_id).await? {
             return Ok(Vec::new());
         }
         concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
+    }
+
+    /// One statement: the keys (a loose index scan, as `ready_keys`), each
+    /// one's first jobs by a correlated pick, and the unkeyed lane's when
+    /// the keys run out; a round trip fewer in every keyed delivery.
+    async fn key_lanes(
+        &mut self,
+        request: &DeliverRequest,
+        round: KeyRound<'_>,
+    ) -> Result<KeyLanes> {
+        if !self.holds_keyed_jobs(&request.space_id).await? {
+            return Ok(KeyLanes::default());
+        }
+        let taken = self.taken_ids()?;
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "WITH RECURSIVE lanes (key, n) AS ( \
+               SELECT (SELECT MIN(concurrency_key) FROM jobs \
+                       WHERE space_id = ",
+        );
+        select.push_bind(request.space_id.clone());
+        select.push(" AND status = 'pending' AND concurrency_key > ");
+        select.push_bind(round.after.to_owned());
+        select.push(
+            "), 1 \
+             UNION ALL \
+             SELECT (SELECT MIN(j.concurrency_key) FROM jobs j WHERE j.space_id = ",
+        );
+        select.push_bind(request.space_id.clone());
+        select.push(
+            " AND j.status = 'pending' AND j.concurrency_key > lanes.key), lanes.n + 1 \
+             FROM lanes WHERE lanes.key IS NOT NULL AND lanes.n < ",
+        );
+        select.push_bind(i64::from(round.max));
+        if let Some(until) = round.until {
+            select.push(" AND lanes.key < ").push_bind(until.to_owned());
+        }
+        select.push("), found AS MATERIALIZED (SELECT key, n FROM lanes WHERE key IS NOT NULL");
+        if let Some(until) = round.until {
+            select.push(" AND key <= ").push_bind(until.to_owned());
+        }
+        // A key without a ready job (all of them due later, or paused)
+        // still comes back, once, with no job: the round counts it.
+        select.push(
+            ") SELECT found.n AS lane_n, found.key AS lane_key, jobs.* FROM found \
+             LEFT JOIN jobs ON jobs.id IN (SELECT id FROM jobs WHERE",
+        );
+        ready_conditions(&mut select, request, ReadyKey::Lane, taken.as_deref());
+        // `KeyRound::per_key`, counted in SQL from the keys found.
+        select.push(" ORDER BY priority DESC, due_at, id LIMIT (SELECT MAX(1, (");
+        select.push_bind(round.turns as i64);
+        select.push(" + COUNT(*) - 1) / MAX(COUNT(*), 1)) FROM found))");
+        if round.with_unkeyed {
+            select.push(" UNION ALL SELECT * FROM (SELECT ");
+            // After every key's lane.
+            select.push_bind(i64::from(round.max) + 1);
+            select.push(" AS lane_n, NULL AS lane_key, jobs.* FROM jobs WHERE");
+            ready_conditions(&mut select, request, ReadyKey::None, taken.as_deref());
+            select.push(" ORDER BY priority DESC, due_at, id LIMIT ");
+            select.push_bind(i64::from(request.count));
+            select.push(") WHERE (SELECT COUNT(*) FROM found) BETWEEN 1 AND ");
+            select.push_bind(i64::from(round.max) - 1);
+        }
+        select.push(" ORDER BY lane_n, priority DESC, due_at, id");
+        let rows = select.build().fetch_all(&mut self.conn).await?;
+        let mut lanes = KeyLanes::default();
+        for row in &rows {
+            let key: Option<String> = row.try_get("lane_key")?;
+            if let Some(key) = key
+                && lanes.keys.last() != Some(&key)
+            {
+                lanes.keys.push(key);
+            }
+            let id: Option<String> = row.try_get("id")?;
+            if id.is_some() {
+                lanes.jobs.push(rows::job(row)?);
+            }
+        }
+        lanes.with_unkeyed =
+            round.with_unkeyed && !lanes.keys.is_empty() && lanes.keys.len() < round.max as usize;
+        Ok(lanes)
     }
 
     async fn pick(
@@ -770,59 +924,17 @@ impl FlowDispatch for SqliteWriter {
         lane: Lane<'_>,
         count: u32,
     ) -> Result<Vec<Job>> {
-        // Rows still pending in the database that this batch already took.
-        let taken: Vec<&str> = self
-            .unwritten
-            .values()
-            .filter(|unwritten| unwritten.stored.status == JobStatus::Pending)
-            .map(|unwritten| unwritten.job.id.as_str())
-            .collect();
-        let taken = (!taken.is_empty())
-            .then(|| serde_json::to_string(&taken))
-            .transpose()
-            .map_err(Error::internal)?;
-        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: Option<&str>, limit: u32| {
-            select.push("SELECT * FROM jobs WHERE status = 'pending' AND space_id = ");
-            select.push_bind(request.space_id.clone());
-            select.push(" AND due_at <= ").push_bind(request.now);
-            if !request.names.is_empty() {
-                select.push(" AND name IN (");
-                let mut names = select.separated(", ");
-                for name in &request.names {
-                    names.push_bind(name.clone());
-                }
-                select.push(")");
-            }
-            if !request.excluded_names.is_empty() {
-                select.push(" AND name NOT IN (");
-                let mut names = select.separated(", ");
-                for name in &request.excluded_names {
-                    names.push_bind(name.clone());
-                }
-                select.push(")");
-            }
-            match key {
-                // Without ready keyed jobs `Any` is the same as this, and
-                // the condition lets the pick use the unkeyed ready index.
-                None => select.push(" AND concurrency_key IS NULL"),
-                Some(key) => select
-                    .push(" AND concurrency_key = ")
-                    .push_bind(key.to_owned()),
-            };
-            if let Some(taken) = &taken {
-                select
-                    .push(" AND id NOT IN (SELECT value FROM json_each(")
-                    .push_bind(taken.clone())
-                    .push("))");
-            }
+        let taken = self.taken_ids()?;
+        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: ReadyKey<'_>, limit: u32| {
+            select.push("SELECT * FROM jobs WHERE");
+            ready_conditions(select, request, key, taken.as_deref());
             select
-                .push(super::super::pauses::NOT_PAUSED)
                 .push(" ORDER BY priority DESC, due_at, id LIMIT ")
                 .push_bind(i64::from(limit));
         };
         let mut select = QueryBuilder::<Sqlite>::new("");
         match lane {
-            Lane::Any | Lane::Unkeyed => ready(&mut select, None, count),
+            Lane::Any | Lane::Unkeyed => ready(&mut select, ReadyKey::None, count),
             // Each key's first jobs, one index seek per key, in one
             // statement; then, when the turn reaches them, the unkeyed.
             Lane::Keys { keys, then_unkeyed } => {
@@ -831,12 +943,12 @@ impl FlowDispatch for SqliteWriter {
                         select.push(" UNION ALL ");
                     }
                     select.push("SELECT * FROM (");
-                    ready(&mut select, Some(key), count);
+                    ready(&mut select, ReadyKey::Is(key), count);
                     select.push(")");
                 }
                 if then_unkeyed {
                     select.push(" UNION ALL SELECT * FROM (");
-                    ready(&mut select, None, request.count);
+                    ready(&mut select, ReadyKey::None, request.count);
                     select.push(")");
                 }
             }
