@@ -87,22 +87,19 @@ fn ready_conditions(
     select.push(" status = 'pending' AND space_id = ");
     select.push_bind(request.space_id.clone());
     select.push(" AND due_at <= ").push_bind(request.now);
-    if !request.names.is_empty() {
-        select.push(" AND name IN (");
-        let mut names = select.separated(", ");
-        for name in &request.names {
-            names.push_bind(name.clone());
+    let mut names_in = |test: &str, names: &[String]| {
+        if names.is_empty() {
+            return;
+        }
+        select.push(format!(" AND name {test} ("));
+        let mut listed = select.separated(", ");
+        for name in names {
+            listed.push_bind(name.clone());
         }
         select.push(")");
-    }
-    if !request.excluded_names.is_empty() {
-        select.push(" AND name NOT IN (");
-        let mut names = select.separated(", ");
-        for name in &request.excluded_names {
-            names.push_bind(name.clone());
-        }
-        select.push(")");
-    }
+    };
+    names_in("IN", &request.names);
+    names_in("NOT IN", &request.excluded_names);
     match key {
         // Without ready keyed jobs `Any` is the same as this, and the
         // condition lets the pick use the unkeyed ready index.
