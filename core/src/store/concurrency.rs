@@ -28,32 +28,18 @@
 use std::collections::HashMap;
 
 use async_trait::async_trait;
-use sqlx::{Database, Decode, Encode, Executor, IntoArguments, Type};
+use sqlx::{Database, Decode, Encode, Executor, IntoArguments, QueryBuilder, Type};
 
 use crate::clock::UnixMillis;
 use crate::concurrency::{ConcurrencyLimits, RateLimit};
 use crate::error::{Error, Result};
 use crate::job::{Job, JobStatus};
 use crate::store::DeliverRequest;
+use crate::store::rows::{self, Columns};
 
 /// Keys one delivery looks at (it needs at most one per job it hands out,
 /// plus the saturated ones it passes).
 const MAX_LANES: u32 = 256;
-
-/// Which ready jobs a pick may take.
-#[derive(Clone, Copy, Debug)]
-pub enum Lane<'a> {
-    /// Any job (a space without ready keyed jobs).
-    Any,
-    Unkeyed,
-    /// The jobs of these keys: up to the pick's count of each, in one
-    /// statement; with `then_unkeyed`, the unkeyed lane's too (up to the
-    /// request's count), in the same statement.
-    Keys {
-        keys: &'a [String],
-        then_unkeyed: bool,
-    },
-}
 
 /// Where one round of key lanes starts and ends (`FlowDispatch::key_lanes`).
 #[derive(Clone, Copy, Debug)]
@@ -86,23 +72,82 @@ pub struct KeyLanes {
     pub with_unkeyed: bool,
 }
 
+impl KeyLanes {
+    /// The round from the rows of its statement (`push_round_keys`, then
+    /// the jobs): each found key's jobs, or one row without a job
+    /// (`id` null) for a key none of whose jobs is ready, in lane order
+    /// (`lane_key` null for the unkeyed lane).
+    pub fn read(rows: &[impl Columns], round: &KeyRound<'_>) -> Result<Self> {
+        let mut lanes = Self::default();
+        for row in rows {
+            if let Some(key) = row.opt_text("lane_key")?
+                && lanes.keys.last() != Some(&key)
+            {
+                lanes.keys.push(key);
+            }
+            if row.opt_text("id")?.is_some() {
+                lanes.jobs.push(rows::job(row)?);
+            }
+        }
+        // The keys ran out before `max`: the unkeyed lane came with them.
+        lanes.with_unkeyed =
+            round.with_unkeyed && !lanes.keys.is_empty() && lanes.keys.len() < round.max as usize;
+        Ok(lanes)
+    }
+}
+
+/// Starts a round's statement: `WITH RECURSIVE ...` defining `found (key,
+/// n)`, the round's ready keys in key order (the n-th is the n-th lane):
+/// after `after`, at most `max`, none past `until`. A loose index scan, one index
+/// seek per key over `jobs_key_ready`, so a key's backlog costs nothing to
+/// pass. It reads the pending keys, due or not: a key found without a
+/// ready job still counts as a lane passed.
+pub fn push_round_keys<'args, DB>(
+    select: &mut QueryBuilder<'args, DB>,
+    space_id: &str,
+    round: &KeyRound<'_>,
+) where
+    DB: Database,
+    String: Encode<'args, DB> + Type<DB>,
+    i64: Encode<'args, DB> + Type<DB>,
+{
+    select.push(
+        "WITH RECURSIVE lanes (key, n) AS ( \
+           SELECT (SELECT MIN(concurrency_key) FROM jobs WHERE space_id = ",
+    );
+    select.push_bind(space_id.to_owned());
+    select.push(" AND status = 'pending' AND concurrency_key > ");
+    select.push_bind(round.after.to_owned());
+    select.push(
+        "), CAST(1 AS BIGINT) \
+         UNION ALL \
+         SELECT (SELECT MIN(j.concurrency_key) FROM jobs j WHERE j.space_id = ",
+    );
+    select.push_bind(space_id.to_owned());
+    select.push(
+        " AND j.status = 'pending' AND j.concurrency_key > lanes.key), lanes.n + 1 \
+         FROM lanes WHERE lanes.key IS NOT NULL AND lanes.n < ",
+    );
+    select.push_bind(i64::from(round.max));
+    if let Some(until) = round.until {
+        select.push(" AND lanes.key < ").push_bind(until.to_owned());
+    }
+    select.push("), found AS MATERIALIZED (SELECT key, n FROM lanes WHERE key IS NOT NULL");
+    if let Some(until) = round.until {
+        select.push(" AND key <= ").push_bind(until.to_owned());
+    }
+    select.push(")");
+}
+
 /// What a writer provides for dispatch under flow limits.
 #[async_trait]
 pub trait FlowDispatch: Send {
     /// The time now, fresh: a rate window is counted at the moment of the
     /// decision, never at a time a queued request was made.
     fn now(&self) -> UnixMillis;
-    /// Ready keys of the space after `after`, in key order, at most `max`.
-    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>>;
-    /// The first `count` ready jobs of the lane (of each key, for keys), in
-    /// dispatch order (locked for this transaction where the backend locks
-    /// rows).
-    async fn pick(
-        &mut self,
-        request: &DeliverRequest,
-        lane: Lane<'_>,
-        count: u32,
-    ) -> Result<Vec<Job>>;
+    /// The first `count` ready jobs without a key, in dispatch order
+    /// (locked for this transaction where the backend locks rows).
+    async fn pick_unkeyed(&mut self, request: &DeliverRequest, count: u32) -> Result<Vec<Job>>;
     /// Takes the key's lock for the rest of the transaction, if no other
     /// transaction holds it (PostgreSQL); always true with one writer.
     async fn lock_key(&mut self, space_id: &str, key: &str) -> Result<bool>;
@@ -116,18 +161,17 @@ pub trait FlowDispatch: Send {
     /// (PostgreSQL), until a change may have run with a single writer
     /// (SQLite).
     fn limits_read(&mut self) -> &mut HashMap<String, ConcurrencyLimits>;
-    /// The next round of key lanes: the ready keys after `after` (at most
-    /// `max`, none past `until`) and the first jobs of each (`per_key` of
-    /// them). When the keys run out within `max` and `with_unkeyed` is set,
-    /// the jobs without a key come too (up to the request's count): the
-    /// unkeyed lane follows the last key. `key_lanes_apart` by default; a
-    /// backend may answer it in one statement.
-    async fn key_lanes(&mut self, request: &DeliverRequest, round: KeyRound<'_>) -> Result<KeyLanes>
-    where
-        Self: Sized,
-    {
-        key_lanes_apart(self, request, round).await
-    }
+    /// The next round of key lanes, in one statement: the ready keys after
+    /// `after` (at most `max`, none past `until`; `push_round_keys`) and
+    /// the first jobs of each (`per_key` of them, locked like
+    /// `pick_unkeyed`'s). When the keys run out within `max` and
+    /// `with_unkeyed` is set, the jobs without a key come too (up to the
+    /// request's count): the unkeyed lane follows the last key.
+    async fn key_lanes(
+        &mut self,
+        request: &DeliverRequest,
+        round: KeyRound<'_>,
+    ) -> Result<KeyLanes>;
     /// The lane the space's last delivery ended on: a key, or None for the
     /// jobs without one (and at first).
     fn turn(&mut self, space_id: &str) -> &mut Option<String>;
@@ -261,40 +305,6 @@ impl RateBudget {
     }
 }
 
-/// `FlowDispatch::key_lanes` in two statements: the ready keys, then their
-/// jobs.
-pub async fn key_lanes_apart(
-    writer: &mut impl FlowDispatch,
-    request: &DeliverRequest,
-    round: KeyRound<'_>,
-) -> Result<KeyLanes> {
-    let mut keys = writer
-        .ready_keys(&request.space_id, round.after, round.max)
-        .await?;
-    let mut short = keys.len() < round.max as usize;
-    if let Some(until) = round.until {
-        let before = keys.len();
-        keys.retain(|key| key.as_str() <= until);
-        short |= keys.len() < before;
-    }
-    if keys.is_empty() {
-        return Ok(KeyLanes::default());
-    }
-    let with_unkeyed = round.with_unkeyed && short;
-    let lane = Lane::Keys {
-        keys: &keys,
-        then_unkeyed: with_unkeyed,
-    };
-    let jobs = writer
-        .pick(request, lane, round.per_key(keys.len()))
-        .await?;
-    Ok(KeyLanes {
-        keys,
-        jobs,
-        with_unkeyed,
-    })
-}
-
 /// The jobs a delivery leases, in the order it hands them out, and the
 /// instant to lease them at (the rate limits' when they apply).
 pub async fn choose_within_limits(
@@ -391,9 +401,9 @@ async fn choose(writer: &mut impl FlowDispatch, request: &DeliverRequest) -> Res
             if !any_key && wrapped {
                 // No ready keyed job at all: as before keys existed.
                 *writer.turn(space_id) = None;
-                return writer.pick(request, Lane::Any, request.count).await;
+                return writer.pick_unkeyed(request, request.count).await;
             }
-            let jobs = writer.pick(request, Lane::Unkeyed, request.count).await?;
+            let jobs = writer.pick_unkeyed(request, request.count).await?;
             if !jobs.is_empty() {
                 lanes.push((None, jobs));
             }
@@ -536,43 +546,6 @@ async fn admit_key(
         return Err(full());
     }
     Ok(())
-}
-
-/// Ready keys after `after`: a loose index scan (one index seek per key)
-/// over `jobs_key_ready`, so a key's backlog costs nothing to pass.
-pub async fn ready_keys<DB>(
-    conn: &mut DB::Connection,
-    space_id: &str,
-    after: &str,
-    max: u32,
-) -> Result<Vec<String>>
-where
-    DB: Database,
-    for<'e> &'e mut DB::Connection: Executor<'e, Database = DB>,
-    for<'q> DB::Arguments<'q>: IntoArguments<'q, DB>,
-    for<'q> &'q str: Encode<'q, DB> + Type<DB>,
-    for<'q> i64: Encode<'q, DB> + Type<DB>,
-    for<'r> String: Decode<'r, DB> + Type<DB>,
-    for<'r> (String,): sqlx::FromRow<'r, DB::Row>,
-{
-    let keys: Vec<(String,)> = sqlx::query_as::<DB, (String,)>(
-        "WITH RECURSIVE lanes (key, n) AS ( \
-           SELECT (SELECT MIN(concurrency_key) FROM jobs \
-                   WHERE space_id = $1 AND status = 'pending' AND concurrency_key > $2), \
-                  CAST(1 AS BIGINT) \
-           UNION ALL \
-           SELECT (SELECT MIN(j.concurrency_key) FROM jobs j \
-                   WHERE j.space_id = $1 AND j.status = 'pending' AND j.concurrency_key > lanes.key), \
-                  lanes.n + 1 \
-           FROM lanes WHERE lanes.key IS NOT NULL AND lanes.n < $3) \
-         SELECT key FROM lanes WHERE key IS NOT NULL",
-    )
-    .bind(space_id)
-    .bind(after)
-    .bind(i64::from(max))
-    .fetch_all(&mut *conn)
-    .await?;
-    Ok(keys.into_iter().map(|(key,)| key).collect())
 }
 
 /// Most keys a listing of every key holding leases names.

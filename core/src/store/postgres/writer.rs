@@ -42,7 +42,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
-use crate::store::concurrency::{self, FlowDispatch, Lane};
+use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -820,6 +820,47 @@ impl batch::Writer for PgWriter {
     }
 }
 
+/// Which key a pick's jobs have.
+enum ReadyKey {
+    /// None.
+    None,
+    /// The key of the lane being read (`found.key` in `key_lanes`).
+    Lane,
+}
+
+/// The conditions a job ready for `request` meets (after a `WHERE`), then
+/// the dispatch order: its space, due, of the names asked for, under
+/// `key`, not paused.
+fn ready_conditions(
+    select: &mut QueryBuilder<'_, Postgres>,
+    request: &DeliverRequest,
+    key: ReadyKey,
+) {
+    select.push(" status = 'pending' AND space_id = ");
+    select.push_bind(request.space_id.clone());
+    select.push(" AND due_at <= ").push_bind(request.now);
+    if !request.names.is_empty() {
+        select
+            .push(" AND name = ANY(")
+            .push_bind(request.names.clone())
+            .push(")");
+    }
+    if !request.excluded_names.is_empty() {
+        select
+            .push(" AND name <> ALL(")
+            .push_bind(request.excluded_names.clone())
+            .push(")");
+    }
+    select.push(match key {
+        // The condition lets the pick use the unkeyed ready index.
+        ReadyKey::None => " AND concurrency_key IS NULL",
+        ReadyKey::Lane => " AND concurrency_key = found.key",
+    });
+    select
+        .push(super::super::pauses::NOT_PAUSED)
+        .push(" ORDER BY priority DESC, due_at, id");
+}
+
 /// The advisory-lock classes of concurrency keys and rate-limited names
 /// (two-key locks live apart from the one-key locks of idempotency keys).
 const KEY_LOCK_CLASS: i32 = 0x636b_6579; // "ckey"
@@ -850,73 +891,57 @@ impl FlowDispatch for PgWriter {
         self.clock.now()
     }
 
-    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
-        concurrency::ready_keys::<Postgres>(&mut self.conn, space_id, after, max).await
-    }
-
-    async fn pick(
-        &mut self,
-        request: &DeliverRequest,
-        lane: Lane<'_>,
-        count: u32,
-    ) -> Result<Vec<Job>> {
-        // The conditions every pick shares, then its order and row locks.
-        let ready = |select: &mut QueryBuilder<'_, Postgres>, unkeyed: bool, limit: u32| {
-            select.push_bind(request.space_id.clone());
-            select.push(" AND due_at <= ").push_bind(request.now);
-            if !request.names.is_empty() {
-                select
-                    .push(" AND name = ANY(")
-                    .push_bind(request.names.clone())
-                    .push(")");
-            }
-            if !request.excluded_names.is_empty() {
-                select
-                    .push(" AND name <> ALL(")
-                    .push_bind(request.excluded_names.clone())
-                    .push(")");
-            }
-            if unkeyed {
-                // Without ready keyed jobs `Any` is the same as this, and
-                // the condition lets the pick use the unkeyed ready index.
-                select.push(" AND concurrency_key IS NULL");
-            }
-            select
-                .push(super::super::pauses::NOT_PAUSED)
-                .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-                .push_bind(i64::from(limit))
-                .push(" FOR UPDATE SKIP LOCKED");
-        };
-        const UNKEYED: &str = "SELECT * FROM jobs WHERE status = 'pending' AND space_id = ";
-        let mut select = QueryBuilder::<Postgres>::new("");
-        match lane {
-            Lane::Any | Lane::Unkeyed => {
-                select.push(UNKEYED);
-                ready(&mut select, true, count);
-            }
-            // Each key's first jobs, one index seek per key, in one
-            // statement; then, when the turn reaches them, the unkeyed.
-            Lane::Keys { keys, then_unkeyed } => {
-                select.push("(SELECT picked.* FROM unnest(");
-                select.push_bind(keys.to_vec()).push(
-                    "::text[]) WITH ORDINALITY AS lane (key, turn) CROSS JOIN LATERAL \
-                     (SELECT * FROM jobs WHERE concurrency_key = lane.key \
-                     AND status = 'pending' AND space_id = ",
-                );
-                ready(&mut select, false, count);
-                select.push(
-                    ") AS picked ORDER BY lane.turn, picked.priority DESC, picked.due_at, \
-                     picked.id)",
-                );
-                if then_unkeyed {
-                    select.push(" UNION ALL SELECT * FROM (").push(UNKEYED);
-                    ready(&mut select, true, request.count);
-                    select.push(") AS unkeyed");
-                }
-            }
-        }
+    async fn pick_unkeyed(&mut self, request: &DeliverRequest, count: u32) -> Result<Vec<Job>> {
+        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM jobs WHERE");
+        ready_conditions(&mut select, request, ReadyKey::None);
+        select.push(" LIMIT ").push_bind(i64::from(count));
+        select.push(" FOR UPDATE SKIP LOCKED");
         let rows = select.build().fetch_all(&mut self.conn).await?;
         rows.iter().map(rows::job).collect()
+    }
+
+    /// Each key's first jobs through a lateral join, one index seek per
+    /// key; the unkeyed lane's behind them when the keys run out. Rows
+    /// another core has locked are passed, as in `pick_unkeyed`.
+    async fn key_lanes(
+        &mut self,
+        request: &DeliverRequest,
+        round: KeyRound<'_>,
+    ) -> Result<KeyLanes> {
+        let mut select = QueryBuilder::<Postgres>::new("");
+        concurrency::push_round_keys(&mut select, &request.space_id, &round);
+        // `KeyRound::per_key`, counted in SQL from the keys found.
+        select.push(", per AS (SELECT GREATEST(1, (");
+        select.push_bind(round.turns as i64);
+        select.push(
+            " + COUNT(*) - 1) / GREATEST(COUNT(*), 1)) AS per_key, COUNT(*) AS keys FROM found)",
+        );
+        // A key without a ready job (all of them due later, paused, or
+        // locked by another core) still comes back, once, with no job: the
+        // round counts it.
+        select.push(
+            " SELECT found.n AS lane_n, found.key AS lane_key, picked.* FROM found \
+             LEFT JOIN LATERAL (SELECT * FROM jobs WHERE",
+        );
+        ready_conditions(&mut select, request, ReadyKey::Lane);
+        select.push(" LIMIT (SELECT per_key FROM per) FOR UPDATE SKIP LOCKED) AS picked ON true");
+        if round.with_unkeyed {
+            select.push(" UNION ALL SELECT * FROM (SELECT ");
+            // After every key's lane.
+            select.push_bind(i64::from(round.max) + 1);
+            select.push(" AS lane_n, NULL AS lane_key, jobs.* FROM jobs WHERE");
+            ready_conditions(&mut select, request, ReadyKey::None);
+            select.push(" LIMIT ").push_bind(i64::from(request.count));
+            // Only when the keys ran out within `max` (a one-time filter:
+            // otherwise the unkeyed rows are neither read nor locked).
+            select.push(
+                " FOR UPDATE SKIP LOCKED) AS unkeyed WHERE (SELECT keys FROM per) BETWEEN 1 AND ",
+            );
+            select.push_bind(i64::from(round.max) - 1);
+        }
+        select.push(" ORDER BY lane_n, priority DESC, due_at, id");
+        let rows = select.build().fetch_all(&mut self.conn).await?;
+        KeyLanes::read(&rows, &round)
     }
 
     /// A try-lock, never a wait: a core that finds the key locked passes it
@@ -968,5 +993,38 @@ impl FlowDispatch for PgWriter {
         at: UnixMillis,
     ) -> Result<()> {
         concurrency::record_dispatch::<Postgres>(&mut self.conn, space_id, name, rate_key, at).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use sqlx::{Connection, PgConnection};
+    use tokio::sync::broadcast;
+
+    use super::PgWriter;
+    use crate::clock::Clock;
+    use crate::store::postgres::relay::Relay;
+    use crate::store::testing::{self, PostgresDatabase};
+
+    /// The writer's round of key lanes (one statement, a lateral join per
+    /// key) reads what a model of the round says it holds.
+    #[tokio::test]
+    async fn key_lanes_follow_their_model() {
+        let database = PostgresDatabase::create().await;
+        let store =
+            crate::store::postgres::open(&database.url, Duration::from_secs(10), Clock::system())
+                .await
+                .unwrap();
+        let space_id = testing::add_space(&store).await;
+        let mut writer = PgWriter::new(
+            PgConnection::connect(&database.url).await.unwrap(),
+            Arc::new(Relay::new("model".into())),
+            broadcast::channel(16).0,
+            Clock::system(),
+        );
+        testing::key_lanes_follow_their_model(&store, &space_id, &mut writer).await;
     }
 }

@@ -30,7 +30,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
-use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound, Lane};
+use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound};
 use crate::store::durability::{Durability, SyncCommits};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
@@ -67,10 +67,9 @@ pub(super) const KEYED_SPACE: &str =
 
 /// Which key a ready-job condition asks for.
 #[derive(Clone, Copy)]
-enum ReadyKey<'a> {
+enum ReadyKey {
     /// Jobs without a key.
     None,
-    Is(&'a str),
     /// The key of the lane being read (`found.key` in `key_lanes`).
     Lane,
 }
@@ -81,7 +80,7 @@ enum ReadyKey<'a> {
 fn ready_conditions(
     select: &mut QueryBuilder<'_, Sqlite>,
     request: &DeliverRequest,
-    key: ReadyKey<'_>,
+    key: ReadyKey,
     taken: Option<&str>,
 ) {
     select.push(" status = 'pending' AND space_id = ");
@@ -104,9 +103,6 @@ fn ready_conditions(
         // Without ready keyed jobs `Any` is the same as this, and the
         // condition lets the pick use the unkeyed ready index.
         ReadyKey::None => select.push(" AND concurrency_key IS NULL"),
-        ReadyKey::Is(key) => select
-            .push(" AND concurrency_key = ")
-            .push_bind(key.to_owned()),
         ReadyKey::Lane => select.push(" AND concurrency_key = found.key"),
     };
     if let Some(taken) = taken {
@@ -828,16 +824,8 @@ impl FlowDispatch for SqliteWriter {
         self.clock.now()
     }
 
-    async fn ready_keys(&mut self, space_id: &str, after: &str, max: u32) -> Result<Vec<String>> {
-        if !self.holds_keyed_jobs(space_id).await? {
-            return Ok(Vec::new());
-        }
-        concurrency::ready_keys::<Sqlite>(&mut self.conn, space_id, after, max).await
-    }
-
-    /// One statement: the keys (a loose index scan, as `ready_keys`), each
-    /// one's first jobs by a correlated pick, and the unkeyed lane's when
-    /// the keys run out; a round trip fewer in every keyed delivery.
+    /// Each key's first jobs by a correlated pick (SQLite has no lateral
+    /// join); the unkeyed lane's behind them when the keys run out.
     async fn key_lanes(
         &mut self,
         request: &DeliverRequest,
@@ -847,36 +835,12 @@ impl FlowDispatch for SqliteWriter {
             return Ok(KeyLanes::default());
         }
         let taken = self.taken_ids()?;
-        let mut select = QueryBuilder::<Sqlite>::new(
-            "WITH RECURSIVE lanes (key, n) AS ( \
-               SELECT (SELECT MIN(concurrency_key) FROM jobs \
-                       WHERE space_id = ",
-        );
-        select.push_bind(request.space_id.clone());
-        select.push(" AND status = 'pending' AND concurrency_key > ");
-        select.push_bind(round.after.to_owned());
-        select.push(
-            "), 1 \
-             UNION ALL \
-             SELECT (SELECT MIN(j.concurrency_key) FROM jobs j WHERE j.space_id = ",
-        );
-        select.push_bind(request.space_id.clone());
-        select.push(
-            " AND j.status = 'pending' AND j.concurrency_key > lanes.key), lanes.n + 1 \
-             FROM lanes WHERE lanes.key IS NOT NULL AND lanes.n < ",
-        );
-        select.push_bind(i64::from(round.max));
-        if let Some(until) = round.until {
-            select.push(" AND lanes.key < ").push_bind(until.to_owned());
-        }
-        select.push("), found AS MATERIALIZED (SELECT key, n FROM lanes WHERE key IS NOT NULL");
-        if let Some(until) = round.until {
-            select.push(" AND key <= ").push_bind(until.to_owned());
-        }
+        let mut select = QueryBuilder::<Sqlite>::new("");
+        concurrency::push_round_keys(&mut select, &request.space_id, &round);
         // A key without a ready job (all of them due later, or paused)
         // still comes back, once, with no job: the round counts it.
         select.push(
-            ") SELECT found.n AS lane_n, found.key AS lane_key, jobs.* FROM found \
+            " SELECT found.n AS lane_n, found.key AS lane_key, jobs.* FROM found \
              LEFT JOIN jobs ON jobs.id IN (SELECT id FROM jobs WHERE",
         );
         ready_conditions(&mut select, request, ReadyKey::Lane, taken.as_deref());
@@ -897,59 +861,16 @@ impl FlowDispatch for SqliteWriter {
         }
         select.push(" ORDER BY lane_n, priority DESC, due_at, id");
         let rows = select.build().fetch_all(&mut self.conn).await?;
-        let mut lanes = KeyLanes::default();
-        for row in &rows {
-            let key: Option<String> = row.try_get("lane_key")?;
-            if let Some(key) = key
-                && lanes.keys.last() != Some(&key)
-            {
-                lanes.keys.push(key);
-            }
-            let id: Option<String> = row.try_get("id")?;
-            if id.is_some() {
-                lanes.jobs.push(rows::job(row)?);
-            }
-        }
-        lanes.with_unkeyed =
-            round.with_unkeyed && !lanes.keys.is_empty() && lanes.keys.len() < round.max as usize;
-        Ok(lanes)
+        KeyLanes::read(&rows, &round)
     }
 
-    async fn pick(
-        &mut self,
-        request: &DeliverRequest,
-        lane: Lane<'_>,
-        count: u32,
-    ) -> Result<Vec<Job>> {
+    async fn pick_unkeyed(&mut self, request: &DeliverRequest, count: u32) -> Result<Vec<Job>> {
         let taken = self.taken_ids()?;
-        let ready = |select: &mut QueryBuilder<'_, Sqlite>, key: ReadyKey<'_>, limit: u32| {
-            select.push("SELECT * FROM jobs WHERE");
-            ready_conditions(select, request, key, taken.as_deref());
-            select
-                .push(" ORDER BY priority DESC, due_at, id LIMIT ")
-                .push_bind(i64::from(limit));
-        };
-        let mut select = QueryBuilder::<Sqlite>::new("");
-        match lane {
-            Lane::Any | Lane::Unkeyed => ready(&mut select, ReadyKey::None, count),
-            // Each key's first jobs, one index seek per key, in one
-            // statement; then, when the turn reaches them, the unkeyed.
-            Lane::Keys { keys, then_unkeyed } => {
-                for (index, key) in keys.iter().enumerate() {
-                    if index > 0 {
-                        select.push(" UNION ALL ");
-                    }
-                    select.push("SELECT * FROM (");
-                    ready(&mut select, ReadyKey::Is(key), count);
-                    select.push(")");
-                }
-                if then_unkeyed {
-                    select.push(" UNION ALL SELECT * FROM (");
-                    ready(&mut select, ReadyKey::None, request.count);
-                    select.push(")");
-                }
-            }
-        }
+        let mut select = QueryBuilder::<Sqlite>::new("SELECT * FROM jobs WHERE");
+        ready_conditions(&mut select, request, ReadyKey::None, taken.as_deref());
+        select
+            .push(" ORDER BY priority DESC, due_at, id LIMIT ")
+            .push_bind(i64::from(count));
         let rows = select.build().fetch_all(&mut self.conn).await?;
         rows.iter().map(rows::job).collect()
     }
