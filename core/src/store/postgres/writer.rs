@@ -822,7 +822,7 @@ impl batch::Writer for PgWriter {
 
 /// Which key a pick's jobs have.
 enum ReadyKey {
-    /// None.
+    /// Jobs without a key.
     None,
     /// The key of the lane being read (`found.key` in `key_lanes`).
     Lane,
