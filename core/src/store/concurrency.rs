@@ -41,6 +41,27 @@ use crate::store::rows::{self, Columns};
 /// plus the saturated ones it passes).
 const MAX_LANES: u32 = 256;
 
+/// Which key a ready job's condition asks for, in either backend's pick.
+#[derive(Clone, Copy, Debug)]
+pub enum ReadyKey {
+    /// Jobs without a key.
+    None,
+    /// The key of the lane being read (`found.key`, after
+    /// `push_round_keys`).
+    Lane,
+}
+
+impl ReadyKey {
+    /// The condition, to follow others in a `WHERE`.
+    pub fn condition(self) -> &'static str {
+        match self {
+            // Also what lets a pick use the unkeyed ready index.
+            Self::None => " AND concurrency_key IS NULL",
+            Self::Lane => " AND concurrency_key = found.key",
+        }
+    }
+}
+
 /// Where one round of key lanes starts and ends (`FlowDispatch::key_lanes`).
 #[derive(Clone, Copy, Debug)]
 pub struct KeyRound<'a> {

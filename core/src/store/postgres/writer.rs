@@ -42,7 +42,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
-use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound};
+use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound, ReadyKey};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
 use crate::store::schedules::{ScheduleWrite, ScheduleWritten};
@@ -820,14 +820,6 @@ impl batch::Writer for PgWriter {
     }
 }
 
-/// Which key a pick's jobs have.
-enum ReadyKey {
-    /// Jobs without a key.
-    None,
-    /// The key of the lane being read (`found.key` in `key_lanes`).
-    Lane,
-}
-
 /// The conditions a job ready for `request` meets (after a `WHERE`), then
 /// the dispatch order: its space, due, of the names asked for, under
 /// `key`, not paused.
@@ -851,11 +843,7 @@ fn ready_conditions(
             .push_bind(request.excluded_names.clone())
             .push(")");
     }
-    select.push(match key {
-        // The condition lets the pick use the unkeyed ready index.
-        ReadyKey::None => " AND concurrency_key IS NULL",
-        ReadyKey::Lane => " AND concurrency_key = found.key",
-    });
+    select.push(key.condition());
     select
         .push(super::super::pauses::NOT_PAUSED)
         .push(" ORDER BY priority DESC, due_at, id");

@@ -30,7 +30,7 @@ use crate::job::{
 };
 use crate::retention::Expired;
 use crate::store::batch::{self, Announcement, Applied, callback_try_event};
-use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound};
+use crate::store::concurrency::{self, FlowDispatch, KeyLanes, KeyRound, ReadyKey};
 use crate::store::durability::{Durability, SyncCommits};
 use crate::store::forget::{self, Forgotten};
 use crate::store::idempotency;
@@ -65,15 +65,6 @@ pub(super) fn due_timers_sql() -> String {
 pub(super) const KEYED_SPACE: &str =
     "SELECT EXISTS (SELECT 1 FROM jobs WHERE space_id = ? AND concurrency_key IS NOT NULL)";
 
-/// Which key a ready-job condition asks for.
-#[derive(Clone, Copy)]
-enum ReadyKey {
-    /// Jobs without a key.
-    None,
-    /// The key of the lane being read (`found.key` in `key_lanes`).
-    Lane,
-}
-
 /// The conditions a job ready for `request` meets (after a `WHERE`): its
 /// space, due, of the names asked for, under `key`, not already taken by
 /// this batch (`taken`, a JSON array of ids), not paused.
@@ -99,12 +90,7 @@ fn ready_conditions(
     };
     names_in("IN", &request.names);
     names_in("NOT IN", &request.excluded_names);
-    match key {
-        // Without ready keyed jobs `Any` is the same as this, and the
-        // condition lets the pick use the unkeyed ready index.
-        ReadyKey::None => select.push(" AND concurrency_key IS NULL"),
-        ReadyKey::Lane => select.push(" AND concurrency_key = found.key"),
-    };
+    select.push(key.condition());
     if let Some(taken) = taken {
         select
             .push(" AND id NOT IN (SELECT value FROM json_each(")
