@@ -15,7 +15,9 @@
 //! SQLite (synchronous=FULL) by default; with `EMIT_BENCH_DATABASE=postgres`,
 //! a fresh PostgreSQL database shared by REPLICAS cores. With
 //! `EMIT_BENCH_KEYS=N`, every job carries one of N concurrency keys (no
-//! limit: the cost of keyed dispatch and its turns). Server and load run in
+//! limit: the cost of keyed dispatch and its turns). With
+//! `EMIT_BENCH_CREATE_ONLY=1`, it stops after A's create-only figure (to
+//! measure creates many times over). Server and load run in
 //! this one process. For A end to end it also prints where the first
 //! core's writer spent its time, per job and by phase
 //! (`emit_writer_phase_seconds`), and how busy it was. Ends with a
@@ -140,6 +142,11 @@ async fn run(
     let started = Instant::now();
     create_all(&http, &bases, &space, keys).await?;
     let create_only = JOBS as f64 / started.elapsed().as_secs_f64();
+    if std::env::var_os("EMIT_BENCH_CREATE_ONLY").is_some() {
+        println!("  A create only : {create_only:.0} jobs/s");
+        server.spawn(cluster.stop()).await?;
+        return Ok(());
+    }
     // Drain (not timed), then A end to end.
     match path {
         Path::Rest => {
